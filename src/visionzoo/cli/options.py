@@ -1,0 +1,70 @@
+"""Command-line flags generated from the config dataclasses: every field is a flag."""
+
+from __future__ import annotations
+
+import argparse
+import typing
+from typing import Any
+
+from ..config import CHOICES, TrainConfig, apply_overrides, coerce, field_index, field_type, load_yaml
+
+ALIASES = {"batch_size": ["-b"], "workers": ["-j"], "epochs": ["-e"]}
+SKIP = {"recipe", "mode"}  # handled by the command itself
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, only: set[str] | None = None) -> None:
+    """Add one flag per config field (or per field in `only`); unset flags stay out of args."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for name, path in field_index().items():
+        if name in SKIP or (only is not None and name not in only):
+            continue
+        section = path.split(".")[0] if "." in path else "run"
+        group = groups.setdefault(section, parser.add_argument_group(f"{section} options"))
+        tp = field_type(path)
+        base = typing.get_args(tp)[0] if type(None) in typing.get_args(tp) else tp
+        kwargs: dict[str, Any] = {"dest": f"cfg__{name}", "default": argparse.SUPPRESS}
+        if base is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["metavar"] = "|".join(CHOICES[name]) if name in CHOICES else name.upper()
+        group.add_argument(_flag(name), *ALIASES.get(name, []), **kwargs)
+
+
+def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    index = field_index()
+    out: dict[str, Any] = {}
+    for key, value in vars(args).items():
+        if key.startswith("cfg__"):
+            name = key[5:]
+            coerce(value, field_type(index[name]), _flag(name))  # fail early, naming the flag
+            out[index[name]] = value
+    return out
+
+
+def nest(flat: dict[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for path, value in flat.items():
+        if "." in path:
+            section, key = path.split(".", 1)
+            nested.setdefault(section, {})[key] = value
+        else:
+            nested[path] = value
+    return nested
+
+
+def resolve_config(args: argparse.Namespace) -> TrainConfig:
+    """defaults < recipe < recipe mode < --config YAML < flags."""
+    from ..recipes import get_recipe
+
+    cfg = TrainConfig()
+    if getattr(args, "recipe", None):
+        cfg = get_recipe(args.recipe).resolve(args.mode)
+    elif getattr(args, "mode", None):
+        raise ValueError("--mode needs --recipe")
+    if getattr(args, "config", None):
+        cfg = apply_overrides(cfg, load_yaml(args.config), args.config)
+    return apply_overrides(cfg, nest(cli_overrides(args)), "command line")

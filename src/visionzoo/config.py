@@ -1,0 +1,264 @@
+"""Typed, declarative run configuration.
+
+A run is described by one `TrainConfig` made of small sections. Values are layered:
+dataclass defaults < recipe YAML < recipe mode < user YAML (--config) < command-line flags.
+Every field is a command-line flag (`--batch-size`, `--lr`, ...), unknown keys are an error,
+and the resolved config is written next to every run and inside every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key or value is invalid; the message names the key and its source."""
+
+
+@dataclass
+class ModelConfig:
+    model: str = "resnet18"
+    num_classes: int | None = None  # None: taken from the data set
+    pretrained: bool = False  # the library's hub weights (needs internet)
+    weights: str | None = None  # local state dict / checkpoint / safetensors file
+    sync_bn: bool = False
+    channels_last: bool = False
+    compile: bool = False
+
+
+@dataclass
+class DataConfig:
+    data: str | None = None  # ImageFolder root with train/ and val/, or list-file root
+    train_list: str | None = None  # "relative/path label" lines
+    val_list: str | None = None
+    train_root: str | None = None  # where train_list paths start (default: found under --data)
+    val_root: str | None = None  # e.g. a flat ILSVRC2012 val folder
+    dummy: bool = False  # synthetic data for performance runs
+    dummy_train_size: int = 10240
+    dummy_val_size: int = 1024
+    dummy_classes: int = 1000
+    img_size: int | None = None  # None: the model's default input size
+    crop_pct: float | None = None  # eval resize = img_size / crop_pct; None: model default
+    interpolation: str | None = None  # bilinear | bicubic | nearest; None: model default
+    scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # RandomResizedCrop area
+    ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
+    hflip: float = 0.5
+    color_jitter: float = 0.0  # brightness/contrast/saturation strength, 0 = off
+    workers: int = 4
+    skip_bad_images: bool = False
+
+
+@dataclass
+class OptimConfig:
+    opt: str = "sgd"
+    lr: float | None = None  # absolute lr; None: lr_base scaled to the global batch size
+    lr_base: float = 0.1  # lr at lr_base_batch images per step
+    lr_base_batch: int = 256
+    lr_scale: str = "linear"  # linear | sqrt | none
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    no_decay_norm_bias: bool = False
+    clip_grad: float | None = None  # max global grad norm
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class SchedConfig:
+    sched: str = "linear"  # linear | step | multistep | cosine | constant
+    warmup_epochs: float = 0.0
+    warmup_start_factor: float = 0.01  # lr multiplier at step 0 of warm-up
+    step_size: int = 30  # epochs, for sched=step
+    milestones: list[int] = field(default_factory=lambda: [30, 60, 90])  # epochs, multistep
+    gamma: float = 0.1
+    min_lr_factor: float = 0.0  # final lr / peak lr for linear and cosine
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    epochs: int = 90
+    batch_size: int = 256  # global: summed over all processes
+    iters: int | None = None  # cap on steps per epoch (performance runs)
+    amp: str | None = None  # fp16 | bf16
+    device: str = "auto"  # auto | cpu | cuda
+    seed: int = 0
+    deterministic: bool = False
+    output: str | None = None  # run folder; None: runs/<model>-<time>
+    resume: str | None = None  # PATH or "auto" (OUTPUT/last.pth)
+    eval_every: int = 1  # epochs between evaluations; 0 = never
+    eval_start: int = 1  # first epoch (1-based) that is evaluated
+    target_top1: float | None = None  # stop once val top-1 (percent) reaches this
+    log_interval: int = 20  # steps between loss read-outs (the only host syncs)
+    perf_warmup_steps: int = 5  # steps per epoch left out of images/s
+    progress: bool = True
+    tensorboard: bool = False
+    recipe: str | None = None  # recorded: the recipe and mode the run came from
+    mode: str | None = None
+
+
+SECTIONS = ("model", "data", "optim", "sched")
+CHOICES: dict[str, tuple[str, ...]] = {
+    "opt": ("sgd",),
+    "lr_scale": ("linear", "sqrt", "none"),
+    "sched": ("linear", "step", "multistep", "cosine", "constant"),
+    "amp": ("fp16", "bf16"),
+    "device": ("auto", "cpu", "cuda"),
+    "interpolation": ("bilinear", "bicubic", "nearest"),
+}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], True
+    return tp, False
+
+
+def coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert a YAML or command-line value to the field's type, or raise ConfigError naming the key."""
+    base, optional = _unwrap_optional(tp)
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "")):
+        if optional:
+            return None
+        raise ConfigError(f"{key}: may not be empty")
+    origin = typing.get_origin(base)
+    try:
+        if origin is list:
+            (item_tp,) = typing.get_args(base)
+            if isinstance(value, str):
+                value = [v for v in value.split(",") if v.strip()]
+            return [coerce(v, item_tp, key) for v in value]
+        if base is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if base is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
+            return int(value)
+        if base is float:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        if base is str:
+            value = str(value)
+            name = key.rsplit(".", 1)[-1]
+            if name in CHOICES and value not in CHOICES[name]:
+                raise ConfigError(f"{key}: {value!r} is not one of {', '.join(CHOICES[name])}")
+            return value
+    except ConfigError:
+        raise
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: cannot read {value!r} as {getattr(base, '__name__', base)}") from None
+    raise ConfigError(f"{key}: unsupported type {base}")
+
+
+def _unknown(key: str, known: list[str], source: str) -> ConfigError:
+    close = difflib.get_close_matches(key, known, n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    return ConfigError(f"{source}: unknown config key {key!r}{hint}")
+
+
+def field_index() -> dict[str, str]:
+    """Map every leaf field name to its dotted path, e.g. 'lr' -> 'optim.lr'. Names are unique."""
+    index: dict[str, str] = {}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in SECTIONS:
+            for sub in dataclasses.fields(_hints(TrainConfig)[f.name]):
+                assert sub.name not in index, f"duplicate config field {sub.name}"
+                index[sub.name] = f"{f.name}.{sub.name}"
+        else:
+            assert f.name not in index, f"duplicate config field {f.name}"
+            index[f.name] = f.name
+    return index
+
+
+def field_type(path: str) -> Any:
+    parts = path.split(".")
+    cls: Any = TrainConfig
+    for p in parts[:-1]:
+        cls = _hints(cls)[p]
+    return _hints(cls)[parts[-1]]
+
+
+def flatten(overrides: dict[str, Any], source: str) -> dict[str, Any]:
+    """Turn nested or flat YAML mappings into {dotted.path: value}; unknown keys raise."""
+    index = field_index()
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key in SECTIONS and not isinstance(value, dict) and key in index:
+            out[index[key]] = value  # flat `model: resnet50` / `data: DIR` (leaf named like its section)
+        elif key in SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: section {key!r} must be a mapping")
+            sub_known = [f.name for f in dataclasses.fields(_hints(TrainConfig)[key])]
+            for sub_key, sub_value in value.items():
+                if sub_key not in sub_known:
+                    raise _unknown(f"{key}.{sub_key}", [f"{key}.{k}" for k in sub_known], source)
+                out[f"{key}.{sub_key}"] = sub_value
+        elif key in index:
+            out[index[key]] = value
+        else:
+            raise _unknown(key, list(index) + list(SECTIONS), source)
+    return out
+
+
+def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any], source: str) -> TrainConfig:
+    """Return a copy of cfg with overrides (nested or flat keys) applied and type-checked."""
+    cfg = dataclasses.replace(
+        cfg, **{s: dataclasses.replace(getattr(cfg, s)) for s in SECTIONS}
+    )
+    for path, value in flatten(overrides, source).items():
+        target: Any = cfg
+        parts = path.split(".")
+        for p in parts[:-1]:
+            target = getattr(target, p)
+        setattr(target, parts[-1], coerce(value, field_type(path), f"{source}: {path}"))
+    return cfg
+
+
+def to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(d: dict[str, Any], source: str = "config") -> TrainConfig:
+    return apply_overrides(TrainConfig(), d, source)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return data
+
+
+def save_yaml(cfg: TrainConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

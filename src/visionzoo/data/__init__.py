@@ -1,0 +1,25 @@
+from .datasets import DataError, DummyDataset, ImageDataset, Samples, image_folder, list_samples, read_list_file
+from .images import BadImageError, load_rgb
+from .loader import DataBundle, DeviceNormalizer, SeededSampler, build_data, collate_skipping, find_samples, make_loader
+from .transforms import eval_transform, train_transform
+
+__all__ = [
+    "BadImageError",
+    "DataBundle",
+    "DataError",
+    "DeviceNormalizer",
+    "DummyDataset",
+    "ImageDataset",
+    "Samples",
+    "SeededSampler",
+    "build_data",
+    "collate_skipping",
+    "eval_transform",
+    "find_samples",
+    "image_folder",
+    "list_samples",
+    "load_rgb",
+    "make_loader",
+    "read_list_file",
+    "train_transform",
+]

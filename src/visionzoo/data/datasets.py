@@ -1,0 +1,187 @@
+"""Data sets as (path, label) sample lists behind one Dataset class.
+
+Sources: ImageFolder trees, list files of `relative/path label` lines, flat folders read through
+such a list (ILSVRC2012 validation + label file), and synthetic data. Labels are never inferred
+from position alone: a validation split is mapped through the training split's class names, and a
+class folder that is not among them is an error.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from .images import BadImageError, load_rgb
+
+
+class DataError(ValueError):
+    """A data set is malformed; the message names the file or folder."""
+
+
+@dataclass
+class Samples:
+    items: list[tuple[str, int]]
+    classes: list[str]  # index -> class name
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def targets(self) -> list[int]:
+        return [label for _, label in self.items]
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMG_EXTENSIONS)
+
+
+def folder_classes(root: str | Path) -> list[str]:
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"not a folder: {root}")
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise DataError(f"{root}: no class folders (expected {root}/<class>/<image>)")
+    return classes
+
+
+def image_folder(root: str | Path, classes: Sequence[str] | None = None) -> Samples:
+    """Samples of a `root/<class>/<image>` tree; classes fixes the name -> index mapping."""
+    root = Path(root)
+    found = folder_classes(root)
+    if classes is None:
+        classes = found
+    index = {c: i for i, c in enumerate(classes)}
+    extra = [c for c in found if c not in index]
+    if extra:
+        raise DataError(
+            f"{root}: class folders {extra[:5]} are not among the {len(classes)} training classes; "
+            "labels would shift. Check the split or pass matching data."
+        )
+    items = []
+    for cls in found:
+        for dirpath, _, files in sorted(os.walk(root / cls, followlinks=True)):
+            for f in sorted(files):
+                if _is_image(f):
+                    items.append((os.path.join(dirpath, f), index[cls]))
+    if not items:
+        raise DataError(f"{root}: no images with extensions {IMG_EXTENSIONS}")
+    return Samples(items, list(classes))
+
+
+def read_list_file(path: str | Path) -> list[tuple[str, int]]:
+    """Parse `relative/path label` lines (spaces in paths allowed: the label is the last field)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"list file not found: {path}")
+    items = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        rel, _, label = line.rpartition(" ")
+        rel = rel.strip()
+        try:
+            value = int(label)
+        except ValueError:
+            value = None
+        if not rel or value is None:
+            raise DataError(f"{path}:{n}: expected 'relative/path label', got {line!r}")
+        items.append((rel, value))
+    if not items:
+        raise DataError(f"{path}: empty list file")
+    return items
+
+
+def _find_root(items: list[tuple[str, int]], candidates: list[Path], list_path: Path) -> Path:
+    """The first candidate folder under which the list's first entry exists."""
+    first = items[0][0]
+    for root in candidates:
+        if (root / first).exists():
+            return root
+    tried = ", ".join(str(c / first) for c in candidates)
+    raise DataError(f"{list_path}: first entry {first!r} not found (tried {tried}); set --train-root/--val-root")
+
+
+def list_samples(
+    list_path: str | Path,
+    root: str | Path | None,
+    split: str,
+    classes: Sequence[str] | None = None,
+    num_classes: int | None = None,
+    allow_open: bool = False,
+) -> Samples:
+    """Samples from a list file. Paths resolve against root, or root/<split> if that is where they are.
+
+    Labels are used exactly as written. Negative labels (open-set samples) are only accepted with
+    allow_open; labels >= num_classes are an error naming the line's file.
+    """
+    list_path = Path(list_path)
+    items = read_list_file(list_path)
+    base = Path(root) if root else list_path.parent
+    root_dir = _find_root(items, [base, base / split, list_path.parent], list_path)
+    labels = [label for _, label in items]
+    n = num_classes or (len(classes) if classes else max(labels) + 1)
+    bad = [x for x in labels if x >= n or (x < 0 and not allow_open)]
+    if bad:
+        raise DataError(f"{list_path}: label {bad[0]} outside 0..{n - 1}")
+    names = list(classes) if classes else [str(i) for i in range(n)]
+    return Samples([(str(root_dir / rel), label) for rel, label in items], names)
+
+
+class ImageDataset(Dataset):
+    """Decodes samples and applies a transform to uint8 CHW tensors.
+
+    Indices may come as (index, seed) pairs from `SeededSampler`: the augmentation then draws from
+    a generator seeded by that pair, so results do not depend on worker count or on resuming.
+    With skip_bad, an undecodable image yields None (dropped and counted by the collate function).
+    """
+
+    def __init__(self, samples: Samples, transform: Callable, skip_bad: bool = False):
+        self.samples = samples
+        self.transform = transform
+        self.skip_bad = skip_bad
+
+    def __len__(self) -> int:
+        return len(self.samples.items)
+
+    def __getitem__(self, index):
+        seed = None
+        if isinstance(index, tuple):
+            index, seed = index
+        path, label = self.samples.items[index]
+        try:
+            img = load_rgb(path)
+        except BadImageError:
+            if self.skip_bad:
+                return None
+            raise
+        if seed is None:
+            return self.transform(img), label
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(img), label
+
+
+class DummyDataset(Dataset):
+    """Synthetic uint8 images for performance runs: cheap to produce, fixed per index."""
+
+    def __init__(self, size: int, num_classes: int, img_size: int, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.bank = torch.randint(0, 256, (8, 3, img_size, img_size), dtype=torch.uint8, generator=g)
+        self.size, self.num_classes = size, num_classes
+        self.samples = Samples([], [str(i) for i in range(num_classes)])
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index):
+        if isinstance(index, tuple):
+            index = index[0]
+        return self.bank[index % len(self.bank)], index % self.num_classes

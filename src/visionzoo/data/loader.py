@@ -1,0 +1,187 @@
+"""Data sets, samplers and loaders for training and evaluation."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import default_collate
+
+from ..config import DataConfig
+from ..models.registry import ModelCfg
+from .datasets import DataError, DummyDataset, ImageDataset, Samples, image_folder, list_samples
+from .transforms import eval_transform, train_transform
+
+log = logging.getLogger(__name__)
+
+
+class SeededSampler(Sampler):
+    """Yields (index, augmentation seed) pairs; shards across ranks.
+
+    The order and each sample's augmentation depend only on (seed, epoch, index), so an epoch
+    replays identically after a resume and with any number of workers. For training, the index
+    list is padded to a multiple of the world size (every rank steps equally often); for
+    evaluation (pad=False) each sample goes to exactly one rank.
+    """
+
+    def __init__(self, size: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1, pad: bool = True):
+        self.size, self.shuffle, self.seed = size, shuffle, seed
+        self.rank, self.world_size, self.pad = rank, world_size, pad
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _indices(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            idx = torch.randperm(self.size, generator=g).tolist()
+        else:
+            idx = list(range(self.size))
+        if self.pad and self.world_size > 1:
+            total = math.ceil(self.size / self.world_size) * self.world_size
+            idx += idx[: total - len(idx)]
+        return idx[self.rank :: self.world_size]
+
+    def __iter__(self):
+        base = (self.seed * 1_000_003 + self.epoch) * 10_000_019
+        for i in self._indices():
+            yield i, (base + i) % (2**62)
+
+    def __len__(self) -> int:
+        if self.pad:
+            return math.ceil(self.size / self.world_size)
+        return len(range(self.rank, self.size, self.world_size))
+
+
+def collate_skipping(batch: list[Any]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Stack (image, label) pairs, dropping the None of undecodable images; returns the skip count."""
+    good = [b for b in batch if b is not None]
+    skipped = len(batch) - len(good)
+    if not good:
+        return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), skipped
+    images, labels = default_collate(good)
+    return images, labels, skipped
+
+
+@dataclass
+class DataBundle:
+    train: Dataset | None
+    val: Dataset | None
+    classes: list[str]
+    img_size: int
+    crop_pct: float
+    interpolation: str
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def _data_root(cfg: DataConfig) -> Path | None:
+    if cfg.data is None:
+        return None
+    if cfg.data.startswith("builtin:"):
+        from .builtin import materialize
+
+        return materialize(cfg.data.split(":", 1)[1])
+    return Path(cfg.data)
+
+
+def find_samples(cfg: DataConfig, split: str, classes: list[str] | None = None, num_classes: int | None = None) -> Samples:
+    """Samples of one split from --data / --train-list / --val-list / --train-root / --val-root."""
+    root = _data_root(cfg)
+    list_file = cfg.train_list if split == "train" else cfg.val_list
+    split_root = cfg.train_root if split == "train" else cfg.val_root
+    if list_file:
+        lp = Path(list_file)
+        if not lp.is_absolute() and not lp.exists() and root is not None and (root / lp).exists():
+            lp = root / lp
+        return list_samples(lp, split_root or root, split, classes=classes, num_classes=num_classes)
+    if split_root:
+        return image_folder(split_root, classes)
+    if root is None:
+        raise DataError("no data given: pass --data DIR (or --dummy for synthetic data)")
+    if (root / split).is_dir():
+        return image_folder(root / split, classes)
+    if split == "val" and classes is not None and not (root / "train").is_dir():
+        return image_folder(root, classes)  # eval on a bare class-folder tree
+    raise DataError(f"{root}: no {split}/ folder (expected {root}/{split}/<class>/<image>) and no --{split}-list")
+
+
+def build_data(
+    cfg: DataConfig,
+    model_cfg: ModelCfg,
+    splits: tuple[str, ...] = ("train", "val"),
+    classes: list[str] | None = None,
+    num_classes: int | None = None,
+    seed: int = 0,
+) -> DataBundle:
+    """Datasets for the requested splits, with transforms from the model's config unless overridden."""
+    img_size = cfg.img_size or model_cfg.input_size
+    crop_pct = cfg.crop_pct or model_cfg.crop_pct
+    interp = cfg.interpolation or model_cfg.interpolation
+    if cfg.dummy:
+        n = num_classes or cfg.dummy_classes
+        train = DummyDataset(cfg.dummy_train_size, n, img_size, seed) if "train" in splits else None
+        val = DummyDataset(cfg.dummy_val_size, n, img_size, seed + 1) if "val" in splits else None
+        return DataBundle(train, val, [str(i) for i in range(n)], img_size, crop_pct, interp)
+    train = val = None
+    if "train" in splits:
+        s = find_samples(cfg, "train", classes, num_classes)
+        classes = classes or s.classes
+        num_classes = num_classes or s.num_classes
+        tf = train_transform(img_size, cfg.scale, cfg.ratio, cfg.hflip, cfg.color_jitter, interp)
+        train = ImageDataset(s, tf, cfg.skip_bad_images)
+    if "val" in splits:
+        s = find_samples(cfg, "val", classes, num_classes)
+        classes = classes or s.classes
+        val = ImageDataset(s, eval_transform(img_size, crop_pct, interp), cfg.skip_bad_images)
+    assert classes is not None
+    return DataBundle(train, val, list(classes), img_size, crop_pct, interp)
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    workers: int,
+    train: bool,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    pin_memory: bool = False,
+) -> DataLoader:
+    sampler = SeededSampler(len(dataset), shuffle=train, seed=seed, rank=rank, world_size=world_size, pad=train)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate_skipping,
+        pin_memory=pin_memory,
+        drop_last=train,
+        persistent_workers=workers > 0,
+        # a private generator: worker seeding must not consume the global RNG (exact resume)
+        generator=torch.Generator().manual_seed(seed),
+        prefetch_factor=4 if workers > 0 else None,
+    )
+
+
+class DeviceNormalizer:
+    """uint8 NCHW batch on the host -> normalised float batch on the device."""
+
+    def __init__(self, mean, std, device: torch.device, channels_last: bool = False):
+        self.device = device
+        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(self.device, non_blocking=True).float()
+        x = (x - self.mean) / self.std
+        return x.contiguous(memory_format=self.memory_format)

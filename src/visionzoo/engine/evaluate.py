@@ -1,0 +1,126 @@
+"""Evaluation loop: top-1/top-5, loss and per-class accuracy, reduced over all ranks."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from ..config import DataConfig
+from ..data.loader import DeviceNormalizer
+from .distributed import all_reduce_sum
+
+AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def autocast(device: torch.device, amp: str | None):
+    if amp is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: nn.Module,
+    loader: Iterable,
+    normalizer: DeviceNormalizer,
+    num_classes: int,
+    amp: str | None = None,
+    classes: list[str] | None = None,
+    progress: bool = False,
+    desc: str = "eval",
+) -> dict[str, Any]:
+    """Accuracy in percent over every image of the loader (summed across ranks when distributed)."""
+    device = normalizer.device
+    was_training = model.training
+    model.eval()
+    # one float64 vector keeps the all-reduce to a single call: loss, top1, top5, count, skipped
+    totals = torch.zeros(5, dtype=torch.float64, device=device)
+    per_class = torch.zeros(2, num_classes, dtype=torch.float64, device=device)  # correct, total
+    k = min(5, num_classes)
+    for images, target, skipped in tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
+        totals[4] += skipped
+        if len(target) == 0:
+            continue
+        x = normalizer(images)
+        target = target.to(device, non_blocking=True)
+        with autocast(device, amp):
+            logits = model(x)
+        logits = logits.float()
+        totals[0] += F.cross_entropy(logits, target, reduction="sum")
+        topk = logits.topk(k, dim=1).indices
+        hit = topk == target[:, None]
+        top1 = hit[:, 0]
+        totals[1] += top1.sum()
+        totals[2] += hit.any(dim=1).sum()
+        totals[3] += len(target)
+        per_class[0].index_add_(0, target, top1.double())
+        per_class[1].index_add_(0, target, torch.ones_like(target, dtype=torch.float64))
+    all_reduce_sum(totals)
+    all_reduce_sum(per_class)
+    model.train(was_training)
+    loss, c1, c5, n, skipped = totals.tolist()
+    correct, count = per_class.cpu().tolist()
+    names = classes or [str(i) for i in range(num_classes)]
+    n_int = int(n)
+    return {
+        "top1": 100.0 * c1 / n if n else 0.0,
+        "top5": 100.0 * c5 / n if n else 0.0,
+        "loss": loss / n if n else float("nan"),
+        "num_images": n_int,
+        "skipped_images": int(skipped),
+        "per_class": [
+            {"class": names[i], "correct": int(correct[i]), "total": int(count[i]),
+             "top1": 100.0 * correct[i] / count[i] if count[i] else None}
+            for i in range(num_classes)
+        ],
+    }
+
+
+def evaluate(
+    checkpoint: str,
+    data: DataConfig | None = None,
+    batch_size: int = 256,
+    device: str = "auto",
+    amp: str | None = None,
+    channels_last: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a visionzoo checkpoint on a validation split; preprocessing defaults to the checkpoint's.
+
+    Validation class folders are mapped through the checkpoint's class names, so a missing or
+    extra folder cannot shift labels. Returns top1/top5 (percent), loss, num_images, per_class.
+    """
+    from ..data.loader import build_data, make_loader
+    from ..models import ModelCfg
+    from .checkpoint import model_from_checkpoint
+    from .distributed import init_distributed
+
+    dist = init_distributed(device)
+    data = data or DataConfig()
+    model, ckpt = model_from_checkpoint(checkpoint)
+    cfg = model.visionzoo_cfg
+    # the checkpoint's preprocessing is the default; explicit flags override it
+    mcfg = ModelCfg(**{**cfg.to_dict(), "input_size": ckpt.get("img_size", cfg.input_size),
+                       "crop_pct": ckpt.get("crop_pct", cfg.crop_pct),
+                       "interpolation": ckpt.get("interpolation", cfg.interpolation),
+                       "mean": tuple(cfg.mean), "std": tuple(cfg.std), "drop_keys": tuple(cfg.drop_keys)})
+    classes = ckpt.get("classes")
+    bundle = build_data(data, mcfg, splits=("val",), classes=classes, num_classes=cfg.num_classes)
+    if len(bundle.classes) != cfg.num_classes:
+        raise ValueError(f"data has {len(bundle.classes)} classes, checkpoint {checkpoint} has {cfg.num_classes}")
+    model.to(dist.device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    loader = make_loader(bundle.val, batch_size, data.workers, False, 0, dist.rank, dist.world_size,
+                         dist.device.type == "cuda")
+    normalizer = DeviceNormalizer(cfg.mean, cfg.std, dist.device, channels_last)
+    result = evaluate_model(model, loader, normalizer, cfg.num_classes, amp, bundle.classes, progress and dist.is_main)
+    result.update(checkpoint=str(checkpoint), model=ckpt.get("model_name"), img_size=bundle.img_size,
+                  crop_pct=bundle.crop_pct, interpolation=bundle.interpolation)
+    return result

@@ -1,0 +1,85 @@
+"""Run outputs on rank 0: train.log, metrics.jsonl (appended and flushed per line), summary.json,
+optional TensorBoard. Other ranks get a disabled RunLog that writes nothing."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("visionzoo")
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
+        return None  # JSON has no NaN; null keeps every line parseable
+    return v
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    Path(path).write_text(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+class RunLog:
+    def __init__(self, out: Path, enabled: bool = True, tensorboard: bool = False):
+        self.out, self.enabled, self.tb = Path(out), enabled, None
+        if not enabled:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(self.out / "train.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logging.getLogger("visionzoo").addHandler(handler)
+        self._handler = handler
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise RuntimeError("--tensorboard needs the tensorboard package: pip install 'visionzoo[tensorboard]'") from e
+            self.tb = SummaryWriter(str(self.out / "tensorboard"))
+
+    def _append(self, record: dict[str, Any]) -> None:
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+
+    def scalars(self, kind: str, values: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self._append({"type": kind, **values})
+        if self.tb is not None:
+            for k, v in values.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(f"{kind}/{k}", v, values["step"])
+
+    def epoch(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self._append({"type": "epoch", **record})
+        if self.tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k not in ("epoch", "step"):
+                    self.tb.add_scalar(f"epoch/{k}", v, record["epoch"])
+            self.tb.flush()
+        parts = [f"epoch {record['epoch']}", f"loss {record['train_loss']:.4f}", f"train top-1 {record['train_top1']:.2f}",
+                 f"{record['images_per_sec']:.1f} img/s", f"lr {record['lr']:.4g}"]
+        if "val_top1" in record:
+            parts += [f"val top-1 {record['val_top1']:.2f}", f"top-5 {record['val_top5']:.2f}",
+                      f"val loss {record['val_loss']:.4f} ({record['val_num_images']} images)"]
+        skipped = record.get("skipped_images", 0) + record.get("val_skipped_images", 0)
+        if skipped:
+            parts.append(f"skipped {skipped} unreadable images")
+        log.info(" | ".join(parts))
+
+    def finish(self, summary: dict[str, Any], last_eval: dict[str, Any] | None) -> None:
+        if not self.enabled:
+            return
+        if last_eval is not None:
+            write_json(self.out / "eval.json", last_eval)
+        write_json(self.out / "summary.json", summary)
+        if self.tb is not None:
+            self.tb.close()
+        log.info("results in %s (metrics.jsonl, summary.json, config.yaml, last.pth%s)",
+                 self.out, ", best.pth" if (self.out / "best.pth").exists() else "")
+        logging.getLogger("visionzoo").removeHandler(self._handler)
+        self._handler.close()

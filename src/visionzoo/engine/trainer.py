@@ -1,0 +1,308 @@
+"""Training: `train(config)` builds everything from a TrainConfig and runs the epoch loop.
+
+`train_one_epoch` keeps the step free of host syncs: loss and accuracy accumulate on the device
+and are read once per log interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from .. import __version__
+from ..config import ConfigError, TrainConfig, save_yaml, to_dict
+from ..data.loader import DataBundle, DeviceNormalizer, build_data, make_loader
+from ..models import create_model, get_model_cfg, unwrap_model
+from .checkpoint import atomic_copy, atomic_save, load_checkpoint, rng_state, set_rng_state
+from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_object, init_distributed
+from .evaluate import autocast, evaluate_model
+from .optim import build_optimizer, build_scheduler, effective_lr
+from .runlog import RunLog
+
+log = logging.getLogger("visionzoo")
+
+
+@dataclass
+class StepState:
+    """What the step loop needs besides the model; kept together so functions stay short."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    normalizer: DeviceNormalizer
+    amp: str | None
+    clip_grad: float | None
+    label_smoothing: float
+    global_step: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader,
+    state: StepState,
+    max_steps: int,
+    world_size: int = 1,
+    log_interval: int = 20,
+    perf_warmup_steps: int = 5,
+    progress: bool = False,
+    desc: str = "train",
+    on_log=None,
+) -> dict[str, Any]:
+    """One pass over at most max_steps batches. Returns mean loss, train top-1 and images/s."""
+    model.train()
+    device = state.normalizer.device
+    sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss*n, correct, n
+    skipped = timed_images = steps = 0
+    t_start = time.perf_counter()
+    t_perf = None
+    bar = tqdm(total=max_steps, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    for images, target, n_skipped in loader:
+        if steps >= max_steps:
+            break
+        skipped += n_skipped
+        if steps == perf_warmup_steps:
+            _sync(device)
+            t_perf, timed_images = time.perf_counter(), 0
+        if len(target) == 0:
+            continue
+        x = state.normalizer(images)
+        target = target.to(device, non_blocking=True)
+        with autocast(device, state.amp):
+            logits = model(x)
+            loss = F.cross_entropy(logits, target, label_smoothing=state.label_smoothing)
+        state.optimizer.zero_grad(set_to_none=True)
+        state.scaler.scale(loss).backward()
+        if state.clip_grad:
+            state.scaler.unscale_(state.optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), state.clip_grad)
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+        state.scheduler.step()
+        with torch.no_grad():
+            n = target.new_tensor(len(target), dtype=torch.float64)
+            sums += torch.stack([loss.detach().double() * n, (logits.argmax(1) == target).sum().double(), n])
+        steps += 1
+        state.global_step += 1
+        timed_images += len(target)
+        bar.update(1)
+        if steps % log_interval == 0 or steps == max_steps:
+            loss_avg = (sums[0] / sums[2]).item()  # the one host sync per interval
+            bar.set_postfix(loss=f"{loss_avg:.4f}", lr=f"{state.optimizer.param_groups[0]['lr']:.4g}")
+            if on_log:
+                on_log({"step": state.global_step, "loss": loss_avg, "lr": state.optimizer.param_groups[0]["lr"]})
+    bar.close()
+    _sync(device)
+    t_end = time.perf_counter()
+    if t_perf is None:  # fewer steps than the warm-up: time them all rather than report nothing
+        t_perf, timed_images = t_start, int(sums[2].item())
+    all_reduce_sum(sums)
+    loss_sum, correct, count = sums.tolist()
+    elapsed = max(t_end - t_perf, 1e-9)
+    return {
+        "train_loss": loss_sum / count if count else float("nan"),
+        "train_top1": 100.0 * correct / count if count else 0.0,
+        "steps": steps,
+        "images_per_sec": timed_images * world_size / elapsed,
+        "epoch_time": t_end - t_start,
+        "skipped_images": skipped,
+    }
+
+
+def _output_dir(cfg: TrainConfig) -> Path:
+    if cfg.output:
+        return Path(cfg.output)
+    return Path("runs") / f"{cfg.model.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _resume_path(cfg: TrainConfig, out: Path) -> Path | None:
+    if not cfg.resume:
+        return None
+    if cfg.resume == "auto":
+        p = out / "last.pth"
+        return p if p.is_file() else None
+    return Path(cfg.resume)
+
+
+def _should_eval(cfg: TrainConfig, epoch: int) -> bool:
+    """epoch is 1-based; the last epoch is always evaluated when evaluation is on."""
+    if cfg.eval_every <= 0 or epoch < cfg.eval_start:
+        return False
+    return (epoch - cfg.eval_start) % cfg.eval_every == 0 or epoch == cfg.epochs
+
+
+def _setup_determinism(cfg: TrainConfig, dist: DistInfo) -> None:
+    torch.manual_seed(cfg.seed)
+    import random
+
+    import numpy as np
+
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed % 2**32)
+    if cfg.deterministic:
+        import os
+
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    elif dist.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def checkpoint_meta(model: nn.Module, data: DataBundle) -> dict[str, Any]:
+    """What eval/predict need to rebuild the model and its preprocessing from a checkpoint alone."""
+    raw = unwrap_model(model)
+    return {
+        "model_name": raw.visionzoo_name,
+        "model_cfg": raw.visionzoo_cfg.to_dict(),
+        "num_classes": raw.visionzoo_cfg.num_classes,
+        "classes": data.classes,
+        "img_size": data.img_size,
+        "crop_pct": data.crop_pct,
+        "interpolation": data.interpolation,
+        "visionzoo_version": __version__,
+    }
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train (and evaluate) as cfg says; returns a summary with the run folder and best top-1."""
+    dist = init_distributed(cfg.device)
+    device = dist.device
+    _setup_determinism(cfg, dist)
+    if cfg.batch_size % dist.world_size:
+        raise ConfigError(f"batch_size {cfg.batch_size} (global) is not divisible by {dist.world_size} processes")
+    if cfg.amp == "fp16" and device.type == "cpu":
+        log.warning("fp16 autocast on CPU is slow and poorly supported; prefer --amp bf16 there")
+    out = Path(broadcast_object(str(_output_dir(cfg))))
+    cfg.output = str(out)
+    runlog = RunLog(out, enabled=dist.is_main, tensorboard=cfg.tensorboard)
+    resume = _resume_path(cfg, out)
+
+    model_cfg = get_model_cfg(cfg.model.model)
+    data = build_data(cfg.data, model_cfg, num_classes=cfg.model.num_classes, seed=cfg.seed)
+    num_classes = cfg.model.num_classes or data.num_classes
+    if num_classes < data.num_classes:
+        raise ConfigError(f"--num-classes {num_classes} but the data has {data.num_classes} classes")
+    model = create_model(cfg.model.model, num_classes=num_classes, pretrained=cfg.model.pretrained, weights=cfg.model.weights)
+    model.to(device)
+    if cfg.model.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if cfg.model.sync_bn and dist.enabled:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    raw_model = model
+
+    per_rank_batch = cfg.batch_size // dist.world_size
+    pin = device.type == "cuda"
+    train_loader = make_loader(data.train, per_rank_batch, cfg.data.workers, True, cfg.seed, dist.rank, dist.world_size, pin)
+    val_loader = make_loader(data.val, per_rank_batch, cfg.data.workers, False, cfg.seed, dist.rank, dist.world_size, pin)
+    steps_per_epoch = len(train_loader) if cfg.iters is None else min(cfg.iters, len(train_loader))
+    if steps_per_epoch == 0:
+        raise ConfigError(f"training set of {len(data.train)} images is smaller than one batch of {cfg.batch_size}")
+    lr = effective_lr(cfg.optim, cfg.batch_size)
+    optimizer = build_optimizer(raw_model, cfg.optim, lr, device)
+    scheduler = build_scheduler(optimizer, cfg.sched, steps_per_epoch, cfg.epochs)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+    start_epoch, best_top1 = 0, None
+    state = StepState(
+        optimizer, scheduler, scaler,
+        DeviceNormalizer(model_cfg.mean, model_cfg.std, device, cfg.model.channels_last),
+        cfg.amp, cfg.optim.clip_grad, cfg.optim.label_smoothing,
+    )
+    if resume is not None:
+        ckpt = load_checkpoint(resume)
+        raw_model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        start_epoch, best_top1, state.global_step = ckpt["epoch"], ckpt.get("best_top1"), ckpt["step"]
+        set_rng_state(ckpt["rng"][min(dist.rank, len(ckpt["rng"]) - 1)])
+        log.info("resumed from %s at epoch %d (step %d)", resume, start_epoch, state.global_step)
+    elif cfg.resume == "auto":
+        log.info("--resume auto: no %s yet, starting fresh", out / "last.pth")
+
+    model = raw_model
+    if dist.enabled:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.model.compile:
+        model = torch.compile(model)
+
+    if dist.is_main:
+        save_yaml(cfg, out / "config.yaml")
+        log.info(
+            "model %s (%d classes) | data: %d train / %d val images, %d px | global batch %d over %d process(es), "
+            "lr %.4g | %d steps/epoch x %d epochs | device %s%s | output %s",
+            cfg.model.model, num_classes, len(data.train), len(data.val), data.img_size, cfg.batch_size,
+            dist.world_size, lr, steps_per_epoch, cfg.epochs, device, f", amp {cfg.amp}" if cfg.amp else "", out,
+        )
+    meta = checkpoint_meta(raw_model, data)
+    summary: dict[str, Any] = {"output": str(out), "best_top1": best_top1, "epochs_run": 0}
+    last_eval = None
+    for epoch in range(start_epoch, cfg.epochs):
+        train_loader.sampler.set_epoch(epoch)
+        stats = train_one_epoch(
+            model, train_loader, state, steps_per_epoch, dist.world_size, cfg.log_interval,
+            cfg.perf_warmup_steps, cfg.progress and dist.is_main, f"epoch {epoch + 1}/{cfg.epochs}",
+            on_log=lambda d: runlog.scalars("train_step", d),
+        )
+        record: dict[str, Any] = {"epoch": epoch + 1, "step": state.global_step, "lr": optimizer.param_groups[0]["lr"], **stats}
+        if _should_eval(cfg, epoch + 1):
+            last_eval = evaluate_model(
+                raw_model, val_loader, state.normalizer, num_classes, cfg.amp, data.classes,
+                cfg.progress and dist.is_main, f"eval {epoch + 1}",
+            )
+            record.update({f"val_{k}": v for k, v in last_eval.items() if k != "per_class"})
+        improved = last_eval is not None and "val_top1" in record and (best_top1 is None or record["val_top1"] > best_top1)
+        if improved:
+            best_top1 = record["val_top1"]
+        record["best_top1"] = best_top1
+        rngs = _gather_rng(dist)
+        if dist.is_main:
+            ckpt = {
+                "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                "epoch": epoch + 1, "step": state.global_step, "best_top1": best_top1,
+                "rng": rngs, "config": to_dict(cfg), "metrics": {k: v for k, v in record.items()}, **meta,
+            }
+            atomic_save(ckpt, out / "last.pth")
+            if improved:
+                atomic_copy(out / "last.pth", out / "best.pth")
+            runlog.epoch(record)
+        barrier()
+        summary.update(epochs_run=summary["epochs_run"] + 1, last=record, best_top1=best_top1)
+        if cfg.target_top1 is not None and best_top1 is not None and best_top1 >= cfg.target_top1:
+            log.info("target top-1 %.2f reached (%.2f) after epoch %d: stopping", cfg.target_top1, best_top1, epoch + 1)
+            summary["target_reached"] = True
+            break
+    if dist.is_main:
+        summary["checkpoint"] = str(out / ("best.pth" if (out / "best.pth").exists() else "last.pth"))
+        runlog.finish(summary, last_eval)
+    return summary
+
+
+def _gather_rng(dist: DistInfo) -> list[dict[str, Any]]:
+    """Every rank's RNG state, so each rank resumes its own stream."""
+    state = rng_state()
+    if not dist.enabled:
+        return [state]
+    import torch.distributed as tdist
+
+    states: list[Any] = [None] * dist.world_size
+    tdist.all_gather_object(states, state)
+    return states
+

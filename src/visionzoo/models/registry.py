@@ -1,0 +1,183 @@
+"""Model registry in the style of timm: `@register_model` builders with a `default_cfg`.
+
+Registered names are the seed models; any other name is looked up in timm, so every timm
+model is available under its timm name.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelCfg:
+    """What the data pipeline and the weight loader need to know about a model."""
+
+    input_size: int = 224
+    crop_pct: float = 0.875
+    interpolation: str = "bilinear"
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    num_classes: int = 1000
+    classifier: str = "fc"  # dotted path of the final Linear layer
+    source: str = "torchvision"  # torchvision | timm
+    drop_keys: tuple[str, ...] = field(default_factory=tuple)  # key prefixes ignored on load
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mean"], d["std"], d["drop_keys"] = list(self.mean), list(self.std), list(self.drop_keys)
+        return d
+
+
+Builder = Callable[..., nn.Module]
+_REGISTRY: dict[str, tuple[Builder, ModelCfg]] = {}
+
+
+def register_model(cfg: ModelCfg) -> Callable[[Builder], Builder]:
+    """Register `fn(num_classes, pretrained) -> nn.Module` under its function name."""
+
+    def wrap(fn: Builder) -> Builder:
+        if fn.__name__ in _REGISTRY:
+            raise ValueError(f"model {fn.__name__} registered twice")
+        _REGISTRY[fn.__name__] = (fn, cfg)
+        return fn
+
+    return wrap
+
+
+def list_models(include_timm: bool = False, pattern: str | None = None) -> list[str]:
+    """Registered model names; with include_timm, every timm architecture too."""
+    names = sorted(_REGISTRY)
+    if include_timm:
+        import timm
+
+        names += [n for n in timm.list_models() if n not in _REGISTRY]
+    if pattern:
+        import fnmatch
+
+        names = [n for n in names if fnmatch.fnmatch(n, pattern)]
+    return names
+
+
+class UnknownModelError(KeyError):
+    def __str__(self) -> str:  # KeyError quotes its message; we want it plain
+        return str(self.args[0])
+
+
+def _timm_cfg(name: str) -> ModelCfg:
+    import timm
+
+    pcfg = timm.models.get_pretrained_cfg(name)
+    if pcfg is None:
+        return ModelCfg(source="timm", classifier="")
+    d = pcfg.to_dict()
+    return ModelCfg(
+        input_size=int(d.get("input_size", (3, 224, 224))[-1]),
+        crop_pct=float(d.get("crop_pct", 0.875)),
+        interpolation=d.get("interpolation") or "bilinear",
+        mean=tuple(d.get("mean", ModelCfg.mean)),
+        std=tuple(d.get("std", ModelCfg.std)),
+        num_classes=int(d.get("num_classes", 1000)),
+        classifier=d.get("classifier") if isinstance(d.get("classifier"), str) else "",
+        source="timm",
+    )
+
+
+def get_model_cfg(name: str) -> ModelCfg:
+    if name in _REGISTRY:
+        return _REGISTRY[name][1]
+    import timm
+
+    if timm.is_model(name):
+        return _timm_cfg(name)
+    known = list_models(include_timm=True)
+    close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
+    hint = f"; close matches: {', '.join(close)}" if close else ""
+    raise UnknownModelError(f"unknown model {name!r}{hint} (see `visionzoo models`)")
+
+
+def reset_classifier(model: nn.Module, cfg: ModelCfg, num_classes: int) -> None:
+    """Replace the final Linear layer with a fresh one of num_classes outputs."""
+    if hasattr(model, "reset_classifier") and cfg.source == "timm":
+        model.reset_classifier(num_classes)
+        return
+    parent_path, _, attr = cfg.classifier.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    old = getattr(parent, attr) if not attr.isdigit() else parent[int(attr)]
+    if not isinstance(old, nn.Linear):
+        raise TypeError(f"classifier {cfg.classifier} is {type(old).__name__}, not Linear")
+    new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
+    if attr.isdigit():
+        parent[int(attr)] = new
+    else:
+        setattr(parent, attr, new)
+
+
+def create_model(
+    name: str,
+    num_classes: int | None = None,
+    pretrained: bool = False,
+    weights: str | None = None,
+) -> nn.Module:
+    """Build a model by name.
+
+    num_classes: size of the head (default: the model's 1000).
+    pretrained: the library's hub weights (torchvision or timm; needs internet or a warm cache).
+    weights: a local file (state dict, visionzoo/timm/torchvision checkpoint, or .safetensors).
+    The returned module carries `visionzoo_cfg` (a ModelCfg with num_classes set) and `visionzoo_name`.
+    """
+    cfg = get_model_cfg(name)
+    n = num_classes or cfg.num_classes
+    if name in _REGISTRY:
+        builder = _REGISTRY[name][0]
+        # hub weights come with a 1000-way head: build that, load, then resize
+        model = builder(num_classes=cfg.num_classes if pretrained else n, pretrained=pretrained)
+        if pretrained and n != cfg.num_classes:
+            reset_classifier(model, cfg, n)
+    else:
+        import timm
+
+        model = timm.create_model(name, pretrained=pretrained, num_classes=n)
+        if not cfg.classifier:
+            cfg = replace(cfg, classifier=getattr(model, "default_cfg", {}).get("classifier", ""))
+    cfg = replace(cfg, num_classes=n)
+    model.visionzoo_cfg = cfg  # type: ignore[assignment]
+    model.visionzoo_name = name  # type: ignore[assignment]
+    if weights:
+        from .weights import load_weights
+
+        load_weights(model, weights)
+    return model
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def model_cfg_of(model: nn.Module) -> ModelCfg:
+    inner = getattr(model, "module", model)
+    inner = getattr(inner, "_orig_mod", inner)
+    cfg = getattr(inner, "visionzoo_cfg", None)
+    if cfg is None:
+        raise ValueError("model was not built by visionzoo.create_model")
+    return cfg
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """Strip DDP (`module.`) and torch.compile (`_orig_mod.`) wrappers, in any order."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel) or type(model).__name__ == "DataParallel":
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+

@@ -1,0 +1,95 @@
+"""Loading weights from local files in any of the layouts users bring.
+
+Accepted: a bare state dict, a visionzoo checkpoint (`model`), a pytorch/examples or timm
+training checkpoint (`state_dict`), or a .safetensors file; keys may carry DDP `module.` or
+torch.compile `_orig_mod.` prefixes. Files are read with `weights_only=True`: no code runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+class WeightsError(RuntimeError):
+    pass
+
+
+def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove DDP/compile wrapper prefixes, however they are nested (module._orig_mod.x -> x)."""
+    out = {}
+    for key, value in state_dict.items():
+        changed = True
+        while changed:
+            changed = False
+            for p in _WRAPPER_PREFIXES:
+                if key.startswith(p):
+                    key, changed = key[len(p) :], True
+        out[key] = value
+    return out
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a weights file and return a plain, prefix-free state dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        sd = load_file(str(path))
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # pickle errors, truncated files, disallowed globals
+            raise WeightsError(f"cannot read weights from {path}: {e}") from None
+        sd = obj
+        if isinstance(obj, dict):
+            for key in ("model", "state_dict", "model_state_dict"):
+                if isinstance(obj.get(key), dict):
+                    sd = obj[key]
+                    break
+        if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+            raise WeightsError(f"{path} holds no state dict of tensors")
+    return strip_prefixes(sd)
+
+
+def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> None:
+    """Load a local weights file into a model built by create_model.
+
+    A classifier of another size than the model's (e.g. 1000-way ImageNet weights into a
+    10-class model) is left at its fresh initialisation and reported; any other missing or
+    unexpected key is an error.
+    """
+    from .registry import model_cfg_of
+
+    cfg = model_cfg_of(model)
+    sd = load_state_dict_file(path)
+    sd = {k: v for k, v in sd.items() if not any(k.startswith(p) for p in cfg.drop_keys)}
+    own = model.state_dict()
+    skipped = []
+    if cfg.classifier:
+        for suffix in ("weight", "bias"):
+            key = f"{cfg.classifier}.{suffix}"
+            if key in sd and key in own and sd[key].shape != own[key].shape:
+                skipped.append(f"{key} {tuple(sd[key].shape)} -> {tuple(own[key].shape)}")
+                del sd[key]
+    result = model.load_state_dict(sd, strict=False)
+    missing = [k for k in result.missing_keys if not (skipped and k.startswith(cfg.classifier + "."))]
+    if strict and (missing or result.unexpected_keys):
+        raise WeightsError(
+            f"{path} does not fit {getattr(model, 'visionzoo_name', type(model).__name__)}: "
+            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''} ({len(missing)}), "
+            f"unexpected {result.unexpected_keys[:5]}"
+            f"{'...' if len(result.unexpected_keys) > 5 else ''} ({len(result.unexpected_keys)})"
+        )
+    if skipped:
+        log.warning("classifier left freshly initialised (shape differs): %s", "; ".join(skipped))
+    log.info("loaded weights from %s", path)
