@@ -43,7 +43,7 @@ def evaluate_model(
     totals = torch.zeros(5, dtype=torch.float64, device=device)
     per_class = torch.zeros(2, num_classes, dtype=torch.float64, device=device)  # correct, total
     k = min(5, num_classes)
-    for images, target, skipped in tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
+    for images, target, skipped in tqdm(loader, desc=desc, disable=None if progress else True, leave=False, dynamic_ncols=True):
         totals[4] += skipped
         if len(target) == 0:
             continue

@@ -69,7 +69,7 @@ def train_one_epoch(
     skipped = timed_images = steps = 0
     t_start = time.perf_counter()
     t_perf = None
-    bar = tqdm(total=max_steps, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    bar = tqdm(total=max_steps, desc=desc, disable=None if progress else True, leave=False, dynamic_ncols=True)
     for images, target, n_skipped in loader:
         if steps >= max_steps:
             break
