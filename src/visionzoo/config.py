@@ -89,7 +89,9 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     sched: SchedConfig = field(default_factory=SchedConfig)
     epochs: int = 90
-    batch_size: int = 256  # global: summed over all processes
+    # global (summed over all processes); small by default so a first run on a laptop-sized data set
+    # takes enough steps to learn. Recipes set the seeds' 256.
+    batch_size: int = 64
     iters: int | None = None  # cap on steps per epoch (performance runs)
     amp: str | None = None  # fp16 | bf16
     device: str = "auto"  # auto | cpu | cuda

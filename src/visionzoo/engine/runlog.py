@@ -30,7 +30,10 @@ class RunLog:
         self.out.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(self.out / "train.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        logging.getLogger("visionzoo").addHandler(handler)
+        logger = logging.getLogger("visionzoo")
+        if logger.level == logging.NOTSET:  # train.log gets INFO even when the caller set up no logging
+            logger.setLevel(logging.INFO)
+        logger.addHandler(handler)
         self._handler = handler
         if tensorboard:
             try:

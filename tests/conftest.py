@@ -1,0 +1,95 @@
+"""Shared fixtures: a tiny real-image ImageFolder and the built-in digits set.
+
+Both are session-scoped and cheap (the ImageFolder is ~50 small files, the digits set is written
+once into a temporary VISIONZOO_CACHE).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+# class name -> (foreground colour, shape). Each class differs in both colour and shape.
+TINY_CLASSES = {
+    "circle": ((220, 40, 40), "ellipse"),
+    "square": ((40, 200, 60), "rectangle"),
+    "triangle": ((50, 70, 230), "polygon"),
+}
+TINY_TRAIN_PER_CLASS = 12
+TINY_VAL_PER_CLASS = 4
+
+
+def draw_sample(shape: str, colour: tuple[int, int, int], rng: random.Random) -> Image.Image:
+    """A small, noisy, non-square RGB picture of one coloured shape on a light background."""
+    w, h = rng.randint(24, 40), rng.randint(24, 40)
+    bg = tuple(rng.randint(200, 255) for _ in range(3))
+    img = Image.new("RGB", (w, h), bg)
+    px = img.load()
+    for _ in range(w * h // 6):  # sensor-ish speckle
+        x, y = rng.randrange(w), rng.randrange(h)
+        px[x, y] = tuple(max(0, c - rng.randint(0, 60)) for c in bg)
+    d = ImageDraw.Draw(img)
+    m = rng.randint(2, 5)
+    fill = tuple(min(255, max(0, c + rng.randint(-25, 25))) for c in colour)
+    box = (m, m, w - 1 - m, h - 1 - m)
+    if shape == "ellipse":
+        d.ellipse(box, fill=fill)
+    elif shape == "rectangle":
+        d.rectangle(box, fill=fill)
+    else:
+        d.polygon([(w // 2, m), (w - 1 - m, h - 1 - m), (m, h - 1 - m)], fill=fill)
+    return img
+
+
+def write_tiny_imagefolder(root: Path, seed: int = 0) -> Path:
+    """root/train/<class>/*.{jpg,png} and root/val/<class>/*.{jpg,png}; returns root."""
+    rng = random.Random(seed)
+    for split, n in (("train", TINY_TRAIN_PER_CLASS), ("val", TINY_VAL_PER_CLASS)):
+        for cls, (colour, shape) in TINY_CLASSES.items():
+            out = root / split / cls
+            out.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                img = draw_sample(shape, colour, rng)
+                if i % 3 == 2:  # a third PNG (some of them grayscale / with alpha), the rest JPEG
+                    if i % 2:
+                        img = img.convert("LA") if split == "train" else img.convert("RGBA")
+                    img.save(out / f"{cls}_{split}_{i:03d}.png")
+                else:
+                    img.save(out / f"{cls}_{split}_{i:03d}.jpg", quality=90)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_imagefolder(tmp_path_factory) -> Path:
+    """Path DATA with DATA/train/<class>/* (12 per class) and DATA/val/<class>/* (4 per class).
+
+    Classes: circle (red), square (green), triangle (blue). Treat it as read-only: tests that
+    need to modify files copy them first.
+    """
+    return write_tiny_imagefolder(tmp_path_factory.mktemp("tiny") / "DATA")
+
+
+@pytest.fixture(scope="session")
+def digits_data(tmp_path_factory) -> Iterator[Path]:
+    """The built-in digits ImageFolder, materialised into a temporary VISIONZOO_CACHE.
+
+    VISIONZOO_CACHE stays set for the rest of the session (so `--data builtin:digits` in any test
+    finds the same copy) and is restored at the end.
+    """
+    from visionzoo.data.builtin import materialize
+
+    cache = tmp_path_factory.mktemp("visionzoo-cache")
+    old = os.environ.get("VISIONZOO_CACHE")
+    os.environ["VISIONZOO_CACHE"] = str(cache)
+    try:
+        yield materialize("digits")
+    finally:
+        if old is None:
+            os.environ.pop("VISIONZOO_CACHE", None)
+        else:
+            os.environ["VISIONZOO_CACHE"] = old
