@@ -49,18 +49,21 @@ def draw_sample(shape: str, colour: tuple[int, int, int], rng: random.Random) ->
 def write_tiny_imagefolder(root: Path, seed: int = 0) -> Path:
     """root/train/<class>/*.{jpg,png} and root/val/<class>/*.{jpg,png}; returns root."""
     rng = random.Random(seed)
+    png_modes = ("RGB", "LA", "RGBA", "P")  # decoding must turn each of them into RGB
+    n_png = n_jpeg = 0
     for split, n in (("train", TINY_TRAIN_PER_CLASS), ("val", TINY_VAL_PER_CLASS)):
         for cls, (colour, shape) in TINY_CLASSES.items():
             out = root / split / cls
             out.mkdir(parents=True, exist_ok=True)
             for i in range(n):
                 img = draw_sample(shape, colour, rng)
-                if i % 3 == 2:  # a third PNG (some of them grayscale / with alpha), the rest JPEG
-                    if i % 2:
-                        img = img.convert("LA") if split == "train" else img.convert("RGBA")
-                    img.save(out / f"{cls}_{split}_{i:03d}.png")
+                if i % 3 == 2:  # a third PNG, the rest JPEG
+                    img.convert(png_modes[n_png % len(png_modes)]).save(out / f"{cls}_{split}_{i:03d}.png")
+                    n_png += 1
                 else:
-                    img.save(out / f"{cls}_{split}_{i:03d}.jpg", quality=90)
+                    mode = "L" if n_jpeg % 7 == 6 else "RGB"  # the odd grayscale JPEG
+                    img.convert(mode).save(out / f"{cls}_{split}_{i:03d}.jpg", quality=90)
+                    n_jpeg += 1
     return root
 
 

@@ -93,6 +93,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate a visionzoo checkpoint on a validation split; preprocessing defaults to the checkpoint's.
 
+    data: where the split is; None uses the data the checkpoint was trained with.
     Validation class folders are mapped through the checkpoint's class names, so a missing or
     extra folder cannot shift labels. Returns top1/top5 (percent), loss, num_images, per_class.
     """
@@ -102,8 +103,11 @@ def evaluate(
     from .distributed import init_distributed
 
     dist = init_distributed(device)
-    data = data or DataConfig()
     model, ckpt = model_from_checkpoint(checkpoint)
+    if data is None:  # the validation split the model was trained with
+        saved = ckpt.get("config", {}).get("data", {})
+        data = DataConfig(**{k: saved[k] for k in ("data", "val_list", "val_root", "dummy", "dummy_val_size",
+                                                   "dummy_classes", "workers") if k in saved})
     cfg = model.visionzoo_cfg
     # the checkpoint's preprocessing is the default; explicit flags override it
     mcfg = ModelCfg(**{**cfg.to_dict(), "input_size": ckpt.get("img_size", cfg.input_size),

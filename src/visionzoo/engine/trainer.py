@@ -189,12 +189,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         raise ConfigError(f"batch_size {cfg.batch_size} (global) is not divisible by {dist.world_size} processes")
     if cfg.amp == "fp16" and device.type == "cpu":
         log.warning("fp16 autocast on CPU is slow and poorly supported; prefer --amp bf16 there")
+    model_cfg = get_model_cfg(cfg.model.model)  # a bad name fails before any folder is made
     out = Path(broadcast_object(str(_output_dir(cfg))))
     cfg.output = str(out)
     runlog = RunLog(out, enabled=dist.is_main, tensorboard=cfg.tensorboard)
     resume = _resume_path(cfg, out)
 
-    model_cfg = get_model_cfg(cfg.model.model)
     data = build_data(cfg.data, model_cfg, num_classes=cfg.model.num_classes, seed=cfg.seed)
     num_classes = cfg.model.num_classes or data.num_classes
     if num_classes < data.num_classes:

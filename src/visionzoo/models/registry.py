@@ -98,8 +98,9 @@ def get_model_cfg(name: str) -> ModelCfg:
 
     if timm.is_model(name):
         return _timm_cfg(name)
-    known = list_models(include_timm=True)
-    close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
+    # the registered names first: they are what most typos aim at
+    close = difflib.get_close_matches(name, sorted(_REGISTRY), n=3, cutoff=0.6)
+    close += [n for n in difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6) if n not in close]
     hint = f"; close matches: {', '.join(close)}" if close else ""
     raise UnknownModelError(f"unknown model {name!r}{hint} (see `visionzoo models`)")
 

@@ -11,70 +11,39 @@ from torch import nn
 
 from .registry import ModelCfg, register_model
 
-
-def _tv(name: str, num_classes: int, pretrained: bool, **kwargs) -> nn.Module:
-    weights = "DEFAULT" if pretrained else None
-    return torchvision.models.get_model(name, weights=weights, num_classes=num_classes, **kwargs)
-
-
 _RESNET = ModelCfg(classifier="fc")
 _VGG = ModelCfg(classifier="classifier.6")
 
-
-@register_model(_RESNET)
-def resnet18(num_classes: int = 1000, pretrained: bool = False) -> nn.Module:
-    return _tv("resnet18", num_classes, pretrained)
-
-
-@register_model(_RESNET)
-def resnet50(num_classes: int = 1000, pretrained: bool = False) -> nn.Module:
-    return _tv("resnet50", num_classes, pretrained)
-
-
-@register_model(_RESNET)
-def resnet101(num_classes: int = 1000, pretrained: bool = False) -> nn.Module:
-    return _tv("resnet101", num_classes, pretrained)
-
-
-@register_model(_VGG)
-def vgg16(num_classes: int = 1000, pretrained: bool = False) -> nn.Module:
-    return _tv("vgg16", num_classes, pretrained)
+# name -> (registry config, extra torchvision constructor arguments)
+SEED_MODELS: dict[str, tuple[ModelCfg, dict]] = {
+    "resnet18": (_RESNET, {}),
+    "resnet50": (_RESNET, {}),
+    "resnet101": (_RESNET, {}),
+    "vgg16": (_VGG, {}),
+    "vgg19": (_VGG, {}),
+    "vgg16_bn": (_VGG, {}),
+    "mobilenet_v2": (ModelCfg(classifier="classifier.1"), {}),
+    "alexnet": (ModelCfg(classifier="classifier.6"), {}),
+    # The auxiliary heads are off: the seed trains and evaluates the main head only. torchvision's
+    # published state dict still holds aux1./aux2. keys, which the loader drops by name.
+    "googlenet": (ModelCfg(classifier="fc", drop_keys=("aux1.", "aux2.")), {"aux_logits": False}),
+    "shufflenet_v2_x0_5": (_RESNET, {}),
+    "shufflenet_v2_x1_0": (_RESNET, {}),
+}
 
 
-@register_model(_VGG)
-def vgg19(num_classes: int = 1000, pretrained: bool = False) -> nn.Module:
-    return _tv("vgg19", num_classes, pretrained)
+def _builder(name: str, extra: dict):
+    def build(num_classes: int = 1000, pretrained: bool = False) -> nn.Module:
+        kwargs = dict(extra)
+        if name == "googlenet" and not pretrained:
+            kwargs["init_weights"] = True  # torchvision warns unless told; its default is this init
+        weights = "DEFAULT" if pretrained else None
+        return torchvision.models.get_model(name, weights=weights, num_classes=num_classes, **kwargs)
+
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = f"torchvision {name}"
+    return build
 
 
-@register_model(_VGG)
-def vgg16_bn(num_classes: int = 1000, pretrained: bool = False) -> nn.Module:
-    return _tv("vgg16_bn", num_classes, pretrained)
-
-
-@register_model(ModelCfg(classifier="classifier.1"))
-def mobilenet_v2(num_classes: int = 1000, pretrained: bool = False) -> nn.Module:
-    return _tv("mobilenet_v2", num_classes, pretrained)
-
-
-@register_model(ModelCfg(classifier="classifier.6"))
-def alexnet(num_classes: int = 1000, pretrained: bool = False) -> nn.Module:
-    return _tv("alexnet", num_classes, pretrained)
-
-
-# The auxiliary heads are off: the seed trains and evaluates the main head only. torchvision's
-# published state dict still holds aux1./aux2. keys, which the loader drops by name.
-@register_model(ModelCfg(classifier="fc", drop_keys=("aux1.", "aux2.")))
-def googlenet(num_classes: int = 1000, pretrained: bool = False) -> nn.Module:
-    if pretrained:
-        return _tv("googlenet", num_classes, pretrained, aux_logits=False)
-    return _tv("googlenet", num_classes, pretrained, aux_logits=False, init_weights=True)
-
-
-@register_model(_RESNET)
-def shufflenet_v2_x0_5(num_classes: int = 1000, pretrained: bool = False) -> nn.Module:
-    return _tv("shufflenet_v2_x0_5", num_classes, pretrained)
-
-
-@register_model(_RESNET)
-def shufflenet_v2_x1_0(num_classes: int = 1000, pretrained: bool = False) -> nn.Module:
-    return _tv("shufflenet_v2_x1_0", num_classes, pretrained)
+for _name, (_cfg, _extra) in SEED_MODELS.items():
+    register_model(_cfg)(_builder(_name, _extra))
