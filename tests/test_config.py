@@ -56,7 +56,8 @@ def test_print_config_recipe_mode_and_flag(capsys):
 def test_defaults_without_recipe(capsys):
     cfg = print_config(capsys)
     assert cfg == to_dict(TrainConfig())
-    assert cfg["epochs"] == 90 and cfg["batch_size"] == 256 and cfg["iters"] is None
+    assert cfg["epochs"] == 90 and cfg["iters"] is None and cfg["recipe"] is None
+    assert cfg["model"]["model"] == "resnet18" and cfg["optim"]["lr_base"] == 0.1
 
 
 def test_recipe_default_mode_and_recipe_over_defaults(capsys):
@@ -157,12 +158,6 @@ def test_unknown_recipe_and_mode(capsys):
     assert "no mode 'fast'" in err and "perf" in err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="src bug: cli/options.py resolve_config raises a bare ValueError('--mode needs --recipe'), "
-    "which is not in cli.USER_ERRORS, so `visionzoo train --mode perf` dies with a traceback, not exit 2",
-)
 def test_mode_without_recipe_is_a_user_error(capsys):
     err = fails(capsys, ["train", "--mode", "perf", "--print-config"])
     assert "--mode needs --recipe" in err
@@ -213,6 +208,11 @@ def test_bad_yaml_files(tmp_path, capsys):
     path.write_text("epochs: [1\n")
     assert "invalid YAML" in fails(capsys, ["train", "--config", str(path)])
     assert "not found" in fails(capsys, ["train", "--config", str(tmp_path / "absent.yaml")])
+
+
+def test_bad_choice_is_still_rejected(capsys):
+    err = fails(capsys, ["train", "--sched", "cosin", "--print-config"])
+    assert "'cosin' is not one of linear, step, multistep, cosine, constant" in err
 
 
 @pytest.mark.parametrize(

@@ -550,3 +550,16 @@ def test_builtin_digits_via_data_config_and_cached(digits_data):
     assert len(s.items) == 355 and s.items[0][0].startswith(str(digits_data))
     with pytest.raises(DataError, match="unknown built-in"):
         materialize("mnist")
+
+
+def test_valprep_keeps_labels_when_a_class_is_absent(flat_val, tmp_path):
+    """Labels {0, 2} only: the empty 0001 folder keeps label 2 at index 2 for an ImageFolder."""
+    flat, labels, expected = flat_val
+    kept = [ln for ln in labels.read_text().splitlines() if not ln.endswith(" 1")]
+    sub = tmp_path / "labels_02.txt"
+    sub.write_text("\t\n".join(kept).replace(" ", "\t") + "\n")  # tab-separated lines read too
+    out = tmp_path / "val_02"
+    assert main(["valprep", "--val-dir", str(flat), "--labels", str(sub), "--output", str(out)]) == 0
+    s = image_folder(out)
+    assert s.classes == ["0000", "0001", "0002"]
+    assert _by_name(s) == {k: v for k, v in expected.items() if v != 1}

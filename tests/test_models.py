@@ -98,11 +98,14 @@ def test_timm_model_by_timm_name(timm_name, classifier):
 
 
 def test_timm_model_default_cfg_comes_from_timm():
+    import timm
+
+    pcfg = timm.models.get_pretrained_cfg("resnet10t")
     cfg = get_model_cfg("resnet10t")
     assert cfg.source == "timm"
     assert cfg.num_classes == 1000
-    assert cfg.interpolation == "bicubic"  # timm's resnet10t pretrained cfg, not our bilinear default
-    assert cfg.input_size == 176
+    assert (cfg.input_size, cfg.crop_pct, cfg.interpolation) == (pcfg.input_size[-1], pcfg.crop_pct, pcfg.interpolation)
+    assert (cfg.input_size, cfg.interpolation) != (224, "bilinear")  # not just our defaults
 
 
 def test_seed_model_default_cfg():
@@ -254,13 +257,6 @@ def test_other_architecture_with_extra_keys_is_an_error(tmp_path):
         create_model("resnet18", num_classes=10, weights=str(path))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="src bug: weights.py load_weights calls model.load_state_dict(strict=False), which raises a bare "
-    "RuntimeError ('size mismatch') for any non-classifier shape mismatch (e.g. resnet50 weights into "
-    "resnet18) instead of a WeightsError, so the CLI prints a traceback",
-)
 def test_shape_mismatch_outside_classifier_is_a_weights_error(tmp_path, resnet18_10):
     sd = dict(resnet18_10)
     sd["conv1.weight"] = torch.zeros(64, 3, 3, 3)  # resnet18's stem is 7x7
@@ -291,11 +287,6 @@ def test_pickled_code_is_refused(tmp_path):
         load_state_dict_file(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: weights.py load_state_dict_file does not wrap safetensors.load_file, so a corrupt "
-    ".safetensors file raises SafetensorError instead of WeightsError (CLI prints a traceback)",
-)
 def test_corrupt_safetensors_is_a_weights_error(tmp_path):
     path = tmp_path / "bad.safetensors"
     path.write_bytes(b"garbage" * 10)

@@ -164,7 +164,7 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
             return float(value)
         if base is str:
             value = str(value)
-            name = key.rsplit(".", 1)[-1]
+            name = key.rsplit(".", 1)[-1].lstrip("-").replace("-", "_")  # "optim.sched" or "--sched"
             if name in CHOICES and value not in CHOICES[name]:
                 raise ConfigError(f"{key}: {value!r} is not one of {', '.join(CHOICES[name])}")
             return value

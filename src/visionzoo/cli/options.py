@@ -6,7 +6,7 @@ import argparse
 import typing
 from typing import Any
 
-from ..config import CHOICES, TrainConfig, apply_overrides, coerce, field_index, field_type, load_yaml
+from ..config import CHOICES, ConfigError, TrainConfig, apply_overrides, coerce, field_index, field_type, load_yaml
 
 ALIASES = {"batch_size": ["-b"], "workers": ["-j"], "epochs": ["-e"]}
 SKIP = {"recipe", "mode"}  # handled by the command itself
@@ -64,7 +64,7 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     if getattr(args, "recipe", None):
         cfg = get_recipe(args.recipe).resolve(args.mode)
     elif getattr(args, "mode", None):
-        raise ValueError("--mode needs --recipe")
+        raise ConfigError("--mode needs --recipe")
     if getattr(args, "config", None):
         cfg = apply_overrides(cfg, load_yaml(args.config), args.config)
     return apply_overrides(cfg, nest(cli_overrides(args)), "command line")

@@ -85,8 +85,8 @@ def read_list_file(path: str | Path) -> list[tuple[str, int]]:
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        rel, _, label = line.rpartition(" ")
-        rel = rel.strip()
+        parts = line.rsplit(maxsplit=1)  # the label is the last field; paths may hold spaces
+        rel, label = (parts[0].strip(), parts[1]) if len(parts) == 2 else ("", line)
         try:
             value = int(label)
         except ValueError:

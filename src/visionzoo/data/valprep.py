@@ -45,6 +45,10 @@ def rearrange_val(
     if missing:
         raise DataError(f"{labels}: {len(missing)} listed files missing under {src_root}, e.g. {missing[0]}")
     counts: dict[str, int] = {}
+    # every class gets its folder, empty or not, so an ImageFolder over the output indexes labels
+    # the same way even when some label never occurs in this split
+    for name in names[: max(lab for _, lab in items) + 1]:
+        (out_root / name).mkdir(parents=True, exist_ok=True)
     for rel, lab in items:
         dst = out_root / names[lab] / Path(rel).name
         dst.parent.mkdir(parents=True, exist_ok=True)

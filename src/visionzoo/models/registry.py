@@ -136,7 +136,7 @@ def create_model(
     The returned module carries `visionzoo_cfg` (a ModelCfg with num_classes set) and `visionzoo_name`.
     """
     cfg = get_model_cfg(name)
-    n = num_classes or cfg.num_classes
+    n = cfg.num_classes if num_classes is None else num_classes
     if name in _REGISTRY:
         builder = _REGISTRY[name][0]
         # hub weights come with a 1000-way head: build that, load, then resize

@@ -44,7 +44,10 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        sd = load_file(str(path))
+        try:
+            sd = load_file(str(path))
+        except Exception as e:  # safetensors' own error type for corrupt headers
+            raise WeightsError(f"cannot read weights from {path}: {e}") from None
     else:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -81,6 +84,11 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> Non
             if key in sd and key in own and sd[key].shape != own[key].shape:
                 skipped.append(f"{key} {tuple(sd[key].shape)} -> {tuple(own[key].shape)}")
                 del sd[key]
+    wrong = [f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in sd.items()
+             if k in own and v.shape != own[k].shape]
+    if wrong:
+        raise WeightsError(f"{path} does not fit {getattr(model, 'visionzoo_name', type(model).__name__)}: "
+                           f"{len(wrong)} tensors of another shape, e.g. {'; '.join(wrong[:3])}")
     result = model.load_state_dict(sd, strict=False)
     missing = [k for k in result.missing_keys if not (skipped and k.startswith(cfg.classifier + "."))]
     if strict and (missing or result.unexpected_keys):
