@@ -214,3 +214,16 @@ def test_torchrun_two_processes_count_every_val_image_once(digits_data, tmp_path
     assert len(ckpt["rng"]) == 2 and not any(k.startswith("module.") for k in ckpt["model"])
     result = json.loads((out / "eval.json").read_text())
     assert sum(c["total"] for c in result["per_class"]) == 355
+
+
+@pytest.mark.slow
+def test_compile_trains_and_saves_plain_keys(tmp_path):
+    """torch.compile (inductor on CPU): the run completes and the checkpoint has no _orig_mod. prefix."""
+    out = tmp_path / "compiled"
+    rc = main(["train", "--dummy", "--model", "resnet18", "--img-size", "16", "--batch-size", "8", "--epochs", "1",
+               "--iters", "2", "--dummy-classes", "5", "--dummy-val-size", "8", "--compile", "--device", "cpu",
+               "--workers", "0", "--output", str(out), "--no-progress"])
+    assert rc == 0
+    ckpt = load_checkpoint(out / "last.pth")
+    assert "conv1.weight" in ckpt["model"] and not any("_orig_mod" in k for k in ckpt["model"])
+    assert ckpt["config"]["model"]["compile"] is True
