@@ -214,6 +214,12 @@ def test_torchrun_two_processes_count_every_val_image_once(digits_data, tmp_path
     assert len(ckpt["rng"]) == 2 and not any(k.startswith("module.") for k in ckpt["model"])
     result = json.loads((out / "eval.json").read_text())
     assert sum(c["total"] for c in result["per_class"]) == 355
+    # the logged evaluation describes the saved weights (BatchNorm statistics synced from rank 0)
+    fresh = tmp_path / "fresh.json"
+    assert main(["eval", "--checkpoint", str(out / "last.pth"), "--json", str(fresh), "--no-progress"]) == 0
+    again = json.loads(fresh.read_text())
+    assert again["num_images"] == 355 and again["top1"] == pytest.approx(rows[-1]["val_top1"])
+    assert again["loss"] == pytest.approx(rows[-1]["val_loss"], rel=1e-4)
 
 
 @pytest.mark.slow
@@ -227,3 +233,46 @@ def test_compile_trains_and_saves_plain_keys(tmp_path):
     ckpt = load_checkpoint(out / "last.pth")
     assert "conv1.weight" in ckpt["model"] and not any("_orig_mod" in k for k in ckpt["model"])
     assert ckpt["config"]["model"]["compile"] is True
+
+
+@pytest.mark.slow
+def test_torchrun_skip_bad_images_keeps_ranks_in_step(tmp_path):
+    """6 of 8 training images are garbage: some local batches would be all-bad. Ranks must not hang."""
+    data = tmp_path / "bad"
+    for split in ("train", "val"):
+        for cls, colour in (("a", (250, 20, 20)), ("b", (20, 20, 250))):
+            (data / split / cls).mkdir(parents=True)
+            for i in range(4 if split == "train" else 2):
+                Image.new("RGB", (20, 20), colour).save(data / split / cls / f"{i}.png")
+    bad = [data / "train" / "a" / f"{i}.png" for i in range(4)] + [data / "train" / "b" / f"{i}.png" for i in (0, 1)]
+    for p in bad:
+        p.write_bytes(b"not an image at all")
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "visionzoo", "train", "--data", str(data), "--model", "resnet18", "--img-size", "16",
+           "--epochs", "2", "--batch-size", "4", "--workers", "0", "--device", "cpu", "--skip-bad-images",
+           "--output", str(out), "--no-progress"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_metrics(out)
+    assert [r["skipped_images"] for r in rows] == [6, 6]  # every bad sample, counted over both ranks
+    assert all(r["steps"] == 2 and r["val_num_images"] == 4 for r in rows)
+
+
+def test_output_reuse_and_head_larger_than_data(digits_data, tmp_path, capsys):
+    out = tmp_path / "wide"
+    summary = train(small_cfg(digits_data, out, epochs=1, model={"num_classes": 12}))
+    ckpt = load_checkpoint(out / "last.pth")
+    assert ckpt["num_classes"] == 12 and summary["epochs_run"] == 1
+    result = json.loads((out / "eval.json").read_text())
+    assert [c["class"] for c in result["per_class"]][-3:] == ["9", "10", "11"]
+    # the same folder again without --resume would mix two runs' logs: refused
+    rc = main(["train", "--data", str(digits_data), "--output", str(out), "--epochs", "1", "--device", "cpu"])
+    assert rc == 2 and "--resume auto" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value", [("--log-interval", "0"), ("--step-size", "0"), ("--iters", "0"),
+                                         ("--hflip", "1.5"), ("--scale", "0.9,0.1")])
+def test_out_of_range_values_are_refused(flag, value, tmp_path, capsys):
+    rc = main(["train", "--dummy", flag, value, "--output", str(tmp_path / "x")])
+    assert rc == 2 and "out of range" in capsys.readouterr().err

@@ -239,6 +239,34 @@ def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any], source: str) ->
     return cfg
 
 
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Range checks that types alone cannot express; raises ConfigError naming the field."""
+    checks = [
+        ("epochs", cfg.epochs >= 1), ("batch_size", cfg.batch_size >= 1),
+        ("iters", cfg.iters is None or cfg.iters >= 1), ("log_interval", cfg.log_interval >= 1),
+        ("eval_every", cfg.eval_every >= 0), ("eval_start", cfg.eval_start >= 1),
+        ("perf_warmup_steps", cfg.perf_warmup_steps >= 0), ("workers", cfg.data.workers >= 0),
+        ("step_size", cfg.sched.step_size >= 1), ("warmup_epochs", cfg.sched.warmup_epochs >= 0),
+        ("lr_base_batch", cfg.optim.lr_base_batch >= 1), ("hflip", 0.0 <= cfg.data.hflip <= 1.0),
+        ("scale", len(cfg.data.scale) == 2 and 0 < cfg.data.scale[0] <= cfg.data.scale[1] <= 1),
+        ("ratio", len(cfg.data.ratio) == 2 and 0 < cfg.data.ratio[0] <= cfg.data.ratio[1]),
+        ("img_size", cfg.data.img_size is None or cfg.data.img_size >= 1),
+        ("num_classes", cfg.model.num_classes is None or cfg.model.num_classes >= 1),
+        ("label_smoothing", 0.0 <= cfg.optim.label_smoothing < 1.0),
+    ]
+    bad = [name for name, ok in checks if not ok]
+    if bad:
+        index = field_index()
+        raise ConfigError(", ".join(f"{index[n]} = {getattr_path(cfg, index[n])!r} is out of range" for n in bad))
+    return cfg
+
+
+def getattr_path(obj: Any, path: str) -> Any:
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 

@@ -13,7 +13,7 @@ from ..engine.runlog import write_json
 
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="train + evaluate on the built-in digits data set", description=__doc__)
-    p.add_argument("--output", default="runs/demo")
+    p.add_argument("--output", help="run folder (default: runs/demo-<date>-<time>)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--model", help="another model, e.g. mobilenet_v2")
@@ -26,7 +26,10 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.trainer import train
     from ..recipes import get_recipe
 
-    overrides: dict = {"output": args.output, "device": args.device, "data": {"data": "builtin:digits"}}
+    import time
+
+    output = args.output or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    overrides: dict = {"output": output, "device": args.device, "data": {"data": "builtin:digits"}}
     if args.epochs:
         overrides["epochs"] = args.epochs
     if args.model:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from ..config import DataConfig, apply_overrides
 from ..engine.runlog import write_json
@@ -28,8 +29,12 @@ def run(args: argparse.Namespace) -> int:
     from ..config import TrainConfig
     from ..engine.evaluate import evaluate
 
-    data: DataConfig = apply_overrides(TrainConfig(), nest(cli_overrides(args)), "command line").data
+    overrides = cli_overrides(args)
+    # no data flags: evaluate on the validation split the checkpoint was trained with
+    data: DataConfig | None = apply_overrides(TrainConfig(), nest(overrides), "command line").data if overrides else None
     result = evaluate(args.checkpoint, data, args.batch_size, args.device, args.amp, args.channels_last, args.progress)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports for all
+        return 0
     print(f"top-1 {result['top1']:.2f}  top-5 {result['top5']:.2f}  loss {result['loss']:.4f}  "
           f"images {result['num_images']}" + (f"  skipped {result['skipped_images']}" if result["skipped_images"] else ""))
     if args.json:

@@ -141,12 +141,16 @@ class ImageDataset(Dataset):
     Indices may come as (index, seed) pairs from `SeededSampler`: the augmentation then draws from
     a generator seeded by that pair, so results do not depend on worker count or on resuming.
     With skip_bad, an undecodable image yields None (dropped and counted by the collate function).
+    With replace_bad as well (training), the next decodable sample stands in and the item is
+    (image, label, 1), the 1 counting one skipped sample: batches keep their size, so DDP ranks stay in step and
+    BatchNorm never sees a batch of one.
     """
 
-    def __init__(self, samples: Samples, transform: Callable, skip_bad: bool = False):
+    def __init__(self, samples: Samples, transform: Callable, skip_bad: bool = False, replace_bad: bool = False):
         self.samples = samples
         self.transform = transform
         self.skip_bad = skip_bad
+        self.replace_bad = replace_bad
 
     def __len__(self) -> int:
         return len(self.samples.items)
@@ -156,17 +160,27 @@ class ImageDataset(Dataset):
         if isinstance(index, tuple):
             index, seed = index
         path, label = self.samples.items[index]
-        try:
-            img = load_rgb(path)
-        except BadImageError:
-            if self.skip_bad:
-                return None
-            raise
+        replaced = 0
+        while True:
+            try:
+                img = load_rgb(path)
+                break
+            except BadImageError:
+                if not self.skip_bad:
+                    raise
+                if not self.replace_bad:
+                    return None
+                replaced += 1
+                if replaced >= len(self):
+                    raise BadImageError(f"no decodable image in the data set (last tried {path})") from None
+                path, label = self.samples.items[(index + replaced) % len(self)]
         if seed is None:
-            return self.transform(img), label
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return self.transform(img), label
+            out = self.transform(img)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                out = self.transform(img)
+        return (out, label, 1) if replaced else (out, label)
 
 
 class DummyDataset(Dataset):

@@ -45,7 +45,7 @@ class SeededSampler(Sampler):
             idx = list(range(self.size))
         if self.pad and self.world_size > 1:
             total = math.ceil(self.size / self.world_size) * self.world_size
-            idx += idx[: total - len(idx)]
+            idx = (idx * math.ceil(total / len(idx)))[:total]
         return idx[self.rank :: self.world_size]
 
     def __iter__(self):
@@ -62,10 +62,10 @@ class SeededSampler(Sampler):
 def collate_skipping(batch: list[Any]) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Stack (image, label) pairs, dropping the None of undecodable images; returns the skip count."""
     good = [b for b in batch if b is not None]
-    skipped = len(batch) - len(good)
+    skipped = len(batch) - len(good) + sum(b[2] for b in good if len(b) == 3)  # dropped + replaced
     if not good:
         return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), skipped
-    images, labels = default_collate(good)
+    images, labels = default_collate([b[:2] for b in good])
     return images, labels, skipped
 
 
@@ -137,7 +137,7 @@ def build_data(
         classes = classes or s.classes
         num_classes = num_classes or s.num_classes
         tf = train_transform(img_size, cfg.scale, cfg.ratio, cfg.hflip, cfg.color_jitter, interp)
-        train = ImageDataset(s, tf, cfg.skip_bad_images)
+        train = ImageDataset(s, tf, cfg.skip_bad_images, replace_bad=True)
     if "val" in splits:
         s = find_samples(cfg, "val", classes, num_classes)
         classes = classes or s.classes

@@ -66,7 +66,8 @@ def evaluate_model(
     model.train(was_training)
     loss, c1, c5, n, skipped = totals.tolist()
     correct, count = per_class.cpu().tolist()
-    names = classes or [str(i) for i in range(num_classes)]
+    # a head larger than the data's class list (--num-classes) gets numbered names for the rest
+    names = list(classes or []) + [str(i) for i in range(len(classes or []), num_classes)]
     n_int = int(n)
     return {
         "top1": 100.0 * c1 / n if n else 0.0,
@@ -116,7 +117,7 @@ def evaluate(
                        "mean": tuple(cfg.mean), "std": tuple(cfg.std), "drop_keys": tuple(cfg.drop_keys)})
     classes = ckpt.get("classes")
     bundle = build_data(data, mcfg, splits=("val",), classes=classes, num_classes=cfg.num_classes)
-    if len(bundle.classes) != cfg.num_classes:
+    if len(bundle.classes) > cfg.num_classes:
         raise ValueError(f"data has {len(bundle.classes)} classes, checkpoint {checkpoint} has {cfg.num_classes}")
     model.to(dist.device)
     if channels_last:

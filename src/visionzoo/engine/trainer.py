@@ -18,7 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .. import __version__
-from ..config import ConfigError, TrainConfig, save_yaml, to_dict
+from ..config import ConfigError, TrainConfig, save_yaml, to_dict, validate
 from ..data.loader import DataBundle, DeviceNormalizer, build_data, make_loader
 from ..models import create_model, get_model_cfg, unwrap_model
 from .checkpoint import atomic_copy, atomic_save, load_checkpoint, rng_state, set_rng_state
@@ -67,6 +67,7 @@ def train_one_epoch(
     device = state.normalizer.device
     sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss*n, correct, n
     skipped = timed_images = steps = 0
+    lr_used = state.optimizer.param_groups[0]["lr"]
     t_start = time.perf_counter()
     t_perf = None
     bar = tqdm(total=max_steps, desc=desc, disable=None if progress else True, leave=False, dynamic_ncols=True)
@@ -91,6 +92,7 @@ def train_one_epoch(
             nn.utils.clip_grad_norm_(model.parameters(), state.clip_grad)
         state.scaler.step(state.optimizer)
         state.scaler.update()
+        lr_used = state.optimizer.param_groups[0]["lr"]
         state.scheduler.step()
         with torch.no_grad():
             n = target.new_tensor(len(target), dtype=torch.float64)
@@ -109,8 +111,9 @@ def train_one_epoch(
     t_end = time.perf_counter()
     if t_perf is None:  # fewer steps than the warm-up: time them all rather than report nothing
         t_perf, timed_images = t_start, int(sums[2].item())
-    all_reduce_sum(sums)
-    loss_sum, correct, count = sums.tolist()
+    totals = torch.cat([sums, sums.new_tensor([skipped])])
+    all_reduce_sum(totals)
+    loss_sum, correct, count, skipped = totals.tolist()
     elapsed = max(t_end - t_perf, 1e-9)
     return {
         "train_loss": loss_sum / count if count else float("nan"),
@@ -118,7 +121,8 @@ def train_one_epoch(
         "steps": steps,
         "images_per_sec": timed_images * world_size / elapsed,
         "epoch_time": t_end - t_start,
-        "skipped_images": skipped,
+        "skipped_images": int(skipped),
+        "lr": lr_used,
     }
 
 
@@ -182,6 +186,7 @@ def checkpoint_meta(model: nn.Module, data: DataBundle) -> dict[str, Any]:
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train (and evaluate) as cfg says; returns a summary with the run folder and best top-1."""
+    validate(cfg)
     dist = init_distributed(cfg.device)
     device = dist.device
     _setup_determinism(cfg, dist)
@@ -192,9 +197,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     model_cfg = get_model_cfg(cfg.model.model)  # a bad name fails before any folder is made
     out = Path(broadcast_object(str(_output_dir(cfg))))
     cfg.output = str(out)
+    if not cfg.resume and any((out / f).exists() for f in ("last.pth", "metrics.jsonl")):
+        raise ConfigError(f"{out} already holds a run: pass --resume auto to continue it, or another --output")
     runlog = RunLog(out, enabled=dist.is_main, tensorboard=cfg.tensorboard)
     resume = _resume_path(cfg, out)
 
+    if cfg.data.dummy and cfg.iters and cfg.data.dummy_train_size < cfg.iters * cfg.batch_size:
+        cfg.data.dummy_train_size = cfg.iters * cfg.batch_size  # a performance run gets all its steps
     data = build_data(cfg.data, model_cfg, num_classes=cfg.model.num_classes, seed=cfg.seed)
     num_classes = cfg.model.num_classes or data.num_classes
     if num_classes < data.num_classes:
@@ -212,6 +221,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     train_loader = make_loader(data.train, per_rank_batch, cfg.data.workers, True, cfg.seed, dist.rank, dist.world_size, pin)
     val_loader = make_loader(data.val, per_rank_batch, cfg.data.workers, False, cfg.seed, dist.rank, dist.world_size, pin)
     steps_per_epoch = len(train_loader) if cfg.iters is None else min(cfg.iters, len(train_loader))
+    if cfg.iters is not None and cfg.iters > len(train_loader) and dist.is_main:
+        log.warning("--iters %d is more than the %d batches of one epoch: running %d steps per epoch",
+                    cfg.iters, len(train_loader), steps_per_epoch)
     if steps_per_epoch == 0:
         raise ConfigError(f"training set of {len(data.train)} images is smaller than one batch of {cfg.batch_size}")
     lr = effective_lr(cfg.optim, cfg.batch_size)
@@ -229,7 +241,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         raw_model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
+        if ckpt["scaler"] and scaler.is_enabled():  # an fp32/bf16 run saves an empty scaler state
+            scaler.load_state_dict(ckpt["scaler"])
         start_epoch, best_top1, state.global_step = ckpt["epoch"], ckpt.get("best_top1"), ckpt["step"]
         set_rng_state(ckpt["rng"][min(dist.rank, len(ckpt["rng"]) - 1)])
         log.info("resumed from %s at epoch %d (step %d)", resume, start_epoch, state.global_step)
@@ -260,7 +273,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             cfg.perf_warmup_steps, cfg.progress and dist.is_main, f"epoch {epoch + 1}/{cfg.epochs}",
             on_log=lambda d: runlog.scalars("train_step", d),
         )
-        record: dict[str, Any] = {"epoch": epoch + 1, "step": state.global_step, "lr": optimizer.param_groups[0]["lr"], **stats}
+        record: dict[str, Any] = {"epoch": epoch + 1, "step": state.global_step, **stats}
+        if dist.enabled:
+            _sync_buffers(raw_model)
         if _should_eval(cfg, epoch + 1):
             last_eval = evaluate_model(
                 raw_model, val_loader, state.normalizer, num_classes, cfg.amp, data.classes,
@@ -293,6 +308,17 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         summary["checkpoint"] = str(out / ("best.pth" if (out / "best.pth").exists() else "last.pth"))
         runlog.finish(summary, last_eval)
     return summary
+
+
+def _sync_buffers(model: nn.Module) -> None:
+    """Give every rank rank 0's BatchNorm statistics, so evaluation and the saved weights agree.
+
+    DDP broadcasts buffers at the start of each forward, so after the last step they differ per rank.
+    """
+    import torch.distributed as tdist
+
+    for b in model.buffers():
+        tdist.broadcast(b, 0)
 
 
 def _gather_rng(dist: DistInfo) -> list[dict[str, Any]]:

@@ -27,7 +27,7 @@ class ModelCfg:
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     num_classes: int = 1000
-    classifier: str = "fc"  # dotted path of the final Linear layer
+    classifier: str | tuple[str, ...] = "fc"  # dotted path(s) of the final Linear layer(s)
     source: str = "torchvision"  # torchvision | timm
     drop_keys: tuple[str, ...] = field(default_factory=tuple)  # key prefixes ignored on load
 

@@ -26,7 +26,9 @@ SEED_MODELS: dict[str, tuple[ModelCfg, dict]] = {
     "alexnet": (ModelCfg(classifier="classifier.6"), {}),
     # The auxiliary heads are off: the seed trains and evaluates the main head only. torchvision's
     # published state dict still holds aux1./aux2. keys, which the loader drops by name.
-    "googlenet": (ModelCfg(classifier="fc", drop_keys=("aux1.", "aux2.")), {"aux_logits": False}),
+    # transform_input is always on: torchvision turns it on for its weights, and it is not in the
+    # state dict, so a checkpoint must rebuild with the same setting however it was trained.
+    "googlenet": (ModelCfg(classifier="fc", drop_keys=("aux1.", "aux2.")), {"aux_logits": False, "transform_input": True}),
     "shufflenet_v2_x0_5": (_RESNET, {}),
     "shufflenet_v2_x1_0": (_RESNET, {}),
 }

@@ -78,9 +78,10 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> Non
     sd = {k: v for k, v in sd.items() if not any(k.startswith(p) for p in cfg.drop_keys)}
     own = model.state_dict()
     skipped = []
-    if cfg.classifier:
+    heads = (cfg.classifier,) if isinstance(cfg.classifier, str) else tuple(cfg.classifier or ())
+    for head in filter(None, heads):  # timm's distilled models have two heads
         for suffix in ("weight", "bias"):
-            key = f"{cfg.classifier}.{suffix}"
+            key = f"{head}.{suffix}"
             if key in sd and key in own and sd[key].shape != own[key].shape:
                 skipped.append(f"{key} {tuple(sd[key].shape)} -> {tuple(own[key].shape)}")
                 del sd[key]
@@ -90,7 +91,8 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> Non
         raise WeightsError(f"{path} does not fit {getattr(model, 'visionzoo_name', type(model).__name__)}: "
                            f"{len(wrong)} tensors of another shape, e.g. {'; '.join(wrong[:3])}")
     result = model.load_state_dict(sd, strict=False)
-    missing = [k for k in result.missing_keys if not (skipped and k.startswith(cfg.classifier + "."))]
+    dropped = {s.split(" ")[0] for s in skipped}
+    missing = [k for k in result.missing_keys if k not in dropped]
     if strict and (missing or result.unexpected_keys):
         raise WeightsError(
             f"{path} does not fit {getattr(model, 'visionzoo_name', type(model).__name__)}: "
