@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -345,3 +346,16 @@ def test_models_cli_pattern_and_timm(capsys):
     names = capsys.readouterr().out.split()
     assert "resnet10t" in names and "resnet101" in names
     assert all(n.startswith("resnet10") for n in names)
+
+
+def test_readme_recipe_table_commands_resolve():
+    """Every `--recipe X --mode Y` command in the README names a recipe mode that exists."""
+    import re
+
+    from visionzoo.recipes import get_recipe
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    pairs = re.findall(r"visionzoo train --recipe (\S+) --mode (\S+) --data", readme)
+    assert len(pairs) >= 25
+    for name, mode in pairs:
+        get_recipe(name).resolve(mode)
