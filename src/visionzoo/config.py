@@ -231,11 +231,9 @@ def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any], source: str) ->
         cfg, **{s: dataclasses.replace(getattr(cfg, s)) for s in SECTIONS}
     )
     for path, value in flatten(overrides, source).items():
-        target: Any = cfg
-        parts = path.split(".")
-        for p in parts[:-1]:
-            target = getattr(target, p)
-        setattr(target, parts[-1], coerce(value, field_type(path), f"{source}: {path}"))
+        parent, _, name = path.rpartition(".")
+        target = getattr_path(cfg, parent) if parent else cfg
+        setattr(target, name, coerce(value, field_type(path), f"{source}: {path}"))
     return cfg
 
 

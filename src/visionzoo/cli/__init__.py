@@ -12,7 +12,8 @@ from ..data.datasets import DataError
 from ..data.images import BadImageError
 from ..models.registry import UnknownModelError
 from ..models.weights import WeightsError
-from . import demo, eval as eval_cmd, models, recipes, train, valprep
+from . import demo, models, recipes, train, valprep
+from . import eval as eval_cmd
 
 COMMANDS = {
     "train": train,

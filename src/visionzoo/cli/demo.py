@@ -21,12 +21,12 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import time
+
     from ..config import DataConfig, apply_overrides
     from ..engine.evaluate import evaluate
     from ..engine.trainer import train
     from ..recipes import get_recipe
-
-    import time
 
     output = args.output or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
     overrides: dict = {"output": output, "device": args.device, "data": {"data": "builtin:digits"}}

@@ -40,8 +40,7 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
     for key, value in vars(args).items():
         if key.startswith("cfg__"):
             name = key[5:]
-            coerce(value, field_type(index[name]), _flag(name))  # fail early, naming the flag
-            out[index[name]] = value
+            out[index[name]] = coerce(value, field_type(index[name]), _flag(name))  # errors name the flag
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -12,8 +13,10 @@ from torch import nn
 from tqdm import tqdm
 
 from ..config import DataConfig
-from ..data.loader import DeviceNormalizer
-from .distributed import all_reduce_sum
+from ..data.datasets import DataError
+from ..data.loader import DeviceNormalizer, build_data, make_loader
+from .checkpoint import model_from_checkpoint
+from .distributed import all_reduce_sum, init_distributed
 
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -98,11 +101,6 @@ def evaluate(
     Validation class folders are mapped through the checkpoint's class names, so a missing or
     extra folder cannot shift labels. Returns top1/top5 (percent), loss, num_images, per_class.
     """
-    from ..data.loader import build_data, make_loader
-    from ..models import ModelCfg
-    from .checkpoint import model_from_checkpoint
-    from .distributed import init_distributed
-
     dist = init_distributed(device)
     model, ckpt = model_from_checkpoint(checkpoint)
     if data is None:  # the validation split the model was trained with
@@ -111,14 +109,12 @@ def evaluate(
                                                    "dummy_classes", "workers") if k in saved})
     cfg = model.visionzoo_cfg
     # the checkpoint's preprocessing is the default; explicit flags override it
-    mcfg = ModelCfg(**{**cfg.to_dict(), "input_size": ckpt.get("img_size", cfg.input_size),
-                       "crop_pct": ckpt.get("crop_pct", cfg.crop_pct),
-                       "interpolation": ckpt.get("interpolation", cfg.interpolation),
-                       "mean": tuple(cfg.mean), "std": tuple(cfg.std), "drop_keys": tuple(cfg.drop_keys)})
+    mcfg = replace(cfg, input_size=ckpt.get("img_size", cfg.input_size), crop_pct=ckpt.get("crop_pct", cfg.crop_pct),
+                   interpolation=ckpt.get("interpolation", cfg.interpolation))
     classes = ckpt.get("classes")
     bundle = build_data(data, mcfg, splits=("val",), classes=classes, num_classes=cfg.num_classes)
     if len(bundle.classes) > cfg.num_classes:
-        raise ValueError(f"data has {len(bundle.classes)} classes, checkpoint {checkpoint} has {cfg.num_classes}")
+        raise DataError(f"data has {len(bundle.classes)} classes, checkpoint {checkpoint} has {cfg.num_classes}")
     model.to(dist.device)
     if channels_last:
         model.to(memory_format=torch.channels_last)

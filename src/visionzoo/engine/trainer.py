@@ -7,12 +7,16 @@ and are read once per log interval.
 from __future__ import annotations
 
 import logging
+import os
+import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import torch.distributed as tdist
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
@@ -42,7 +46,6 @@ class StepState:
     clip_grad: float | None
     label_smoothing: float
     global_step: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _sync(device: torch.device) -> None:
@@ -65,8 +68,9 @@ def train_one_epoch(
     """One pass over at most max_steps batches. Returns mean loss, train top-1 and images/s."""
     model.train()
     device = state.normalizer.device
-    sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss*n, correct, n
-    skipped = timed_images = steps = 0
+    # loss*n and correct stay on the device; image counts are host ints (no per-step copies)
+    sums = torch.zeros(2, device=device, dtype=torch.float64)
+    skipped = seen = timed_images = steps = 0
     lr_used = state.optimizer.param_groups[0]["lr"]
     t_start = time.perf_counter()
     t_perf = None
@@ -78,8 +82,7 @@ def train_one_epoch(
         if steps == perf_warmup_steps:
             _sync(device)
             t_perf, timed_images = time.perf_counter(), 0
-        if len(target) == 0:
-            continue
+        # no empty batches here: the training set replaces undecodable images (ImageDataset.replace_bad)
         x = state.normalizer(images)
         target = target.to(device, non_blocking=True)
         with autocast(device, state.amp):
@@ -95,23 +98,24 @@ def train_one_epoch(
         lr_used = state.optimizer.param_groups[0]["lr"]
         state.scheduler.step()
         with torch.no_grad():
-            n = target.new_tensor(len(target), dtype=torch.float64)
-            sums += torch.stack([loss.detach().double() * n, (logits.argmax(1) == target).sum().double(), n])
+            sums[0] += loss.detach() * len(target)
+            sums[1] += (logits.argmax(1) == target).sum()
         steps += 1
         state.global_step += 1
+        seen += len(target)
         timed_images += len(target)
         bar.update(1)
         if steps % log_interval == 0 or steps == max_steps:
-            loss_avg = (sums[0] / sums[2]).item()  # the one host sync per interval
-            bar.set_postfix(loss=f"{loss_avg:.4f}", lr=f"{state.optimizer.param_groups[0]['lr']:.4g}")
+            loss_avg = sums[0].item() / seen  # the one host sync per interval
+            bar.set_postfix(loss=f"{loss_avg:.4f}", lr=f"{lr_used:.4g}")
             if on_log:
-                on_log({"step": state.global_step, "loss": loss_avg, "lr": state.optimizer.param_groups[0]["lr"]})
+                on_log({"step": state.global_step, "loss": loss_avg, "lr": lr_used})
     bar.close()
     _sync(device)
     t_end = time.perf_counter()
     if t_perf is None:  # fewer steps than the warm-up: time them all rather than report nothing
-        t_perf, timed_images = t_start, int(sums[2].item())
-    totals = torch.cat([sums, sums.new_tensor([skipped])])
+        t_perf, timed_images = t_start, seen
+    totals = torch.cat([sums, sums.new_tensor([seen, skipped])])
     all_reduce_sum(totals)
     loss_sum, correct, count, skipped = totals.tolist()
     elapsed = max(t_end - t_perf, 1e-9)
@@ -150,15 +154,9 @@ def _should_eval(cfg: TrainConfig, epoch: int) -> bool:
 
 def _setup_determinism(cfg: TrainConfig, dist: DistInfo) -> None:
     torch.manual_seed(cfg.seed)
-    import random
-
-    import numpy as np
-
     random.seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     if cfg.deterministic:
-        import os
-
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
@@ -174,7 +172,6 @@ def checkpoint_meta(model: nn.Module, data: DataBundle) -> dict[str, Any]:
     raw = unwrap_model(model)
     return {
         "model_name": raw.visionzoo_name,
-        "model_cfg": raw.visionzoo_cfg.to_dict(),
         "num_classes": raw.visionzoo_cfg.num_classes,
         "classes": data.classes,
         "img_size": data.img_size,
@@ -208,13 +205,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     num_classes = cfg.model.num_classes or data.num_classes
     if num_classes < data.num_classes:
         raise ConfigError(f"--num-classes {num_classes} but the data has {data.num_classes} classes")
-    model = create_model(cfg.model.model, num_classes=num_classes, pretrained=cfg.model.pretrained, weights=cfg.model.weights)
-    model.to(device)
+    raw_model = create_model(cfg.model.model, num_classes=num_classes, pretrained=cfg.model.pretrained,
+                             weights=cfg.model.weights).to(device)
     if cfg.model.channels_last:
-        model.to(memory_format=torch.channels_last)
+        raw_model.to(memory_format=torch.channels_last)
     if cfg.model.sync_bn and dist.enabled:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    raw_model = model
+        raw_model = nn.SyncBatchNorm.convert_sync_batchnorm(raw_model)
 
     per_rank_batch = cfg.batch_size // dist.world_size
     pin = device.type == "cuda"
@@ -282,7 +278,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 cfg.progress and dist.is_main, f"eval {epoch + 1}",
             )
             record.update({f"val_{k}": v for k, v in last_eval.items() if k != "per_class"})
-        improved = last_eval is not None and "val_top1" in record and (best_top1 is None or record["val_top1"] > best_top1)
+        improved = "val_top1" in record and (best_top1 is None or record["val_top1"] > best_top1)
         if improved:
             best_top1 = record["val_top1"]
         record["best_top1"] = best_top1
@@ -292,7 +288,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                 "epoch": epoch + 1, "step": state.global_step, "best_top1": best_top1,
-                "rng": rngs, "config": to_dict(cfg), "metrics": {k: v for k, v in record.items()}, **meta,
+                "rng": rngs, "config": to_dict(cfg), "metrics": dict(record), **meta,
             }
             atomic_save(ckpt, out / "last.pth")
             if improved:
@@ -315,8 +311,6 @@ def _sync_buffers(model: nn.Module) -> None:
 
     DDP broadcasts buffers at the start of each forward, so after the last step they differ per rank.
     """
-    import torch.distributed as tdist
-
     for b in model.buffers():
         tdist.broadcast(b, 0)
 
@@ -326,8 +320,6 @@ def _gather_rng(dist: DistInfo) -> list[dict[str, Any]]:
     state = rng_state()
     if not dist.enabled:
         return [state]
-    import torch.distributed as tdist
-
     states: list[Any] = [None] * dist.world_size
     tdist.all_gather_object(states, state)
     return states

@@ -7,14 +7,10 @@ model is available under its timm name.
 from __future__ import annotations
 
 import difflib
-import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, field, replace
 
 from torch import nn
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -30,11 +26,6 @@ class ModelCfg:
     classifier: str | tuple[str, ...] = "fc"  # dotted path(s) of the final Linear layer(s)
     source: str = "torchvision"  # torchvision | timm
     drop_keys: tuple[str, ...] = field(default_factory=tuple)  # key prefixes ignored on load
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["mean"], d["std"], d["drop_keys"] = list(self.mean), list(self.std), list(self.drop_keys)
-        return d
 
 
 Builder = Callable[..., nn.Module]
@@ -164,9 +155,7 @@ def count_params(model: nn.Module) -> int:
 
 
 def model_cfg_of(model: nn.Module) -> ModelCfg:
-    inner = getattr(model, "module", model)
-    inner = getattr(inner, "_orig_mod", inner)
-    cfg = getattr(inner, "visionzoo_cfg", None)
+    cfg = getattr(unwrap_model(model), "visionzoo_cfg", None)
     if cfg is None:
         raise ValueError("model was not built by visionzoo.create_model")
     return cfg
