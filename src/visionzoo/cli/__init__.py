@@ -10,9 +10,24 @@ import sys
 from ..config import ConfigError
 from ..data.datasets import DataError
 from ..data.images import BadImageError
+from ..inference.export import ExportCheckError
+from ..inference.runtime import ModelFileError
 from ..models.registry import UnknownModelError
 from ..models.weights import WeightsError
-from . import demo, models, recipes, train, valprep
+from . import (
+    bench,
+    demo,
+    export,
+    infer,
+    metric,
+    models,
+    predict,
+    preprocess,
+    quantize,
+    recipes,
+    train,
+    valprep,
+)
 from . import eval as eval_cmd
 
 COMMANDS = {
@@ -22,10 +37,18 @@ COMMANDS = {
     "recipes": recipes,
     "models": models,
     "valprep": valprep,
+    "predict": predict,
+    "bench": bench,
+    "export": export,
+    "quantize": quantize,
+    "preprocess": preprocess,
+    "infer": infer,
+    "metric": metric,
 }
 
 # errors whose message already says what is wrong and where: print it, not a traceback
-USER_ERRORS = (ConfigError, DataError, BadImageError, UnknownModelError, WeightsError, FileNotFoundError)
+USER_ERRORS = (ConfigError, DataError, BadImageError, UnknownModelError, WeightsError, FileNotFoundError,
+               ModelFileError, ExportCheckError)
 
 
 def setup_logging() -> None:

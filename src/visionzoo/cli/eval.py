@@ -1,38 +1,38 @@
-"""visionzoo eval: top-1/top-5, loss and per-class accuracy of a checkpoint on a validation split."""
+"""visionzoo eval: top-1/top-5, loss and per-class accuracy of a model file on a validation split.
+
+The model file is a visionzoo checkpoint or anything `visionzoo export` / `quantize` wrote
+(.onnx via onnxruntime, .pt2, .ts, .safetensors).
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 
-from ..config import DataConfig, apply_overrides
 from ..engine.runlog import write_json
-from .options import add_config_flags, cli_overrides, nest
-
-DATA_FLAGS = {"data", "val_list", "val_root", "img_size", "crop_pct", "interpolation", "workers", "skip_bad_images"}
+from .options import DATA_FLAGS, add_config_flags, add_model_runtime_flags, data_config
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate a checkpoint", description=__doc__)
-    p.add_argument("--checkpoint", required=True, help="visionzoo checkpoint (last.pth / best.pth)")
+    p = sub.add_parser("eval", help="evaluate a checkpoint or exported model", description=__doc__)
+    p.add_argument("--checkpoint", "--model-file", dest="checkpoint", required=True,
+                   help="checkpoint (.pth) or exported file (.onnx, .pt2, .ts, .safetensors)")
     p.add_argument("--json", metavar="FILE", help="write top1, top5, loss, num_images and per-class accuracy")
-    p.add_argument("--batch-size", "-b", type=int, default=128)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--amp", choices=["fp16", "bf16"])
+    p.add_argument("--backend", default="eager", choices=["eager", "compile"])
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--no-progress", dest="progress", action="store_false")
-    add_config_flags(p, only=DATA_FLAGS)
+    add_model_runtime_flags(p)
+    p.set_defaults(batch_size=128)
+    add_config_flags(p, only=DATA_FLAGS - {"train_list", "train_root"})
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import TrainConfig
     from ..engine.evaluate import evaluate
 
-    overrides = cli_overrides(args)
-    # no data flags: evaluate on the validation split the checkpoint was trained with
-    data: DataConfig | None = apply_overrides(TrainConfig(), nest(overrides), "command line").data if overrides else None
-    result = evaluate(args.checkpoint, data, args.batch_size, args.device, args.amp, args.channels_last, args.progress)
+    # no data flags: evaluate on the validation split the model was trained with
+    result = evaluate(args.checkpoint, data_config(args), args.batch_size, args.device, args.precision,
+                      args.channels_last, args.progress, args.backend)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports for all
         return 0
     print(f"top-1 {result['top1']:.2f}  top-5 {result['top5']:.2f}  loss {result['loss']:.4f}  "

@@ -6,7 +6,16 @@ import argparse
 import typing
 from typing import Any
 
-from ..config import CHOICES, ConfigError, TrainConfig, apply_overrides, coerce, field_index, field_type, load_yaml
+from ..config import (
+    CHOICES,
+    ConfigError,
+    TrainConfig,
+    apply_overrides,
+    coerce,
+    field_index,
+    field_type,
+    load_yaml,
+)
 
 ALIASES = {"batch_size": ["-b"], "workers": ["-j"], "epochs": ["-e"]}
 SKIP = {"recipe", "mode"}  # handled by the command itself
@@ -67,3 +76,23 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     if getattr(args, "config", None):
         cfg = apply_overrides(cfg, load_yaml(args.config), args.config)
     return apply_overrides(cfg, nest(cli_overrides(args)), "command line")
+
+
+# the data flags that commands reading a validation split (eval, export, quantize, preprocess) offer
+DATA_FLAGS = {"data", "val_list", "val_root", "train_list", "train_root", "dummy", "img_size", "crop_pct",
+              "interpolation", "workers", "skip_bad_images"}
+
+
+def data_config(args: argparse.Namespace):
+    """A DataConfig from the data flags given, or None when none were (use the model's own data)."""
+    overrides = cli_overrides(args)
+    return apply_overrides(TrainConfig(), nest(overrides), "command line").data if overrides else None
+
+
+def add_model_runtime_flags(p: argparse.ArgumentParser, precision: bool = True) -> None:
+    """--device / --precision / --batch-size shared by the commands that run a model file."""
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    if precision:
+        p.add_argument("--precision", "--amp", dest="precision", default="fp32", choices=["fp32", "fp16", "bf16"],
+                       help="fp16/bf16 run under autocast (checkpoints and .pt2 files)")
+    p.add_argument("--batch-size", "-b", type=int, default=64)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,17 +34,26 @@ def atomic_save(obj: Any, path: str | Path) -> None:
         raise
 
 
-def atomic_copy(src: str | Path, dst: str | Path) -> None:
+@contextlib.contextmanager
+def atomic_path(dst: str | Path) -> Iterator[Path]:
+    """A temp path next to dst (same suffix, for writers that look at it); renamed over dst on success.
+
+    On any error the temp file is removed and dst is left as it was.
+    """
     dst = Path(dst)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.stem}.", suffix=dst.suffix, dir=dst.parent)
     os.close(fd)
     try:
-        shutil.copyfile(src, tmp)
+        yield Path(tmp)
         os.replace(tmp, dst)
-    except BaseException:
+    finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+
+
+def atomic_copy(src: str | Path, dst: str | Path) -> None:
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -13,16 +12,15 @@ from torch import nn
 from tqdm import tqdm
 
 from ..config import DataConfig
-from ..data.datasets import DataError
-from ..data.loader import DeviceNormalizer, build_data, make_loader
-from .checkpoint import model_from_checkpoint
+from ..data.loader import DeviceNormalizer
 from .distributed import all_reduce_sum, init_distributed
 
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def autocast(device: torch.device, amp: str | None):
-    if amp is None:
+    """Autocast to fp16/bf16; None or "fp32" runs as is."""
+    if amp in (None, "fp32"):
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
 
@@ -40,8 +38,10 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """Accuracy in percent over every image of the loader (summed across ranks when distributed)."""
     device = normalizer.device
-    was_training = model.training
-    model.eval()
+    # a plain nn.Module is switched to eval and back; other callables (inference runners) have no mode
+    was_training = getattr(model, "training", False)
+    if isinstance(model, nn.Module):
+        model.eval()
     # one float64 vector keeps the all-reduce to a single call: loss, top1, top5, count, skipped
     totals = torch.zeros(5, dtype=torch.float64, device=device)
     per_class = torch.zeros(2, num_classes, dtype=torch.float64, device=device)  # correct, total
@@ -66,7 +66,8 @@ def evaluate_model(
         per_class[1].index_add_(0, target, torch.ones_like(target, dtype=torch.float64))
     all_reduce_sum(totals)
     all_reduce_sum(per_class)
-    model.train(was_training)
+    if isinstance(model, nn.Module):
+        model.train(was_training)
     loss, c1, c5, n, skipped = totals.tolist()
     correct, count = per_class.cpu().tolist()
     # a head larger than the data's class list (--num-classes) gets numbered names for the rest
@@ -87,41 +88,32 @@ def evaluate_model(
 
 
 def evaluate(
-    checkpoint: str,
+    model_path: str,
     data: DataConfig | None = None,
     batch_size: int = 256,
     device: str = "auto",
-    amp: str | None = None,
+    precision: str = "fp32",
     channels_last: bool = False,
     progress: bool = True,
+    backend: str = "eager",
 ) -> dict[str, Any]:
-    """Evaluate a visionzoo checkpoint on a validation split; preprocessing defaults to the checkpoint's.
+    """Evaluate a model file on a validation split; preprocessing defaults to the file's own.
 
-    data: where the split is; None uses the data the checkpoint was trained with.
-    Validation class folders are mapped through the checkpoint's class names, so a missing or
-    extra folder cannot shift labels. Returns top1/top5 (percent), loss, num_images, per_class.
+    model_path: a visionzoo checkpoint or any file `visionzoo export`/`quantize` wrote (.onnx, .pt2,
+    .ts, .safetensors). data: where the split is; None uses the data the model was trained with.
+    Validation class folders are mapped through the model's class names, so a missing or extra
+    folder cannot shift labels. Returns top1/top5 (percent), loss, num_images, per_class.
     """
+    from ..inference.data import eval_loader, resolve_data
+    from ..inference.runtime import load_runner
+
     dist = init_distributed(device)
-    model, ckpt = model_from_checkpoint(checkpoint)
-    if data is None:  # the validation split the model was trained with
-        saved = ckpt.get("config", {}).get("data", {})
-        data = DataConfig(**{k: saved[k] for k in ("data", "val_list", "val_root", "dummy", "dummy_val_size",
-                                                   "dummy_classes", "workers") if k in saved})
-    cfg = model.visionzoo_cfg
-    # the checkpoint's preprocessing is the default; explicit flags override it
-    mcfg = replace(cfg, input_size=ckpt.get("img_size", cfg.input_size), crop_pct=ckpt.get("crop_pct", cfg.crop_pct),
-                   interpolation=ckpt.get("interpolation", cfg.interpolation))
-    classes = ckpt.get("classes")
-    bundle = build_data(data, mcfg, splits=("val",), classes=classes, num_classes=cfg.num_classes)
-    if len(bundle.classes) > cfg.num_classes:
-        raise DataError(f"data has {len(bundle.classes)} classes, checkpoint {checkpoint} has {cfg.num_classes}")
-    model.to(dist.device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    loader = make_loader(bundle.val, batch_size, data.workers, False, 0, dist.rank, dist.world_size,
-                         dist.device.type == "cuda")
-    normalizer = DeviceNormalizer(cfg.mean, cfg.std, dist.device, channels_last)
-    result = evaluate_model(model, loader, normalizer, cfg.num_classes, amp, bundle.classes, progress and dist.is_main)
-    result.update(checkpoint=str(checkpoint), model=ckpt.get("model_name"), img_size=bundle.img_size,
-                  crop_pct=bundle.crop_pct, interpolation=bundle.interpolation)
+    runner = load_runner(model_path, dist.device, precision, backend, channels_last)
+    loader, classes, info = eval_loader(runner.info, resolve_data(runner.info, data), "val", batch_size,
+                                        dist.rank, dist.world_size, dist.device.type == "cuda")
+    normalizer = DeviceNormalizer(info.mean, info.std, dist.device, channels_last)
+    result = evaluate_model(runner, loader, normalizer, info.num_classes, None, classes, progress and dist.is_main)
+    result.update(checkpoint=str(model_path), model=info.model_name, format=runner.fmt, precision=precision,
+                  quantized=info.quantized, img_size=info.img_size, crop_pct=info.crop_pct,
+                  interpolation=info.interpolation)
     return result

@@ -1,0 +1,99 @@
+"""visionzoo bench: images/s and latency p50/p90/p99 by batch size, per backend and precision.
+
+Warm-up (and compilation) is excluded, the input already lives on the device, and each timed step
+ends with a device sync. Without --checkpoint the model has random weights, like timm's
+benchmark.py. Combinations that cannot run here (TensorRT without a GPU, fp16 on onnxruntime, ...)
+are reported as unavailable, not skipped silently. The fastest batch size of each group is marked *.
+int8 rows quantise the model on the fly with PT2E (compile) or ONNX Runtime (onnxruntime),
+calibrated on random pixels: they measure speed, not accuracy (use `visionzoo quantize` for that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+
+from ..engine.runlog import write_json
+
+
+def _csv_list(kind, choices=None):
+    def parse(text: str):
+        items = [kind(t) for t in text.split(",") if t.strip()]
+        bad = [i for i in items if choices and i not in choices]
+        if not items or bad:
+            raise argparse.ArgumentTypeError(f"expected a comma list of {', '.join(choices) if choices else 'integers'}")
+        return tuple(items)
+
+    return parse
+
+
+def add_parser(sub) -> None:
+    from ..inference.bench import BACKENDS, MODES, PRECISIONS
+
+    p = sub.add_parser("bench", help="throughput/latency benchmark", description=__doc__)
+    p.add_argument("--model", help="registered or timm model name (random weights)")
+    p.add_argument("--checkpoint", help="checkpoint or exported file (.onnx, .pt2, .ts, .safetensors)")
+    p.add_argument("--num-classes", type=int, help="head size for --model (default: the model's)")
+    p.add_argument("--batch-sizes", type=_csv_list(int), default=(1, 4, 8, 16, 32, 64))
+    p.add_argument("--img-size", type=int, help="default: the model's input size")
+    p.add_argument("--backend", type=_csv_list(str, BACKENDS), default=("eager",),
+                   help=f"one or a comma list of {', '.join(BACKENDS)}")
+    p.add_argument("--precision", type=_csv_list(str, PRECISIONS), default=("fp32",),
+                   help=f"one or a comma list of {', '.join(PRECISIONS)}")
+    p.add_argument("--mode", default="infer", choices=MODES)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--iters", type=int, default=50)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--csv", metavar="FILE")
+    p.add_argument("--json", metavar="FILE")
+    p.add_argument("--plot", metavar="FILE.png", help="throughput and latency against batch size")
+    p.set_defaults(func=run)
+
+
+def _fmt(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..engine.distributed import resolve_device
+    from ..inference.bench import bench, bench_model, environment, plot, rows_as_dicts
+
+    if args.warmup < 0 or args.iters < 1:
+        raise argparse.ArgumentTypeError("--warmup must be >= 0 and --iters >= 1")
+    device = resolve_device(args.device)
+    bm = bench_model(args.model, args.checkpoint, args.num_classes)
+    img_size = args.img_size or bm.info.img_size
+    print(f"{bm.info.model_name} {args.mode} at {img_size} px on {device}, warm-up {args.warmup}, {args.iters} timed iters")
+    print(f"{'backend':<12}{'prec':<6}{'batch':>6}{'images/s':>11}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'peak MB':>9}")
+
+    said: set[tuple[str, str, str]] = set()
+
+    def show(r) -> None:
+        if r.status != "ok":  # an unavailable combination is said once, not once per batch size
+            if (r.backend, r.precision, r.status) not in said:
+                said.add((r.backend, r.precision, r.status))
+                print(f"{r.backend:<12}{r.precision:<6}{'all' if r.status.startswith('unavail') else r.batch_size:>6}"
+                      f"  {r.status}", flush=True)
+            return
+        print(f"{r.backend:<12}{r.precision:<6}{r.batch_size:>6}{r.images_per_s:>11.1f}{r.p50_ms:>9.2f}"
+              f"{r.p90_ms:>9.2f}{r.p99_ms:>9.2f}{_fmt(r.peak_mem_mb, '9.0f')}", flush=True)
+
+    rows = bench(bm, args.backend, args.precision, args.batch_sizes, img_size, args.mode, args.warmup, args.iters,
+                 device, args.channels_last, on_row=show)
+    for r in rows:
+        if r.best:
+            print(f"best batch for {r.backend} {r.precision}: {r.batch_size} ({r.images_per_s:.1f} images/s)  *")
+    table = rows_as_dicts(rows)
+    if args.json:
+        write_json(args.json, {"model": bm.info.model_name, "checkpoint": args.checkpoint, "img_size": img_size,
+                               "mode": args.mode, "warmup": args.warmup, "iters": args.iters,
+                               "environment": environment(device), "rows": table})
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(table[0]))
+            w.writeheader()
+            w.writerows(table)
+    if args.plot:
+        plot(rows, args.plot, f"{bm.info.model_name} {args.mode}, {img_size} px, {device}")
+    return 0 if any(r.status == "ok" for r in rows) else 1

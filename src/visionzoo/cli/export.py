@@ -1,0 +1,46 @@
+"""visionzoo export: write a checkpoint as TorchScript, torch.export (.pt2), ONNX or safetensors.
+
+The file takes a normalised float NCHW batch and returns logits; class names and preprocessing
+travel inside it, so eval/predict/bench/infer accept it in place of the checkpoint. Every export
+is run on a real batch (the checkpoint's validation data, or --data) and compared with the eager
+model; beyond --atol + --rtol * max|logit| it fails and writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .options import add_config_flags, data_config
+
+
+def add_parser(sub) -> None:
+    from ..inference.export import DEFAULT_ATOL, DEFAULT_OPSET, DEFAULT_RTOL, FORMATS
+
+    p = sub.add_parser("export", help="export a checkpoint for deployment", description=__doc__)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--format", required=True, choices=list(FORMATS))
+    p.add_argument("--output", required=True, metavar="FILE")
+    p.add_argument("--dynamic-batch", action="store_true", help="any batch size (else fixed at --batch-size)")
+    p.add_argument("--batch-size", type=int, default=1, help="the fixed batch size without --dynamic-batch")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset")
+    p.add_argument("--atol", type=float, default=DEFAULT_ATOL)
+    p.add_argument("--rtol", type=float, default=DEFAULT_RTOL)
+    add_config_flags(p, only={"data", "val_list", "val_root", "img_size"})
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..inference.export import export_model
+
+    data = data_config(args)
+    img_size = data.img_size if data else None
+    if data is not None and not (data.data or data.val_list or data.val_root):
+        data = None  # only --img-size was given: check on the checkpoint's own data
+    r = export_model(args.checkpoint, args.format, args.output, img_size, args.dynamic_batch, args.opset,
+                     args.batch_size, data, args.atol, args.rtol)
+    c = r["check"]
+    print(f"wrote {r['output']} ({r['bytes'] / 2**20:.1f} MiB, {r['format']}, {r['img_size']} px, "
+          f"batch {'dynamic' if r['dynamic_batch'] else args.batch_size})\n"
+          f"check vs eager on {c['batch_size']} {c['input']} images: max |diff| {c['max_abs_diff']:.2e} "
+          f"(limit {c['limit']:.2e}), top-1 agreement {100 * c['top1_agreement']:.1f}%")
+    return 0

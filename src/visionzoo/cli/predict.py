@@ -1,0 +1,46 @@
+"""visionzoo predict: top-k classes with probabilities for image files (the seeds' online demo).
+
+Any decodable JPEG/PNG/WebP/BMP/TIFF works (grayscale, CMYK, palette and alpha are converted to
+RGB). A file that is not an image, is truncated or is too large to decode safely gets a one-line
+error naming it; the other files still get their answer. Exit status 1 when some file failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict
+
+from ..engine.runlog import write_json
+from .options import add_model_runtime_flags
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("predict", help="top-k classes for image files", description=__doc__)
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--checkpoint", "--model-file", dest="checkpoint", required=True,
+                   help="checkpoint (.pth) or exported file (.onnx, .pt2, .ts, .safetensors)")
+    p.add_argument("--topk", "-k", type=int, default=5)
+    p.add_argument("--json", metavar="FILE", help="write the predictions (and errors) as JSON")
+    p.add_argument("--img-size", type=int, help="override the model's evaluation size")
+    add_model_runtime_flags(p)
+    p.set_defaults(batch_size=32, func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..inference.predict import predict_files
+    from ..inference.runtime import load_runner, with_preprocessing
+
+    runner = load_runner(args.checkpoint, args.device, args.precision)
+    runner.info = with_preprocessing(runner.info, args.img_size)
+    results = predict_files(runner, args.images, args.topk, args.batch_size)
+    for r in results:
+        if r.error:
+            print(f"visionzoo predict: error: {r.error}", file=sys.stderr)
+        else:
+            print(f"{r.file}: " + ", ".join(f"{t['class']} {t['prob']:.3f}" for t in r.top))
+    if args.json:
+        write_json(args.json, {"model": runner.info.model_name, "checkpoint": args.checkpoint,
+                               "predictions": [asdict(r) for r in results]})
+        print(f"wrote {args.json}")
+    return 1 if any(r.error for r in results) else 0

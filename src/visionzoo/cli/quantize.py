@@ -1,0 +1,55 @@
+"""visionzoo quantize: post-training static quantisation calibrated on N batches.
+
+A checkpoint becomes an int8 torch.export program (.pt2) through PyTorch's PT2E flow with the x86
+inductor quantizer; run it with `--backend compile` for int8 kernels. An ONNX file becomes a QDQ
+ONNX file through ONNX Runtime (int8, or --dtype int16 as the seed's int16 mode). Afterwards the
+quantised and the original model are evaluated on the same validation split (skip: --no-eval).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..engine.runlog import write_json
+from .options import add_config_flags, data_config
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("quantize", help="int8/int16 post-training quantisation", description=__doc__)
+    p.add_argument("--checkpoint", required=True, help="checkpoint (.pth/.safetensors) or .onnx file")
+    p.add_argument("--output", required=True, metavar="FILE", help="*.pt2 for checkpoints, *.onnx for ONNX")
+    p.add_argument("--calib-batches", type=int, default=10, help="calibration batches (the seed's quant_batch_num)")
+    p.add_argument("--calib-split", default="train", choices=["train", "val"])
+    p.add_argument("--batch-size", "-b", type=int, default=32)
+    p.add_argument("--dtype", default="int8", choices=["int8", "int16"])
+    p.add_argument("--no-eval", dest="eval", action="store_false", help="skip the fp32 vs quantised evaluation")
+    p.add_argument("--json", metavar="FILE", help="write the report")
+    add_config_flags(p, only={"data", "train_list", "train_root", "val_list", "val_root", "dummy", "workers"})
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..engine.evaluate import evaluate
+    from ..inference.data import resolve_data
+    from ..inference.quantize import quantize
+    from ..inference.runtime import load_runner
+
+    data = resolve_data(load_runner(args.checkpoint).info, data_config(args))
+    report = quantize(args.checkpoint, data, args.output, args.calib_batches, args.batch_size, args.dtype,
+                      args.calib_split)
+    print(f"wrote {report['output']} ({report['dtype']}, {report['method']}, "
+          f"{report['calib_images']} calibration images in {report['calib_batches']} batches, {report['seconds']} s)")
+    if args.eval:
+        # the int8 program is measured as deployed: through inductor's int8 kernels
+        runs = (("original", args.checkpoint, "eager"),
+                ("quantized", args.output, "compile" if args.output.endswith(".pt2") else "eager"))
+        for key, path, backend in runs:
+            r = evaluate(path, data, args.batch_size, "cpu", progress=False, backend=backend)
+            report[key] = {"top1": r["top1"], "top5": r["top5"], "num_images": r["num_images"]}
+        o, q = report["original"], report["quantized"]
+        report["top1_drop"] = o["top1"] - q["top1"]
+        print(f"top-1 original {o['top1']:.2f}  {args.dtype} {q['top1']:.2f}  (drop {report['top1_drop']:+.2f} "
+              f"points on {q['num_images']} images)")
+    if args.json:
+        write_json(args.json, report)
+    return 0

@@ -1,0 +1,404 @@
+"""Throughput and latency by batch size, per backend and precision (the seeds' benchmark mode).
+
+Timing rules: warm-up iterations (which include compilation) are not timed, the input is made
+once and already lives on the device, and every timed iteration ends with a device sync, so its
+latency is real. images/s = batch * iters / wall time of the timed loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import platform
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..engine.evaluate import autocast
+from .runtime import (
+    ModelFileError,
+    ModelInfo,
+    OrtModule,
+    compile_module,
+    detect_format,
+    load_module,
+    load_runner,
+)
+
+log = logging.getLogger("visionzoo")
+
+BACKENDS = ("eager", "compile", "torchscript", "onnxruntime", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+MODES = ("infer", "train")
+
+
+class Unavailable(Exception):
+    """This backend/precision/mode combination cannot run here; the message says why."""
+
+
+@dataclass
+class BenchRow:
+    backend: str
+    precision: str
+    mode: str
+    batch_size: int
+    status: str = "ok"  # ok | unavailable: ... | error: ...
+    images_per_s: float | None = None
+    p50_ms: float | None = None
+    p90_ms: float | None = None
+    p99_ms: float | None = None
+    peak_mem_mb: float | None = None
+    best: bool = False
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _RssPeak:
+    """Peak resident memory of this process during a block (CPU runs), sampled every 2 ms."""
+
+    def __init__(self):
+        self.peak = 0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, self._rss())
+
+    def __enter__(self):
+        self.peak = self._rss()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+
+@contextlib.contextmanager
+def _peak_memory(device: torch.device) -> Iterator[dict[str, float | None]]:
+    out: dict[str, float | None] = {"mb": None}
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        yield out
+        out["mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    elif Path("/proc/self/statm").exists():
+        with _RssPeak() as rss:
+            yield out
+        out["mb"] = rss.peak / 2**20
+    else:
+        yield out
+
+
+def time_steps(step: Callable[[], Any], warmup: int, iters: int, device: torch.device) -> dict[str, float | None]:
+    """Run step warmup times untimed, then iters times timed with a sync after each."""
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    times = np.empty(iters)
+    with _peak_memory(device) as mem:
+        start = time.perf_counter()
+        for i in range(iters):
+            t = time.perf_counter()
+            step()
+            _sync(device)
+            times[i] = time.perf_counter() - t
+        total = time.perf_counter() - start
+    p50, p90, p99 = np.percentile(times * 1e3, [50, 90, 99]).tolist()
+    return {"total_s": total, "p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "peak_mem_mb": mem["mb"]}
+
+
+@dataclass
+class BenchModel:
+    """What bench runs: an eager module when there is one, else a loaded file, plus its info."""
+
+    info: ModelInfo
+    module: nn.Module | None = None
+    path: Path | None = None
+    fmt: str = "checkpoint"
+
+
+def bench_model(model: str | None, checkpoint: str | Path | None, num_classes: int | None = None) -> BenchModel:
+    """The model to bench: random weights by name (as timm's benchmark.py), or a checkpoint/exported file."""
+    if checkpoint is not None:
+        fmt = detect_format(checkpoint)
+        if fmt in ("checkpoint", "safetensors"):
+            module, info = load_module(checkpoint)
+            return BenchModel(info, module.eval(), Path(checkpoint), fmt)
+        return BenchModel(load_runner(checkpoint).info, None, Path(checkpoint), fmt)
+    if not model:
+        raise ModelFileError("bench needs --model NAME or --checkpoint FILE")
+    from ..models import create_model
+
+    module = create_model(model, num_classes=num_classes)
+    return BenchModel(ModelInfo.from_checkpoint(module.visionzoo_cfg, {}, model), module.eval(), None)
+
+
+def _int8_program(bm: BenchModel, img_size: int) -> nn.Module:
+    """PT2E int8 of the eager module, calibrated on random pixels: for speed only, not accuracy."""
+    from .quantize import quantize_pt2e
+
+    g = torch.Generator().manual_seed(0)
+    return quantize_pt2e(bm.module, [torch.randn(4, 3, img_size, img_size, generator=g) for _ in range(4)]).module()
+
+
+def _onnx_file(bm: BenchModel, img_size: int, dtype: str | None, workdir: Path) -> Path:
+    """An ONNX file of the model (dynamic batch), quantised to int8 with ORT if asked."""
+    from .export import _write
+    from .quantize import quantize_onnx
+
+    if bm.fmt == "onnx":
+        return bm.path
+    if bm.module is None:
+        raise Unavailable(f"a {bm.fmt} file cannot be converted to ONNX here; export the checkpoint instead")
+    path = workdir / "model.onnx"
+    _write(bm.module, bm.info, "onnx", path, torch.randn(2, 3, img_size, img_size), True, 18)
+    if dtype == "int8":
+        g = torch.Generator().manual_seed(0)
+        q = workdir / "model_int8.onnx"
+        quantize_onnx(path, q, [torch.randn(4, 3, img_size, img_size, generator=g) for _ in range(4)], "int8", bm.info)
+        return q
+    return path
+
+
+def _forward_factory(bm: BenchModel, backend: str, precision: str, device: torch.device, img_size: int,
+                     channels_last: bool, workdir: Path) -> Callable[[int], Callable[[torch.Tensor], Any]]:
+    """For one backend/precision: a function batch_size -> forward callable (built fresh per size)."""
+    quantized_file = bm.info.quantized
+    if quantized_file and precision != quantized_file:
+        raise Unavailable(f"the file is {quantized_file}; bench it with --precision {quantized_file}")
+    if bm.fmt in ("onnx",) and backend != "onnxruntime":
+        raise Unavailable("an ONNX file runs on the onnxruntime backend")
+    if bm.fmt == "torchscript" and backend != "torchscript":
+        raise Unavailable("a TorchScript file runs on the torchscript backend")
+    if backend in ("eager", "compile"):
+        if precision == "int8" and backend == "eager":
+            raise Unavailable("PT2E int8 runs its int8 kernels through inductor: use --backend compile")
+        if bm.module is None and bm.fmt != "export":
+            raise Unavailable(f"needs a checkpoint or .pt2, not a {bm.fmt} file")
+        if bm.module is not None:
+            module = _int8_program(bm, img_size) if precision == "int8" else bm.module
+        else:
+            module = load_runner(bm.path).fn
+        module = module.to(device)
+        if channels_last and precision != "int8":
+            module = module.to(memory_format=torch.channels_last)
+        if backend == "eager":
+            return lambda bs: module
+
+        def compiled(bs: int):
+            torch._dynamo.reset()  # static shapes per batch size, as a fixed-batch deployment would use
+            return compile_module(module, quantized=precision == "int8")
+
+        return compiled
+    if backend == "torchscript":
+        if precision != "fp32":
+            raise Unavailable("TorchScript runs fp32 here (trace under autocast is not supported)")
+        if bm.fmt == "torchscript":
+            fn = load_runner(bm.path, device).fn
+            return lambda bs: fn
+        if bm.module is None:
+            raise Unavailable(f"needs a checkpoint or TorchScript file, not a {bm.fmt} file")
+        module = bm.module.to(device)
+
+        def scripted(bs: int):
+            example = torch.randn(bs, 3, img_size, img_size, device=device)
+            with torch.no_grad(), warnings.catch_warnings():  # torch.jit deprecation notices
+                warnings.simplefilter("ignore", FutureWarning)
+                traced = torch.jit.trace(module, example, check_trace=False)
+                return torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+
+        return scripted
+    if backend == "onnxruntime":
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            raise Unavailable("onnxruntime is not installed (pip install onnxruntime)") from None
+        if precision not in ("fp32", "int8"):
+            raise Unavailable(f"onnxruntime runs fp32 or int8 files; {precision} needs a converted ONNX file")
+        session = OrtModule(_onnx_file(bm, img_size, precision if bm.fmt != "onnx" else None, workdir), device)
+        return lambda bs: session
+    if backend == "tensorrt":
+        if device.type != "cuda":
+            raise Unavailable("TensorRT needs a CUDA device")
+        try:
+            import torch_tensorrt
+        except ImportError:
+            raise Unavailable("torch_tensorrt is not installed") from None
+        if bm.module is None or precision == "int8":
+            raise Unavailable("TensorRT here builds from a checkpoint in fp32/fp16/bf16")
+        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        module = bm.module.to(device)
+
+        def trt(bs: int):
+            example = torch.randn(bs, 3, img_size, img_size, device=device)
+            return torch_tensorrt.compile(module, ir="dynamo", inputs=[example], enabled_precisions={dtype})
+
+        return trt
+    raise Unavailable(f"unknown backend {backend!r}")
+
+
+def _train_step_factory(bm: BenchModel, backend: str, precision: str, device: torch.device, channels_last: bool):
+    if backend not in ("eager", "compile") or precision == "int8" or bm.module is None:
+        raise Unavailable("train mode runs eager or compile in fp32/fp16/bf16 from a checkpoint or model name")
+    module = bm.module.to(device).train()
+    if channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    model = torch.compile(module) if backend == "compile" else module
+    opt = torch.optim.SGD(module.parameters(), lr=1e-4, momentum=0.9)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16" and device.type == "cuda")
+
+    def make(bs: int):
+        target = torch.randint(0, bm.info.num_classes, (bs,), device=device)
+
+        def step(x: torch.Tensor) -> None:
+            opt.zero_grad(set_to_none=True)
+            with autocast(device, precision):
+                loss = nn.functional.cross_entropy(model(x), target)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+
+        return step
+
+    return make
+
+
+def bench(
+    bm: BenchModel,
+    backends: tuple[str, ...] = ("eager",),
+    precisions: tuple[str, ...] = ("fp32",),
+    batch_sizes: tuple[int, ...] = (1, 4, 8, 16, 32, 64),
+    img_size: int | None = None,
+    mode: str = "infer",
+    warmup: int = 10,
+    iters: int = 50,
+    device: torch.device = torch.device("cpu"),
+    channels_last: bool = False,
+    on_row: Callable[[BenchRow], None] | None = None,
+) -> list[BenchRow]:
+    """One row per (backend, precision, batch size); the fastest batch size of each group is marked best."""
+    img_size = img_size or bm.info.img_size
+    rows: list[BenchRow] = []
+    with tempfile.TemporaryDirectory(prefix="visionzoo-bench-") as tmp:
+        for backend in backends:
+            for precision in precisions:
+                group: list[BenchRow] = []
+                try:
+                    if mode == "train":
+                        factory = _train_step_factory(bm, backend, precision, device, channels_last)
+                    else:
+                        factory = _forward_factory(bm, backend, precision, device, img_size, channels_last, Path(tmp))
+                except Unavailable as e:
+                    factory, reason = None, f"unavailable: {e}"
+                for bs in batch_sizes:
+                    row = BenchRow(backend, precision, mode, bs)
+                    if factory is None:
+                        row.status = reason
+                    else:
+                        try:
+                            _run_row(row, factory, bs, img_size, mode, precision, warmup, iters, device, channels_last)
+                        except Unavailable as e:
+                            row.status = f"unavailable: {e}"
+                        except (RuntimeError, ValueError, torch.OutOfMemoryError) as e:
+                            row.status = f"error: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                            if device.type == "cuda":
+                                torch.cuda.empty_cache()
+                    group.append(row)
+                    if on_row:
+                        on_row(row)
+                ok = [r for r in group if r.images_per_s]
+                if ok:
+                    max(ok, key=lambda r: r.images_per_s).best = True
+                rows.extend(group)
+    return rows
+
+
+def _run_row(row: BenchRow, factory, bs: int, img_size: int, mode: str, precision: str, warmup: int, iters: int,
+             device: torch.device, channels_last: bool) -> None:
+    x = torch.randn(bs, 3, img_size, img_size, device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    fn = factory(bs)
+    if mode == "train":
+        stats = time_steps(lambda: fn(x), warmup, iters, device)
+    else:
+        amp = precision if precision in ("fp16", "bf16") else None
+
+        def step():
+            with autocast(device, amp):
+                return fn(x)
+
+        with torch.inference_mode():
+            stats = time_steps(step, warmup, iters, device)
+    row.images_per_s = bs * iters / stats["total_s"]
+    row.p50_ms, row.p90_ms, row.p99_ms = stats["p50_ms"], stats["p90_ms"], stats["p99_ms"]
+    row.peak_mem_mb = stats["peak_mem_mb"]
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    env: dict[str, Any] = {"torch": torch.__version__, "python": platform.python_version(),
+                           "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                           "device": str(device)}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    with contextlib.suppress(ImportError):
+        import onnxruntime
+
+        env["onnxruntime"] = onnxruntime.__version__
+    return env
+
+
+def rows_as_dicts(rows: list[BenchRow]) -> list[dict[str, Any]]:
+    return [asdict(r) for r in rows]
+
+
+def plot(rows: list[BenchRow], path: str | Path, title: str) -> None:
+    """Throughput and p50 latency (p90-p99 as error bars) against batch size, one line per group."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    groups: dict[tuple[str, str], list[BenchRow]] = {}
+    for r in rows:
+        if r.images_per_s:
+            groups.setdefault((r.backend, r.precision), []).append(r)
+    for (backend, precision), g in groups.items():
+        bs = [r.batch_size for r in g]
+        line = ax1.plot(bs, [r.images_per_s for r in g], marker="o", label=f"{backend} {precision}")[0]
+        for r in g:
+            if r.best:
+                ax1.plot(r.batch_size, r.images_per_s, marker="*", markersize=14, color=line.get_color())
+        p50 = np.array([r.p50_ms for r in g])
+        err = [np.zeros_like(p50), np.array([r.p99_ms for r in g]) - p50]
+        ax2.errorbar(bs, p50, yerr=err, marker="o", capsize=3, label=f"{backend} {precision}", color=line.get_color())
+    for ax, ylabel in ((ax1, "images/s (★ best batch)"), (ax2, "latency p50 ms (bar to p99)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch size")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+    ax1.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,155 @@
+"""Offline model files (the seeds' "offline model"): TorchScript, torch.export, ONNX, safetensors.
+
+Every export is written to a temp file, checked against the eager model on a real batch, and only
+then renamed into place: a file that does not reproduce the model is never left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import DataConfig
+from ..data.datasets import DataError
+from ..data.loader import DeviceNormalizer
+from ..engine.checkpoint import atomic_path
+from .data import eval_loader, first_batches, resolve_data
+from .runtime import META_KEY, ModelInfo, load_module, load_runner
+
+log = logging.getLogger("visionzoo")
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".ts", "export": ".pt2", "safetensors": ".safetensors"}
+DEFAULT_OPSET = 18
+# fp32 vs fp32 on another runtime: differences come from kernel order only
+DEFAULT_ATOL, DEFAULT_RTOL = 1e-4, 1e-4
+
+
+class ExportCheckError(RuntimeError):
+    """The exported file's outputs differ from the eager model's beyond the tolerance."""
+
+
+@dataclass
+class CheckResult:
+    max_abs_diff: float
+    limit: float
+    batch_size: int
+    input: str  # "real" or "random"
+    top1_agreement: float
+
+
+def compare(reference: torch.Tensor, got: torch.Tensor, atol: float, rtol: float) -> tuple[float, float]:
+    """Max |ref - got| and the allowed limit atol + rtol * max|ref|."""
+    diff = (reference.float() - got.float()).abs().max().item()
+    return diff, atol + rtol * reference.abs().max().item()
+
+
+def sample_input(info: ModelInfo, data: DataConfig | None, batch_size: int, seed: int = 0) -> tuple[torch.Tensor, str]:
+    """A normalised batch of real images from the model's data, or random pixels if it has none here."""
+    try:
+        loader, _, _ = eval_loader(info, replace(resolve_data(info, data), workers=0), "val", batch_size)
+        batches = first_batches(loader, DeviceNormalizer(info.mean, info.std, torch.device("cpu")), 1)
+        if batches and len(batches[0]) == batch_size:
+            return batches[0], "real"
+    except (DataError, FileNotFoundError) as e:
+        if data is not None:  # asked for explicitly: its failure is the user's to fix
+            raise
+        log.warning("no data for the export check (%s); using random pixels", e)
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (batch_size, 3, info.img_size, info.img_size), dtype=torch.uint8, generator=g)
+    return DeviceNormalizer(info.mean, info.std, torch.device("cpu"))(images), "random"
+
+
+@contextlib.contextmanager
+def _quiet(*loggers: str):
+    saved = {name: logging.getLogger(name).level for name in loggers}
+    for name in loggers:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _write(model: nn.Module, info: ModelInfo, fmt: str, path: Path, example: torch.Tensor,
+           dynamic_batch: bool, opset: int) -> None:
+    meta = info.to_json()
+    if fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path), metadata={META_KEY: meta})
+    elif fmt == "torchscript":
+        with warnings.catch_warnings():  # torch.jit is deprecated upstream but still the seed's "jit" mode
+            warnings.simplefilter("ignore", FutureWarning)
+            traced = torch.jit.trace(model, example, check_trace=False)
+            torch.jit.save(traced, str(path), _extra_files={f"{META_KEY}.json": meta})
+    elif fmt == "export":
+        shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
+        ep = torch.export.export(model, (example,), dynamic_shapes=shapes)
+        torch.export.save(ep, str(path), extra_files={f"{META_KEY}.json": meta})
+    elif fmt == "onnx":
+        import onnx
+
+        shapes = ({0: "batch"},) if dynamic_batch else None
+        with _quiet("onnxscript", "torch.onnx", "onnx_ir"):  # their optimiser logs every pass at INFO
+            torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["logits"],
+                              dynamic_shapes=shapes, opset_version=opset, dynamo=True, verbose=False)
+        proto = onnx.load(str(path))
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = META_KEY, meta
+        onnx.save(proto, str(path))
+    else:
+        raise ValueError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+
+
+def export_model(
+    checkpoint: str | Path,
+    fmt: str,
+    output: str | Path,
+    img_size: int | None = None,
+    dynamic_batch: bool = False,
+    opset: int = DEFAULT_OPSET,
+    batch_size: int = 1,
+    data: DataConfig | None = None,
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
+) -> dict[str, Any]:
+    """Export a checkpoint to fmt at output, self-checked against eager; returns a report dict.
+
+    The exported model takes a normalised float NCHW batch (mean/std are in its metadata) and
+    returns logits. Without dynamic_batch the batch size is fixed at batch_size.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    model, info = load_module(checkpoint)
+    model.eval()
+    if img_size:
+        info.img_size = img_size
+    info.extra["exported_from"] = str(checkpoint)
+    info.extra["dynamic_batch"] = dynamic_batch or fmt in ("safetensors", "torchscript")
+    # torch.export specialises sizes 0 and 1, so a dynamic batch needs an example of at least 2
+    example_bs = max(batch_size, 2) if dynamic_batch else batch_size
+    check_bs = max(example_bs, 4) if dynamic_batch else batch_size
+    check, source = sample_input(info, data, check_bs)
+    with torch.no_grad():
+        reference = model(check)
+    with atomic_path(output) as tmp:
+        _write(model, info, fmt, tmp, check[:example_bs], dynamic_batch, opset)
+        got = load_runner(tmp, "cpu")(check)
+        diff, limit = compare(reference, got, atol, rtol)
+        result = CheckResult(diff, limit, check_bs, source, (got.argmax(1) == reference.argmax(1)).float().mean().item())
+        if diff > limit:
+            raise ExportCheckError(
+                f"{output}: {fmt} outputs differ from eager by {diff:.3g} (limit {limit:.3g} = {atol} + {rtol} * max|logit|); "
+                "file not written")
+    return {"output": str(output), "format": fmt, "bytes": output.stat().st_size, "img_size": info.img_size,
+            "dynamic_batch": dynamic_batch, "opset": opset if fmt == "onnx" else None, "check": result.__dict__}

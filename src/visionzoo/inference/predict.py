@@ -1,0 +1,63 @@
+"""Top-k predictions for image files (the seeds' online demo); a bad file fails alone."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data.images import BadImageError, load_rgb
+from ..data.loader import DeviceNormalizer
+from ..data.transforms import eval_transform
+from .runtime import Runner
+
+
+@dataclass
+class Prediction:
+    file: str
+    top: list[dict[str, Any]] = field(default_factory=list)  # {"class", "index", "prob"}, best first
+    error: str | None = None
+
+
+def _decode(paths: list[Path], transform) -> tuple[list[torch.Tensor | None], list[str | None]]:
+    images: list[torch.Tensor | None] = []
+    errors: list[str | None] = []
+    for p in paths:
+        try:
+            if not p.is_file():
+                raise BadImageError(f"{p}: no such file")
+            images.append(transform(load_rgb(p)))
+            errors.append(None)
+        except BadImageError as e:
+            images.append(None)
+            errors.append(str(e))
+    return images, errors
+
+
+def predict_files(runner: Runner, paths: list[str | Path], topk: int = 5, batch_size: int = 32) -> list[Prediction]:
+    """Predictions in input order; undecodable files carry an error naming them instead of classes."""
+    info = runner.info
+    transform = eval_transform(info.img_size, info.crop_pct, info.interpolation)
+    normalizer = DeviceNormalizer(info.mean, info.std, runner.device)
+    k = min(topk, info.num_classes)
+    results: list[Prediction] = []
+    for start in range(0, len(paths), batch_size):
+        chunk = [Path(p) for p in paths[start : start + batch_size]]
+        images, errors = _decode(chunk, transform)
+        good = [i for i, img in enumerate(images) if img is not None]
+        probs = idx = None
+        if good:
+            logits = runner(normalizer(torch.stack([images[i] for i in good])))
+            probs, idx = logits.softmax(dim=1).topk(k, dim=1)
+            probs, idx = probs.cpu().tolist(), idx.cpu().tolist()
+        row = dict(zip(good, range(len(good))))
+        for i, path in enumerate(chunk):
+            if errors[i] is not None:
+                results.append(Prediction(str(path), error=errors[i]))
+                continue
+            j = row[i]
+            top = [{"class": info.class_name(c), "index": c, "prob": p} for c, p in zip(idx[j], probs[j])]
+            results.append(Prediction(str(path), top))
+    return results

@@ -1,0 +1,166 @@
+"""Post-training static quantisation with a calibration set of N batches (the seed's quant_batch_num).
+
+Checkpoints go through PyTorch's PT2E flow with the x86 inductor quantizer (int8 activations and
+per-channel int8 weights; run it with --backend compile to get the int8 kernels); ONNX files go
+through ONNX Runtime's QDQ static quantisation, which also offers the seed's int16 mode.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import DataConfig
+from ..data.datasets import DataError
+from ..data.loader import DeviceNormalizer
+from ..engine.checkpoint import atomic_path
+from .data import eval_loader, first_batches
+from .runtime import (
+    META_KEY,
+    ModelFileError,
+    ModelInfo,
+    detect_format,
+    load_module,
+    onnx_info,
+)
+
+log = logging.getLogger("visionzoo")
+
+DTYPES = ("int8", "int16")
+
+
+def calibration_batches(info: ModelInfo, data: DataConfig, n: int, batch_size: int, split: str) -> list[torch.Tensor]:
+    """n normalised batches of `split` through the evaluation transform (falls back to val)."""
+    try:
+        loader, _, _ = eval_loader(info, data, split, batch_size)
+    except DataError:
+        if split == "val":
+            raise
+        log.warning("no %s split for calibration; calibrating on the validation split", split)
+        loader, _, _ = eval_loader(info, data, "val", batch_size)
+    batches = first_batches(loader, DeviceNormalizer(info.mean, info.std, torch.device("cpu")), n)
+    if not batches:
+        raise DataError("no calibration images found")
+    if len(batches) < n:
+        log.warning("only %d calibration batches available (asked for %d)", len(batches), n)
+    return batches
+
+
+def quantize_pt2e(model: torch.nn.Module, batches: list[torch.Tensor]) -> torch.export.ExportedProgram:
+    """int8 static PT2E quantisation for x86 (oneDNN via inductor); returns a dynamic-batch program."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+        X86InductorQuantizer,
+        get_default_x86_inductor_quantization_config,
+    )
+
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    example = batches[0][:2] if len(batches[0]) >= 2 else torch.cat([batches[0]] * 2)
+    # strict (dynamo) tracing keeps one source partition per call of a reused module (torchvision's
+    # BasicBlock calls self.relu twice), which the quantizer's fusion patterns need
+    graph = torch.export.export(model.eval(), (example,), dynamic_shapes=({0: batch},), strict=True).module()
+    quantizer = X86InductorQuantizer()
+    quantizer.set_global(get_default_x86_inductor_quantization_config())
+    prepared = prepare_pt2e(graph, quantizer)
+    with torch.no_grad():
+        for x in batches:
+            prepared(x)
+    converted = convert_pt2e(prepared)
+    return torch.export.export(converted, (example,), dynamic_shapes=({0: batch},), strict=True)
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over prepared batches (split to a static batch if needed)."""
+
+    def __init__(self, name: str, batches: list[torch.Tensor], static_batch: int | None):
+        chunks = [c for b in batches for c in (b.split(static_batch) if static_batch else [b])]
+        self.items = iter([{name: c.numpy()} for c in chunks if not static_batch or len(c) == static_batch])
+
+    def get_next(self):
+        return next(self.items, None)
+
+
+def quantize_onnx(path: Path, output: Path, batches: list[torch.Tensor], dtype: str, info: ModelInfo) -> None:
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    static = inp.shape[0] if isinstance(inp.shape[0], int) else None
+    reader = _Reader(inp.name, batches, static)
+    CalibrationDataReader.register(_Reader)
+    fd, pre = tempfile.mkstemp(suffix=".onnx", dir=output.parent)
+    os.close(fd)
+    try:
+        quant_pre_process(str(path), pre)  # shape inference + graph fusions ORT recommends first
+        act, weight = (QuantType.QUInt8, QuantType.QInt8) if dtype == "int8" else (QuantType.QInt16, QuantType.QInt16)
+        opset = max(o.version for o in onnx.load(pre, load_external_data=False).opset_import if o.domain in ("", "ai.onnx"))
+        quantize_static(pre, str(output), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=act, weight_type=weight,
+                        # 16-bit Q/DQ exist in the standard domain from opset 21; before that ORT's own ops
+                        extra_options={"UseQDQContribOps": dtype == "int16" and opset < 21})
+    finally:
+        Path(pre).unlink(missing_ok=True)
+    proto = onnx.load(str(output))
+    del proto.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = META_KEY, info.to_json()
+    onnx.save(proto, str(output))
+
+
+def quantize(
+    model_path: str | Path,
+    data: DataConfig,
+    output: str | Path,
+    calib_batches: int = 10,
+    batch_size: int = 32,
+    dtype: str = "int8",
+    calib_split: str = "train",
+) -> dict[str, Any]:
+    """Quantise a checkpoint (-> .pt2, PT2E) or an ONNX file (-> .onnx, ORT QDQ); returns a report."""
+    model_path, output = Path(model_path), Path(output)
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
+    fmt = detect_format(model_path)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    if fmt == "onnx":
+        if output.suffix != ".onnx":
+            raise ModelFileError(f"{output}: quantising an ONNX file writes ONNX; name the output *.onnx")
+        info = onnx_info(model_path)
+        batches = calibration_batches(info, data, calib_batches, batch_size, calib_split)
+        info.quantized = dtype
+        info.extra.update(calib_batches=len(batches), calib_batch_size=batch_size, method="onnxruntime QDQ static")
+        with atomic_path(output) as tmp:
+            quantize_onnx(model_path, tmp, batches, dtype, info)
+    else:
+        if dtype != "int8":
+            raise ModelFileError(
+                f"{model_path}: PyTorch's x86 quantizer has int8 kernels only; for int16 export to ONNX first "
+                "(visionzoo export --format onnx) and quantise that file")
+        if output.suffix != ".pt2":
+            raise ModelFileError(f"{output}: a PT2E int8 model is a torch.export program; name the output *.pt2")
+        model, info = load_module(model_path)
+        batches = calibration_batches(info, data, calib_batches, batch_size, calib_split)
+        program = quantize_pt2e(model, batches)
+        info.quantized = "int8"
+        info.extra.update(calib_batches=len(batches), calib_batch_size=batch_size,
+                          method="PT2E X86InductorQuantizer (static, per-channel weights)")
+        with atomic_path(output) as tmp:
+            torch.export.save(program, str(tmp), extra_files={f"{META_KEY}.json": info.to_json()})
+    return {"output": str(output), "source": str(model_path), "dtype": dtype, "method": info.extra["method"],
+            "calib_batches": len(batches), "calib_images": sum(len(b) for b in batches),
+            "seconds": round(time.perf_counter() - t0, 2)}

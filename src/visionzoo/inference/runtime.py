@@ -1,0 +1,314 @@
+"""One way to run any model file: visionzoo checkpoint, safetensors, TorchScript, torch.export or ONNX.
+
+Every format carries the same metadata (ModelInfo: class names and preprocessing), so eval, predict,
+bench and infer treat an exported file exactly like the checkpoint it came from.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+import zipfile
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..engine.distributed import resolve_device
+from ..engine.evaluate import autocast
+from ..models.registry import ModelCfg
+
+META_KEY = "visionzoo"  # name of the metadata entry in every exported format
+PRECISIONS = ("fp32", "fp16", "bf16")
+SUFFIX_FORMATS = {
+    ".onnx": "onnx",
+    ".pt2": "export",
+    ".ts": "torchscript",
+    ".torchscript": "torchscript",
+    ".safetensors": "safetensors",
+}
+
+
+class ModelFileError(RuntimeError):
+    """A model file cannot be used as asked; the message names the file."""
+
+
+@dataclass
+class ModelInfo:
+    """What is needed to feed a model and name its outputs, whatever file it lives in."""
+
+    model_name: str
+    num_classes: int
+    img_size: int
+    crop_pct: float
+    interpolation: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    classes: list[str] | None = None
+    quantized: str | None = None  # "int8" / "int16" for quantised files
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str, source: str | Path) -> ModelInfo:
+        try:
+            d = json.loads(text)
+            return cls(**{**d, "mean": tuple(d["mean"]), "std": tuple(d["std"])})
+        except (ValueError, TypeError, KeyError) as e:
+            raise ModelFileError(f"{source}: unreadable visionzoo metadata ({e})") from None
+
+    def class_name(self, index: int) -> str:
+        return self.classes[index] if self.classes and index < len(self.classes) else str(index)
+
+    @classmethod
+    def from_checkpoint(cls, model_cfg: ModelCfg, ckpt: dict[str, Any], model_name: str) -> ModelInfo:
+        # the checkpoint records the preprocessing it was trained/evaluated with; the model cfg the rest
+        return cls(
+            model_name=model_name,
+            num_classes=model_cfg.num_classes,
+            img_size=ckpt.get("img_size", model_cfg.input_size),
+            crop_pct=ckpt.get("crop_pct", model_cfg.crop_pct),
+            interpolation=ckpt.get("interpolation", model_cfg.interpolation),
+            mean=tuple(model_cfg.mean),
+            std=tuple(model_cfg.std),
+            classes=ckpt.get("classes"),
+        )
+
+    def model_cfg(self) -> ModelCfg:
+        return ModelCfg(input_size=self.img_size, crop_pct=self.crop_pct, interpolation=self.interpolation,
+                        mean=self.mean, std=self.std, num_classes=self.num_classes)
+
+
+def detect_format(path: str | Path) -> str:
+    """checkpoint | safetensors | torchscript | export | onnx, from the suffix (zip content for .pt/.pth)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    fmt = SUFFIX_FORMATS.get(path.suffix.lower())
+    if fmt:
+        return fmt
+    # torch.save and torch.jit.save both write zip archives; only TorchScript has a code/ folder
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            if any(n.split("/")[1:2] == ["code"] for n in z.namelist()):
+                return "torchscript"
+    return "checkpoint"
+
+
+class OrtModule:
+    """An onnxruntime session called like a module: float tensor in, logits tensor out (same device)."""
+
+    def __init__(self, path: str | Path, device: torch.device, threads: int = 0):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        providers = ["CPUExecutionProvider"]
+        if device.type == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise ModelFileError(f"{path}: onnxruntime here has no CUDA provider (install onnxruntime-gpu)")
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
+        self.session = ort.InferenceSession(str(path), opts, providers=providers)
+        self.device = device
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+        self.input_shape = self.session.get_inputs()[0].shape
+        self.num_outputs = self.session.get_outputs()[0].shape[-1]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        fixed = self.input_shape[0] if isinstance(self.input_shape[0], int) else None
+        if fixed and len(x) != fixed:  # a fixed-batch file: run in chunks, padding the last one
+            outs = []
+            for chunk in x.split(fixed):
+                pad = fixed - len(chunk)
+                padded = torch.cat([chunk, chunk.new_zeros((pad, *chunk.shape[1:]))]) if pad else chunk
+                outs.append(self._run(padded)[: len(chunk)])
+            return torch.cat(outs)
+        return self._run(x)
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous().float()
+        if self.device.type == "cuda":  # bind device memory both ways: no host round trip
+            import numpy as np
+
+            idx = self.device.index or 0
+            out = torch.empty((x.shape[0], self.num_outputs), device=self.device)
+            io = self.session.io_binding()
+            io.bind_input(self.input_name, "cuda", idx, np.float32, tuple(x.shape), x.data_ptr())
+            io.bind_output(self.output_name, "cuda", idx, np.float32, tuple(out.shape), out.data_ptr())
+            self.session.run_with_iobinding(io)
+            return out
+        out = self.session.run([self.output_name], {self.input_name: x.cpu().numpy()})[0]
+        return torch.from_numpy(out)
+
+
+@dataclass
+class Runner:
+    """A loaded model: call it with a normalised float NCHW batch on `device`, get float logits."""
+
+    fn: Any  # nn.Module, TorchScript module, compiled module or OrtModule
+    info: ModelInfo
+    device: torch.device
+    fmt: str
+    backend: str = "eager"
+    precision: str = "fp32"
+    channels_last: bool = False
+    module: nn.Module | None = None  # the eager module, where there is one (for training benches)
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.precision):
+            return self.fn(x).float()
+
+
+def _read_checkpoint(path: Path) -> tuple[nn.Module, ModelInfo]:
+    from ..engine.checkpoint import model_from_checkpoint
+    from .data import saved_data
+
+    model, ckpt = model_from_checkpoint(path)
+    info = ModelInfo.from_checkpoint(model.visionzoo_cfg, ckpt, model.visionzoo_name)
+    info.extra["data"] = saved_data(ckpt)
+    return model, info
+
+
+def _read_safetensors(path: Path) -> tuple[nn.Module, ModelInfo]:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from ..models import create_model
+
+    with safe_open(str(path), "pt") as f:
+        meta = (f.metadata() or {}).get(META_KEY)
+    if meta is None:
+        raise ModelFileError(f"{path}: no visionzoo metadata; load bare weights with --weights instead")
+    info = ModelInfo.from_json(meta, path)
+    model = create_model(info.model_name, num_classes=info.num_classes)
+    model.load_state_dict(load_file(str(path)))
+    return model, info
+
+
+def load_module(path: str | Path) -> tuple[nn.Module, ModelInfo]:
+    """An eager nn.Module (with its info) from a visionzoo checkpoint or a visionzoo safetensors file."""
+    path = Path(path)
+    fmt = detect_format(path)
+    if fmt == "checkpoint":
+        return _read_checkpoint(path)
+    if fmt == "safetensors":
+        return _read_safetensors(path)
+    raise ModelFileError(f"{path}: a {fmt} file holds no trainable model; give a checkpoint (.pth) or .safetensors")
+
+
+def _load_exported(path: Path, device: torch.device) -> tuple[nn.Module, ModelInfo]:
+    extra = {f"{META_KEY}.json": ""}
+    try:
+        ep = torch.export.load(str(path), extra_files=extra)
+    except RuntimeError:
+        # int8 programs use the quantized_decomposed ops, which exist once torchao's PT2E is imported
+        import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401
+
+        ep = torch.export.load(str(path), extra_files=extra)
+    if not extra[f"{META_KEY}.json"]:
+        raise ModelFileError(f"{path}: no visionzoo metadata (was it written by `visionzoo export`?)")
+    return ep.module().to(device), ModelInfo.from_json(extra[f"{META_KEY}.json"], path)
+
+
+def _load_torchscript(path: Path, device: torch.device) -> tuple[Any, ModelInfo]:
+    extra = {f"{META_KEY}.json": ""}
+    with warnings.catch_warnings():  # torch.jit is deprecated upstream; it is still the seed's "jit" mode
+        warnings.simplefilter("ignore", FutureWarning)
+        module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+        if not extra[f"{META_KEY}.json"]:
+            raise ModelFileError(f"{path}: no visionzoo metadata (was it written by `visionzoo export`?)")
+        # fused mode: fold BN into conv, inline constants, pick inference kernels
+        module = torch.jit.optimize_for_inference(torch.jit.freeze(module.eval()))
+    meta = extra[f"{META_KEY}.json"]
+    return module, ModelInfo.from_json(meta.decode() if isinstance(meta, bytes) else meta, path)
+
+
+def onnx_info(path: str | Path) -> ModelInfo:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    meta = {p.key: p.value for p in model.metadata_props}
+    if META_KEY not in meta:
+        raise ModelFileError(f"{path}: no visionzoo metadata (was it written by `visionzoo export`?)")
+    return ModelInfo.from_json(meta[META_KEY], path)
+
+
+class _FrozenCompiled:
+    """torch.compile with inductor's freezing on for every call (and so for every recompile).
+
+    int8 PT2E graphs need freezing to constant-fold and prepack int8 weights into oneDNN kernels.
+    torchao's x86 passes read the global flag, so options={"freezing": True} is not enough.
+    """
+
+    def __init__(self, module: nn.Module):
+        self.compiled = torch.compile(module)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        import torch._inductor.config as inductor_config
+
+        with inductor_config.patch(freezing=True):
+            return self.compiled(x)
+
+
+def compile_module(module: nn.Module, quantized: bool = False):
+    return _FrozenCompiled(module) if quantized else torch.compile(module)
+
+
+def load_runner(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    backend: str = "eager",
+    channels_last: bool = False,
+) -> Runner:
+    """Load any visionzoo model file for inference on `device`.
+
+    backend: eager (as stored) or compile (torch.compile; checkpoints and .pt2 only).
+    precision: fp16/bf16 run under autocast; ONNX and TorchScript files run in the precision they hold.
+    """
+    path = Path(path)
+    device = resolve_device(device) if isinstance(device, str) else device
+    fmt = detect_format(path)
+    if precision not in PRECISIONS:
+        raise ModelFileError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if fmt in ("onnx", "torchscript") and precision != "fp32":
+        raise ModelFileError(f"{path}: a {fmt} file runs in the precision it was exported in; drop --precision {precision}")
+    if fmt in ("onnx", "torchscript") and backend != "eager":
+        raise ModelFileError(f"{path}: backend {backend!r} needs a checkpoint or .pt2 file, not {fmt}")
+    module: nn.Module | None = None
+    if fmt == "onnx":
+        info = onnx_info(path)
+        fn: Any = OrtModule(path, device)
+    elif fmt == "torchscript":
+        fn, info = _load_torchscript(path, device)
+    elif fmt == "export":
+        fn, info = _load_exported(path, device)
+    else:
+        module, info = load_module(path)
+        module = module.eval().to(device)
+        if channels_last:
+            module = module.to(memory_format=torch.channels_last)
+        fn = module
+    if info.quantized and precision != "fp32":
+        raise ModelFileError(f"{path}: an {info.quantized} model cannot also run in {precision}")
+    if backend == "compile":
+        fn = compile_module(fn, quantized=bool(info.quantized))
+    elif backend != "eager":
+        raise ModelFileError(f"load_runner: unknown backend {backend!r} (eager or compile)")
+    return Runner(fn, info, device, fmt, backend, precision, channels_last and fmt != "onnx", module)
+
+
+def with_preprocessing(info: ModelInfo, img_size: int | None = None, crop_pct: float | None = None,
+                       interpolation: str | None = None) -> ModelInfo:
+    """The info with explicit preprocessing flags applied over the file's own."""
+    return replace(info, img_size=img_size or info.img_size, crop_pct=crop_pct or info.crop_pct,
+                   interpolation=interpolation or info.interpolation)
