@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -151,7 +152,9 @@ def metric(pred: str | Path, labels_file: str | Path, topk: int = 5) -> dict[str
     for p in files:
         key = p.relative_to(pred).with_suffix("").as_posix()
         if key not in labels:
-            key = p.stem if p.stem in labels else None
+            # by file name alone, or without the "_<output index>" that inference tools append (x_1.txt)
+            candidates = (p.stem, re.sub(r"_\d+$", "", p.stem))
+            key = next((c for c in candidates if c in labels), None)
         if key is None:
             unlabeled.append(str(p))
             continue
