@@ -100,7 +100,8 @@ def _write(model: nn.Module, info: ModelInfo, fmt: str, path: Path, example: tor
         shapes = ({0: "batch"},) if dynamic_batch else None
         with _quiet("onnxscript", "torch.onnx", "onnx_ir"):  # their optimiser logs every pass at INFO
             torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["logits"],
-                              dynamic_shapes=shapes, opset_version=opset, dynamo=True, verbose=False)
+                              dynamic_shapes=shapes, opset_version=opset, dynamo=True, verbose=False,
+                              external_data=False)  # one self-contained file (classifiers are far below 2 GB)
         proto = onnx.load(str(path))
         entry = proto.metadata_props.add()
         entry.key, entry.value = META_KEY, meta
