@@ -97,6 +97,18 @@ def test_dynamic_batch_onnx_runs_at_1_and_7_and_static_file_is_chunked(tmp_path)
     torch.testing.assert_close(load_runner(tmp_path / "b1.onnx")(x), eager(x).detach(), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("opset", [11, 20])
+def test_onnx_opset_is_the_one_asked_for(tmp_path, opset):
+    import onnx
+
+    ckpt, eager = save_ckpt(tmp_path / "r18.pth", "resnet18")
+    out = tmp_path / f"op{opset}.onnx"
+    export_model(ckpt, "onnx", out, dynamic_batch=True, opset=opset)  # 11: the seed's ATC opset
+    assert {o.version for o in onnx.load(str(out)).opset_import if o.domain in ("", "ai.onnx")} == {opset}
+    x = torch.randn(5, 3, 32, 32)
+    torch.testing.assert_close(load_runner(out)(x), eager(x).detach(), atol=1e-4, rtol=1e-4)
+
+
 def test_failed_export_check_leaves_no_file(tmp_path):
     ckpt, _ = save_ckpt(tmp_path / "r18.pth", "resnet18")
     with pytest.raises(ExportCheckError, match="file not written"):

@@ -27,6 +27,7 @@ log = logging.getLogger("visionzoo")
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".ts", "export": ".pt2", "safetensors": ".safetensors"}
 DEFAULT_OPSET = 18
+DYNAMO_MIN_OPSET = 18  # torch.onnx's torch.export-based exporter writes opset 18 and newer
 # fp32 vs fp32 on another runtime: differences come from kernel order only
 DEFAULT_ATOL, DEFAULT_RTOL = 1e-4, 1e-4
 
@@ -97,12 +98,22 @@ def _write(model: nn.Module, info: ModelInfo, fmt: str, path: Path, example: tor
     elif fmt == "onnx":
         import onnx
 
-        shapes = ({0: "batch"},) if dynamic_batch else None
-        with _quiet("onnxscript", "torch.onnx", "onnx_ir"):  # their optimiser logs every pass at INFO
-            torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["logits"],
-                              dynamic_shapes=shapes, opset_version=opset, dynamo=True, verbose=False,
-                              external_data=False)  # one self-contained file (classifiers are far below 2 GB)
+        if opset >= DYNAMO_MIN_OPSET:
+            with _quiet("onnxscript", "torch.onnx", "onnx_ir"):  # their optimiser logs every pass at INFO
+                torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["logits"],
+                                  dynamic_shapes=({0: "batch"},) if dynamic_batch else None, opset_version=opset,
+                                  dynamo=True, verbose=False,
+                                  external_data=False)  # one self-contained file (classifiers are far below 2 GB)
+        else:  # older opsets (the seed's ATC wants 11): only the TorchScript-based exporter writes them
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["logits"],
+                                  dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None,
+                                  opset_version=opset, dynamo=False)
         proto = onnx.load(str(path))
+        written = max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+        if written != opset:  # never hand back another opset than asked for
+            raise ExportCheckError(f"asked for ONNX opset {opset}, the exporter wrote {written}")
         entry = proto.metadata_props.add()
         entry.key, entry.value = META_KEY, meta
         onnx.save(proto, str(path))

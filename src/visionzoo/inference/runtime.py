@@ -260,7 +260,13 @@ class _FrozenCompiled:
 
 
 def compile_module(module: nn.Module, quantized: bool = False):
-    return _FrozenCompiled(module) if quantized else torch.compile(module)
+    if quantized:
+        # registers torchao's x86 inductor passes that lower q/dq patterns to oneDNN int8 kernels;
+        # without them inductor compiles the reference fp32 q/dq graph
+        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer  # noqa: F401
+
+        return _FrozenCompiled(module)
+    return torch.compile(module)
 
 
 def load_runner(
