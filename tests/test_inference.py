@@ -218,7 +218,8 @@ def test_predict_names_bad_files_and_answers_the_rest(digits_ckpt, digits_data, 
     answered = {Path(p["file"]).name: p for p in preds if p["error"] is None}
     assert set(answered) == set(good)
     for p in answered.values():
-        assert len(p["top"]) == 3 and abs(sum(t["prob"] for t in p["top"]) - 1) < 0.5
+        assert len(p["top"]) == 3 and sum(t["prob"] for t in p["top"]) <= 1 + 1e-6
+        assert p["top"][0]["prob"] > 1 / 10  # better than a uniform guess over the 10 digits
         assert p["top"][0]["prob"] >= p["top"][1]["prob"]
     # the digit is grey, so lossless grayscale and opaque RGBA files decode to the RGB original's pixels
     for name in ("gray.png", "alpha.png"):
@@ -304,3 +305,72 @@ def test_bench_train_mode_and_exported_file(tmp_path):
                  "--batch-sizes", "2", "--warmup", "1", "--iters", "2", "--device", "cpu", "--json", str(js)]) == 0
     rows = json.loads(js.read_text())["rows"]
     assert rows[0]["status"] == "ok" and rows[1]["status"].startswith("unavailable: an ONNX file")
+
+
+def test_preprocess_without_a_model_uses_imagenet_preprocessing(tiny_imagefolder, tmp_path):
+    prep = tmp_path / "prep"
+    assert main(["preprocess", "--data", str(tiny_imagefolder), "--output", str(prep), "--img-size", "24",
+                 "--no-progress"]) == 0
+    meta = json.loads((prep / "preprocess.json").read_text())
+    assert meta["classes"] == ["circle", "square", "triangle"] and meta["mean"] == [0.485, 0.456, 0.406]
+    rows = (prep / "info.tsv").read_text().splitlines()[1:]
+    assert len(rows) == 12 and {r.split("\t")[1] for r in rows} == {"0", "1", "2"}
+    name, label, shape, source = rows[0].split("\t")
+    assert shape == "3,24,24" and name.startswith("circle/") and Path(source).parent.name == "circle"
+    x = np.fromfile(prep / name, dtype="<f4")
+    assert x.size == 3 * 24 * 24 and -3 < x.min() < x.max() < 3  # normalised, not 0..255
+    assert main(["preprocess", "--data", str(tiny_imagefolder), "--output", str(prep)]) == 2  # never overwritten
+
+
+@pytest.mark.parametrize("suffix", [".onnx", ".pt2", ".ts", ".safetensors", ".pth"])
+def test_corrupt_model_file_is_a_one_line_error(tmp_path, capsys, suffix):
+    bad = tmp_path / f"model{suffix}"
+    bad.write_bytes(b"definitely not a model" * 10)
+    img = tmp_path / "x.png"
+    Image.new("RGB", (8, 8)).save(img)
+    assert main(["predict", str(img), "--checkpoint", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(bad) in err[0] and "Traceback" not in err[0]
+
+
+def test_pt2_with_pickled_code_is_refused(tmp_path):
+    import zipfile
+
+    from visionzoo.inference.runtime import ModelFileError
+
+    ckpt, _ = save_ckpt(tmp_path / "r18.pth", "resnet18")
+    good = tmp_path / "m.pt2"
+    export_model(ckpt, "export", good, dynamic_batch=True)
+    # replace the sample inputs with a pickle that would call os.system when unpickled
+    evil = tmp_path / "evil.pt2"
+
+    class Boom:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(evil, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if "/data/sample_inputs/" in item.filename:
+                import io
+
+                buf = io.BytesIO()
+                torch.save({"x": Boom()}, buf)
+                data = buf.getvalue()
+            dst.writestr(item, data)
+    with pytest.raises(ModelFileError, match="not plain tensors"):
+        load_runner(evil)
+    load_runner(good)  # the untouched file loads
+
+
+def test_bench_refuses_to_fake_int8_or_batch_sizes(tmp_path):
+    ckpt, _ = save_ckpt(tmp_path / "r18.pth", "resnet18")
+    export_model(ckpt, "onnx", tmp_path / "b2.onnx", batch_size=2)
+    js = tmp_path / "b.json"
+    assert main(["bench", "--checkpoint", str(tmp_path / "b2.onnx"), "--backend", "onnxruntime",
+                 "--precision", "fp32,int8", "--batch-sizes", "2,4", "--warmup", "0", "--iters", "2",
+                 "--device", "cpu", "--json", str(js)]) == 0
+    rows = {(r["precision"], r["batch_size"]): r["status"] for r in json.loads(js.read_text())["rows"]}
+    assert rows[("fp32", 2)] == "ok"
+    assert rows[("fp32", 4)] == "unavailable: the ONNX file has a fixed batch size of 2"
+    assert rows[("int8", 2)].startswith("unavailable: the onnx file is not quantised")

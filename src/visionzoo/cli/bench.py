@@ -13,15 +13,19 @@ from __future__ import annotations
 import argparse
 import csv
 
+from ..config import ConfigError
 from ..engine.runlog import write_json
 
 
 def _csv_list(kind, choices=None):
     def parse(text: str):
-        items = [kind(t) for t in text.split(",") if t.strip()]
-        bad = [i for i in items if choices and i not in choices]
+        try:
+            items = [kind(t) for t in text.split(",") if t.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma list of integers, got {text!r}") from None
+        bad = [i for i in items if (choices and i not in choices) or (kind is int and i < 1)]
         if not items or bad:
-            raise argparse.ArgumentTypeError(f"expected a comma list of {', '.join(choices) if choices else 'integers'}")
+            raise argparse.ArgumentTypeError(f"expected a comma list of {', '.join(choices) if choices else 'positive integers'}")
         return tuple(items)
 
     return parse
@@ -60,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from ..inference.bench import bench, bench_model, environment, plot, rows_as_dicts
 
     if args.warmup < 0 or args.iters < 1:
-        raise argparse.ArgumentTypeError("--warmup must be >= 0 and --iters >= 1")
+        raise ConfigError(f"--warmup must be >= 0 and --iters >= 1 (got {args.warmup}, {args.iters})")
     device = resolve_device(args.device)
     bm = bench_model(args.model, args.checkpoint, args.num_classes)
     img_size = args.img_size or bm.info.img_size
@@ -90,7 +94,9 @@ def run(args: argparse.Namespace) -> int:
                                "mode": args.mode, "warmup": args.warmup, "iters": args.iters,
                                "environment": environment(device), "rows": table})
     if args.csv:
-        with open(args.csv, "w", newline="") as f:
+        from ..engine.checkpoint import atomic_path
+
+        with atomic_path(args.csv) as tmp, open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(table[0]))
             w.writeheader()
             w.writerows(table)

@@ -11,6 +11,7 @@ import argparse
 import sys
 from dataclasses import asdict
 
+from ..config import ConfigError
 from ..engine.runlog import write_json
 from .options import add_model_runtime_flags
 
@@ -31,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
     from ..inference.predict import predict_files
     from ..inference.runtime import load_runner, with_preprocessing
 
+    if args.topk < 1:
+        raise ConfigError(f"--topk must be at least 1 (got {args.topk})")
     runner = load_runner(args.checkpoint, args.device, args.precision)
     runner.info = with_preprocessing(runner.info, args.img_size)
     results = predict_files(runner, args.images, args.topk, args.batch_size)

@@ -32,9 +32,11 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.evaluate import evaluate
     from ..inference.data import resolve_data
     from ..inference.quantize import quantize
-    from ..inference.runtime import load_runner
+    from ..inference.runtime import detect_format, load_module, onnx_info
 
-    data = resolve_data(load_runner(args.checkpoint).info, data_config(args))
+    # only the metadata is needed here (where the data is); quantize() loads the model itself
+    info = onnx_info(args.checkpoint) if detect_format(args.checkpoint) == "onnx" else load_module(args.checkpoint)[1]
+    data = resolve_data(info, data_config(args))
     report = quantize(args.checkpoint, data, args.output, args.calib_batches, args.batch_size, args.dtype,
                       args.calib_split)
     print(f"wrote {report['output']} ({report['dtype']}, {report['method']}, "

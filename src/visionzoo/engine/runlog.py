@@ -19,7 +19,11 @@ def _clean(v: Any) -> Any:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    Path(path).write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    """Write atomically: a reader (or a crash) never sees half a file."""
+    from .checkpoint import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
 
 
 class RunLog:

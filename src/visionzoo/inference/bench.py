@@ -8,7 +8,9 @@ latency is real. images/s = batch * iters / wall time of the timed loop.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
+import os
 import platform
 import tempfile
 import threading
@@ -75,7 +77,7 @@ class _RssPeak:
     @staticmethod
     def _rss() -> int:
         with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * 4096
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
     def _run(self) -> None:
         while not self._stop.wait(0.002):
@@ -166,11 +168,11 @@ def _onnx_file(bm: BenchModel, img_size: int, dtype: str | None, workdir: Path) 
     from .quantize import quantize_onnx
 
     if bm.fmt == "onnx":
-        return bm.path
+        return bm.path  # as stored (an int8 request on an fp32 file was refused earlier)
     if bm.module is None:
         raise Unavailable(f"a {bm.fmt} file cannot be converted to ONNX here; export the checkpoint instead")
     path = workdir / "model.onnx"
-    _write(bm.module, bm.info, "onnx", path, torch.randn(2, 3, img_size, img_size), True, 18)
+    _write(copy.deepcopy(bm.module).cpu(), bm.info, "onnx", path, torch.randn(2, 3, img_size, img_size), True, 18)
     if dtype == "int8":
         g = torch.Generator().manual_seed(0)
         q = workdir / "model_int8.onnx"
@@ -185,6 +187,8 @@ def _forward_factory(bm: BenchModel, backend: str, precision: str, device: torch
     quantized_file = bm.info.quantized
     if quantized_file and precision != quantized_file:
         raise Unavailable(f"the file is {quantized_file}; bench it with --precision {quantized_file}")
+    if precision == "int8" and not quantized_file and bm.module is None:
+        raise Unavailable(f"the {bm.fmt} file is not quantised; make an int8 file with `visionzoo quantize`")
     if bm.fmt in ("onnx",) and backend != "onnxruntime":
         raise Unavailable("an ONNX file runs on the onnxruntime backend")
     if bm.fmt == "torchscript" and backend != "torchscript":
@@ -194,8 +198,8 @@ def _forward_factory(bm: BenchModel, backend: str, precision: str, device: torch
             raise Unavailable("PT2E int8 runs its int8 kernels through inductor: use --backend compile")
         if bm.module is None and bm.fmt != "export":
             raise Unavailable(f"needs a checkpoint or .pt2, not a {bm.fmt} file")
-        if bm.module is not None:
-            module = _int8_program(bm, img_size) if precision == "int8" else bm.module
+        if bm.module is not None:  # a copy: moving or re-laying out must not leak into the next group
+            module = _int8_program(bm, img_size) if precision == "int8" else copy.deepcopy(bm.module)
         else:
             module = load_runner(bm.path).fn
         module = module.to(device)
@@ -217,7 +221,7 @@ def _forward_factory(bm: BenchModel, backend: str, precision: str, device: torch
             return lambda bs: fn
         if bm.module is None:
             raise Unavailable(f"needs a checkpoint or TorchScript file, not a {bm.fmt} file")
-        module = bm.module.to(device)
+        module = copy.deepcopy(bm.module).to(device)
 
         def scripted(bs: int):
             example = torch.randn(bs, 3, img_size, img_size, device=device)
@@ -234,8 +238,15 @@ def _forward_factory(bm: BenchModel, backend: str, precision: str, device: torch
             raise Unavailable("onnxruntime is not installed (pip install onnxruntime)") from None
         if precision not in ("fp32", "int8"):
             raise Unavailable(f"onnxruntime runs fp32 or int8 files; {precision} needs a converted ONNX file")
-        session = OrtModule(_onnx_file(bm, img_size, precision if bm.fmt != "onnx" else None, workdir), device)
-        return lambda bs: session
+        session = OrtModule(_onnx_file(bm, img_size, precision, workdir), device)
+        fixed = session.input_shape[0] if isinstance(session.input_shape[0], int) else None
+
+        def ort(bs: int):
+            if fixed and bs != fixed:  # it would run in chunks: not a batch-size measurement
+                raise Unavailable(f"the ONNX file has a fixed batch size of {fixed}")
+            return session
+
+        return ort
     if backend == "tensorrt":
         if device.type != "cuda":
             raise Unavailable("TensorRT needs a CUDA device")
@@ -246,7 +257,7 @@ def _forward_factory(bm: BenchModel, backend: str, precision: str, device: torch
         if bm.module is None or precision == "int8":
             raise Unavailable("TensorRT here builds from a checkpoint in fp32/fp16/bf16")
         dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-        module = bm.module.to(device)
+        module = copy.deepcopy(bm.module).to(device)
 
         def trt(bs: int):
             example = torch.randn(bs, 3, img_size, img_size, device=device)
@@ -259,7 +270,7 @@ def _forward_factory(bm: BenchModel, backend: str, precision: str, device: torch
 def _train_step_factory(bm: BenchModel, backend: str, precision: str, device: torch.device, channels_last: bool):
     if backend not in ("eager", "compile") or precision == "int8" or bm.module is None:
         raise Unavailable("train mode runs eager or compile in fp32/fp16/bf16 from a checkpoint or model name")
-    module = bm.module.to(device).train()
+    module = copy.deepcopy(bm.module).to(device).train()
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
     model = torch.compile(module) if backend == "compile" else module
@@ -309,17 +320,23 @@ def bench(
                         factory = _forward_factory(bm, backend, precision, device, img_size, channels_last, Path(tmp))
                 except Unavailable as e:
                     factory, reason = None, f"unavailable: {e}"
+                except ImportError as e:
+                    factory, reason = None, f"unavailable: {e.name or e} is not installed"
+                except Exception as e:  # export or quantisation failed: report it, go on with the rest
+                    factory, reason = None, f"error: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
                 for bs in batch_sizes:
                     row = BenchRow(backend, precision, mode, bs)
                     if factory is None:
                         row.status = reason
                     else:
                         try:
-                            _run_row(row, factory, bs, img_size, mode, precision, warmup, iters, device, channels_last)
+                            # compilation happens in the first call: never let it into the timed loop
+                            w = max(warmup, 1) if backend in ("compile", "torchscript", "tensorrt") else warmup
+                            _run_row(row, factory, bs, img_size, mode, precision, w, iters, device, channels_last)
                         except Unavailable as e:
                             row.status = f"unavailable: {e}"
-                        except (RuntimeError, ValueError, torch.OutOfMemoryError) as e:
-                            row.status = f"error: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                        except Exception as e:  # OOM, a runtime's own errors: this row only
+                            row.status = f"error: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
                             if device.type == "cuda":
                                 torch.cuda.empty_cache()
                     group.append(row)

@@ -46,8 +46,9 @@ def eval_dataset(info: ModelInfo, data: DataConfig, split: str = "val") -> tuple
         size = data.dummy_val_size if split == "val" else data.dummy_train_size
         ds = DummyDataset(size, info.num_classes, info.img_size, seed=1 if split == "val" else 0)
         return ds, [info.class_name(i) for i in range(info.num_classes)], info
-    samples = find_samples(data, split, info.classes, info.num_classes)
-    if samples.num_classes > info.num_classes:
+    # num_classes 0: no model (preprocess without --checkpoint): the folders define the classes
+    samples = find_samples(data, split, info.classes, info.num_classes or None)
+    if info.num_classes and samples.num_classes > info.num_classes:
         raise DataError(f"data has {samples.num_classes} classes, the model has {info.num_classes}")
     tf = eval_transform(info.img_size, info.crop_pct, info.interpolation)
     return ImageDataset(samples, tf, data.skip_bad_images), list(samples.classes), info
@@ -61,7 +62,7 @@ def eval_loader(info: ModelInfo, data: DataConfig, split: str = "val", batch_siz
 
 
 def first_batches(loader: DataLoader, normalizer: DeviceNormalizer, n: int) -> list[torch.Tensor]:
-    """Up to n normalised batches (for calibration and export checks)."""
+    """Up to n (>= 1) normalised batches (for calibration and export checks)."""
     out = []
     for images, _, _ in loader:
         if len(images):

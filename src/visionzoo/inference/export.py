@@ -147,7 +147,6 @@ def export_model(
     if img_size:
         info.img_size = img_size
     info.extra["exported_from"] = str(checkpoint)
-    info.extra["dynamic_batch"] = dynamic_batch or fmt in ("safetensors", "torchscript")
     # torch.export specialises sizes 0 and 1, so a dynamic batch needs an example of at least 2
     example_bs = max(batch_size, 2) if dynamic_batch else batch_size
     check_bs = max(example_bs, 4) if dynamic_batch else batch_size

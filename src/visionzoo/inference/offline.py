@@ -24,6 +24,8 @@ from tqdm import tqdm
 from ..config import DataConfig
 from ..data.datasets import DataError
 from ..data.loader import DeviceNormalizer
+from ..engine.checkpoint import atomic_path
+from ..engine.runlog import write_json
 from .data import eval_loader
 from .runtime import ModelInfo, Runner
 
@@ -38,7 +40,14 @@ def _bin_names(sources: list[str]) -> list[str]:
     """Output names mirroring the sources' layout below their common folder (class folders kept)."""
     resolved = [Path(s).resolve() for s in sources]
     root = Path(os.path.commonpath([str(p.parent) for p in resolved]))
-    return [p.relative_to(root).with_suffix(".bin").as_posix() for p in resolved]
+    names = [p.relative_to(root).with_suffix(".bin").as_posix() for p in resolved]
+    if len(set(names)) != len(names):  # x.png and x.jpg side by side would overwrite each other
+        seen: dict[str, str] = {}
+        for name, src in zip(names, sources):
+            if name in seen:
+                raise DataError(f"{src} and {seen[name]} would both be written as {name}; rename one")
+            seen[name] = src
+    return names
 
 
 def preprocess(info: ModelInfo, data: DataConfig, output: str | Path, split: str = "val",
@@ -65,11 +74,12 @@ def preprocess(info: ModelInfo, data: DataConfig, output: str | Path, split: str
             arr.tofile(out / name)
             rows.append(f"{name}\t{label}\t{','.join(map(str, arr.shape))}\t{source}")
             index += 1
-    (out / INFO_FILE).write_text(INFO_HEADER + "\n" + "\n".join(rows) + "\n")
     meta = {"dtype": "float32", "layout": "CHW", "normalised": True, "count": len(rows), "classes": classes,
             "img_size": info.img_size, "crop_pct": info.crop_pct, "interpolation": info.interpolation,
             "mean": list(info.mean), "std": list(info.std), "model": info.model_name}
-    (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    write_json(out / META_FILE, meta)
+    with atomic_path(out / INFO_FILE) as tmp:  # written last: its presence means the folder is complete
+        tmp.write_text(INFO_HEADER + "\n" + "\n".join(rows) + "\n")
     return {"output": str(out), "images": len(rows), "info": str(out / INFO_FILE)}
 
 
@@ -80,10 +90,20 @@ def read_info(prep: Path) -> list[tuple[str, int, tuple[int, ...]]]:
     rows = []
     for n, line in enumerate(path.read_text().splitlines()[1:], start=2):
         parts = line.split("\t")
-        if len(parts) < 3:
-            raise DataError(f"{path}:{n}: expected file, label, shape separated by tabs")
-        rows.append((parts[0], int(parts[1]), tuple(int(s) for s in parts[2].split(","))))
+        try:
+            rows.append((parts[0], int(parts[1]), tuple(int(s) for s in parts[2].split(","))))
+        except (IndexError, ValueError):
+            raise DataError(f"{path}:{n}: expected file, label, shape (3,H,W) separated by tabs") from None
     return rows
+
+
+def _read_bin(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    if not path.is_file():
+        raise DataError(f"{path}: listed in {INFO_FILE} but missing")
+    arr = np.fromfile(path, dtype="<f4")
+    if arr.size != int(np.prod(shape)):
+        raise DataError(f"{path}: {arr.size} float32 values, expected {'x'.join(map(str, shape))}")
+    return arr.reshape(shape)
 
 
 def infer(runner: Runner, prep: str | Path, output: str | Path, batch_size: int = 64,
@@ -100,7 +120,7 @@ def infer(runner: Runner, prep: str | Path, output: str | Path, batch_size: int 
     t0, seconds = time.perf_counter(), 0.0
     for start in tqdm(range(0, len(rows), batch_size), desc="infer", disable=None if progress else True, leave=False):
         chunk = rows[start : start + batch_size]
-        x = np.stack([np.fromfile(prep / f, dtype="<f4").reshape(shape) for f, _, shape in chunk])
+        x = np.stack([_read_bin(prep / f, shape) for f, _, shape in chunk])
         t = time.perf_counter()
         logits = runner(torch.from_numpy(x).to(runner.device)).cpu().numpy()
         seconds += time.perf_counter() - t
@@ -111,7 +131,7 @@ def infer(runner: Runner, prep: str | Path, output: str | Path, batch_size: int 
     report = {"output": str(out), "images": len(rows), "model_seconds": round(seconds, 3),
               "total_seconds": round(time.perf_counter() - t0, 3),
               "model_images_per_s": round(len(rows) / seconds, 2) if seconds else None}
-    (out / "infer.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out / "infer.json", report)
     return report
 
 

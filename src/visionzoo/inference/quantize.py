@@ -17,10 +17,10 @@ from typing import Any
 import torch
 
 from ..config import DataConfig
-from ..data.datasets import DataError
-from ..data.loader import DeviceNormalizer
+from ..data.datasets import DataError, ImageDataset, Samples
+from ..data.loader import DeviceNormalizer, make_loader
 from ..engine.checkpoint import atomic_path
-from .data import eval_loader, first_batches
+from .data import eval_dataset, first_batches
 from .runtime import (
     META_KEY,
     ModelFileError,
@@ -35,15 +35,27 @@ log = logging.getLogger("visionzoo")
 DTYPES = ("int8", "int16")
 
 
-def calibration_batches(info: ModelInfo, data: DataConfig, n: int, batch_size: int, split: str) -> list[torch.Tensor]:
-    """n normalised batches of `split` through the evaluation transform (falls back to val)."""
+def calibration_batches(info: ModelInfo, data: DataConfig, n: int, batch_size: int, split: str,
+                        seed: int = 0) -> list[torch.Tensor]:
+    """n normalised batches of a seeded random subset of `split` (falls back to val).
+
+    Folders list images class by class, so the first n*batch images could all be one class; a
+    random subset calibrates on the whole distribution.
+    """
+    if n < 1:
+        raise DataError("--calib-batches must be at least 1")
     try:
-        loader, _, _ = eval_loader(info, data, split, batch_size)
+        ds, _, _ = eval_dataset(info, data, split)
     except DataError:
         if split == "val":
             raise
         log.warning("no %s split for calibration; calibrating on the validation split", split)
-        loader, _, _ = eval_loader(info, data, "val", batch_size)
+        ds, _, _ = eval_dataset(info, data, "val")
+    if isinstance(ds, ImageDataset):
+        order = torch.randperm(len(ds.samples.items), generator=torch.Generator().manual_seed(seed)).tolist()
+        items = [ds.samples.items[i] for i in order[: n * batch_size]]
+        ds = ImageDataset(Samples(items, ds.samples.classes), ds.transform, ds.skip_bad)
+    loader = make_loader(ds, batch_size, min(data.workers, os.cpu_count() or 1), False)
     batches = first_batches(loader, DeviceNormalizer(info.mean, info.std, torch.device("cpu")), n)
     if not batches:
         raise DataError("no calibration images found")
@@ -90,7 +102,6 @@ def quantize_onnx(path: Path, output: Path, batches: list[torch.Tensor], dtype: 
     import onnx
     import onnxruntime as ort
     from onnxruntime.quantization import (
-        CalibrationDataReader,
         QuantFormat,
         QuantType,
         quantize_static,
@@ -101,7 +112,6 @@ def quantize_onnx(path: Path, output: Path, batches: list[torch.Tensor], dtype: 
     inp = sess.get_inputs()[0]
     static = inp.shape[0] if isinstance(inp.shape[0], int) else None
     reader = _Reader(inp.name, batches, static)
-    CalibrationDataReader.register(_Reader)
     fd, pre = tempfile.mkstemp(suffix=".onnx", dir=output.parent)
     os.close(fd)
     try:

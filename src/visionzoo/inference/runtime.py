@@ -6,6 +6,8 @@ bench and infer treat an exported file exactly like the checkpoint it came from.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import warnings
 import zipfile
@@ -78,36 +80,54 @@ class ModelInfo:
             classes=ckpt.get("classes"),
         )
 
-    def model_cfg(self) -> ModelCfg:
-        return ModelCfg(input_size=self.img_size, crop_pct=self.crop_pct, interpolation=self.interpolation,
-                        mean=self.mean, std=self.std, num_classes=self.num_classes)
-
 
 def detect_format(path: str | Path) -> str:
-    """checkpoint | safetensors | torchscript | export | onnx, from the suffix (zip content for .pt/.pth)."""
+    """checkpoint | safetensors | torchscript | export | onnx, from the suffix alone.
+
+    Content is never sniffed: a `.pth` is always loaded as a checkpoint (weights_only), so a program
+    file cannot pass for one.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
-    fmt = SUFFIX_FORMATS.get(path.suffix.lower())
-    if fmt:
-        return fmt
-    # torch.save and torch.jit.save both write zip archives; only TorchScript has a code/ folder
-    if zipfile.is_zipfile(path):
+    return SUFFIX_FORMATS.get(path.suffix.lower(), "checkpoint")
+
+
+def _weights_only_load(data: bytes, what: str) -> None:
+    try:
+        torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ModelFileError(f"{what}: holds pickled objects that are not plain tensors ({type(e).__name__}); "
+                             "refusing to load it") from None
+
+
+def check_pt2(path: Path) -> None:
+    """Refuse a .pt2 whose pickled parts need more than weights_only loading.
+
+    torch.export.load falls back to full unpickling (code execution) for such parts; we check each
+    one with weights_only=True first. Raw tensor payloads and the JSON graph need no check.
+    """
+    try:
         with zipfile.ZipFile(path) as z:
-            if any(n.split("/")[1:2] == ["code"] for n in z.namelist()):
-                return "torchscript"
-    return "checkpoint"
+            for name in z.namelist():
+                folder = name.rsplit("/", 1)[0]
+                if "/data/" in name and name.endswith("_config.json"):
+                    for meta in json.loads(z.read(name)).get("config", {}).values():
+                        if meta.get("use_pickle"):
+                            _weights_only_load(z.read(f"{folder}/{meta['path_name']}"), f"{path}:{name}")
+                elif "/data/sample_inputs/" in name or "/data/custom_objects/" in name:
+                    _weights_only_load(z.read(name), f"{path}:{name}")
+    except (zipfile.BadZipFile, KeyError, ValueError) as e:
+        raise ModelFileError(f"{path}: not a torch.export archive ({type(e).__name__}: {e})") from None
 
 
 class OrtModule:
     """An onnxruntime session called like a module: float tensor in, logits tensor out (same device)."""
 
-    def __init__(self, path: str | Path, device: torch.device, threads: int = 0):
+    def __init__(self, path: str | Path, device: torch.device):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -137,6 +157,7 @@ class OrtModule:
             import numpy as np
 
             idx = self.device.index or 0
+            torch.cuda.current_stream(self.device).synchronize()  # ORT runs on its own stream
             out = torch.empty((x.shape[0], self.num_outputs), device=self.device)
             io = self.session.io_binding()
             io.bind_input(self.input_name, "cuda", idx, np.float32, tuple(x.shape), x.data_ptr())
@@ -194,18 +215,30 @@ def _read_safetensors(path: Path) -> tuple[nn.Module, ModelInfo]:
     return model, info
 
 
+@contextlib.contextmanager
+def _load_errors(path: Path, fmt: str):
+    """Any failure to read a model file becomes one ModelFileError naming the file."""
+    try:
+        yield
+    except (ModelFileError, FileNotFoundError):
+        raise
+    except Exception as e:  # protobuf, zip, safetensors, pickle, onnxruntime and state-dict errors alike
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        raise ModelFileError(f"{path}: cannot load this {fmt} file ({type(e).__name__}: {first})") from None
+
+
 def load_module(path: str | Path) -> tuple[nn.Module, ModelInfo]:
     """An eager nn.Module (with its info) from a visionzoo checkpoint or a visionzoo safetensors file."""
     path = Path(path)
     fmt = detect_format(path)
-    if fmt == "checkpoint":
-        return _read_checkpoint(path)
-    if fmt == "safetensors":
-        return _read_safetensors(path)
+    if fmt in ("checkpoint", "safetensors"):
+        with _load_errors(path, fmt):
+            return _read_checkpoint(path) if fmt == "checkpoint" else _read_safetensors(path)
     raise ModelFileError(f"{path}: a {fmt} file holds no trainable model; give a checkpoint (.pth) or .safetensors")
 
 
 def _load_exported(path: Path, device: torch.device) -> tuple[nn.Module, ModelInfo]:
+    check_pt2(path)
     extra = {f"{META_KEY}.json": ""}
     try:
         ep = torch.export.load(str(path), extra_files=extra)
@@ -235,7 +268,10 @@ def _load_torchscript(path: Path, device: torch.device) -> tuple[Any, ModelInfo]
 def onnx_info(path: str | Path) -> ModelInfo:
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError and friends
+        raise ModelFileError(f"{path}: not an ONNX file ({type(e).__name__})") from None
     meta = {p.key: p.value for p in model.metadata_props}
     if META_KEY not in meta:
         raise ModelFileError(f"{path}: no visionzoo metadata (was it written by `visionzoo export`?)")
@@ -291,15 +327,17 @@ def load_runner(
     if fmt in ("onnx", "torchscript") and backend != "eager":
         raise ModelFileError(f"{path}: backend {backend!r} needs a checkpoint or .pt2 file, not {fmt}")
     module: nn.Module | None = None
-    if fmt == "onnx":
-        info = onnx_info(path)
-        fn: Any = OrtModule(path, device)
-    elif fmt == "torchscript":
-        fn, info = _load_torchscript(path, device)
-    elif fmt == "export":
-        fn, info = _load_exported(path, device)
-    else:
-        module, info = load_module(path)
+    with _load_errors(path, fmt):
+        if fmt == "onnx":
+            info = onnx_info(path)
+            fn: Any = OrtModule(path, device)
+        elif fmt == "torchscript":
+            fn, info = _load_torchscript(path, device)
+        elif fmt == "export":
+            fn, info = _load_exported(path, device)
+        else:
+            module, info = load_module(path)
+    if module is not None:
         module = module.eval().to(device)
         if channels_last:
             module = module.to(memory_format=torch.channels_last)
