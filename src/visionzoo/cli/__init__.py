@@ -19,6 +19,7 @@ from . import (
     demo,
     export,
     infer,
+    make_lt,
     metric,
     models,
     predict,
@@ -44,6 +45,7 @@ COMMANDS = {
     "preprocess": preprocess,
     "infer": infer,
     "metric": metric,
+    "make-lt": make_lt,
 }
 
 # errors whose message already says what is wrong and where: print it, not a traceback

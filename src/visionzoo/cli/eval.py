@@ -23,13 +23,23 @@ def add_parser(sub) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false")
     add_model_runtime_flags(p)
     p.set_defaults(batch_size=128)
-    add_config_flags(p, only=DATA_FLAGS - {"train_list", "train_root"})
+    add_config_flags(p, only=DATA_FLAGS - {"train_root"})
+    lt = p.add_argument_group("long-tail / open-set (--longtail)")
+    lt.add_argument("--longtail", action="store_true",
+                    help="many/medium/few-shot accuracy by --train-list class sizes (default: the model's own)")
+    lt.add_argument("--open-list", metavar="FILE", help="open-set images (label -1): adds the F-measure")
+    lt.add_argument("--open-threshold", type=float, default=0.1, help="reject below this max softmax")
+    lt.add_argument("--many", type=int, default=100, help="many-shot: more than this many training images")
+    lt.add_argument("--few", type=int, default=20, help="few-shot: fewer than this many training images")
+    lt.add_argument("--plot", metavar="FILE.png", help="per-class accuracy against class size")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..engine.evaluate import evaluate
 
+    if args.longtail:
+        return _run_longtail(args)
     # no data flags: evaluate on the validation split the model was trained with
     result = evaluate(args.checkpoint, data_config(args), args.batch_size, args.device, args.precision,
                       args.channels_last, args.progress, args.backend)
@@ -40,4 +50,32 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, result)
         print(f"wrote {args.json}")
+    return 0
+
+
+def _run_longtail(args: argparse.Namespace) -> int:
+    from ..data.datasets import DataError
+    from ..inference.data import resolve_data
+    from ..inference.runtime import load_runner
+    from ..longtail.evaluate import evaluate_longtail, plot_per_class
+
+    data = resolve_data(load_runner(args.checkpoint).info, data_config(args))
+    if not data.train_list:
+        raise DataError("--longtail needs --train-list (the training list whose class sizes define the shot groups)")
+    r = evaluate_longtail(args.checkpoint, data.train_list, data, args.open_list, args.open_threshold, args.many,
+                          args.few, args.batch_size, args.device, args.precision)
+    fmt = lambda v: "-" if v is None else f"{v:.2f}"
+    print(f"top-1 {r['top1']:.2f}  many {fmt(r['many_shot'])} ({r['many_classes']} cl)  "
+          f"medium {fmt(r['medium_shot'])} ({r['medium_classes']} cl)  few {fmt(r['few_shot'])} ({r['few_classes']} cl)"
+          f"  images {r['num_images']}")
+    if "open_set" in r:
+        o = r["open_set"]
+        print(f"open-set F-measure {o['f_measure']:.2f} (precision {o['precision']:.2f}, recall {o['recall']:.2f}, "
+              f"threshold {o['threshold']}, {r['open_images']} open images)")
+    if args.json:
+        write_json(args.json, r)
+        print(f"wrote {args.json}")
+    if args.plot:
+        plot_per_class(r, args.plot)
+        print(f"wrote {args.plot}")
     return 0

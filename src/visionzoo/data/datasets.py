@@ -127,11 +127,14 @@ def list_samples(
     base = Path(root) if root else list_path.parent
     root_dir = _find_root(items, [base, base / split, list_path.parent], list_path)
     labels = [label for _, label in items]
+    names_file = list_path.parent / "classes.txt"  # written by `visionzoo make-lt`: names in label order
+    if classes is None and names_file.is_file():
+        classes = [c.strip() for c in names_file.read_text().splitlines() if c.strip()]
     n = num_classes or (len(classes) if classes else max(labels) + 1)
     bad = [x for x in labels if x >= n or (x < 0 and not allow_open)]
     if bad:
         raise DataError(f"{list_path}: label {bad[0]} outside 0..{n - 1}")
-    names = list(classes) if classes else [str(i) for i in range(n)]
+    names = list(classes)[:n] if classes else [str(i) for i in range(n)]
     return Samples([(str(root_dir / rel), label) for rel, label in items], names)
 
 

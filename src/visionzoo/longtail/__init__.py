@@ -1,0 +1,1 @@
+"""Long-tailed and open-set recognition: data sets (make-lt), metrics and evaluation."""

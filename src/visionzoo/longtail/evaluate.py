@@ -1,0 +1,125 @@
+"""`visionzoo eval --longtail`: overall, many/medium/few-shot and open-set accuracy of any model file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import DataConfig
+from ..data.datasets import DataError, ImageDataset, list_samples, read_list_file
+from ..data.loader import DeviceNormalizer, make_loader
+from ..data.transforms import eval_transform
+from ..inference.data import eval_dataset, resolve_data
+from ..inference.runtime import Runner, load_runner
+from .metrics import (
+    FEW,
+    MANY,
+    class_counts,
+    open_set_f_measure,
+    shot_accuracy,
+    shot_group,
+)
+
+
+@torch.no_grad()
+def predictions(runner: Runner, dataset, batch_size: int, workers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-1 class, its softmax probability and the label of every image (in order)."""
+    info = runner.info
+    normalizer = DeviceNormalizer(info.mean, info.std, runner.device)
+    preds, confs, labels = [], [], []
+    for images, target, _ in make_loader(dataset, batch_size, workers, False):
+        if len(target):
+            conf, pred = runner(normalizer(images)).softmax(1).max(1)
+            preds.append(pred.cpu())
+            confs.append(conf.cpu())
+            labels.append(target)
+    cat = lambda xs: torch.cat(xs).numpy() if xs else np.empty(0)
+    return cat(preds), cat(confs), cat(labels)
+
+
+def evaluate_longtail(
+    model_path: str | Path,
+    train_list: str | Path,
+    data: DataConfig | None = None,
+    open_list: str | Path | None = None,
+    threshold: float = 0.1,
+    many: int = MANY,
+    few: int = FEW,
+    batch_size: int = 128,
+    device: str = "auto",
+    precision: str = "fp32",
+) -> dict[str, Any]:
+    """Top-1 on the known-class split, mean per-class accuracy per shot group, and open-set F-measure.
+
+    Shot groups come from the class sizes of train_list (the training set's list file).
+    """
+    if few > many:
+        raise DataError(f"--few {few} is above --many {many}")
+    runner = load_runner(model_path, device, precision)
+    info = runner.info
+    data = resolve_data(info, data)
+    known, classes, info = eval_dataset(info, data, "val")
+    workers = min(data.workers, 2)
+    pred, conf, labels = predictions(runner, known, batch_size, workers)
+    n_cls = info.num_classes
+    train_counts = class_counts([label for _, label in read_list_file(train_list)], n_cls)
+    correct = np.bincount(labels[pred == labels], minlength=n_cls)
+    total = np.bincount(labels, minlength=n_cls)
+    result: dict[str, Any] = {
+        "model": info.model_name, "checkpoint": str(model_path), "num_images": len(labels),
+        "top1": 100.0 * float(np.mean(pred == labels)) if len(labels) else 0.0,
+        "mean_class_accuracy": float(np.mean([100.0 * c / t for c, t in zip(correct, total) if t])),
+        **shot_accuracy(correct.tolist(), total.tolist(), train_counts, many, few),
+        "many_threshold": many, "few_threshold": few, "train_list": str(train_list),
+    }
+    if open_list:
+        root = Path(data.val_root or data.data or Path(open_list).parent)
+        samples = list_samples(open_list, root, "val", classes=info.classes, num_classes=n_cls, allow_open=True)
+        if any(label != -1 for _, label in samples.items):
+            raise DataError(f"{open_list}: open-set lists hold label -1 only")
+        tf = eval_transform(info.img_size, info.crop_pct, info.interpolation)
+        o_pred, o_conf, _ = predictions(runner, ImageDataset(samples, tf), batch_size, workers)
+        result["open_images"] = len(o_pred)
+        result["open_set"] = open_set_f_measure(np.concatenate([pred, o_pred]), np.concatenate([conf, o_conf]),
+                                                np.concatenate([labels, -np.ones(len(o_pred), dtype=labels.dtype)]),
+                                                threshold)
+    result["per_class"] = [
+        {"class": classes[i] if i < len(classes) else str(i), "train_images": train_counts[i],
+         "group": shot_group(train_counts[i], many, few), "test_images": int(total[i]),
+         "top1": 100.0 * correct[i] / total[i] if total[i] else None}
+        for i in range(n_cls)
+    ]
+    return result
+
+
+def plot_per_class(result: dict[str, Any], path: str | Path) -> None:
+    """Per-class accuracy against training-set class size (log scale), coloured by shot group."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    colours = {"many": "tab:blue", "medium": "tab:orange", "few": "tab:red"}
+    for group, colour in colours.items():
+        rows = [r for r in result["per_class"] if r["group"] == group and r["top1"] is not None]
+        mean = result.get(f"{group}_shot")
+        label = f"{group} ({len(rows)} classes" + (f", mean {mean:.1f}%)" if mean is not None else ")")
+        ax.scatter([max(r["train_images"], 1) for r in rows], [r["top1"] for r in rows], s=18, c=colour, label=label)
+    for x in (result["few_threshold"], result["many_threshold"]):
+        ax.axvline(x, color="grey", linestyle=":", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("training images of the class")
+    ax.set_ylabel("class top-1 (%)")
+    title = f"{result['model']}: top-1 {result['top1']:.1f}%"
+    if "open_set" in result:
+        title += f", open-set F {result['open_set']['f_measure']:.1f}"
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
