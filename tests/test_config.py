@@ -137,7 +137,7 @@ def test_every_recipe_resolves_in_every_mode(name, mode, capsys):
     assert isinstance(cfg, TrainConfig)
     assert (cfg.recipe, cfg.mode) == (name, mode)
     assert cfg.model.model in list_models()
-    if name != "demo":
+    if name != "demo" and not name.startswith("oltr_"):
         assert cfg.model.model == name
     assert cfg.epochs > 0 and cfg.batch_size > 0 and cfg.optim.lr_base > 0
     assert recipe.description
@@ -147,7 +147,9 @@ def test_every_recipe_resolves_in_every_mode(name, mode, capsys):
 
 def test_recipe_list_and_modes():
     assert "resnet50" in RECIPES and "demo" in RECIPES and "se_resnext50_32x4d" in RECIPES
-    assert set(RECIPES) - {"demo"} == set(list_models())  # one recipe per seed model
+    from visionzoo.models.torchvision_models import SEED_MODELS
+
+    assert set(SEED_MODELS) | {"se_resnext50_32x4d", "oltr_stage1", "oltr_stage2"} <= set(RECIPES)  # every seed
     assert list(get_recipe("resnet50").modes) == ["full", "full_amp", "perf"]
     assert get_recipe("resnet50").default_mode == "full"
 
@@ -335,7 +337,7 @@ def test_models_cli_lists_registered_models(capsys):
     assert main(["models"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
     assert [line.split()[0] for line in lines] == list_models()
-    assert len(lines) == 12
+    assert len(lines) == 16  # 11 seed models, se_resnext50_32x4d, resnet10 and 3 OLTR stage-2 models
     assert "input 224" in lines[0]
 
 

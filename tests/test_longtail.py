@@ -86,3 +86,148 @@ def test_eval_longtail_end_to_end(digits_data, tmp_path, capsys):
     assert o["tp"] + o["fp"] == r["num_images"] and 0 <= o["f_measure"] <= 100
     assert png.stat().st_size > 10_000
     assert "open-set F-measure" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- training methods and OLTR
+
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import torch  # noqa: E402
+
+from visionzoo.data.samplers import ClassSampler  # noqa: E402
+from visionzoo.engine.checkpoint import load_checkpoint  # noqa: E402
+from visionzoo.models import create_model  # noqa: E402
+from visionzoo.models.oltr import DiscCentroidsLoss, ModulatedAttention  # noqa: E402
+
+
+@pytest.mark.parametrize("size", [32, 224])
+def test_modulated_attention_any_resolution(size):
+    att = ModulatedAttention(64).eval()
+    x = torch.randn(2, 64, size // 32, size // 32)  # the last stage's map at this input size
+    torch.testing.assert_close(att(x), x)  # zero-initialised output conv: the identity at start
+    nn_init = torch.nn.init
+    nn_init.normal_(att.conv_mask.weight, std=0.1)
+    y = att(x)
+    assert y.shape == x.shape and not torch.allclose(y, x)
+    s = att.spatial_attention(x)
+    assert s.shape == (2, 1, size // 32, size // 32)
+    torch.testing.assert_close(s.sum(dim=(2, 3)), torch.ones(2, 1))
+    model = create_model("oltr_resnet10", num_classes=3).eval()
+    assert model(torch.randn(2, 3, size, size)).shape == (2, 3)
+
+
+def test_centroid_loss_gradients_follow_the_center_loss_rule():
+    feat = torch.randn(5, 4, requires_grad=True)
+    centroids = torch.randn(3, 4, requires_grad=True)
+    target = torch.tensor([0, 0, 1, 1, 1])
+    loss = DiscCentroidsLoss(repel_weight=0.0)(feat, target, centroids)
+    loss.backward()
+    diff = feat.detach() - centroids.detach()[target]
+    assert loss.item() == pytest.approx(diff.pow(2).sum().item() / 2 / 5, rel=1e-5)
+    torch.testing.assert_close(feat.grad, diff / 5)
+    # class 0 has 2 samples, class 1 has 3, class 2 none: averaged over 1 + count
+    expected = torch.stack([-diff[:2].sum(0) / 3, -diff[2:].sum(0) / 4, torch.zeros(4)]) / 5
+    torch.testing.assert_close(centroids.grad, expected)
+
+
+def test_class_samplers_balance_and_shard():
+    labels = [0] * 80 + [1] * 15 + [2] * 5
+    counts = {}
+    for mode in ("class_balanced", "sqrt", "class_aware"):
+        s = ClassSampler(labels, mode, samples_per_class=4, seed=1)
+        idx = [i for i, _ in s]
+        assert len(idx) == 100 and idx == [i for i, _ in s]  # deterministic per epoch
+        counts[mode] = np.bincount([labels[i] for i in idx], minlength=3)
+        s.set_epoch(1)
+        assert [i for i, _ in s] != idx
+    assert max(counts["class_aware"]) - min(counts["class_aware"]) <= 4  # whole classes in turn, 4 at a time
+    assert min(counts["class_balanced"]) > 15  # the 5-image class drawn about a third of the time
+    assert counts["sqrt"][0] > counts["sqrt"][1] > counts["sqrt"][2]
+    run = [labels[i] for i, _ in ClassSampler(labels, "class_aware", 4, seed=2)][:12]
+    assert all(len(set(run[k:k + 4])) == 1 for k in (0, 4, 8))  # 4 images of one class per draw
+    shards = [[i for i, _ in ClassSampler(labels, "class_balanced", seed=3, rank=r, world_size=2)] for r in (0, 1)]
+    whole = [i for i, _ in ClassSampler(labels, "class_balanced", seed=3)]
+    assert len(shards[0]) == len(shards[1]) == 50 and sorted(shards[0] + shards[1]) == sorted(whole)
+
+
+@pytest.fixture(scope="module")
+def lt_data(digits_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("lt")
+    make_lt(digits_data, out, alpha=6, open_classes=2, val_per_class=10, seed=0)
+    return digits_data, out
+
+
+def lt_train(lt_data, out: Path, *flags: str) -> int:
+    root, lt = lt_data
+    return main(["train", "--data", str(root), "--train-list", str(lt / "train.txt"), "--val-list",
+                 str(lt / "val.txt"), "--img-size", "16", "--crop-pct", "1.0", "--batch-size", "32", "--workers", "0",
+                 "--device", "cpu", "--output", str(out), "--no-progress", "--seed", "0", *flags])
+
+
+@pytest.fixture(scope="module")
+def stage1(lt_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("stage1") / "run"
+    assert lt_train(lt_data, out, "--recipe", "oltr_stage1", "--epochs", "3", "--lr", "0.1", "--sched", "constant") == 0
+    return out
+
+
+def test_stage1_writes_the_seed_checkpoint_names(stage1):
+    for name in ("last.pth", "best.pth", "final_model_checkpoint.pth"):
+        assert (stage1 / name).is_file()
+    assert load_checkpoint(stage1 / "final_model_checkpoint.pth")["model_name"] == "resnet10"
+
+
+def test_oltr_stage2_trains_from_stage1(stage1, lt_data, tmp_path):
+    out = tmp_path / "s2"
+    assert lt_train(lt_data, out, "--recipe", "oltr_stage2", "--init-from", str(stage1 / "final_model_checkpoint.pth"),
+                    "--epochs", "2", "--lr", "0.01") == 0
+    s1 = load_checkpoint(stage1 / "last.pth")["model"]
+    ckpt = load_checkpoint(out / "final_model_checkpoint.pth")
+    assert ckpt["model_name"] == "oltr_resnet10" and ckpt["config"]["lt"]["sampler"] == "class_aware"
+    c = ckpt["model"]["centroids"]
+    assert c.shape == (8, 512) and c.abs().sum() > 0  # initialised from class means, then learned
+    assert not torch.equal(ckpt["model"]["layer1.0.conv1.weight"], s1["layer1.0.conv1.weight"])  # fine-tuned
+    assert main(["eval", "--checkpoint", str(out / "last.pth"), "--longtail", "--no-progress", "--many", "60"]) == 0
+
+
+def test_balanced_softmax_crt_and_tau_norm(stage1, lt_data, tmp_path):
+    assert lt_train(lt_data, tmp_path / "bs", "--model", "resnet10", "--loss", "balanced_softmax", "--epochs", "1") == 0
+    crt = tmp_path / "crt"
+    assert lt_train(lt_data, crt, "--model", "resnet10", "--init-from", str(stage1 / "last.pth"), "--train-scope",
+                    "classifier", "--reset-classifier", "--sampler", "class_balanced", "--epochs", "1",
+                    "--lr", "0.1") == 0
+    before, after = load_checkpoint(stage1 / "last.pth")["model"], load_checkpoint(crt / "last.pth")["model"]
+    for k, v in before.items():
+        if k.startswith("fc."):
+            assert not torch.equal(v, after[k])  # the classifier re-trained
+        else:
+            assert torch.equal(v, after[k]), k  # backbone weights and BN statistics untouched
+    tau = tmp_path / "tau.pth"
+    assert main(["tau-norm", "--checkpoint", str(stage1 / "last.pth"), "--tau", "1", "--output", str(tau)]) == 0
+    w = load_checkpoint(tau)["model"]
+    torch.testing.assert_close(w["fc.weight"].norm(dim=1), torch.ones(8))
+    assert not w["fc.bias"].any()
+
+
+def test_oltr_stage2_under_torchrun_matches_one_process(stage1, lt_data, tmp_path):
+    root, lt = lt_data
+    args = ["train", "--data", str(root), "--train-list", str(lt / "train.txt"), "--val-list", str(lt / "val.txt"),
+            "--img-size", "16", "--crop-pct", "1.0", "--batch-size", "32", "--workers", "0", "--device", "cpu",
+            "--no-progress", "--seed", "0", "--recipe", "oltr_stage2", "--epochs", "2", "--lr", "0.01",
+            "--init-from", str(stage1 / "final_model_checkpoint.pth")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main([*args, "--output", str(one)]) == 0
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "visionzoo", *args, "--output", str(two)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [[json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()] for d in (one, two)]
+    e1, e2 = ([r for r in rs if r["type"] == "epoch"] for rs in rows)
+    assert len(e1) == len(e2) == 2
+    # the same global batches (the sampler shards one global order); only per-rank BatchNorm differs
+    assert e2[0]["train_loss"] == pytest.approx(e1[0]["train_loss"], rel=0.15)
+    assert abs(e2[-1]["val_top1"] - e1[-1]["val_top1"]) <= 15
+    assert e2[-1]["val_num_images"] == e1[-1]["val_num_images"] == 80

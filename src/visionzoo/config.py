@@ -83,11 +83,26 @@ class SchedConfig:
 
 
 @dataclass
+class LongTailConfig:
+    """Long-tail training: sampling, loss, classifier re-training; OLTR stage 2 is the oltr_* models."""
+
+    sampler: str = "instance"  # instance | class_balanced | sqrt | class_aware
+    samples_per_class: int = 4  # class_aware: images per class per draw (OLTR stage 2)
+    loss: str = "ce"  # ce | balanced_softmax (logits + log class prior during training)
+    train_scope: str = "all"  # all | classifier (cRT: backbone frozen, BN statistics kept)
+    reset_classifier: bool = False  # re-initialise the classifier after loading --weights (cRT)
+    head_lr_factor: float = 1.0  # classifier lr = lr * this (OLTR stage 2: 10)
+    centroid_weight: float = 0.01  # OLTR (oltr_* models): discriminative centroid loss weight
+    centroid_lr_factor: float = 1.0  # OLTR: centroids lr = lr * this
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     sched: SchedConfig = field(default_factory=SchedConfig)
+    lt: LongTailConfig = field(default_factory=LongTailConfig)
     epochs: int = 90
     # global (summed over all processes); small by default so a first run on a laptop-sized data set
     # takes enough steps to learn. Recipes set the seeds' 256.
@@ -110,7 +125,7 @@ class TrainConfig:
     mode: str | None = None
 
 
-SECTIONS = ("model", "data", "optim", "sched")
+SECTIONS = ("model", "data", "optim", "sched", "lt")
 CHOICES: dict[str, tuple[str, ...]] = {
     "opt": ("sgd",),
     "lr_scale": ("linear", "sqrt", "none"),
@@ -118,6 +133,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "amp": ("fp16", "bf16"),
     "device": ("auto", "cpu", "cuda"),
     "interpolation": ("bilinear", "bicubic", "nearest"),
+    "sampler": ("instance", "class_balanced", "sqrt", "class_aware"),
+    "loss": ("ce", "balanced_softmax"),
+    "train_scope": ("all", "classifier"),
 }
 
 
@@ -251,6 +269,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         ("img_size", cfg.data.img_size is None or cfg.data.img_size >= 1),
         ("num_classes", cfg.model.num_classes is None or cfg.model.num_classes >= 1),
         ("label_smoothing", 0.0 <= cfg.optim.label_smoothing < 1.0),
+        ("samples_per_class", cfg.lt.samples_per_class >= 1), ("head_lr_factor", cfg.lt.head_lr_factor > 0),
+        ("centroid_weight", cfg.lt.centroid_weight >= 0), ("centroid_lr_factor", cfg.lt.centroid_lr_factor > 0),
     ]
     bad = [name for name, ok in checks if not ok]
     if bad:

@@ -26,6 +26,7 @@ from . import (
     preprocess,
     quantize,
     recipes,
+    tau_norm,
     train,
     valprep,
 )
@@ -46,6 +47,7 @@ COMMANDS = {
     "infer": infer,
     "metric": metric,
     "make-lt": make_lt,
+    "tau-norm": tau_norm,
 }
 
 # errors whose message already says what is wrong and where: print it, not a traceback

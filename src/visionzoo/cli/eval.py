@@ -32,6 +32,8 @@ def add_parser(sub) -> None:
     lt.add_argument("--many", type=int, default=100, help="many-shot: more than this many training images")
     lt.add_argument("--few", type=int, default=20, help="few-shot: fewer than this many training images")
     lt.add_argument("--plot", metavar="FILE.png", help="per-class accuracy against class size")
+    lt.add_argument("--logit-adjust", type=float, default=0.0, metavar="TAU",
+                    help="post-hoc logit adjustment: logits - TAU * log(train class prior) (1.0 is the usual)")
     p.set_defaults(func=run)
 
 
@@ -54,16 +56,21 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_longtail(args: argparse.Namespace) -> int:
+    from ..config import TrainConfig, apply_overrides
     from ..data.datasets import DataError
     from ..inference.data import resolve_data
     from ..inference.runtime import load_runner
     from ..longtail.evaluate import evaluate_longtail, plot_per_class
+    from .options import cli_overrides, nest
 
-    data = resolve_data(load_runner(args.checkpoint).info, data_config(args))
+    # the flags given refine the data the model was trained with (its train list gives the shot groups)
+    info = load_runner(args.checkpoint).info
+    base = resolve_data(info, None) if (info.extra.get("data") or {}).get("data") else TrainConfig().data
+    data = apply_overrides(TrainConfig(data=base), nest(cli_overrides(args)), "command line").data
     if not data.train_list:
         raise DataError("--longtail needs --train-list (the training list whose class sizes define the shot groups)")
     r = evaluate_longtail(args.checkpoint, data.train_list, data, args.open_list, args.open_threshold, args.many,
-                          args.few, args.batch_size, args.device, args.precision)
+                          args.few, args.batch_size, args.device, args.precision, args.logit_adjust)
     fmt = lambda v: "-" if v is None else f"{v:.2f}"
     print(f"top-1 {r['top1']:.2f}  many {fmt(r['many_shot'])} ({r['many_classes']} cl)  "
           f"medium {fmt(r['medium_shot'])} ({r['medium_classes']} cl)  few {fmt(r['few_shot'])} ({r['few_classes']} cl)"

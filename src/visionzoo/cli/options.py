@@ -17,7 +17,7 @@ from ..config import (
     load_yaml,
 )
 
-ALIASES = {"batch_size": ["-b"], "workers": ["-j"], "epochs": ["-e"]}
+ALIASES = {"batch_size": ["-b"], "workers": ["-j"], "epochs": ["-e"], "weights": ["--init-from"]}
 SKIP = {"recipe", "mode"}  # handled by the command itself
 
 

@@ -1,6 +1,22 @@
-from .datasets import DataError, DummyDataset, ImageDataset, Samples, image_folder, list_samples, read_list_file
+from .datasets import (
+    DataError,
+    DummyDataset,
+    ImageDataset,
+    Samples,
+    image_folder,
+    list_samples,
+    read_list_file,
+)
 from .images import BadImageError, load_rgb
-from .loader import DataBundle, DeviceNormalizer, SeededSampler, build_data, collate_skipping, find_samples, make_loader
+from .loader import (
+    DataBundle,
+    DeviceNormalizer,
+    SeededSampler,
+    build_data,
+    collate_skipping,
+    find_samples,
+    make_loader,
+)
 from .transforms import eval_transform, train_transform
 
 __all__ = [

@@ -13,7 +13,14 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from ..config import DataConfig
 from ..models.registry import ModelCfg
-from .datasets import DataError, DummyDataset, ImageDataset, Samples, image_folder, list_samples
+from .datasets import (
+    DataError,
+    DummyDataset,
+    ImageDataset,
+    Samples,
+    image_folder,
+    list_samples,
+)
 from .transforms import eval_transform, train_transform
 
 log = logging.getLogger(__name__)
@@ -154,8 +161,11 @@ def make_loader(
     rank: int = 0,
     world_size: int = 1,
     pin_memory: bool = False,
+    sampler: Sampler | None = None,
 ) -> DataLoader:
-    sampler = SeededSampler(len(dataset), shuffle=train, seed=seed, rank=rank, world_size=world_size, pad=train)
+    """sampler: a class-aware sampler for training (data.samplers); default SeededSampler."""
+    if sampler is None:
+        sampler = SeededSampler(len(dataset), shuffle=train, seed=seed, rank=rank, world_size=world_size, pad=train)
     return DataLoader(
         dataset,
         batch_size=batch_size,

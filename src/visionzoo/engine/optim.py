@@ -33,8 +33,10 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: bool
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float, device: torch.device) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay, cfg.no_decay_norm_bias)
+def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float, device: torch.device,
+                    groups: list[dict] | None = None) -> torch.optim.Optimizer:
+    """SGD over the model's trainable parameters, or over explicit groups (each may set its own lr)."""
+    groups = groups or param_groups(model, cfg.weight_decay, cfg.no_decay_norm_bias)
     if cfg.opt == "sgd":
         kwargs = {"fused": True} if device.type == "cuda" else {"foreach": True}
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov, **kwargs)

@@ -10,24 +10,60 @@ import logging
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as tdist
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 from .. import __version__
-from ..config import ConfigError, TrainConfig, save_yaml, to_dict, validate
+from ..config import (
+    ConfigError,
+    LongTailConfig,
+    TrainConfig,
+    save_yaml,
+    to_dict,
+    validate,
+)
 from ..data.loader import DataBundle, DeviceNormalizer, build_data, make_loader
-from ..models import create_model, get_model_cfg, unwrap_model
-from .checkpoint import atomic_copy, atomic_save, load_checkpoint, rng_state, set_rng_state
-from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_object, init_distributed
+from ..models import (
+    create_model,
+    get_model_cfg,
+    load_state_dict_file,
+    load_weights,
+    model_cfg_of,
+    reset_classifier,
+    strip_prefixes,
+    unwrap_model,
+)
+from ..models.oltr import OLTRResNet
+from .checkpoint import (
+    atomic_copy,
+    atomic_save,
+    load_checkpoint,
+    rng_state,
+    set_rng_state,
+)
+from .distributed import (
+    DistInfo,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    init_distributed,
+)
 from .evaluate import autocast, evaluate_model
+from .longtail import (
+    Criterion,
+    build_criterion,
+    build_sampler,
+    freeze_backbone,
+    init_centroids,
+)
+from .longtail import param_groups as lt_param_groups
 from .optim import build_optimizer, build_scheduler, effective_lr
 from .runlog import RunLog
 
@@ -44,8 +80,9 @@ class StepState:
     normalizer: DeviceNormalizer
     amp: str | None
     clip_grad: float | None
-    label_smoothing: float
+    criterion: Criterion
     global_step: int = 0
+    frozen: list[nn.Module] = field(default_factory=list)  # norm layers kept in eval mode (cRT)
 
 
 def _sync(device: torch.device) -> None:
@@ -67,6 +104,8 @@ def train_one_epoch(
 ) -> dict[str, Any]:
     """One pass over at most max_steps batches. Returns mean loss, train top-1 and images/s."""
     model.train()
+    for m in state.frozen:
+        m.eval()
     device = state.normalizer.device
     # loss*n and correct stay on the device; image counts are host ints (no per-step copies)
     sums = torch.zeros(2, device=device, dtype=torch.float64)
@@ -86,8 +125,7 @@ def train_one_epoch(
         x = state.normalizer(images)
         target = target.to(device, non_blocking=True)
         with autocast(device, state.amp):
-            logits = model(x)
-            loss = F.cross_entropy(logits, target, label_smoothing=state.label_smoothing)
+            loss, logits = state.criterion(model(x), target)
         state.optimizer.zero_grad(set_to_none=True)
         state.scaler.scale(loss).backward()
         if state.clip_grad:
@@ -205,8 +243,24 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     num_classes = cfg.model.num_classes or data.num_classes
     if num_classes < data.num_classes:
         raise ConfigError(f"--num-classes {num_classes} but the data has {data.num_classes} classes")
-    raw_model = create_model(cfg.model.model, num_classes=num_classes, pretrained=cfg.model.pretrained,
-                             weights=cfg.model.weights).to(device)
+    raw_model = create_model(cfg.model.model, num_classes=num_classes, pretrained=cfg.model.pretrained)
+    if cfg.model.weights:
+        if isinstance(raw_model, OLTRResNet):  # stage 2 from a stage-1 checkpoint
+            fresh = raw_model.load_stage1(strip_prefixes(load_state_dict_file(cfg.model.weights)))
+            log.info("OLTR stage 2: backbone from %s; new: %s", cfg.model.weights,
+                     sorted({k.split(".")[0] for k in fresh}))
+        else:
+            load_weights(raw_model, cfg.model.weights)
+    if cfg.lt.reset_classifier:
+        if isinstance(raw_model, OLTRResNet):
+            raise ConfigError("--reset-classifier is for plain models (cRT); OLTR's classifier starts fresh anyway")
+        reset_classifier(raw_model, model_cfg_of(raw_model), num_classes)
+    lt_defaults = LongTailConfig()
+    if not isinstance(raw_model, OLTRResNet) and (cfg.lt.centroid_weight, cfg.lt.centroid_lr_factor) != (
+            lt_defaults.centroid_weight, lt_defaults.centroid_lr_factor):
+        raise ConfigError("--centroid-weight / --centroid-lr-factor apply to OLTR models (oltr_*) only")
+    frozen = freeze_backbone(raw_model) if cfg.lt.train_scope == "classifier" else []
+    raw_model.to(device)
     if cfg.model.channels_last:
         raw_model.to(memory_format=torch.channels_last)
     if cfg.model.sync_bn and dist.enabled:
@@ -214,7 +268,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     per_rank_batch = cfg.batch_size // dist.world_size
     pin = device.type == "cuda"
-    train_loader = make_loader(data.train, per_rank_batch, cfg.data.workers, True, cfg.seed, dist.rank, dist.world_size, pin)
+    train_loader = make_loader(data.train, per_rank_batch, cfg.data.workers, True, cfg.seed, dist.rank, dist.world_size, pin,
+                               sampler=build_sampler(cfg, data.train, dist))
     val_loader = make_loader(data.val, per_rank_batch, cfg.data.workers, False, cfg.seed, dist.rank, dist.world_size, pin)
     steps_per_epoch = len(train_loader) if cfg.iters is None else min(cfg.iters, len(train_loader))
     if cfg.iters is not None and cfg.iters > len(train_loader) and dist.is_main:
@@ -223,14 +278,18 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if steps_per_epoch == 0:
         raise ConfigError(f"training set of {len(data.train)} images is smaller than one batch of {cfg.batch_size}")
     lr = effective_lr(cfg.optim, cfg.batch_size)
-    optimizer = build_optimizer(raw_model, cfg.optim, lr, device)
+    groups = None
+    if cfg.lt.head_lr_factor != 1 or isinstance(raw_model, OLTRResNet):
+        groups = lt_param_groups(raw_model, cfg.lt, lr, cfg.optim.weight_decay)
+    optimizer = build_optimizer(raw_model, cfg.optim, lr, device, groups)
     scheduler = build_scheduler(optimizer, cfg.sched, steps_per_epoch, cfg.epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     start_epoch, best_top1 = 0, None
     state = StepState(
         optimizer, scheduler, scaler,
         DeviceNormalizer(model_cfg.mean, model_cfg.std, device, cfg.model.channels_last),
-        cfg.amp, cfg.optim.clip_grad, cfg.optim.label_smoothing,
+        cfg.amp, cfg.optim.clip_grad, build_criterion(cfg, raw_model, data.train, num_classes, device),
+        frozen=frozen,
     )
     if resume is not None:
         ckpt = load_checkpoint(resume)
@@ -244,6 +303,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         log.info("resumed from %s at epoch %d (step %d)", resume, start_epoch, state.global_step)
     elif cfg.resume == "auto":
         log.info("--resume auto: no %s yet, starting fresh", out / "last.pth")
+    if resume is None and isinstance(raw_model, OLTRResNet):
+        init_centroids(raw_model, data.train, data.img_size, data.crop_pct, data.interpolation, state.normalizer,
+                       per_rank_batch, cfg.data.workers, dist)
 
     model = raw_model
     if dist.enabled:
@@ -301,6 +363,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             summary["target_reached"] = True
             break
     if dist.is_main:
+        if (out / "last.pth").exists():  # the OLTR seed's name for the weights at the end of a stage
+            atomic_copy(out / "last.pth", out / "final_model_checkpoint.pth")
         summary["checkpoint"] = str(out / ("best.pth" if (out / "best.pth").exists() else "last.pth"))
         runlog.finish(summary, last_eval)
     return summary

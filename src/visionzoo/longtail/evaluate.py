@@ -25,14 +25,21 @@ from .metrics import (
 
 
 @torch.no_grad()
-def predictions(runner: Runner, dataset, batch_size: int, workers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Top-1 class, its softmax probability and the label of every image (in order)."""
+def predictions(runner: Runner, dataset, batch_size: int, workers: int,
+                adjust: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-1 class, its softmax probability and the label of every image (in order).
+
+    adjust: subtracted from the logits first (post-hoc logit adjustment: tau * log prior).
+    """
     info = runner.info
     normalizer = DeviceNormalizer(info.mean, info.std, runner.device)
     preds, confs, labels = [], [], []
     for images, target, _ in make_loader(dataset, batch_size, workers, False):
         if len(target):
-            conf, pred = runner(normalizer(images)).softmax(1).max(1)
+            logits = runner(normalizer(images))
+            if adjust is not None:
+                logits = logits - adjust.to(logits.device)
+            conf, pred = logits.softmax(1).max(1)
             preds.append(pred.cpu())
             confs.append(conf.cpu())
             labels.append(target)
@@ -51,10 +58,12 @@ def evaluate_longtail(
     batch_size: int = 128,
     device: str = "auto",
     precision: str = "fp32",
+    logit_adjust: float = 0.0,
 ) -> dict[str, Any]:
     """Top-1 on the known-class split, mean per-class accuracy per shot group, and open-set F-measure.
 
     Shot groups come from the class sizes of train_list (the training set's list file).
+    logit_adjust: tau of post-hoc logit adjustment (Menon et al. 2021): logits - tau * log prior.
     """
     if few > many:
         raise DataError(f"--few {few} is above --many {many}")
@@ -63,9 +72,13 @@ def evaluate_longtail(
     data = resolve_data(info, data)
     known, classes, info = eval_dataset(info, data, "val")
     workers = min(data.workers, 2)
-    pred, conf, labels = predictions(runner, known, batch_size, workers)
     n_cls = info.num_classes
     train_counts = class_counts([label for _, label in read_list_file(train_list)], n_cls)
+    adjust = None
+    if logit_adjust:
+        prior = torch.tensor(train_counts, dtype=torch.float64).clamp_min(1)
+        adjust = (logit_adjust * (prior / prior.sum()).log()).float()
+    pred, conf, labels = predictions(runner, known, batch_size, workers, adjust)
     correct = np.bincount(labels[pred == labels], minlength=n_cls)
     total = np.bincount(labels, minlength=n_cls)
     result: dict[str, Any] = {
@@ -73,7 +86,7 @@ def evaluate_longtail(
         "top1": 100.0 * float(np.mean(pred == labels)) if len(labels) else 0.0,
         "mean_class_accuracy": float(np.mean([100.0 * c / t for c, t in zip(correct, total) if t])),
         **shot_accuracy(correct.tolist(), total.tolist(), train_counts, many, few),
-        "many_threshold": many, "few_threshold": few, "train_list": str(train_list),
+        "many_threshold": many, "few_threshold": few, "train_list": str(train_list), "logit_adjust": logit_adjust,
     }
     if open_list:
         root = Path(data.val_root or data.data or Path(open_list).parent)
@@ -81,7 +94,7 @@ def evaluate_longtail(
         if any(label != -1 for _, label in samples.items):
             raise DataError(f"{open_list}: open-set lists hold label -1 only")
         tf = eval_transform(info.img_size, info.crop_pct, info.interpolation)
-        o_pred, o_conf, _ = predictions(runner, ImageDataset(samples, tf), batch_size, workers)
+        o_pred, o_conf, _ = predictions(runner, ImageDataset(samples, tf), batch_size, workers, adjust)
         result["open_images"] = len(o_pred)
         result["open_set"] = open_set_f_measure(np.concatenate([pred, o_pred]), np.concatenate([conf, o_conf]),
                                                 np.concatenate([labels, -np.ones(len(o_pred), dtype=labels.dtype)]),

@@ -1,4 +1,4 @@
-from . import senet, torchvision_models  # noqa: F401  (registers the models)
+from . import oltr, senet, torchvision_models  # noqa: F401  (registers the models)
 from .registry import (
     ModelCfg,
     UnknownModelError,

@@ -1,0 +1,124 @@
+"""Long-tail training pieces for the trainer: samplers, losses, cRT freezing, OLTR stage 2 set-up."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import LongTailConfig, TrainConfig
+from ..data.datasets import DataError, ImageDataset
+from ..data.loader import DeviceNormalizer, make_loader
+from ..data.samplers import ClassSampler
+from ..data.transforms import eval_transform
+from ..models.oltr import DiscCentroidsLoss, OLTRResNet
+from ..models.registry import model_cfg_of
+from .distributed import DistInfo, all_reduce_sum
+
+log = logging.getLogger("visionzoo")
+
+
+def train_labels(dataset) -> list[int]:
+    samples = getattr(dataset, "samples", None)
+    if samples is None or not samples.items:
+        raise DataError("class-aware sampling and balanced losses need a real training set (not --dummy)")
+    return samples.targets()
+
+
+def build_sampler(cfg: TrainConfig, dataset, dist: DistInfo) -> ClassSampler | None:
+    if cfg.lt.sampler == "instance":
+        return None
+    return ClassSampler(train_labels(dataset), cfg.lt.sampler, cfg.lt.samples_per_class, cfg.seed, dist.rank,
+                        dist.world_size)
+
+
+@dataclass
+class Criterion:
+    """CE on (optionally prior-adjusted) logits, plus OLTR's centroid loss on the model's features.
+
+    Balanced Softmax (Ren et al. 2020) trains on logits + log(class prior), so at test time the
+    plain logits are already balanced. Returns (loss, logits for accuracy).
+    """
+
+    label_smoothing: float = 0.0
+    log_prior: torch.Tensor | None = None
+    centroid_loss: DiscCentroidsLoss | None = None
+    centroid_weight: float = 0.0
+    model: nn.Module | None = None  # the raw OLTR model (its centroids)
+
+    def __call__(self, output, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, feat = output if isinstance(output, tuple) else (output, None)
+        adjusted = logits + self.log_prior if self.log_prior is not None else logits
+        loss = F.cross_entropy(adjusted, target, label_smoothing=self.label_smoothing)
+        if self.centroid_loss is not None and feat is not None:
+            loss = loss + self.centroid_weight * self.centroid_loss(feat, target, self.model.centroids)
+        return loss, logits
+
+
+def log_prior(labels: list[int], num_classes: int, device: torch.device) -> torch.Tensor:
+    counts = torch.bincount(torch.tensor(labels), minlength=num_classes).double().clamp_min(1)
+    return (counts / counts.sum()).log().float().to(device)
+
+
+def build_criterion(cfg: TrainConfig, raw_model: nn.Module, dataset, num_classes: int,
+                    device: torch.device) -> Criterion:
+    prior = log_prior(train_labels(dataset), num_classes, device) if cfg.lt.loss == "balanced_softmax" else None
+    oltr = isinstance(raw_model, OLTRResNet)
+    return Criterion(cfg.optim.label_smoothing, prior, DiscCentroidsLoss() if oltr else None,
+                     cfg.lt.centroid_weight, raw_model if oltr else None)
+
+
+def classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
+    if isinstance(model, OLTRResNet):
+        return ("meta_classifier.",)
+    cls = model_cfg_of(model).classifier
+    return tuple(f"{c}." for c in ((cls,) if isinstance(cls, str) else cls) if c)
+
+
+def freeze_backbone(model: nn.Module) -> list[nn.Module]:
+    """cRT: only the classifier trains. Returns the norm layers to keep in eval mode (fixed statistics)."""
+    heads = classifier_prefixes(model)
+    if not heads:
+        raise DataError(f"{model.visionzoo_name}: no known classifier to re-train")
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith(heads))
+    return [m for name, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and not f"{name}.".startswith(heads)]
+
+
+def param_groups(model: nn.Module, lt: LongTailConfig, lr: float, weight_decay: float) -> list[dict]:
+    """Backbone at lr, classifier at lr * head_lr_factor, OLTR centroids at lr * centroid_lr_factor."""
+    heads = classifier_prefixes(model)
+    groups: dict[str, list] = {"backbone": [], "head": [], "centroids": []}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            key = "centroids" if name == "centroids" else "head" if name.startswith(heads) else "backbone"
+            groups[key].append(p)
+    factor = {"backbone": 1.0, "head": lt.head_lr_factor, "centroids": lt.centroid_lr_factor}
+    return [{"params": ps, "lr": lr * factor[k], "weight_decay": weight_decay} for k, ps in groups.items() if ps]
+
+
+@torch.no_grad()
+def init_centroids(model: OLTRResNet, dataset: ImageDataset, img_size: int, crop_pct: float, interpolation: str,
+                   normalizer: DeviceNormalizer, batch_size: int, workers: int, dist: DistInfo) -> None:
+    """Centroids = per-class mean feature over the training set (evaluation transform), all ranks summed."""
+    plain = ImageDataset(dataset.samples, eval_transform(img_size, crop_pct, interpolation), dataset.skip_bad)
+    loader = make_loader(plain, batch_size, workers, False, 0, dist.rank, dist.world_size)
+    n_cls, dim = model.centroids.shape
+    sums = torch.zeros(n_cls, dim, device=normalizer.device, dtype=torch.float64)
+    counts = torch.zeros(n_cls, device=normalizer.device, dtype=torch.float64)
+    was_training = model.training
+    model.eval()
+    for images, target, _ in loader:
+        if len(target):
+            target = target.to(normalizer.device)
+            sums.index_add_(0, target, model.features(normalizer(images)).double())
+            counts.index_add_(0, target, torch.ones_like(target, dtype=torch.float64))
+    model.train(was_training)
+    all_reduce_sum(sums)
+    all_reduce_sum(counts)
+    model.centroids.copy_((sums / counts.clamp_min(1)[:, None]).float())
+    log.info("OLTR centroids initialised from %d training images", int(counts.sum().item()))
