@@ -192,8 +192,33 @@ def test_oltr_stage2_trains_from_stage1(stage1, lt_data, tmp_path):
     assert main(["eval", "--checkpoint", str(out / "last.pth"), "--longtail", "--no-progress", "--many", "60"]) == 0
 
 
-def test_balanced_softmax_crt_and_tau_norm(stage1, lt_data, tmp_path):
-    assert lt_train(lt_data, tmp_path / "bs", "--model", "resnet10", "--loss", "balanced_softmax", "--epochs", "1") == 0
+@pytest.mark.parametrize("flags", [("--loss", "balanced_softmax"), ("--sampler", "class_balanced"),
+                                   ("--sampler", "sqrt")])
+def test_rebalancing_methods_train_and_evaluate(lt_data, tmp_path, flags):
+    out = tmp_path / "run"
+    assert lt_train(lt_data, out, "--model", "resnet10", "--epochs", "1", *flags) == 0
+    ckpt = load_checkpoint(out / "last.pth")
+    assert ckpt["config"]["lt"][flags[0].lstrip("-")] == flags[1]
+    js = tmp_path / "lt.json"
+    assert main(["eval", "--checkpoint", str(out / "last.pth"), "--longtail", "--logit-adjust", "1", "--many", "60",
+                 "--json", str(js), "--no-progress"]) == 0
+    assert json.loads(js.read_text())["logit_adjust"] == 1.0
+
+
+def test_post_hoc_logit_adjustment_moves_predictions_to_rare_classes(stage1, tmp_path):
+    runs = {}
+    for tau in ("0", "2"):
+        js = tmp_path / f"la{tau}.json"
+        assert main(["eval", "--checkpoint", str(stage1 / "last.pth"), "--longtail", "--logit-adjust", tau,
+                     "--many", "60", "--json", str(js), "--no-progress"]) == 0
+        runs[tau] = json.loads(js.read_text())
+    # subtracting 2 * log prior lifts the rarest classes' logits most: few-shot recall cannot drop here
+    # (the 2 few-shot classes are the 2 rarest), and the many-shot classes pay for it
+    assert runs["2"]["few_shot"] >= runs["0"]["few_shot"]
+    assert runs["2"]["many_shot"] <= runs["0"]["many_shot"]
+
+
+def test_crt_and_tau_norm(stage1, lt_data, tmp_path):
     crt = tmp_path / "crt"
     assert lt_train(lt_data, crt, "--model", "resnet10", "--init-from", str(stage1 / "last.pth"), "--train-scope",
                     "classifier", "--reset-classifier", "--sampler", "class_balanced", "--epochs", "1",
