@@ -212,10 +212,8 @@ def test_post_hoc_logit_adjustment_moves_predictions_to_rare_classes(stage1, tmp
         assert main(["eval", "--checkpoint", str(stage1 / "last.pth"), "--longtail", "--logit-adjust", tau,
                      "--many", "60", "--json", str(js), "--no-progress"]) == 0
         runs[tau] = json.loads(js.read_text())
-    # subtracting 2 * log prior lifts the rarest classes' logits most: few-shot recall cannot drop here
-    # (the 2 few-shot classes are the 2 rarest), and the many-shot classes pay for it
-    assert runs["2"]["few_shot"] >= runs["0"]["few_shot"]
-    assert runs["2"]["many_shot"] <= runs["0"]["many_shot"]
+    # subtracting 2 * log prior lifts the rarest classes' logits by up to 2 * log(65): they get predicted
+    assert runs["2"]["few_shot"] > runs["0"]["few_shot"]
 
 
 def test_crt_and_tau_norm(stage1, lt_data, tmp_path):
