@@ -102,7 +102,7 @@ from visionzoo.models import create_model  # noqa: E402
 from visionzoo.models.oltr import DiscCentroidsLoss, ModulatedAttention  # noqa: E402
 
 
-@pytest.mark.parametrize("size", [32, 224])
+@pytest.mark.parametrize("size", [32, 224, 448])
 def test_modulated_attention_any_resolution(size):
     att = ModulatedAttention(64).eval()
     x = torch.randn(2, 64, size // 32, size // 32)  # the last stage's map at this input size
@@ -113,7 +113,10 @@ def test_modulated_attention_any_resolution(size):
     assert y.shape == x.shape and not torch.allclose(y, x)
     s = att.spatial_attention(x)
     assert s.shape == (2, 1, size // 32, size // 32)
-    torch.testing.assert_close(s.sum(dim=(2, 3)), torch.ones(2, 1))
+    # the per-position scale of the original 7x7 softmax (mean 1/49) at every map size
+    torch.testing.assert_close(s.mean(dim=(2, 3)), torch.full((2, 1), 1 / 49), rtol=0.05, atol=0)
+    if size == 224:  # exactly the original there: a softmax over the 7x7 positions
+        torch.testing.assert_close(s.sum(dim=(2, 3)), torch.ones(2, 1))
     model = create_model("oltr_resnet10", num_classes=3).eval()
     assert model(torch.randn(2, 3, size, size)).shape == (2, 3)
 
@@ -122,14 +125,39 @@ def test_centroid_loss_gradients_follow_the_center_loss_rule():
     feat = torch.randn(5, 4, requires_grad=True)
     centroids = torch.randn(3, 4, requires_grad=True)
     target = torch.tensor([0, 0, 1, 1, 1])
-    loss = DiscCentroidsLoss(repel_weight=0.0)(feat, target, centroids)
-    loss.backward()
+    loss = DiscCentroidsLoss(repel_weight=0.0)(feat, target, centroids, weight=0.01)
+    (3.0 * loss).backward()  # an outer factor (a GradScaler's scale) reaches both gradients
     diff = feat.detach() - centroids.detach()[target]
-    assert loss.item() == pytest.approx(diff.pow(2).sum().item() / 2 / 5, rel=1e-5)
-    torch.testing.assert_close(feat.grad, diff / 5)
-    # class 0 has 2 samples, class 1 has 3, class 2 none: averaged over 1 + count
+    assert loss.item() == pytest.approx(0.01 * diff.pow(2).sum().item() / 2 / 5, rel=1e-5)
+    torch.testing.assert_close(feat.grad, 3.0 * 0.01 * diff / 5)  # features: weighted like any loss
+    # centroids: not scaled by the 0.01 weight (the original's backward); averaged over 1 + class count
     expected = torch.stack([-diff[:2].sum(0) / 3, -diff[2:].sum(0) / 4, torch.zeros(4)]) / 5
-    torch.testing.assert_close(centroids.grad, expected)
+    torch.testing.assert_close(centroids.grad, 3.0 * expected)
+
+
+def test_stage2_starts_from_stage1_classifier_and_class_mean_centroids(tiny_imagefolder):
+    from visionzoo.data.datasets import ImageDataset, image_folder
+    from visionzoo.data.loader import DeviceNormalizer
+    from visionzoo.data.transforms import eval_transform
+    from visionzoo.engine.distributed import DistInfo
+    from visionzoo.engine.longtail import init_centroids
+
+    s1 = create_model("resnet10", num_classes=3)
+    s2 = create_model("oltr_resnet10", num_classes=3)
+    fresh = s2.load_stage1(s1.state_dict())
+    assert torch.equal(s2.meta_classifier.fc_hallucinator.weight, s1.fc.weight)
+    assert torch.equal(s2.layer4[0].conv2.weight, s1.layer4[0].conv2.weight)
+    assert "centroids" in fresh and not any(k.startswith("layer") for k in fresh)
+    samples = image_folder(tiny_imagefolder / "train")
+    ds = ImageDataset(samples, eval_transform(32, 1.0))
+    norm = DeviceNormalizer((0.5,) * 3, (0.25,) * 3, torch.device("cpu"))
+    init_centroids(s2, ds, 32, 1.0, "bilinear", norm, 8, 0, DistInfo())
+    s2.eval()
+    with torch.no_grad():
+        feats = s2.features(norm(torch.stack([ds[i][0] for i in range(len(ds))])))
+    labels = torch.tensor(samples.targets())
+    expected = torch.stack([feats[labels == c].mean(0) for c in range(3)])
+    torch.testing.assert_close(s2.centroids.data, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_class_samplers_balance_and_shard():
@@ -190,6 +218,9 @@ def test_oltr_stage2_trains_from_stage1(stage1, lt_data, tmp_path):
     assert c.shape == (8, 512) and c.abs().sum() > 0  # initialised from class means, then learned
     assert not torch.equal(ckpt["model"]["layer1.0.conv1.weight"], s1["layer1.0.conv1.weight"])  # fine-tuned
     assert main(["eval", "--checkpoint", str(out / "last.pth"), "--longtail", "--no-progress", "--many", "60"]) == 0
+    # OLTR's head is cosine-normalised: tau-norm refuses instead of rescaling the hallucinator
+    assert main(["tau-norm", "--checkpoint", str(out / "last.pth"), "--output", str(tmp_path / "t.pth")]) == 2
+    assert not (tmp_path / "t.pth").exists()
 
 
 @pytest.mark.parametrize("flags", [("--loss", "balanced_softmax"), ("--sampler", "class_balanced"),

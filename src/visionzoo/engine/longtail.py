@@ -53,8 +53,8 @@ class Criterion:
         logits, feat = output if isinstance(output, tuple) else (output, None)
         adjusted = logits + self.log_prior if self.log_prior is not None else logits
         loss = F.cross_entropy(adjusted, target, label_smoothing=self.label_smoothing)
-        if self.centroid_loss is not None and feat is not None:
-            loss = loss + self.centroid_weight * self.centroid_loss(feat, target, self.model.centroids)
+        if self.centroid_loss is not None and feat is not None and self.centroid_weight > 0:
+            loss = loss + self.centroid_loss(feat, target, self.model.centroids, self.centroid_weight)
         return loss, logits
 
 
@@ -89,16 +89,21 @@ def freeze_backbone(model: nn.Module) -> list[nn.Module]:
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and not f"{name}.".startswith(heads)]
 
 
-def param_groups(model: nn.Module, lt: LongTailConfig, lr: float, weight_decay: float) -> list[dict]:
-    """Backbone at lr, classifier at lr * head_lr_factor, OLTR centroids at lr * centroid_lr_factor."""
+def param_groups(model: nn.Module, lt: LongTailConfig, lr: float, weight_decay: float,
+                 no_decay_norm_bias: bool = False) -> list[dict]:
+    """Backbone at lr, classifier at lr * head_lr_factor, OLTR centroids at lr * centroid_lr_factor.
+
+    With no_decay_norm_bias, 1-d parameters (norm scales/shifts, biases) of each part get no decay.
+    """
     heads = classifier_prefixes(model)
-    groups: dict[str, list] = {"backbone": [], "head": [], "centroids": []}
+    factor = {"backbone": 1.0, "head": lt.head_lr_factor, "centroids": lt.centroid_lr_factor}
+    groups: dict[tuple[str, bool], list] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            key = "centroids" if name == "centroids" else "head" if name.startswith(heads) else "backbone"
-            groups[key].append(p)
-    factor = {"backbone": 1.0, "head": lt.head_lr_factor, "centroids": lt.centroid_lr_factor}
-    return [{"params": ps, "lr": lr * factor[k], "weight_decay": weight_decay} for k, ps in groups.items() if ps]
+            part = "centroids" if name == "centroids" else "head" if name.startswith(heads) else "backbone"
+            groups.setdefault((part, no_decay_norm_bias and p.ndim <= 1), []).append(p)
+    return [{"params": ps, "lr": lr * factor[part], "weight_decay": 0.0 if no_decay else weight_decay}
+            for (part, no_decay), ps in groups.items()]
 
 
 @torch.no_grad()

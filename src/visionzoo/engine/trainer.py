@@ -259,12 +259,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if not isinstance(raw_model, OLTRResNet) and (cfg.lt.centroid_weight, cfg.lt.centroid_lr_factor) != (
             lt_defaults.centroid_weight, lt_defaults.centroid_lr_factor):
         raise ConfigError("--centroid-weight / --centroid-lr-factor apply to OLTR models (oltr_*) only")
-    frozen = freeze_backbone(raw_model) if cfg.lt.train_scope == "classifier" else []
     raw_model.to(device)
     if cfg.model.channels_last:
         raw_model.to(memory_format=torch.channels_last)
     if cfg.model.sync_bn and dist.enabled:
         raw_model = nn.SyncBatchNorm.convert_sync_batchnorm(raw_model)
+    # after the SyncBatchNorm swap, so the norm layers kept in eval mode are the ones that run
+    frozen = freeze_backbone(raw_model) if cfg.lt.train_scope == "classifier" else []
 
     per_rank_batch = cfg.batch_size // dist.world_size
     pin = device.type == "cuda"
@@ -280,7 +281,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     lr = effective_lr(cfg.optim, cfg.batch_size)
     groups = None
     if cfg.lt.head_lr_factor != 1 or isinstance(raw_model, OLTRResNet):
-        groups = lt_param_groups(raw_model, cfg.lt, lr, cfg.optim.weight_decay)
+        groups = lt_param_groups(raw_model, cfg.lt, lr, cfg.optim.weight_decay, cfg.optim.no_decay_norm_bias)
     optimizer = build_optimizer(raw_model, cfg.optim, lr, device, groups)
     scheduler = build_scheduler(optimizer, cfg.sched, steps_per_epoch, cfg.epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")

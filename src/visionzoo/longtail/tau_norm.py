@@ -18,10 +18,12 @@ from ..models.registry import get_model_cfg
 
 
 def classifier_keys(model_name: str, state: dict[str, torch.Tensor]) -> tuple[str, str | None]:
+    if model_name.startswith("oltr_"):
+        raise DataError(f"{model_name}: OLTR's classifier is cosine-normalised already; tau-norm is for plain heads")
     cls = get_model_cfg(model_name).classifier
     name = cls if isinstance(cls, str) else cls[-1]
     if not name or f"{name}.weight" not in state:
-        raise DataError(f"{model_name}: no plain Linear classifier to tau-normalise (OLTR's is cosine-normed already)")
+        raise DataError(f"{model_name}: no plain Linear classifier to tau-normalise")
     return f"{name}.weight", (f"{name}.bias" if f"{name}.bias" in state else None)
 
 

@@ -13,6 +13,8 @@ which is the identity at 7x7.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -20,6 +22,8 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from .registry import ModelCfg, register_model
+
+log = logging.getLogger("visionzoo")
 
 ATT_SIZE = 7  # the original spatial attention is a Linear over a 7x7 map (224 px input)
 
@@ -36,18 +40,21 @@ class ModulatedAttention(nn.Module):
         self.conv_mask = nn.Conv2d(inter, channels, 1, bias=False)
         self.fc_spatial = nn.Linear(ATT_SIZE * ATT_SIZE * channels, ATT_SIZE * ATT_SIZE)
         for conv in (self.g, self.theta, self.phi):
-            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.kaiming_normal_(conv.weight)  # the original's default (fan_in) init
             nn.init.zeros_(conv.bias)
         nn.init.zeros_(self.conv_mask.weight)
 
     def spatial_attention(self, x: torch.Tensor) -> torch.Tensor:
-        """Softmax over positions, computed on a 7x7 view and resampled to x's map (sums to 1)."""
+        """Softmax over the 7x7 positions, resampled to x's map.
+
+        Resampling keeps the per-position scale (mean 1/49), so the attention branch has the same
+        strength at any input size as at 224 px.
+        """
         b, c, h, w = x.shape
         grid = x if (h, w) == (ATT_SIZE, ATT_SIZE) else F.adaptive_avg_pool2d(x, ATT_SIZE)
         att = self.fc_spatial(grid.flatten(1)).softmax(dim=1).view(b, 1, ATT_SIZE, ATT_SIZE)
         if (h, w) != (ATT_SIZE, ATT_SIZE):
-            att = F.interpolate(att, size=(h, w), mode="bilinear", align_corners=False)
-            att = att / att.sum(dim=(2, 3), keepdim=True)
+            att = F.interpolate(att, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
         return att
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -125,6 +132,10 @@ class OLTRResNet(torchvision.models.ResNet):
         fc_w, fc_b = sd.pop("fc.weight", None), sd.pop("fc.bias", None)
         if fc_w is not None and fc_w.shape == self.meta_classifier.fc_hallucinator.weight.shape:
             sd["meta_classifier.fc_hallucinator.weight"], sd["meta_classifier.fc_hallucinator.bias"] = fc_w, fc_b
+        else:  # e.g. a ResNet-50 stage 1: its fc sees 2048 features, the hallucinator 512
+            log.warning("stage-1 classifier %s does not fit the hallucinator %s: it starts fresh",
+                        None if fc_w is None else tuple(fc_w.shape),
+                        tuple(self.meta_classifier.fc_hallucinator.weight.shape))
         missing, unexpected = self.load_state_dict(sd, strict=False)
         if unexpected:
             raise KeyError(f"stage-1 weights have keys the OLTR model lacks: {unexpected[:5]}")
@@ -147,20 +158,26 @@ class DiscCentroidsLoss(nn.Module):
         super().__init__()
         self.margin, self.repel_weight = margin, repel_weight
 
-    def forward(self, feat: torch.Tensor, target: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
-        attract = _Attract.apply(feat, target, centroids)
+    def forward(self, feat: torch.Tensor, target: torch.Tensor, centroids: torch.Tensor,
+                weight: float = 1.0) -> torch.Tensor:
+        """weight: the loss's weight in the total (0.01); returned loss is already multiplied by it.
+
+        As in the original, the centroids' attract gradient is not scaled by that weight (only the
+        features' is), so the centroids follow their class features at the centroid lr.
+        """
+        attract = _Attract.apply(feat, target, centroids, weight)
         dist = torch.cdist(feat, centroids).pow(2)  # b, num_classes
         other = dist.masked_fill(F.one_hot(target, centroids.shape[0]).bool(), 0.0)
         repel = (self.margin - other.sum() / other.numel()).clamp(min=0.0)
-        return attract + self.repel_weight * repel
+        return weight * (attract + self.repel_weight * repel)
 
 
 class _Attract(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, feat, target, centroids):
+    def forward(ctx, feat, target, centroids, weight):
         diff = feat - centroids.index_select(0, target)
         ctx.save_for_backward(diff, target)
-        ctx.num_classes = centroids.shape[0]
+        ctx.num_classes, ctx.weight = centroids.shape[0], weight
         return diff.pow(2).sum() / 2.0 / feat.shape[0]
 
     @staticmethod
@@ -171,7 +188,9 @@ class _Attract(torch.autograd.Function):
             0, target, torch.ones(b, device=diff.device, dtype=diff.dtype))
         grad_c = torch.zeros(ctx.num_classes, diff.shape[1], device=diff.device, dtype=diff.dtype)
         grad_c.index_add_(0, target, -diff)
-        return grad * diff / b, None, grad * grad_c / counts[:, None] / b
+        # grad carries weight (and any GradScaler scale): the centroids drop the weight, keep the scale.
+        # counts are this process's batch: under DDP the update is the mean of per-rank class averages
+        return grad * diff / b, None, grad / ctx.weight * grad_c / counts[:, None] / b, None
 
 
 @register_model(ModelCfg(classifier="fc"))
