@@ -32,6 +32,9 @@ class ModelConfig:
     sync_bn: bool = False
     channels_last: bool = False
     compile: bool = False
+    # all | classifier (cRT: backbone frozen, its norm statistics kept) | fixres (classifier trains,
+    # the model's final norm layer re-estimates its statistics, everything else frozen in eval mode)
+    train_scope: str = "all"
 
 
 @dataclass
@@ -52,6 +55,9 @@ class DataConfig:
     ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
     hflip: float = 0.5
     color_jitter: float = 0.0  # brightness/contrast/saturation strength, 0 = off
+    # random_resized: RandomResizedCrop (--scale, --ratio); fixres: the test-time resize and centre
+    # crop with a random horizontal shift of the crop (FixRes fine-tuning at the test resolution)
+    train_crop: str = "random_resized"
     workers: int = 4
     skip_bad_images: bool = False
 
@@ -89,7 +95,6 @@ class LongTailConfig:
     sampler: str = "instance"  # instance | class_balanced | sqrt | class_aware
     samples_per_class: int = 4  # class_aware: images per class per draw (OLTR stage 2)
     loss: str = "ce"  # ce | balanced_softmax (logits + log class prior during training)
-    train_scope: str = "all"  # all | classifier (cRT: backbone frozen, BN statistics kept)
     reset_classifier: bool = False  # re-initialise the classifier after loading --weights (cRT)
     head_lr_factor: float = 1.0  # classifier lr = lr * this (OLTR stage 2: 10)
     centroid_weight: float = 0.01  # OLTR (oltr_* models): discriminative centroid loss weight
@@ -135,7 +140,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "interpolation": ("bilinear", "bicubic", "nearest"),
     "sampler": ("instance", "class_balanced", "sqrt", "class_aware"),
     "loss": ("ce", "balanced_softmax"),
-    "train_scope": ("all", "classifier"),
+    "train_scope": ("all", "classifier", "fixres"),
+    "train_crop": ("random_resized", "fixres"),
 }
 
 

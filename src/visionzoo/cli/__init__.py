@@ -18,6 +18,7 @@ from . import (
     bench,
     demo,
     export,
+    finetune_res,
     infer,
     make_lt,
     metric,
@@ -48,6 +49,7 @@ COMMANDS = {
     "metric": metric,
     "make-lt": make_lt,
     "tau-norm": tau_norm,
+    "finetune-res": finetune_res,
 }
 
 # errors whose message already says what is wrong and where: print it, not a traceback

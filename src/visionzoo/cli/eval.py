@@ -9,15 +9,21 @@ from __future__ import annotations
 import argparse
 import os
 
+from ..config import ConfigError
 from ..engine.runlog import write_json
 from .options import DATA_FLAGS, add_config_flags, add_model_runtime_flags, data_config
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint or exported model", description=__doc__)
-    p.add_argument("--checkpoint", "--model-file", dest="checkpoint", required=True,
-                   help="checkpoint (.pth) or exported file (.onnx, .pt2, .ts, .safetensors)")
+    p.add_argument("--checkpoint", "--model-file", dest="checkpoint", required=True, action="append",
+                   help="checkpoint (.pth) or exported file (.onnx, .pt2, .ts, .safetensors); "
+                        "with --sizes, repeat it to compare files (e.g. before and after finetune-res)")
     p.add_argument("--json", metavar="FILE", help="write top1, top5, loss, num_images and per-class accuracy")
+    p.add_argument("--sizes", metavar="S,S,...", type=_sizes,
+                   help="test-resolution sweep: top-1 at each size (the file's crop ratio), table + --json/--plot")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="--sizes: top-1 against test size; --longtail: per-class accuracy against class size")
     p.add_argument("--backend", default="eager", choices=["eager", "compile"])
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--no-progress", dest="progress", action="store_false")
@@ -31,17 +37,33 @@ def add_parser(sub) -> None:
     lt.add_argument("--open-threshold", type=float, default=0.1, help="reject below this max softmax")
     lt.add_argument("--many", type=int, default=100, help="many-shot: more than this many training images")
     lt.add_argument("--few", type=int, default=20, help="few-shot: fewer than this many training images")
-    lt.add_argument("--plot", metavar="FILE.png", help="per-class accuracy against class size")
     lt.add_argument("--logit-adjust", type=float, default=0.0, metavar="TAU",
                     help="post-hoc logit adjustment: logits - TAU * log(train class prior) (1.0 is the usual)")
     p.set_defaults(func=run)
 
 
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma list of sizes: {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be positive: {text!r}")
+    return sorted(set(sizes))
+
+
 def run(args: argparse.Namespace) -> int:
     from ..engine.evaluate import evaluate
 
+    if args.sizes:
+        return _run_sizes(args)
+    if len(args.checkpoint) > 1:
+        raise ConfigError("several --checkpoint files are compared only with --sizes")
+    args.checkpoint = args.checkpoint[0]
     if args.longtail:
         return _run_longtail(args)
+    if args.plot:
+        raise ConfigError("--plot draws a --sizes sweep or a --longtail evaluation")
     # no data flags: evaluate on the validation split the model was trained with
     result = evaluate(args.checkpoint, data_config(args), args.batch_size, args.device, args.precision,
                       args.channels_last, args.progress, args.backend)
@@ -52,6 +74,31 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, result)
         print(f"wrote {args.json}")
+    return 0
+
+
+def _run_sizes(args: argparse.Namespace) -> int:
+    from ..fixres import evaluate_sizes, plot_sizes, sizes_table
+
+    if args.longtail:
+        raise ConfigError("--sizes and --longtail are separate evaluations: run them one at a time")
+    data = data_config(args)
+    if data is not None and data.img_size is not None:
+        raise ConfigError("--img-size/--test-size and --sizes both set the test size: give --sizes only")
+    r = evaluate_sizes(args.checkpoint, args.sizes, data, args.batch_size, args.device, args.precision,
+                       args.progress)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    print(sizes_table(r))
+    for m in r["models"]:
+        print(f"{m['checkpoint']}: best {m['best_top1']:.2f} at {m['best_size']} px "
+              f"({m['num_images']} images, crop ratio {m['crop_pct']})")
+    if args.json:
+        write_json(args.json, r)
+        print(f"wrote {args.json}")
+    if args.plot:
+        plot_sizes(r, args.plot)
+        print(f"wrote {args.plot}")
     return 0
 
 

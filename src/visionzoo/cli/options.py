@@ -17,7 +17,9 @@ from ..config import (
     load_yaml,
 )
 
-ALIASES = {"batch_size": ["-b"], "workers": ["-j"], "epochs": ["-e"], "weights": ["--init-from"]}
+# --train-size / --test-size: the FixRes seed's words for the size a run trains (and evaluates) at
+ALIASES = {"batch_size": ["-b"], "workers": ["-j"], "epochs": ["-e"], "weights": ["--init-from"],
+           "img_size": ["--train-size", "--test-size"]}
 SKIP = {"recipe", "mode"}  # handled by the command itself
 
 

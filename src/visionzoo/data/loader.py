@@ -142,7 +142,8 @@ def build_data(
         s = find_samples(cfg, "train", classes, num_classes)
         classes = classes or s.classes
         num_classes = num_classes or s.num_classes
-        tf = train_transform(img_size, cfg.scale, cfg.ratio, cfg.hflip, cfg.color_jitter, interp)
+        tf = train_transform(img_size, cfg.scale, cfg.ratio, cfg.hflip, cfg.color_jitter, interp, cfg.train_crop,
+                             crop_pct)
         train = ImageDataset(s, tf, cfg.skip_bad_images, replace_bad=True)
     if "val" in splits:
         s = find_samples(cfg, "val", classes, num_classes)

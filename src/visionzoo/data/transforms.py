@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import torch
 from torchvision.transforms import InterpolationMode, v2
 
 _INTERP = {
@@ -22,6 +23,25 @@ def eval_resize_size(img_size: int, crop_pct: float) -> int:
     return int(math.floor(img_size / crop_pct))
 
 
+class ShiftedCenterCrop(torch.nn.Module):
+    """Centre crop whose window moves horizontally by a uniform random offset within the margin.
+
+    FixRes's fine-tuning crop: the test-time framing (objects at test-time apparent size) with a little
+    translation. Draws from torch's global RNG, which the data set seeds per sample.
+    """
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def forward(self, img):
+        h, w = v2.functional.get_size(img)
+        top = int(round((h - self.size) / 2.0))
+        margin = int(round((w - self.size) / 2.0))
+        shift = int(torch.randint(-margin, margin + 1, ()).item()) if margin > 0 else 0
+        return v2.functional.crop(img, top, margin + shift, self.size, self.size)
+
+
 def train_transform(
     img_size: int,
     scale: Sequence[float] = (0.08, 1.0),
@@ -29,12 +49,19 @@ def train_transform(
     hflip: float = 0.5,
     color_jitter: float = 0.0,
     interpolation: str = "bilinear",
+    crop: str = "random_resized",
+    crop_pct: float = 0.875,
 ) -> v2.Compose:
-    ops: list = [
-        v2.RandomResizedCrop(
-            img_size, scale=tuple(scale), ratio=tuple(ratio), interpolation=_INTERP[interpolation], antialias=True
-        )
-    ]
+    """crop: random_resized (RandomResizedCrop by scale/ratio) or fixres (eval resize by crop_pct, then
+    ShiftedCenterCrop: the FixRes fine-tuning transform)."""
+    if crop == "fixres":
+        ops: list = [v2.Resize(eval_resize_size(img_size, crop_pct), interpolation=_INTERP[interpolation],
+                               antialias=True), ShiftedCenterCrop(img_size)]
+    elif crop == "random_resized":
+        ops = [v2.RandomResizedCrop(img_size, scale=tuple(scale), ratio=tuple(ratio),
+                                    interpolation=_INTERP[interpolation], antialias=True)]
+    else:
+        raise ValueError(f"unknown train crop {crop!r}")
     if hflip > 0:
         ops.append(v2.RandomHorizontalFlip(hflip))
     if color_jitter > 0:

@@ -1,4 +1,4 @@
-"""Long-tail training pieces for the trainer: samplers, losses, cRT freezing, OLTR stage 2 set-up."""
+"""Long-tail training pieces for the trainer: samplers, losses, parameter groups, OLTR stage 2 set-up."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from ..data.loader import DeviceNormalizer, make_loader
 from ..data.samplers import ClassSampler
 from ..data.transforms import eval_transform
 from ..models.oltr import DiscCentroidsLoss, OLTRResNet
-from ..models.registry import model_cfg_of
 from .distributed import DistInfo, all_reduce_sum
+from .scope import classifier_prefixes
 
 log = logging.getLogger("visionzoo")
 
@@ -69,24 +69,6 @@ def build_criterion(cfg: TrainConfig, raw_model: nn.Module, dataset, num_classes
     oltr = isinstance(raw_model, OLTRResNet)
     return Criterion(cfg.optim.label_smoothing, prior, DiscCentroidsLoss() if oltr else None,
                      cfg.lt.centroid_weight, raw_model if oltr else None)
-
-
-def classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
-    if isinstance(model, OLTRResNet):
-        return ("meta_classifier.",)
-    cls = model_cfg_of(model).classifier
-    return tuple(f"{c}." for c in ((cls,) if isinstance(cls, str) else cls) if c)
-
-
-def freeze_backbone(model: nn.Module) -> list[nn.Module]:
-    """cRT: only the classifier trains. Returns the norm layers to keep in eval mode (fixed statistics)."""
-    heads = classifier_prefixes(model)
-    if not heads:
-        raise DataError(f"{model.visionzoo_name}: no known classifier to re-train")
-    for name, p in model.named_parameters():
-        p.requires_grad_(name.startswith(heads))
-    return [m for name, m in model.named_modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and not f"{name}.".startswith(heads)]
 
 
 def param_groups(model: nn.Module, lt: LongTailConfig, lr: float, weight_decay: float,

@@ -60,12 +60,12 @@ from .longtail import (
     Criterion,
     build_criterion,
     build_sampler,
-    freeze_backbone,
     init_centroids,
 )
 from .longtail import param_groups as lt_param_groups
 from .optim import build_optimizer, build_scheduler, effective_lr
 from .runlog import RunLog
+from .scope import apply_train_scope
 
 log = logging.getLogger("visionzoo")
 
@@ -82,7 +82,7 @@ class StepState:
     clip_grad: float | None
     criterion: Criterion
     global_step: int = 0
-    frozen: list[nn.Module] = field(default_factory=list)  # norm layers kept in eval mode (cRT)
+    frozen: list[nn.Module] = field(default_factory=list)  # modules kept in eval mode (cRT, FixRes)
 
 
 def _sync(device: torch.device) -> None:
@@ -222,6 +222,8 @@ def checkpoint_meta(model: nn.Module, data: DataBundle) -> dict[str, Any]:
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train (and evaluate) as cfg says; returns a summary with the run folder and best top-1."""
     validate(cfg)
+    if cfg.model.train_scope != "all" and not (cfg.model.weights or cfg.model.pretrained or cfg.resume):
+        raise ConfigError(f"--train-scope {cfg.model.train_scope} fine-tunes a trained model: pass --init-from CKPT")
     dist = init_distributed(cfg.device)
     device = dist.device
     _setup_determinism(cfg, dist)
@@ -265,7 +267,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.model.sync_bn and dist.enabled:
         raw_model = nn.SyncBatchNorm.convert_sync_batchnorm(raw_model)
     # after the SyncBatchNorm swap, so the norm layers kept in eval mode are the ones that run
-    frozen = freeze_backbone(raw_model) if cfg.lt.train_scope == "classifier" else []
+    frozen = apply_train_scope(raw_model, cfg.model.train_scope)
 
     per_rank_batch = cfg.batch_size // dist.world_size
     pin = device.type == "cuda"

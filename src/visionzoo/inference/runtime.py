@@ -196,6 +196,7 @@ def _read_checkpoint(path: Path) -> tuple[nn.Module, ModelInfo]:
     model, ckpt = model_from_checkpoint(path)
     info = ModelInfo.from_checkpoint(model.visionzoo_cfg, ckpt, model.visionzoo_name)
     info.extra["data"] = saved_data(ckpt)
+    info.extra["train_scope"] = ((ckpt.get("config") or {}).get("model") or {}).get("train_scope", "all")
     return model, info
 
 

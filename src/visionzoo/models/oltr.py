@@ -193,7 +193,7 @@ class _Attract(torch.autograd.Function):
         return grad * diff / b, None, grad / ctx.weight * grad_c / counts[:, None] / b, None
 
 
-@register_model(ModelCfg(classifier="fc"))
+@register_model(ModelCfg(classifier="fc", final_norm="layer4.0.bn2"))
 def resnet10(num_classes: int = 1000, pretrained: bool = False) -> nn.Module:
     """The OLTR paper's ImageNet-LT backbone: ResNet with one BasicBlock per stage."""
     if pretrained:

@@ -26,6 +26,9 @@ class ModelCfg:
     classifier: str | tuple[str, ...] = "fc"  # dotted path(s) of the final Linear layer(s)
     source: str = "torchvision"  # torchvision | timm
     drop_keys: tuple[str, ...] = field(default_factory=tuple)  # key prefixes ignored on load
+    # the norm layer right before pooling, whose statistics FixRes fine-tuning re-estimates at the new
+    # test size (ResNets); None: only the classifier adapts
+    final_norm: str | None = None
 
 
 Builder = Callable[..., nn.Module]

@@ -14,6 +14,6 @@ from torch import nn
 from .registry import ModelCfg, register_model
 
 
-@register_model(ModelCfg(classifier="last_linear", interpolation="bilinear"))
+@register_model(ModelCfg(classifier="last_linear", interpolation="bilinear", final_norm="layer4.2.bn3"))
 def se_resnext50_32x4d(num_classes: int = 1000, pretrained: bool = False) -> nn.Module:
     return timm.create_model("legacy_seresnext50_32x4d", pretrained=pretrained, num_classes=num_classes)

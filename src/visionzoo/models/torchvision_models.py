@@ -6,6 +6,8 @@ torchvision checkpoint load unchanged.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torchvision
 from torch import nn
 
@@ -16,9 +18,9 @@ _VGG = ModelCfg(classifier="classifier.6")
 
 # name -> (registry config, extra torchvision constructor arguments)
 SEED_MODELS: dict[str, tuple[ModelCfg, dict]] = {
-    "resnet18": (_RESNET, {}),
-    "resnet50": (_RESNET, {}),
-    "resnet101": (_RESNET, {}),
+    "resnet18": (replace(_RESNET, final_norm="layer4.1.bn2"), {}),
+    "resnet50": (replace(_RESNET, final_norm="layer4.2.bn3"), {}),
+    "resnet101": (replace(_RESNET, final_norm="layer4.2.bn3"), {}),
     "vgg16": (_VGG, {}),
     "vgg19": (_VGG, {}),
     "vgg16_bn": (_VGG, {}),

@@ -1,0 +1,100 @@
+"""Test-resolution sweep: one or more model files evaluated at several test sizes (`eval --sizes`).
+
+Each size uses the file's own crop ratio (Resize(size / crop_pct) then CenterCrop(size), 256:224 for
+FixRes), so only the resolution changes. The plot draws top-1 against test size, one line per file,
+which is how the FixRes effect (the best test size lies above the train size) shows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from ..config import DataConfig
+from ..data.datasets import DataError
+from ..data.loader import DeviceNormalizer
+from ..engine.distributed import init_distributed
+from ..engine.evaluate import evaluate_model
+
+
+def evaluate_sizes(model_paths: list[str | Path], sizes: list[int], data: DataConfig | None = None,
+                   batch_size: int = 128, device: str = "auto", precision: str = "fp32",
+                   progress: bool = True) -> dict[str, Any]:
+    """Top-1/top-5 of every model file at every test size, on the same validation split.
+
+    Returns {"sizes": [...], "models": [{"checkpoint", "model", "stored_size", "crop_pct", "fixres_finetuned",
+    "top1": [...], "top5": [...], "best_size", "best_top1"}]}. stored_size is the size the file was trained
+    (or FixRes fine-tuned) at, which eval uses by default.
+    """
+    from ..inference.data import eval_loader, resolve_data
+    from ..inference.runtime import load_runner
+
+    if not sizes or any(s < 1 for s in sizes):
+        raise DataError(f"--sizes needs positive sizes, got {sizes}")
+    dist = init_distributed(device)
+    models = []
+    for path in model_paths:
+        runner = load_runner(path, dist.device, precision)
+        base = resolve_data(runner.info, data)
+        row: dict[str, Any] = {"checkpoint": str(path), "model": runner.info.model_name,
+                               "stored_size": runner.info.img_size, "crop_pct": runner.info.crop_pct,
+                               "fixres_finetuned": runner.info.extra.get("train_scope") == "fixres",
+                               "top1": [], "top5": [], "num_images": None}
+        for size in sizes:
+            loader, classes, info = eval_loader(runner.info, dataclasses.replace(base, img_size=size), "val",
+                                                batch_size, dist.rank, dist.world_size, dist.device.type == "cuda")
+            normalizer = DeviceNormalizer(info.mean, info.std, dist.device)
+            r = evaluate_model(runner, loader, normalizer, info.num_classes, None, classes,
+                               progress and dist.is_main, f"{Path(path).name} @ {size}px")
+            row["top1"].append(r["top1"])
+            row["top5"].append(r["top5"])
+            row["num_images"] = r["num_images"]
+        best = max(range(len(sizes)), key=lambda i: row["top1"][i])
+        row.update(best_size=sizes[best], best_top1=row["top1"][best])
+        models.append(row)
+    return {"sizes": list(sizes), "models": models}
+
+
+def sizes_table(result: dict[str, Any]) -> str:
+    """A plain-text table: one row per test size, one top-1 column per model file; best marked *."""
+    names = [_label(m) for m in result["models"]]
+    width = max([len(n) for n in names] + [12])
+    lines = ["test size  " + "  ".join(n.rjust(width) for n in names)]
+    for i, size in enumerate(result["sizes"]):
+        cells = []
+        for m in result["models"]:
+            mark = "*" if m["best_size"] == size else " "
+            cells.append(f"{m['top1'][i]:.2f}{mark}".rjust(width))
+        lines.append(f"{size:>9}  " + "  ".join(cells))
+    return "\n".join(lines)
+
+
+def _label(m: dict[str, Any]) -> str:
+    how = "fine-tuned" if m.get("fixres_finetuned") else "trained"
+    p = Path(m["checkpoint"])
+    return f"{p.parent.name}/{p.name} ({how} at {m['stored_size']})" if p.parent.name else f"{p.name} ({how} at {m['stored_size']})"
+
+
+def plot_sizes(result: dict[str, Any], path: str | Path, title: str | None = None) -> None:
+    """Top-1 against test size, one line per model file; its train size and best size marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    sizes = result["sizes"]
+    for m in result["models"]:
+        (line,) = ax.plot(sizes, m["top1"], marker="o", label=_label(m))
+        ax.plot([m["best_size"]], [m["best_top1"]], marker="*", markersize=14, color=line.get_color())
+        ax.axvline(m["stored_size"], color=line.get_color(), linestyle=":", linewidth=1)
+    ax.set_xlabel("test size (px)")
+    ax.set_ylabel("top-1 (%)")
+    ax.set_xticks(sizes)
+    ax.set_title(title or "top-1 against test resolution (star: best; dotted: size it trained at)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,132 @@
+"""FixRes: shifted-crop fine-tuning transform, what finetune-res trains and freezes, the stored test
+size driving eval, and the test-resolution sweep."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from visionzoo.cli import main
+from visionzoo.data.transforms import ShiftedCenterCrop, train_transform
+from visionzoo.engine.checkpoint import load_checkpoint
+from visionzoo.models import create_model, list_models
+from visionzoo.models.registry import get_model_cfg
+
+
+def test_shifted_center_crop_moves_horizontally_within_the_image():
+    img = torch.arange(40, dtype=torch.uint8).repeat(3, 20, 1)  # 3 x 20 x 40, each column holds its index
+    starts = set()
+    for seed in range(200):
+        torch.manual_seed(seed)
+        out = ShiftedCenterCrop(16)(img)
+        assert out.shape == (3, 16, 16)
+        assert torch.equal(out[0, :, 0], out[0, 0, 0].repeat(16))  # a column, so rows are the centred ones
+        starts.add(int(out[0, 0, 0]))
+    assert min(starts) == 0 and max(starts) == 24  # the whole margin on both sides (centre start 12)
+    torch.manual_seed(0)
+    tall = torch.arange(16, dtype=torch.uint8).repeat(3, 30, 1)  # no horizontal margin: a plain centre crop
+    assert torch.equal(ShiftedCenterCrop(16)(tall), tall[:, 7:23, :])
+
+
+def test_fixres_train_transform_is_the_test_framing():
+    from PIL import Image
+
+    tf = train_transform(32, hflip=0.0, crop="fixres", crop_pct=0.875)
+    out = tf(Image.new("RGB", (80, 60)))
+    assert out.shape == (3, 32, 32) and out.dtype == torch.uint8
+    # resize to 32 / 0.875 = 36 on the short side first: the FixRes 256:224 ratio
+    assert tf.transforms[0].size == [36]
+
+
+@pytest.mark.parametrize("name", [n for n in list_models() if get_model_cfg(n).final_norm])
+def test_final_norm_is_the_last_batchnorm_of_each_resnet(name):
+    model = create_model(name, num_classes=3)
+    # the residual branch's last BN (FixRes's layer4[2].bn3); shortcut BNs do not count
+    bns = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d) and "downsample" not in n]
+    assert bns[-1] == get_model_cfg(name).final_norm
+
+
+@pytest.fixture(scope="module")
+def source(digits_data, tmp_path_factory):
+    """A resnet10 trained briefly at 16 px on the digits."""
+    out = tmp_path_factory.mktemp("fixres") / "s1"
+    assert main(["train", "--model", "resnet10", "--data", str(digits_data), "--img-size", "16", "--epochs", "1",
+                 "--iters", "6", "--batch-size", "32", "--lr", "0.1", "--workers", "0", "--device", "cpu",
+                 "--output", str(out), "--no-progress"]) == 0
+    return out
+
+
+def finetune(ckpt: Path, out: Path, *flags: str) -> int:
+    return main(["finetune-res", "--checkpoint", str(ckpt), "--test-size", "24", "--epochs", "1", "--iters", "3",
+                 "--batch-size", "16", "--lr", "0.05", "--workers", "0", "--device", "cpu", "--output", str(out),
+                 "--no-progress", *flags])
+
+
+def test_finetune_res_trains_the_classifier_and_the_last_bn_statistics_only(source, tmp_path):
+    out = tmp_path / "ft"
+    assert finetune(source / "last.pth", out) == 0
+    before, ckpt = load_checkpoint(source / "last.pth"), load_checkpoint(out / "last.pth")
+    a, b = before["model"], ckpt["model"]
+    stats = {f"layer4.0.bn2.{k}" for k in ("running_mean", "running_var", "num_batches_tracked")}
+    for key in a:
+        if key.startswith("fc.") or key in stats:
+            assert not torch.equal(a[key], b[key]), f"{key} should have changed"
+        else:
+            assert torch.equal(a[key], b[key]), f"{key} changed"  # BN affine, other statistics: untouched
+    assert ckpt["img_size"] == 24 and ckpt["crop_pct"] == before["crop_pct"]
+    cfg = ckpt["config"]
+    assert (cfg["model"]["train_scope"], cfg["data"]["train_crop"], cfg["recipe"]) == (
+        "fixres", "fixres", "fixres_resnet50_finetune")
+    assert cfg["model"]["model"] == "resnet10" and cfg["data"]["color_jitter"] == 0.05  # the model's, the recipe's
+    # the source model's accuracy at the new size is measured before fine-tuning
+    assert json.loads((out / "before_finetune.json").read_text())["img_size"] == 24
+
+
+def test_finetune_res_without_a_final_norm_trains_the_classifier_only(digits_data, tmp_path):
+    src = tmp_path / "s1"
+    assert main(["train", "--model", "mobilenet_v2", "--data", str(digits_data), "--img-size", "16", "--epochs", "1",
+                 "--iters", "2", "--batch-size", "16", "--workers", "0", "--device", "cpu", "--output", str(src),
+                 "--no-progress", "--eval-every", "0"]) == 0
+    out = tmp_path / "ft"
+    assert finetune(src / "last.pth", out, "--eval-every", "0") == 0
+    a, b = load_checkpoint(src / "last.pth")["model"], load_checkpoint(out / "last.pth")["model"]
+    changed = {k for k in a if not torch.equal(a[k], b[k])}
+    assert changed == {"classifier.1.weight", "classifier.1.bias"}
+
+
+def test_stored_test_size_drives_eval_and_the_sweep(source, tmp_path):
+    out = tmp_path / "ft"
+    assert finetune(source / "last.pth", out) == 0
+    logged = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    js = tmp_path / "e.json"
+    assert main(["eval", "--checkpoint", str(out / "last.pth"), "--json", str(js), "--no-progress"]) == 0
+    r = json.loads(js.read_text())
+    assert r["img_size"] == 24 and r["top1"] == pytest.approx(logged["val_top1"])  # eval at the fine-tune size
+    sweep, png = tmp_path / "sweep.json", tmp_path / "sweep.png"
+    assert main(["eval", "--checkpoint", str(source / "last.pth"), "--checkpoint", str(out / "last.pth"),
+                 "--sizes", "24,16,32", "--json", str(sweep), "--plot", str(png), "--no-progress"]) == 0
+    s = json.loads(sweep.read_text())
+    assert s["sizes"] == [16, 24, 32]
+    src_row, ft_row = s["models"]
+    assert (src_row["stored_size"], ft_row["stored_size"], ft_row["fixres_finetuned"]) == (16, 24, True)
+    assert ft_row["top1"][1] == pytest.approx(r["top1"])  # the sweep at 24 is eval at 24
+    assert ft_row["best_top1"] == max(ft_row["top1"]) and ft_row["best_size"] in s["sizes"]
+    e16 = tmp_path / "e16.json"
+    assert main(["eval", "--checkpoint", str(source / "last.pth"), "--json", str(e16), "--no-progress"]) == 0
+    assert src_row["top1"][0] == pytest.approx(json.loads(e16.read_text())["top1"])
+    assert png.stat().st_size > 10_000
+
+
+def test_fixres_scope_and_sweep_refuse_bad_combinations(source, digits_data, tmp_path, capsys):
+    # a fine-tuning scope with nothing to fine-tune
+    assert main(["train", "--model", "resnet10", "--data", str(digits_data), "--train-scope", "fixres",
+                 "--output", str(tmp_path / "x"), "--device", "cpu"]) == 2
+    assert "--init-from" in capsys.readouterr().err
+    assert main(["finetune-res", "--checkpoint", str(source / "last.pth"), "--output", str(tmp_path / "y")]) == 2
+    assert "--test-size" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(source / "last.pth"), "--sizes", "16", "--img-size", "16"]) == 2
+    assert main(["eval", "--checkpoint", str(source / "last.pth"), "--checkpoint", str(source / "last.pth")]) == 2
