@@ -137,7 +137,7 @@ def test_every_recipe_resolves_in_every_mode(name, mode, capsys):
     assert isinstance(cfg, TrainConfig)
     assert (cfg.recipe, cfg.mode) == (name, mode)
     assert cfg.model.model in list_models()
-    if name != "demo" and not name.startswith("oltr_"):
+    if name != "demo" and not name.startswith(("oltr_", "fixres_")):
         assert cfg.model.model == name
     assert cfg.epochs > 0 and cfg.batch_size > 0 and cfg.optim.lr_base > 0
     assert recipe.description
@@ -149,7 +149,8 @@ def test_recipe_list_and_modes():
     assert "resnet50" in RECIPES and "demo" in RECIPES and "se_resnext50_32x4d" in RECIPES
     from visionzoo.models.torchvision_models import SEED_MODELS
 
-    assert set(SEED_MODELS) | {"se_resnext50_32x4d", "oltr_stage1", "oltr_stage2"} <= set(RECIPES)  # every seed
+    assert set(SEED_MODELS) | {"se_resnext50_32x4d", "oltr_stage1", "oltr_stage2", "fixres_resnet50_train",
+                               "fixres_resnet50_finetune"} <= set(RECIPES)  # every seed
     assert list(get_recipe("resnet50").modes) == ["full", "full_amp", "perf"]
     assert get_recipe("resnet50").default_mode == "full"
 

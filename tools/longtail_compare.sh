@@ -2,26 +2,16 @@
 # The comparison table in docs/longtail.md: every long-tail method on a long-tailed version of the
 # built-in digits (real handwritten digits), made by make-lt. Usage: bash tools/longtail_compare.sh OUT [SEED]
 set -euo pipefail
-out=${1:-lt-compare}; seed=${2:-0}
-root=$(python -c "from visionzoo.data.builtin import materialize; print(materialize('digits'))")
-mkdir -p "$out"
-[[ -f "$out/lt/train.txt" ]] || visionzoo make-lt --data "$root" --output "$out/lt" --alpha 6 --open-classes 2 --val-per-class 10
-common=(--data "$root" --train-list "$out/lt/train.txt" --val-list "$out/lt/val.txt" --img-size 32 --crop-pct 1.0
-        --scale 0.5,1.0 --hflip 0 --batch-size 32 --workers 0 --device cpu --no-progress --eval-every 0 --seed "$seed"
-        --weight-decay 5e-4)
-s1=(--model resnet10 --epochs 12 --lr 0.1 --sched step --step-size 4)
-r=$out/s$seed
+source "$(dirname "$0")/longtail_common.sh"
 visionzoo train "${common[@]}" "${s1[@]}" --output "$r/stage1"
 visionzoo train "${common[@]}" "${s1[@]}" --loss balanced_softmax --output "$r/balanced_softmax"
 visionzoo train "${common[@]}" "${s1[@]}" --sampler class_balanced --output "$r/class_balanced"
 visionzoo train "${common[@]}" "${s1[@]}" --sampler sqrt --output "$r/sqrt"
-visionzoo train "${common[@]}" --model oltr_resnet10 --epochs 6 --lr 0.01 --head-lr-factor 10 --sched step --step-size 2 \
-  --sampler class_aware --init-from "$r/stage1/final_model_checkpoint.pth" --output "$r/oltr_stage2"
+visionzoo train "${common[@]}" "${s2[@]}" --output "$r/oltr_stage2"
 visionzoo train "${common[@]}" --model resnet10 --epochs 6 --lr 0.1 --sched step --step-size 2 --sampler class_balanced \
   --init-from "$r/stage1/final_model_checkpoint.pth" --train-scope classifier --reset-classifier --output "$r/crt"
 visionzoo tau-norm --checkpoint "$r/stage1/last.pth" --tau 0,0.5,1,1.5,2 --output "$r/tau_norm.pth" \
   --data "$root" --val-list "$out/lt/val.txt" --workers 0 --device cpu --json "$r/tau_norm.json"
-ev=(--val-list "$out/lt/test.txt" --longtail --open-list "$out/lt/open.txt" --many 60 --few 20 --no-progress --device cpu)
 for m in stage1 balanced_softmax class_balanced sqrt oltr_stage2 crt; do
   for t in 0.1 0.5; do visionzoo eval --checkpoint "$r/$m/last.pth" "${ev[@]}" --open-threshold $t --json "$r/$m.eval$t.json"; done
 done

@@ -1,6 +1,7 @@
 """Markdown table for docs/longtail.md from tools/longtail_compare.sh output: mean (and spread) over seeds.
 
-python tools/longtail_table.py OUT
+python tools/longtail_table.py OUT              # every method
+python tools/longtail_table.py OUT --torchrun   # OLTR stage 2, one process vs 2 (tools/longtail_torchrun.sh)
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ METHODS = [
 ]
 
 
-def main(out: Path) -> None:
+TORCHRUN = [("oltr_stage2", "OLTR stage 2, one process"), ("oltr_stage2_2p", "OLTR stage 2, torchrun 2 processes")]
+
+
+def main(out: Path, methods: list[tuple[str, str]]) -> None:
     seeds = sorted(p for p in out.glob("s*") if p.is_dir())
     print(f"| method | top-1 | many | medium | few | open-set F (0.1) | open-set F (0.5) |")
     print("|---|---|---|---|---|---|---|")
-    for key, label in METHODS:
+    for key, label in methods:
         vals: dict[str, list[float]] = {k: [] for k in ("top1", "many_shot", "medium_shot", "few_shot", "f01", "f05")}
         for s in seeds:
             a, b = s / f"{key}.eval0.1.json", s / f"{key}.eval0.5.json"
@@ -44,4 +48,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), TORCHRUN if "--torchrun" in sys.argv[2:] else METHODS)

@@ -93,13 +93,7 @@ def _run_sizes(args: argparse.Namespace) -> int:
     for m in r["models"]:
         print(f"{m['checkpoint']}: best {m['best_top1']:.2f} at {m['best_size']} px "
               f"({m['num_images']} images, crop ratio {m['crop_pct']})")
-    if args.json:
-        write_json(args.json, r)
-        print(f"wrote {args.json}")
-    if args.plot:
-        plot_sizes(r, args.plot)
-        print(f"wrote {args.plot}")
-    return 0
+    return _write(args, r, plot_sizes)
 
 
 def _run_longtail(args: argparse.Namespace) -> int:
@@ -126,10 +120,15 @@ def _run_longtail(args: argparse.Namespace) -> int:
         o = r["open_set"]
         print(f"open-set F-measure {o['f_measure']:.2f} (precision {o['precision']:.2f}, recall {o['recall']:.2f}, "
               f"threshold {o['threshold']}, {r['open_images']} open images)")
+    return _write(args, r, plot_per_class)
+
+
+def _write(args: argparse.Namespace, result: dict, plot) -> int:
+    """--json and --plot outputs of a sweep or long-tail evaluation."""
     if args.json:
-        write_json(args.json, r)
+        write_json(args.json, result)
         print(f"wrote {args.json}")
     if args.plot:
-        plot_per_class(r, args.plot)
+        plot(result, args.plot)
         print(f"wrote {args.plot}")
     return 0
