@@ -30,6 +30,15 @@ def test_shifted_center_crop_moves_horizontally_within_the_image():
     torch.manual_seed(0)
     tall = torch.arange(16, dtype=torch.uint8).repeat(3, 30, 1)  # no horizontal margin: a plain centre crop
     assert torch.equal(ShiftedCenterCrop(16)(tall), tall[:, 7:23, :])
+    odd = torch.arange(41, dtype=torch.uint8).repeat(3, 16, 1)  # an odd margin (25) never crops past the edge
+    starts = set()
+    for seed in range(300):
+        torch.manual_seed(seed)
+        out = ShiftedCenterCrop(16)(odd)
+        start = int(out[0, 0, 0])
+        assert torch.equal(out, odd[:, :, start:start + 16])
+        starts.add(start)
+    assert (min(starts), max(starts)) == (0, 25)
 
 
 def test_fixres_train_transform_is_the_test_framing():
@@ -48,6 +57,24 @@ def test_final_norm_is_the_last_batchnorm_of_each_resnet(name):
     # the residual branch's last BN (FixRes's layer4[2].bn3); shortcut BNs do not count
     bns = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d) and "downsample" not in n]
     assert bns[-1] == get_model_cfg(name).final_norm
+
+
+def test_fixres_scope_runs_only_the_classifier_and_final_bn_in_training_mode():
+    from visionzoo.engine.scope import apply_train_scope
+
+    # SE-ResNeXt applies dropout on its root module (timm's drop_rate): the root must stay in eval mode
+    model = create_model("se_resnext50_32x4d", num_classes=3)
+    scope = apply_train_scope(model, "fixres")
+    scope.set_mode(model)
+    training = {name for name, m in model.named_modules() if m.training}
+    assert training == {"last_linear", "layer4.2.bn3"}
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {"last_linear.weight", "last_linear.bias"}
+    # cRT: the model trains, only the backbone's norm layers keep their statistics
+    model = create_model("resnet10", num_classes=3)
+    scope = apply_train_scope(model, "classifier")
+    scope.set_mode(model)
+    bns = {name for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    assert model.training and not {name for name, m in model.named_modules() if m.training} & bns
 
 
 @pytest.fixture(scope="module")
@@ -114,14 +141,14 @@ def test_stored_test_size_drives_eval_and_the_sweep(source, tmp_path):
     src_row, ft_row = s["models"]
     assert (src_row["stored_size"], ft_row["stored_size"], ft_row["fixres_finetuned"]) == (16, 24, True)
     assert ft_row["top1"][1] == pytest.approx(r["top1"])  # the sweep at 24 is eval at 24
-    assert ft_row["best_top1"] == max(ft_row["top1"]) and ft_row["best_size"] in s["sizes"]
+    assert ft_row["best_size"] == s["sizes"][ft_row["top1"].index(max(ft_row["top1"]))]
     e16 = tmp_path / "e16.json"
     assert main(["eval", "--checkpoint", str(source / "last.pth"), "--json", str(e16), "--no-progress"]) == 0
     assert src_row["top1"][0] == pytest.approx(json.loads(e16.read_text())["top1"])
     assert png.stat().st_size > 10_000
 
 
-def test_fixres_scope_and_sweep_refuse_bad_combinations(source, digits_data, tmp_path, capsys):
+def test_fixres_scope_and_sweep_refuse_bad_combinations(source, digits_data, tiny_imagefolder, tmp_path, capsys):
     # a fine-tuning scope with nothing to fine-tune
     assert main(["train", "--model", "resnet10", "--data", str(digits_data), "--train-scope", "fixres",
                  "--output", str(tmp_path / "x"), "--device", "cpu"]) == 2
@@ -129,4 +156,32 @@ def test_fixres_scope_and_sweep_refuse_bad_combinations(source, digits_data, tmp
     assert main(["finetune-res", "--checkpoint", str(source / "last.pth"), "--output", str(tmp_path / "y")]) == 2
     assert "--test-size" in capsys.readouterr().err
     assert main(["eval", "--checkpoint", str(source / "last.pth"), "--sizes", "16", "--img-size", "16"]) == 2
+    assert "--sizes" in capsys.readouterr().err
     assert main(["eval", "--checkpoint", str(source / "last.pth"), "--checkpoint", str(source / "last.pth")]) == 2
+    assert "only with --sizes" in capsys.readouterr().err
+    # a file that is no checkpoint, and data whose classes are not the checkpoint's: one line each, no run
+    bogus = tmp_path / "bogus.pth"
+    bogus.write_text("not a checkpoint")
+    assert finetune(bogus, tmp_path / "z") == 2
+    assert "bogus.pth" in capsys.readouterr().err
+    assert finetune(source / "last.pth", tmp_path / "w", "--data", str(tiny_imagefolder)) == 2
+    assert "classes differ" in capsys.readouterr().err and not (tmp_path / "w").exists()
+
+
+def test_finetune_res_under_torchrun(source, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ft2"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "visionzoo", "finetune-res", "--checkpoint", str(source / "last.pth"), "--test-size",
+                           "24", "--epochs", "1", "--iters", "3", "--batch-size", "16", "--lr", "0.05", "--workers",
+                           "0", "--device", "cpu", "--output", str(out), "--no-progress"],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = load_checkpoint(source / "last.pth")["model"], load_checkpoint(out / "last.pth")
+    assert b["img_size"] == 24
+    changed = {k for k in a if not torch.equal(a[k], b["model"][k])}
+    assert changed == {"fc.weight", "fc.bias", "layer4.0.bn2.running_mean", "layer4.0.bn2.running_var",
+                       "layer4.0.bn2.num_batches_tracked"}

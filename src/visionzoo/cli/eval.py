@@ -86,7 +86,7 @@ def _run_sizes(args: argparse.Namespace) -> int:
     if data is not None and data.img_size is not None:
         raise ConfigError("--img-size/--test-size and --sizes both set the test size: give --sizes only")
     r = evaluate_sizes(args.checkpoint, args.sizes, data, args.batch_size, args.device, args.precision,
-                       args.progress)
+                       args.progress, args.backend, args.channels_last)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     print(sizes_table(r))

@@ -37,9 +37,9 @@ class ShiftedCenterCrop(torch.nn.Module):
     def forward(self, img):
         h, w = v2.functional.get_size(img)
         top = int(round((h - self.size) / 2.0))
-        margin = int(round((w - self.size) / 2.0))
-        shift = int(torch.randint(-margin, margin + 1, ()).item()) if margin > 0 else 0
-        return v2.functional.crop(img, top, margin + shift, self.size, self.size)
+        left = (w - self.size) // 2  # the crop may start anywhere in [0, w - size]: never past the edge
+        shift = int(torch.randint(-left, w - self.size - left + 1, ()).item()) if w > self.size else 0
+        return v2.functional.crop(img, top, left + shift, self.size, self.size)
 
 
 def train_transform(

@@ -65,7 +65,7 @@ from .longtail import (
 from .longtail import param_groups as lt_param_groups
 from .optim import build_optimizer, build_scheduler, effective_lr
 from .runlog import RunLog
-from .scope import apply_train_scope
+from .scope import TrainScope, apply_train_scope
 
 log = logging.getLogger("visionzoo")
 
@@ -82,7 +82,7 @@ class StepState:
     clip_grad: float | None
     criterion: Criterion
     global_step: int = 0
-    frozen: list[nn.Module] = field(default_factory=list)  # modules kept in eval mode (cRT, FixRes)
+    scope: TrainScope = field(default_factory=TrainScope)  # which modules run in training mode
 
 
 def _sync(device: torch.device) -> None:
@@ -103,9 +103,7 @@ def train_one_epoch(
     on_log=None,
 ) -> dict[str, Any]:
     """One pass over at most max_steps batches. Returns mean loss, train top-1 and images/s."""
-    model.train()
-    for m in state.frozen:
-        m.eval()
+    state.scope.set_mode(model)
     device = state.normalizer.device
     # loss*n and correct stay on the device; image counts are host ints (no per-step copies)
     sums = torch.zeros(2, device=device, dtype=torch.float64)
@@ -174,6 +172,13 @@ def _output_dir(cfg: TrainConfig) -> Path:
     return Path("runs") / f"{cfg.model.model}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def check_output_free(cfg: TrainConfig) -> None:
+    """A run folder that already holds a run is refused unless resuming (two runs never mix logs)."""
+    out = Path(cfg.output) if cfg.output else None
+    if out is not None and not cfg.resume and any((out / f).exists() for f in ("last.pth", "metrics.jsonl")):
+        raise ConfigError(f"{out} already holds a run: pass --resume auto to continue it, or another --output")
+
+
 def _resume_path(cfg: TrainConfig, out: Path) -> Path | None:
     if not cfg.resume:
         return None
@@ -229,13 +234,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     _setup_determinism(cfg, dist)
     if cfg.batch_size % dist.world_size:
         raise ConfigError(f"batch_size {cfg.batch_size} (global) is not divisible by {dist.world_size} processes")
+    if cfg.model.sync_bn and dist.enabled and device.type == "cpu":
+        raise ConfigError("--sync-bn needs GPUs: torch's SyncBatchNorm does not run on CPU processes")
     if cfg.amp == "fp16" and device.type == "cpu":
         log.warning("fp16 autocast on CPU is slow and poorly supported; prefer --amp bf16 there")
     model_cfg = get_model_cfg(cfg.model.model)  # a bad name fails before any folder is made
     out = Path(broadcast_object(str(_output_dir(cfg))))
     cfg.output = str(out)
-    if not cfg.resume and any((out / f).exists() for f in ("last.pth", "metrics.jsonl")):
-        raise ConfigError(f"{out} already holds a run: pass --resume auto to continue it, or another --output")
+    check_output_free(cfg)
     runlog = RunLog(out, enabled=dist.is_main, tensorboard=cfg.tensorboard)
     resume = _resume_path(cfg, out)
 
@@ -267,7 +273,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.model.sync_bn and dist.enabled:
         raw_model = nn.SyncBatchNorm.convert_sync_batchnorm(raw_model)
     # after the SyncBatchNorm swap, so the norm layers kept in eval mode are the ones that run
-    frozen = apply_train_scope(raw_model, cfg.model.train_scope)
+    scope = apply_train_scope(raw_model, cfg.model.train_scope)
 
     per_rank_batch = cfg.batch_size // dist.world_size
     pin = device.type == "cuda"
@@ -292,7 +298,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         optimizer, scheduler, scaler,
         DeviceNormalizer(model_cfg.mean, model_cfg.std, device, cfg.model.channels_last),
         cfg.amp, cfg.optim.clip_grad, build_criterion(cfg, raw_model, data.train, num_classes, device),
-        frozen=frozen,
+        scope=scope,
     )
     if resume is not None:
         ckpt = load_checkpoint(resume)
@@ -312,7 +318,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     model = raw_model
     if dist.enabled:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # FixRes: no per-forward broadcast of rank 0's buffers, so the re-estimated statistics average all
+        # ranks' batches (_sync_buffers); every other buffer is frozen and equal on all ranks anyway
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                                    broadcast_buffers=not scope.running_stats)
     if cfg.model.compile:
         model = torch.compile(model)
 
@@ -336,7 +345,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         )
         record: dict[str, Any] = {"epoch": epoch + 1, "step": state.global_step, **stats}
         if dist.enabled:
-            _sync_buffers(raw_model)
+            _sync_buffers(raw_model, scope.running_stats)
         if _should_eval(cfg, epoch + 1):
             last_eval = evaluate_model(
                 raw_model, val_loader, state.normalizer, num_classes, cfg.amp, data.classes,
@@ -373,13 +382,21 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     return summary
 
 
-def _sync_buffers(model: nn.Module) -> None:
-    """Give every rank rank 0's BatchNorm statistics, so evaluation and the saved weights agree.
+def _sync_buffers(model: nn.Module, averaged: list[nn.Module]) -> None:
+    """Give every rank the same BatchNorm statistics, so evaluation and the saved weights agree.
 
-    DDP broadcasts buffers at the start of each forward, so after the last step they differ per rank.
+    DDP broadcasts buffers at the start of each forward, so after the last step they differ per rank:
+    rank 0's are taken. The running statistics of `averaged` norm layers (FixRes, trained without that
+    broadcast) are averaged over the ranks instead.
     """
+    mean_of = {id(b) for m in averaged for b in (m.running_mean, m.running_var)}
+    world = tdist.get_world_size()
     for b in model.buffers():
-        tdist.broadcast(b, 0)
+        if id(b) in mean_of:
+            tdist.all_reduce(b)
+            b.div_(world)
+        else:
+            tdist.broadcast(b, 0)
 
 
 def _gather_rng(dist: DistInfo) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, TrainConfig, apply_overrides
+from ..data.datasets import DataError
 from ..engine.checkpoint import load_checkpoint
 from ..engine.distributed import init_distributed
 from ..engine.runlog import write_json
@@ -33,7 +34,10 @@ def finetune_config(checkpoint: str | Path, test_size: int, mode: str | None = N
     """
     if test_size < 1:
         raise ConfigError(f"--test-size {test_size} must be positive")
-    ckpt = load_checkpoint(checkpoint)
+    try:
+        ckpt = load_checkpoint(checkpoint)
+    except RuntimeError as e:  # unreadable, or not a checkpoint: one line naming the file
+        raise ConfigError(str(e)) from None
     if "model_name" not in ckpt:
         raise ConfigError(f"{checkpoint}: not a visionzoo checkpoint (no model name); finetune-res needs one")
     cfg = get_recipe(RECIPE).resolve(mode)
@@ -61,13 +65,15 @@ def finetune_res(cfg: TrainConfig, evaluate_before: bool = True) -> dict[str, An
     to OUTPUT/before_finetune.json, so the gain is read off one run.
     """
     from ..engine.evaluate import evaluate
-    from ..engine.trainer import train
+    from ..engine.trainer import check_output_free, train
 
     if not cfg.model.weights:
         raise ConfigError("finetune-res needs the checkpoint to fine-tune (model.weights)")
+    check_output_free(cfg)  # before the evaluation below, not after it
+    _check_classes(cfg)
     dist = init_distributed(cfg.device)
     before = None
-    if evaluate_before and cfg.eval_every > 0:
+    if evaluate_before and cfg.eval_every > 0 and not cfg.resume:
         before = evaluate(cfg.model.weights, cfg.data, max(1, cfg.batch_size // dist.world_size),
                           cfg.device, cfg.amp or "fp32", cfg.model.channels_last, cfg.progress)
         before.pop("per_class", None)
@@ -80,3 +86,17 @@ def finetune_res(cfg: TrainConfig, evaluate_before: bool = True) -> dict[str, An
             write_json(Path(summary["output"]) / "before_finetune.json", before)
     return summary
 
+
+
+def _check_classes(cfg: TrainConfig) -> None:
+    """The fine-tuning data must name the checkpoint's classes in its order, or labels would shift."""
+    from ..data.loader import find_samples
+
+    if cfg.data.dummy:
+        return
+    classes = load_checkpoint(cfg.model.weights).get("classes")
+    found = find_samples(cfg.data, "train").classes
+    if classes and list(found) != list(classes):
+        extra, missing = sorted(set(found) - set(classes)), sorted(set(classes) - set(found))
+        raise DataError(f"the fine-tuning data's classes differ from {cfg.model.weights}'s "
+                        f"(new: {extra[:5]}, missing: {missing[:5]}{', or another order' if not extra + missing else ''})")

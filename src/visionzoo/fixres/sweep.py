@@ -11,7 +11,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from ..config import DataConfig
+from ..config import ConfigError, DataConfig
 from ..data.datasets import DataError
 from ..data.loader import DeviceNormalizer
 from ..engine.distributed import init_distributed
@@ -20,7 +20,7 @@ from ..engine.evaluate import evaluate_model
 
 def evaluate_sizes(model_paths: list[str | Path], sizes: list[int], data: DataConfig | None = None,
                    batch_size: int = 128, device: str = "auto", precision: str = "fp32",
-                   progress: bool = True) -> dict[str, Any]:
+                   progress: bool = True, backend: str = "eager", channels_last: bool = False) -> dict[str, Any]:
     """Top-1/top-5 of every model file at every test size, on the same validation split.
 
     Returns {"sizes": [...], "models": [{"checkpoint", "model", "stored_size", "crop_pct", "fixres_finetuned",
@@ -35,7 +35,10 @@ def evaluate_sizes(model_paths: list[str | Path], sizes: list[int], data: DataCo
     dist = init_distributed(device)
     models = []
     for path in model_paths:
-        runner = load_runner(path, dist.device, precision)
+        runner = load_runner(path, dist.device, precision, backend, channels_last)
+        if runner.fmt not in ("checkpoint", "safetensors") and set(sizes) != {runner.info.img_size}:
+            raise ConfigError(f"{path}: an exported {runner.fmt} file has a fixed input size "
+                              f"({runner.info.img_size} px); sweep the checkpoint it came from")
         base = resolve_data(runner.info, data)
         row: dict[str, Any] = {"checkpoint": str(path), "model": runner.info.model_name,
                                "stored_size": runner.info.img_size, "crop_pct": runner.info.crop_pct,
@@ -44,7 +47,7 @@ def evaluate_sizes(model_paths: list[str | Path], sizes: list[int], data: DataCo
         for size in sizes:
             loader, classes, info = eval_loader(runner.info, dataclasses.replace(base, img_size=size), "val",
                                                 batch_size, dist.rank, dist.world_size, dist.device.type == "cuda")
-            normalizer = DeviceNormalizer(info.mean, info.std, dist.device)
+            normalizer = DeviceNormalizer(info.mean, info.std, dist.device, channels_last)
             r = evaluate_model(runner, loader, normalizer, info.num_classes, None, classes,
                                progress and dist.is_main, f"{Path(path).name} @ {size}px")
             row["top1"].append(r["top1"])
