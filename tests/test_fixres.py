@@ -44,11 +44,20 @@ def test_shifted_center_crop_moves_horizontally_within_the_image():
 def test_fixres_train_transform_is_the_test_framing():
     from PIL import Image
 
-    tf = train_transform(32, hflip=0.0, crop="fixres", crop_pct=0.875)
+    tf = train_transform(32, hflip=0.0, crop="fixres", crop_pct=0.875, decode="pil")
     out = tf(Image.new("RGB", (80, 60)))
     assert out.shape == (3, 32, 32) and out.dtype == torch.uint8
     # resize to 32 / 0.875 = 36 on the short side first: the FixRes 256:224 ratio
     assert tf.transforms[0].size == [36]
+    # the fused decoder frames the same window: a horizontal ramp keeps its centre column
+    ramp = Image.fromarray(torch.arange(80, dtype=torch.uint8).repeat(60, 1)[:, :, None].repeat(1, 1, 3).numpy())
+    fused = train_transform(32, hflip=0.0, crop="fixres", crop_pct=0.875)
+    for seed in range(5):
+        torch.manual_seed(seed)
+        a = fused(ramp).float()
+        torch.manual_seed(seed)
+        b = tf(ramp).float()
+        assert (a - b).abs().mean() < 1.0
 
 
 @pytest.mark.parametrize("name", [n for n in list_models() if get_model_cfg(n).final_norm])

@@ -58,6 +58,8 @@ class DataConfig:
     # random_resized: RandomResizedCrop (--scale, --ratio); fixres: the test-time resize and centre
     # crop with a random horizontal shift of the crop (FixRes fine-tuning at the test resolution)
     train_crop: str = "random_resized"
+    # fast: decode fused with the crop (JPEG DCT scaling, one resample); pil: full decode + torchvision v2 ops
+    decode: str = "fast"
     workers: int = 4
     skip_bad_images: bool = False
 
@@ -142,6 +144,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "loss": ("ce", "balanced_softmax"),
     "train_scope": ("all", "classifier", "fixres"),
     "train_crop": ("random_resized", "fixres"),
+    "decode": ("fast", "pil"),
 }
 
 

@@ -16,6 +16,7 @@ from ..models.registry import UnknownModelError
 from ..models.weights import WeightsError
 from . import (
     bench,
+    bench_data,
     demo,
     export,
     finetune_res,
@@ -42,6 +43,7 @@ COMMANDS = {
     "valprep": valprep,
     "predict": predict,
     "bench": bench,
+    "bench-data": bench_data,
     "export": export,
     "quantize": quantize,
     "preprocess": preprocess,

@@ -82,7 +82,7 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
 
 # the data flags that commands reading a validation split (eval, export, quantize, preprocess) offer
 DATA_FLAGS = {"data", "val_list", "val_root", "train_list", "train_root", "dummy", "img_size", "crop_pct",
-              "interpolation", "workers", "skip_bad_images"}
+              "interpolation", "workers", "skip_bad_images", "decode"}
 
 
 def data_config(args: argparse.Namespace):

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from .images import BadImageError, load_rgb
+from .images import BadImageError, load_rgb, open_image
 
 
 class DataError(ValueError):
@@ -166,7 +166,7 @@ class ImageDataset(Dataset):
         replaced = 0
         while True:
             try:
-                img = load_rgb(path)
+                out = self._decode_and_transform(path, seed)
                 break
             except BadImageError:
                 if not self.skip_bad:
@@ -177,13 +177,18 @@ class ImageDataset(Dataset):
                 if replaced >= len(self):
                     raise BadImageError(f"no decodable image in the data set (last tried {path})") from None
                 path, label = self.samples.items[(index + replaced) % len(self)]
-        if seed is None:
-            out = self.transform(img)
-        else:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                out = self.transform(img)
         return (out, label, 1) if replaced else (out, label)
+
+
+    def _decode_and_transform(self, path: str, seed: int | None):
+        # fused transforms (transforms.DecodeTransform) decode the file themselves, at the scale they need
+        fused = getattr(self.transform, "takes_opened_image", False)
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):
+            if seed is not None:
+                # the CPU generator only: torch.manual_seed also queues lazy seeding of every accelerator
+                # backend, recording a stack trace each time (~0.5 ms a sample)
+                torch.default_generator.manual_seed(seed)
+            return self.transform(open_image(path) if fused else load_rgb(path))
 
 
 class DummyDataset(Dataset):

@@ -50,7 +50,7 @@ def eval_dataset(info: ModelInfo, data: DataConfig, split: str = "val") -> tuple
     samples = find_samples(data, split, info.classes, info.num_classes or None)
     if info.num_classes and samples.num_classes > info.num_classes:
         raise DataError(f"data has {samples.num_classes} classes, the model has {info.num_classes}")
-    tf = eval_transform(info.img_size, info.crop_pct, info.interpolation)
+    tf = eval_transform(info.img_size, info.crop_pct, info.interpolation, data.decode)
     return ImageDataset(samples, tf, data.skip_bad_images), list(samples.classes), info
 
 

@@ -93,7 +93,7 @@ def evaluate_longtail(
         samples = list_samples(open_list, root, "val", classes=info.classes, num_classes=n_cls, allow_open=True)
         if any(label != -1 for _, label in samples.items):
             raise DataError(f"{open_list}: open-set lists hold label -1 only")
-        tf = eval_transform(info.img_size, info.crop_pct, info.interpolation)
+        tf = eval_transform(info.img_size, info.crop_pct, info.interpolation, data.decode)
         o_pred, o_conf, _ = predictions(runner, ImageDataset(samples, tf), batch_size, workers, adjust)
         result["open_images"] = len(o_pred)
         result["open_set"] = open_set_f_measure(np.concatenate([pred, o_pred]), np.concatenate([conf, o_conf]),

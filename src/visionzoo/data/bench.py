@@ -1,0 +1,87 @@
+"""Input-pipeline throughput: visionzoo's loader against torchvision's reference pipeline.
+
+Both read the same split with the same output size, workers and batch size, and both deliver batches
+to the device as the training step would receive them (visionzoo: uint8 batches normalised on the
+device; the baseline: float batches normalised in the workers, as torchvision's reference scripts
+and timm do), so the ratio is the one a training run sees.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..config import DataConfig
+from ..models.registry import ModelCfg
+from .loader import DeviceNormalizer, build_data, make_loader
+
+MEAN, STD = ModelCfg.mean, ModelCfg.std
+
+
+def torchvision_loader(root: str | Path, split: str, img_size: int, workers: int, batch_size: int,
+                       crop_pct: float = 0.875, pin_memory: bool = False) -> DataLoader:
+    """The usual pipeline: ImageFolder + transforms.v2 on PIL images, float normalisation in the workers."""
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms import v2
+
+    if split == "train":
+        geometry = [v2.RandomResizedCrop(img_size, antialias=True), v2.RandomHorizontalFlip()]
+    else:
+        geometry = [v2.Resize(int(img_size / crop_pct), antialias=True), v2.CenterCrop(img_size)]
+    tf = v2.Compose([*geometry, v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
+    ds = ImageFolder(str(Path(root) / split), transform=tf)
+    return DataLoader(ds, batch_size=batch_size, shuffle=split == "train", num_workers=workers, drop_last=True,
+                      pin_memory=pin_memory, persistent_workers=workers > 0)
+
+
+def visionzoo_loader(cfg: DataConfig, split: str, batch_size: int, pin_memory: bool = False) -> DataLoader:
+    data = build_data(cfg, ModelCfg(), splits=(split,))
+    ds = data.train if split == "train" else data.val
+    return make_loader(ds, batch_size, cfg.workers, train=split == "train", pin_memory=pin_memory)
+
+
+def _forever(loader: DataLoader):
+    while True:  # a small data set restarts; persistent workers keep that cheap
+        yield from loader
+
+
+def time_loader(loader: DataLoader, batches: int, warmup: int, device: torch.device,
+                normalizer: DeviceNormalizer | None = None, progress: bool = False) -> dict[str, Any]:
+    """images/s over `batches` batches after `warmup` untimed ones (worker start-up), each on the device."""
+    from tqdm import tqdm
+
+    images, t0 = 0, time.perf_counter()
+    stream = _forever(loader)
+    for step in tqdm(range(warmup + batches), disable=None if progress else True, leave=False, desc="batches"):
+        if step == warmup:
+            t0 = time.perf_counter()
+        x = next(stream)[0]
+        x = normalizer(x) if normalizer is not None else x.to(device, non_blocking=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if step >= warmup:
+            images += len(x)
+    elapsed = time.perf_counter() - t0
+    return {"images": images, "seconds": elapsed, "images_per_sec": images / elapsed if elapsed > 0 else 0.0}
+
+
+def bench_data(cfg: DataConfig, split: str = "train", batch_size: int = 64, batches: int = 50, warmup: int = 5,
+               device: str = "cpu", baseline: bool = False, progress: bool = False) -> dict[str, Any]:
+    """images/s of visionzoo's pipeline (and with baseline, torchvision's and the ratio)."""
+    dev = torch.device(device)
+    pin = dev.type == "cuda"
+    img_size = cfg.img_size or ModelCfg.input_size
+    result: dict[str, Any] = {"split": split, "img_size": img_size, "workers": cfg.workers, "batch_size": batch_size,
+                              "decode": cfg.decode, "device": str(dev), "data": cfg.data}
+    loader = visionzoo_loader(cfg, split, batch_size, pin)
+    normalizer = DeviceNormalizer(MEAN, STD, dev)
+    result["visionzoo"] = time_loader(loader, batches, warmup, dev, normalizer, progress)
+    if baseline:
+        ref = torchvision_loader(cfg.data, split, img_size, cfg.workers, batch_size, cfg.crop_pct or 0.875, pin)
+        result["torchvision"] = time_loader(ref, batches, warmup, dev, None, progress)
+        result["ratio"] = result["visionzoo"]["images_per_sec"] / result["torchvision"]["images_per_sec"]
+    return result

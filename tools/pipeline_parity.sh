@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Accuracy check of the fast input pipeline: the built-in digits re-encoded as 256x256 quality-90 JPEGs
+# (so training crops decode at 1/2..1/8 DCT scale), resnet18 trained at 32 px with --decode fast and
+# --decode pil, same seed, same everything else. Usage: bash tools/pipeline_parity.sh OUT [SEED...]
+set -euo pipefail
+out=${1:-pipeline-parity}; shift || true
+seeds=("${@:-0}")
+root=$(python -c "from visionzoo.data.builtin import materialize; print(materialize('digits'))")
+if [[ ! -d "$out/digits-jpg" ]]; then
+  python - "$root" "$out/digits-jpg" <<'PY'
+import sys
+from pathlib import Path
+from PIL import Image
+src, dst = Path(sys.argv[1]), Path(sys.argv[2])
+for p in src.rglob("*.png"):
+    q = dst / p.relative_to(src).with_suffix(".jpg")
+    q.parent.mkdir(parents=True, exist_ok=True)
+    Image.open(p).convert("RGB").resize((256, 256), Image.Resampling.BICUBIC).save(q, quality=90)
+PY
+fi
+for s in "${seeds[@]}"; do
+  for d in fast pil; do
+    [[ -f "$out/s$s-$d/summary.json" ]] || visionzoo train --data "$out/digits-jpg" --model resnet18 --img-size 32 \
+      --epochs 8 --batch-size 64 --lr 0.1 --sched cosine --scale 0.35,1.0 --workers 2 --device cpu --no-progress \
+      --seed "$s" --decode "$d" --output "$out/s$s-$d"
+  done
+done
+python - "$out" <<'PY'
+import json, sys
+from pathlib import Path
+rows = {}
+for p in sorted(Path(sys.argv[1]).glob("s*-*/summary.json")):
+    seed, dec = p.parent.name.split("-")
+    last = json.loads(p.read_text())["last"]
+    rows.setdefault(dec, []).append((seed, last["val_top1"], last["images_per_sec"]))
+for dec, r in rows.items():
+    print(dec, "val top-1 per seed:", [round(t, 2) for _, t, _ in r], "images/s (last epoch):", [round(v) for *_, v in r])
+PY
