@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Accuracy check of the fast input pipeline: the built-in digits re-encoded as 256x256 quality-90 JPEGs
-# (so training crops decode at 1/2..1/8 DCT scale), resnet18 trained at 32 px with --decode fast and
-# --decode pil, same seed, same everything else. Usage: bash tools/pipeline_parity.sh OUT [SEED...]
+# (so training crops decode at 1/2..1/8 DCT scale), the demo recipe (resnet18 at 32 px, 8 epochs) with
+# --decode fast and --decode pil, same seed, same everything else. Usage: bash tools/pipeline_parity.sh OUT [SEED...]
 set -euo pipefail
 out=${1:-pipeline-parity}; shift || true
 seeds=("${@:-0}")
@@ -20,9 +20,8 @@ PY
 fi
 for s in "${seeds[@]}"; do
   for d in fast pil; do
-    [[ -f "$out/s$s-$d/summary.json" ]] || visionzoo train --data "$out/digits-jpg" --model resnet18 --img-size 32 \
-      --epochs 8 --batch-size 64 --lr 0.1 --sched cosine --scale 0.35,1.0 --workers 2 --device cpu --no-progress \
-      --seed "$s" --decode "$d" --output "$out/s$s-$d"
+    [[ -f "$out/s$s-$d/summary.json" ]] || visionzoo train --recipe demo --data "$out/digits-jpg" --device cpu \
+      --no-progress --seed "$s" --decode "$d" --output "$out/s$s-$d"
   done
 done
 python - "$out" <<'PY'
