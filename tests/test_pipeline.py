@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -82,3 +84,66 @@ def test_bench_data_reports_both_pipelines(tiny_imagefolder, tmp_path, capsys):
     assert r["ratio"] == pytest.approx(r["visionzoo"]["images_per_sec"] / r["torchvision"]["images_per_sec"])
     assert "ratio" in capsys.readouterr().out
     assert main(["bench-data", "--img-size", "32"]) == 2  # no data: one line, no traceback
+
+
+# ---------------------------------------------------------------- packed data sets
+
+def test_pack_round_trip_and_training_read_it(tiny_imagefolder, tmp_path):
+    import json
+    import shutil
+
+    from visionzoo.cli import main
+    from visionzoo.config import DataConfig
+    from visionzoo.data.loader import find_samples, make_loader
+    from visionzoo.data.datasets import ImageDataset
+    from visionzoo.data.packed import packed_samples
+
+    src = tmp_path / "src"
+    shutil.copytree(tiny_imagefolder, src)
+    big = src / "train" / "circle" / "big.jpg"
+    Image.new("RGB", (90, 60), (200, 30, 30)).save(big, quality=95)
+    small = next((src / "val" / "square").glob("*.jpg"))  # JPEGs within the cap are copied as they are
+    out = tmp_path / "pack"
+    assert main(["pack", "--data", str(src), "--output", str(out), "--max-size", "48", "--shard-mb", "1",
+                 "--workers", "1", "--no-progress"]) == 0
+    meta = json.loads((out / "pack.json").read_text())
+    plain = {s: find_samples(DataConfig(data=str(src)), s) for s in ("train", "val")}
+    for split in ("train", "val"):
+        packed = packed_samples(out, split)
+        assert meta[split]["images"] == len(packed.items) == len(plain[split].items)
+        assert packed.classes == plain[split].classes
+        assert sorted(packed.items) == sorted((str(Path(p).relative_to(src)), y) for p, y in plain[split].items)
+    train = packed_samples(out, "train")
+    i = [n for n, _ in train.items].index("train/circle/big.jpg")
+    assert train.open(i).size == (48, 32)  # the longer side capped, the aspect kept
+    val = packed_samples(out, "val")
+    j = [n for n, _ in val.items].index(str(small.relative_to(src)))
+    assert val.store.read(j) == small.read_bytes()
+    # workers read the memory-mapped shards themselves: the same batches as the main process
+    ds = ImageDataset(train, train_transform(24))
+    batches = [torch.cat([b[0] for b in make_loader(ds, 8, w, True, seed=3)]) for w in (0, 2)]
+    assert torch.equal(*batches)
+    # train and evaluate straight from the pack
+    run = tmp_path / "run"
+    assert main(["train", "--model", "resnet10", "--data", str(out), "--img-size", "24", "--epochs", "1",
+                 "--batch-size", "8", "--workers", "0", "--device", "cpu", "--output", str(run), "--no-progress"]) == 0
+    js = tmp_path / "e.json"
+    assert main(["eval", "--checkpoint", str(run / "last.pth"), "--json", str(js), "--no-progress"]) == 0
+    assert json.loads(js.read_text())["num_images"] == len(plain["val"].items)
+    assert main(["pack", "--data", str(src), "--output", str(out)]) == 2  # never over an existing pack
+
+
+def test_pack_names_a_bad_image_or_leaves_it_out(tiny_imagefolder, tmp_path, capsys):
+    import json
+    import shutil
+
+    from visionzoo.cli import main
+
+    src = tmp_path / "src"
+    shutil.copytree(tiny_imagefolder, src)
+    (src / "train" / "square" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    assert main(["pack", "--data", str(src), "--output", str(tmp_path / "a"), "--workers", "1", "--no-progress"]) == 2
+    assert "broken.jpg" in capsys.readouterr().err and not (tmp_path / "a" / "pack.json").exists()
+    assert main(["pack", "--data", str(src), "--output", str(tmp_path / "b"), "--workers", "1", "--no-progress",
+                 "--skip-bad-images"]) == 0
+    assert json.loads((tmp_path / "b" / "pack.json").read_text())["train"]["skipped"] == 1

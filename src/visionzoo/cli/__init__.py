@@ -24,6 +24,7 @@ from . import (
     make_lt,
     metric,
     models,
+    pack,
     predict,
     preprocess,
     quantize,
@@ -50,6 +51,7 @@ COMMANDS = {
     "infer": infer,
     "metric": metric,
     "make-lt": make_lt,
+    "pack": pack,
     "tau-norm": tau_norm,
     "finetune-res": finetune_res,
 }

@@ -20,6 +20,8 @@ def add_parser(sub) -> None:
     p.add_argument("--batches", type=int, default=50, help="timed batches")
     p.add_argument("--warmup", type=int, default=5, help="untimed batches first (worker start-up)")
     p.add_argument("--baseline", action="store_true", help="also time torchvision's pipeline; print the ratio")
+    p.add_argument("--baseline-data", metavar="DIR",
+                   help="the ImageFolder the baseline reads (default --data; give it when --data is a pack)")
     p.add_argument("--device", default="cpu", help="where batches are delivered: cpu | cuda | cuda:N")
     p.add_argument("--json", metavar="FILE")
     p.add_argument("--no-progress", dest="progress", action="store_false")
@@ -38,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batches < 1 or args.warmup < 0 or args.batch_size < 1:
         raise ConfigError("--batches and --batch-size must be >= 1, --warmup >= 0")
     r = bench_data(cfg, args.split, args.batch_size, args.batches, args.warmup, args.device, args.baseline,
-                   args.progress)
+                   args.progress, args.baseline_data)
     line = (f"{r['split']} {r['img_size']} px, batch {r['batch_size']}, {r['workers']} workers, to {r['device']}: "
             f"visionzoo ({r['decode']} decode) {r['visionzoo']['images_per_sec']:.1f} images/s")
     if "ratio" in r:

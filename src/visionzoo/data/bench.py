@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from ..config import DataConfig
 from ..models.registry import ModelCfg
+from .datasets import DataError
 from .loader import DeviceNormalizer, build_data, make_loader
 
 MEAN, STD = ModelCfg.mean, ModelCfg.std
@@ -70,8 +71,15 @@ def time_loader(loader: DataLoader, batches: int, warmup: int, device: torch.dev
 
 
 def bench_data(cfg: DataConfig, split: str = "train", batch_size: int = 64, batches: int = 50, warmup: int = 5,
-               device: str = "cpu", baseline: bool = False, progress: bool = False) -> dict[str, Any]:
-    """images/s of visionzoo's pipeline (and with baseline, torchvision's and the ratio)."""
+               device: str = "cpu", baseline: bool = False, progress: bool = False,
+               baseline_data: str | None = None) -> dict[str, Any]:
+    """images/s of visionzoo's pipeline (and with baseline, torchvision's on baseline_data or the same
+    folder, and the ratio)."""
+    from .packed import is_packed
+
+    baseline_data = baseline_data or cfg.data
+    if baseline and is_packed(baseline_data):
+        raise DataError(f"{baseline_data} is a pack: give the baseline its source folder (--baseline-data DIR)")
     dev = torch.device(device)
     pin = dev.type == "cuda"
     img_size = cfg.img_size or ModelCfg.input_size
@@ -81,7 +89,8 @@ def bench_data(cfg: DataConfig, split: str = "train", batch_size: int = 64, batc
     normalizer = DeviceNormalizer(MEAN, STD, dev)
     result["visionzoo"] = time_loader(loader, batches, warmup, dev, normalizer, progress)
     if baseline:
-        ref = torchvision_loader(cfg.data, split, img_size, cfg.workers, batch_size, cfg.crop_pct or 0.875, pin)
+        result["baseline_data"] = baseline_data
+        ref = torchvision_loader(baseline_data, split, img_size, cfg.workers, batch_size, cfg.crop_pct or 0.875, pin)
         result["torchvision"] = time_loader(ref, batches, warmup, dev, None, progress)
         result["ratio"] = result["visionzoo"]["images_per_sec"] / result["torchvision"]["images_per_sec"]
     return result

@@ -12,12 +12,13 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from .images import BadImageError, load_rgb, open_image
+from .images import BadImageError, decode_rgb, open_image
 
 
 class DataError(ValueError):
@@ -26,8 +27,13 @@ class DataError(ValueError):
 
 @dataclass
 class Samples:
-    items: list[tuple[str, int]]
+    items: list[tuple[str, int]]  # (file path, or a packed entry's name; label)
     classes: list[str]  # index -> class name
+    store: Any = None  # a packed.PackedStore holding the encoded images (`visionzoo pack`)
+
+    def open(self, index: int):
+        """The image's header only (pixels are decoded later, at the scale the crop needs)."""
+        return self.store.open(index) if self.store is not None else open_image(self.items[index][0])
 
     @property
     def num_classes(self) -> int:
@@ -166,7 +172,7 @@ class ImageDataset(Dataset):
         replaced = 0
         while True:
             try:
-                out = self._decode_and_transform(path, seed)
+                out = self._decode_and_transform((index + replaced) % len(self), seed)
                 break
             except BadImageError:
                 if not self.skip_bad:
@@ -180,15 +186,16 @@ class ImageDataset(Dataset):
         return (out, label, 1) if replaced else (out, label)
 
 
-    def _decode_and_transform(self, path: str, seed: int | None):
-        # fused transforms (transforms.DecodeTransform) decode the file themselves, at the scale they need
+    def _decode_and_transform(self, index: int, seed: int | None):
+        # fused transforms (transforms.Fused) decode the file themselves, at the scale they need
         fused = getattr(self.transform, "takes_opened_image", False)
         with torch.random.fork_rng(devices=[], enabled=seed is not None):
             if seed is not None:
                 # the CPU generator only: torch.manual_seed also queues lazy seeding of every accelerator
                 # backend, recording a stack trace each time (~0.5 ms a sample)
                 torch.default_generator.manual_seed(seed)
-            return self.transform(open_image(path) if fused else load_rgb(path))
+            img = self.samples.open(index)
+            return self.transform(img if fused else decode_rgb(img, turbo=False))
 
 
 class DummyDataset(Dataset):

@@ -49,13 +49,14 @@ def _decode_jpeg_turbo(img: Image.Image, factor: int) -> np.ndarray | None:
         return None  # CMYK, arithmetic coding, or a damaged file: Pillow decides (and names the file)
 
 
-def decode_rgb_array(img: Image.Image, min_size: tuple[int, int] | None = None) -> np.ndarray:
+def decode_rgb_array(img: Image.Image, min_size: tuple[int, int] | None = None, turbo: bool = True) -> np.ndarray:
     """Decode an opened image to an RGB uint8 HWC array (grayscale, CMYK, palette and alpha converted)
     and close the file.
 
     min_size (w, h): a JPEG may decode at 1/2, 1/4 or 1/8 scale through libjpeg-turbo's DCT scaling as
     long as both sides stay >= min_size: far less work for a small output. JPEGs decode with simplejpeg
-    (libjpeg-turbo, ~1.5x faster than Pillow's decoder here) when it is installed, else with Pillow.
+    (libjpeg-turbo, ~1.5x faster than Pillow's decoder here) when it is installed and turbo is on, else
+    with Pillow.
     Truncated files fail here rather than yielding a half-grey image: LOAD_TRUNCATED_IMAGES stays off,
     and simplejpeg runs strict.
     """
@@ -63,7 +64,7 @@ def decode_rgb_array(img: Image.Image, min_size: tuple[int, int] | None = None) 
         with img:
             if img.format == "JPEG":
                 factor = _dct_factor(*img.size, min_size) if min_size is not None else 1
-                fast = _decode_jpeg_turbo(img, factor)
+                fast = _decode_jpeg_turbo(img, factor) if turbo else None
                 if fast is not None:
                     return fast
                 if factor > 1:
@@ -75,9 +76,9 @@ def decode_rgb_array(img: Image.Image, min_size: tuple[int, int] | None = None) 
         raise BadImageError(f"{name}: cannot decode image ({type(e).__name__}: {e})") from None
 
 
-def decode_rgb(img: Image.Image, min_size: tuple[int, int] | None = None) -> Image.Image:
-    """decode_rgb_array as a PIL image."""
-    return Image.fromarray(decode_rgb_array(img, min_size), "RGB")
+def decode_rgb(img: Image.Image, min_size: tuple[int, int] | None = None, turbo: bool = True) -> Image.Image:
+    """decode_rgb_array as a PIL image; turbo=False decodes with Pillow alone (the reference pipeline)."""
+    return Image.fromarray(decode_rgb_array(img, min_size, turbo), "RGB")
 
 
 def load_rgb(path: str | Path) -> Image.Image:

@@ -21,6 +21,7 @@ from .datasets import (
     image_folder,
     list_samples,
 )
+from .packed import is_packed, packed_samples
 from .transforms import eval_transform, train_transform
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,8 @@ def _data_root(cfg: DataConfig) -> Path | None:
 def find_samples(cfg: DataConfig, split: str, classes: list[str] | None = None, num_classes: int | None = None) -> Samples:
     """Samples of one split from --data / --train-list / --val-list / --train-root / --val-root."""
     root = _data_root(cfg)
+    if is_packed(root) and not (cfg.train_list or cfg.val_list):
+        return packed_samples(root, split, classes)
     list_file = cfg.train_list if split == "train" else cfg.val_list
     split_root = cfg.train_root if split == "train" else cfg.val_root
     if list_file:

@@ -1,0 +1,37 @@
+"""visionzoo pack: a packed copy of an ImageFolder for fast loading (see visionzoo.data.packed).
+
+Images are re-encoded as JPEG with their longer side capped at --max-size (JPEGs already within it are
+copied byte for byte) into large shard files with an index. Train and eval read the pack directly:
+`--data OUT`. Packing runs in --workers processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("pack", help="pack an ImageFolder into shard files for fast loading", description=__doc__)
+    p.add_argument("--data", required=True, help="ImageFolder root with train/<class>/ and/or val/<class>/")
+    p.add_argument("--output", required=True)
+    p.add_argument("--max-size", type=int, default=256, help="cap on the longer side, px")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality of re-encoded images")
+    p.add_argument("--shard-mb", type=int, default=256, help="shard file size, MiB")
+    p.add_argument("--workers", "-j", type=int, default=2)
+    p.add_argument("--skip-bad-images", action="store_true", help="leave undecodable images out (counted)")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..data.packed import pack
+
+    m = pack(args.data, args.output, args.max_size, args.quality, args.shard_mb * 2**20, args.workers,
+             args.skip_bad_images, args.progress)
+    for split in m["splits"]:
+        s = m[split]
+        print(f"{split}: {s['images']} images in {s['shards']} shard(s), {s['bytes'] / 2**20:.1f} MiB"
+              + (f", {s['skipped']} undecodable left out" if s["skipped"] else ""))
+    print(f"wrote {args.output} ({m['classes']} classes, longer side <= {m['max_size']} px); "
+          f"use it as --data {args.output}")
+    return 0

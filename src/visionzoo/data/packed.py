@@ -1,0 +1,173 @@
+"""Packed data sets (`visionzoo pack`): images re-encoded with their longer side capped, in large shard
+files with an index, read with random access by any number of workers and ranks.
+
+Layout of OUT: pack.json (format, settings, counts; written last, so its presence marks a complete pack),
+classes.txt, and per split `<split>/shard-NNNNN.bin` (encoded images back to back) with `<split>/index.npz`
+(shard, offset, length, label per image, and the source file names). Shards are memory-mapped per
+process, so workers share the page cache and nothing is copied until an image is decoded. The format is
+numpy's and the images are ordinary JPEG/PNG files: no extra dependency, readable without visionzoo.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import mmap
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .datasets import DataError, Samples, folder_classes, image_folder
+from .images import BadImageError, load_rgb, open_image
+
+FORMAT = "visionzoo-pack-1"
+PACK_FILE = "pack.json"
+
+
+def is_packed(root: str | Path | None) -> bool:
+    return root is not None and (Path(root) / PACK_FILE).is_file()
+
+
+class PackedStore:
+    """One split's shards and index; picklable (each process maps the shards itself, lazily)."""
+
+    def __init__(self, split_dir: str | Path):
+        self.split_dir = Path(split_dir)
+        index = np.load(self.split_dir / "index.npz")
+        self.shard, self.offset, self.length = index["shard"], index["offset"], index["length"]
+        self.labels, self.names = index["label"], index["name"]
+        self._maps: dict[int, mmap.mmap] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_maps": {}}
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def read(self, i: int) -> bytes:
+        s = int(self.shard[i])
+        if s not in self._maps:
+            with open(self.split_dir / f"shard-{s:05d}.bin", "rb") as f:
+                self._maps[s] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        start = int(self.offset[i])
+        return self._maps[s][start:start + int(self.length[i])]
+
+    def open(self, i: int) -> Image.Image:
+        """The image's header only, like images.open_image; errors name the packed entry."""
+        name = f"{self.split_dir}[{i}] ({self.names[i]})"
+        try:
+            img = Image.open(io.BytesIO(self.read(i)))
+            img.filename = name  # for error messages downstream
+            return img
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            raise BadImageError(f"{name}: cannot decode image ({type(e).__name__}: {e})") from None
+
+
+def packed_samples(root: str | Path, split: str, classes: list[str] | None = None) -> Samples:
+    """Samples of one split of a pack; labels are remapped when classes (e.g. a model's) are given."""
+    root = Path(root)
+    meta = json.loads((root / PACK_FILE).read_text())
+    if meta.get("format") != FORMAT:
+        raise DataError(f"{root / PACK_FILE}: unknown pack format {meta.get('format')!r} (expected {FORMAT})")
+    if not (root / split / "index.npz").is_file():
+        raise DataError(f"{root}: the pack has no {split} split (it holds {', '.join(meta['splits'])})")
+    pack_classes = (root / "classes.txt").read_text().split("\n")[:-1]
+    store = PackedStore(root / split)
+    labels = store.labels.tolist()
+    if classes is not None and list(classes) != pack_classes:
+        index = {c: i for i, c in enumerate(classes)}
+        unknown = sorted({pack_classes[label] for label in set(labels)} - set(index))
+        if unknown:
+            raise DataError(f"{root}: classes {unknown[:5]} are not among the {len(classes)} given classes")
+        labels = [index[pack_classes[label]] for label in labels]
+    names = store.names.tolist()
+    return Samples(list(zip(names, labels)), list(classes or pack_classes), store=store)
+
+
+def _encode(path: str, max_size: int, quality: int) -> bytes:
+    """The file's bytes if it is a JPEG within max_size, else a JPEG of it with the longer side capped."""
+    img = open_image(path)
+    fmt, size = img.format, img.size
+    img.close()
+    if fmt == "JPEG" and max(size) <= max_size:
+        return Path(path).read_bytes()
+    rgb = load_rgb(path)
+    if max(rgb.size) > max_size:
+        scale = max_size / max(rgb.size)
+        rgb = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))),
+                         Image.Resampling.LANCZOS, reducing_gap=3.0)
+    buf = io.BytesIO()
+    rgb.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _encode_or_error(args: tuple[str, int, int]) -> bytes | str:
+    try:
+        return _encode(*args)
+    except BadImageError as e:
+        return str(e)
+
+
+def pack(data: str | Path, output: str | Path, max_size: int = 256, quality: int = 90,
+         shard_bytes: int = 256 * 2**20, workers: int = 2, skip_bad: bool = False,
+         progress: bool = True) -> dict[str, Any]:
+    """Pack an ImageFolder (DATA/train/<class>/..., DATA/val/<class>/...) into OUTPUT; returns pack.json."""
+    from tqdm import tqdm
+
+    data, out = Path(data), Path(output)
+    if max_size < 16 or not 1 <= quality <= 100:
+        raise DataError(f"--max-size {max_size} (>= 16) or --quality {quality} (1-100) out of range")
+    if is_packed(out):
+        raise DataError(f"{out} already holds a pack: remove it or choose another --output")
+    splits = [s for s in ("train", "val") if (data / s).is_dir()]
+    if not splits:
+        raise DataError(f"{data}: no train/ or val/ folder to pack")
+    classes = folder_classes(data / splits[0])
+    out.mkdir(parents=True, exist_ok=True)
+    counts: dict[str, Any] = {}
+    with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+        for split in splits:
+            samples = image_folder(data / split, classes)
+            split_dir = out / split
+            split_dir.mkdir(exist_ok=True)
+            cols: dict[str, list] = {k: [] for k in ("shard", "offset", "length", "label", "name")}
+            shard, offset, skipped, total_bytes = 0, 0, [], 0
+            f = open(split_dir / f"shard-{shard:05d}.bin.tmp", "wb")
+            jobs = ((p, max_size, quality) for p, _ in samples.items)
+            results = pool.map(_encode_or_error, jobs, chunksize=16)
+            for (path, label), blob in tqdm(zip(samples.items, results), total=len(samples.items), desc=split,
+                                            disable=None if progress else True, leave=False):
+                if isinstance(blob, str):
+                    if not skip_bad:
+                        raise BadImageError(blob)
+                    skipped.append(blob)
+                    continue
+                if offset and offset + len(blob) > shard_bytes:
+                    f.close()
+                    shard, offset = shard + 1, 0
+                    f = open(split_dir / f"shard-{shard:05d}.bin.tmp", "wb")
+                f.write(blob)
+                for k, v in (("shard", shard), ("offset", offset), ("length", len(blob)), ("label", label),
+                             ("name", os.path.relpath(path, data))):
+                    cols[k].append(v)
+                offset += len(blob)
+                total_bytes += len(blob)
+            f.close()
+            for s in range(shard + 1):
+                os.replace(split_dir / f"shard-{s:05d}.bin.tmp", split_dir / f"shard-{s:05d}.bin")
+            np.savez(split_dir / "index.npz", shard=np.array(cols["shard"], np.int32),
+                     offset=np.array(cols["offset"], np.int64), length=np.array(cols["length"], np.int64),
+                     label=np.array(cols["label"], np.int32), name=np.array(cols["name"]))
+            counts[split] = {"images": len(cols["label"]), "shards": shard + 1, "bytes": total_bytes,
+                             "skipped": len(skipped), "skipped_files": skipped[:20]}
+    (out / "classes.txt").write_text("".join(f"{c}\n" for c in classes))
+    meta = {"format": FORMAT, "source": str(data), "max_size": max_size, "quality": quality, "splits": splits,
+            "classes": len(classes), **counts}
+    from ..engine.runlog import write_json
+
+    write_json(out / PACK_FILE, meta)  # last: a pack without pack.json is incomplete
+    return meta
