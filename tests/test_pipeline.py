@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -144,6 +145,10 @@ def test_pack_names_a_bad_image_or_leaves_it_out(tiny_imagefolder, tmp_path, cap
     (src / "train" / "square" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     assert main(["pack", "--data", str(src), "--output", str(tmp_path / "a"), "--workers", "1", "--no-progress"]) == 2
     assert "broken.jpg" in capsys.readouterr().err and not (tmp_path / "a" / "pack.json").exists()
+    assert not list((tmp_path / "a").rglob("*.tmp"))  # no half-written shards left behind
     assert main(["pack", "--data", str(src), "--output", str(tmp_path / "b"), "--workers", "1", "--no-progress",
                  "--skip-bad-images"]) == 0
     assert json.loads((tmp_path / "b" / "pack.json").read_text())["train"]["skipped"] == 1
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "b" / "pack.json").stat().st_mode & 0o777 == 0o666 & ~umask  # as a plain open() makes

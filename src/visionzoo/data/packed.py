@@ -116,8 +116,6 @@ def pack(data: str | Path, output: str | Path, max_size: int = 256, quality: int
          shard_bytes: int = 256 * 2**20, workers: int = 2, skip_bad: bool = False,
          progress: bool = True) -> dict[str, Any]:
     """Pack an ImageFolder (DATA/train/<class>/..., DATA/val/<class>/...) into OUTPUT; returns pack.json."""
-    from tqdm import tqdm
-
     data, out = Path(data), Path(output)
     if max_size < 16 or not 1 <= quality <= 100:
         raise DataError(f"--max-size {max_size} (>= 16) or --quality {quality} (1-100) out of range")
@@ -129,41 +127,15 @@ def pack(data: str | Path, output: str | Path, max_size: int = 256, quality: int
     classes = folder_classes(data / splits[0])
     out.mkdir(parents=True, exist_ok=True)
     counts: dict[str, Any] = {}
-    with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
-        for split in splits:
-            samples = image_folder(data / split, classes)
-            split_dir = out / split
-            split_dir.mkdir(exist_ok=True)
-            cols: dict[str, list] = {k: [] for k in ("shard", "offset", "length", "label", "name")}
-            shard, offset, skipped, total_bytes = 0, 0, [], 0
-            f = open(split_dir / f"shard-{shard:05d}.bin.tmp", "wb")
-            jobs = ((p, max_size, quality) for p, _ in samples.items)
-            results = pool.map(_encode_or_error, jobs, chunksize=16)
-            for (path, label), blob in tqdm(zip(samples.items, results), total=len(samples.items), desc=split,
-                                            disable=None if progress else True, leave=False):
-                if isinstance(blob, str):
-                    if not skip_bad:
-                        raise BadImageError(blob)
-                    skipped.append(blob)
-                    continue
-                if offset and offset + len(blob) > shard_bytes:
-                    f.close()
-                    shard, offset = shard + 1, 0
-                    f = open(split_dir / f"shard-{shard:05d}.bin.tmp", "wb")
-                f.write(blob)
-                for k, v in (("shard", shard), ("offset", offset), ("length", len(blob)), ("label", label),
-                             ("name", os.path.relpath(path, data))):
-                    cols[k].append(v)
-                offset += len(blob)
-                total_bytes += len(blob)
-            f.close()
-            for s in range(shard + 1):
-                os.replace(split_dir / f"shard-{s:05d}.bin.tmp", split_dir / f"shard-{s:05d}.bin")
-            np.savez(split_dir / "index.npz", shard=np.array(cols["shard"], np.int32),
-                     offset=np.array(cols["offset"], np.int64), length=np.array(cols["length"], np.int64),
-                     label=np.array(cols["label"], np.int32), name=np.array(cols["name"]))
-            counts[split] = {"images": len(cols["label"]), "shards": shard + 1, "bytes": total_bytes,
-                             "skipped": len(skipped), "skipped_files": skipped[:20]}
+    try:
+        with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+            for split in splits:
+                counts[split] = _pack_split(pool, data, out / split, classes, max_size, quality, shard_bytes,
+                                            skip_bad, progress)
+    except BaseException:
+        for tmp in out.glob("*/shard-*.bin.tmp"):  # an interrupted pack leaves no half-written shards
+            tmp.unlink()
+        raise
     (out / "classes.txt").write_text("".join(f"{c}\n" for c in classes))
     meta = {"format": FORMAT, "source": str(data), "max_size": max_size, "quality": quality, "splits": splits,
             "classes": len(classes), **counts}
@@ -171,3 +143,44 @@ def pack(data: str | Path, output: str | Path, max_size: int = 256, quality: int
 
     write_json(out / PACK_FILE, meta)  # last: a pack without pack.json is incomplete
     return meta
+
+
+def _pack_split(pool, data: Path, split_dir: Path, classes: list[str], max_size: int, quality: int,
+                shard_bytes: int, skip_bad: bool, progress: bool) -> dict[str, Any]:
+    """One split into split_dir: shards written as .tmp and renamed at the end, then index.npz."""
+    from tqdm import tqdm
+
+    samples = image_folder(data / split_dir.name, classes)
+    split_dir.mkdir(exist_ok=True)
+    cols: dict[str, list] = {k: [] for k in ("shard", "offset", "length", "label", "name")}
+    shard, offset, skipped, total_bytes = 0, 0, [], 0
+    f = open(split_dir / f"shard-{shard:05d}.bin.tmp", "wb")
+    try:
+        jobs = ((p, max_size, quality) for p, _ in samples.items)
+        results = pool.map(_encode_or_error, jobs, chunksize=16)
+        for (path, label), blob in tqdm(zip(samples.items, results), total=len(samples.items),
+                                        desc=split_dir.name, disable=None if progress else True, leave=False):
+            if isinstance(blob, str):
+                if not skip_bad:
+                    raise BadImageError(blob)
+                skipped.append(blob)
+                continue
+            if offset and offset + len(blob) > shard_bytes:
+                f.close()
+                shard, offset = shard + 1, 0
+                f = open(split_dir / f"shard-{shard:05d}.bin.tmp", "wb")
+            f.write(blob)
+            for k, v in (("shard", shard), ("offset", offset), ("length", len(blob)), ("label", label),
+                         ("name", os.path.relpath(path, data))):
+                cols[k].append(v)
+            offset += len(blob)
+            total_bytes += len(blob)
+    finally:
+        f.close()
+    for s in range(shard + 1):
+        os.replace(split_dir / f"shard-{s:05d}.bin.tmp", split_dir / f"shard-{s:05d}.bin")
+    np.savez(split_dir / "index.npz", shard=np.array(cols["shard"], np.int32),
+             offset=np.array(cols["offset"], np.int64), length=np.array(cols["length"], np.int64),
+             label=np.array(cols["label"], np.int32), name=np.array(cols["name"]))
+    return {"images": len(cols["label"]), "shards": shard + 1, "bytes": total_bytes, "skipped": len(skipped),
+            "skipped_files": skipped[:20]}

@@ -15,6 +15,13 @@ import numpy as np
 import torch
 
 
+def _default_mode(tmp: str | Path) -> None:
+    """mkstemp makes 0600 files: give the result the mode a plain open() would (0666 less the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+
+
 def atomic_save(obj: Any, path: str | Path) -> None:
     """torch.save to a temp file in the same folder, fsync, then rename over path.
 
@@ -27,6 +34,7 @@ def atomic_save(obj: Any, path: str | Path) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        _default_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -45,6 +53,7 @@ def atomic_path(dst: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        _default_mode(tmp)
         os.replace(tmp, dst)
     finally:
         if os.path.exists(tmp):
