@@ -33,6 +33,20 @@ def test_fast_eval_matches_the_torchvision_pipeline(photo, size, crop_pct, tol):
     assert (fast - ref).abs().mean() < tol
 
 
+@pytest.mark.parametrize("w, h", [(1500, 1000), (1501, 1003), (333, 501)])
+def test_fast_eval_frames_exactly_when_the_dct_scale_does_not_divide_the_size(photo, tmp_path, w, h):
+    path = tmp_path / "odd.jpg"
+    Image.open(photo).resize((w, h)).save(path, quality=92)
+    for size, crop_pct in ((224, 0.875), (128, 1.0)):
+        fast = eval_transform(size, crop_pct)(open_image(path)).float()
+        ref = eval_transform(size, crop_pct, decode="pil")(load_rgb(path)).float()
+        assert (fast - ref).abs().mean() < 1.5  # aligned sizes give 0.4-1.3 here; a third of a pixel off, 1.8+
+
+
+def test_fast_fixres_crop_with_padding_ratio_keeps_its_shape(photo):
+    assert train_transform(224, crop="fixres", crop_pct=1.15)(open_image(photo)).shape == (3, 224, 224)
+
+
 @pytest.mark.parametrize("size", [224, 128])
 def test_fast_train_crop_draws_torchvisions_window(photo, size):
     for seed in range(4):
@@ -120,6 +134,8 @@ def test_pack_round_trip_and_training_read_it(tiny_imagefolder, tmp_path):
     val = packed_samples(out, "val")
     j = [n for n, _ in val.items].index(str(small.relative_to(src)))
     assert val.store.read(j) == small.read_bytes()
+    sub = val.subset([j, 0])  # e.g. a calibration subset: entries follow their images
+    assert sub.items[0] == val.items[j] and sub.store.read(0) == small.read_bytes()
     # workers read the memory-mapped shards themselves: the same batches as the main process
     ds = ImageDataset(train, train_transform(24))
     batches = [torch.cat([b[0] for b in make_loader(ds, 8, w, True, seed=3)]) for w in (0, 2)]

@@ -24,15 +24,23 @@ MEAN, STD = ModelCfg.mean, ModelCfg.std
 
 
 def torchvision_loader(root: str | Path, split: str, img_size: int, workers: int, batch_size: int,
-                       crop_pct: float = 0.875, pin_memory: bool = False) -> DataLoader:
-    """The usual pipeline: ImageFolder + transforms.v2 on PIL images, float normalisation in the workers."""
+                       cfg: DataConfig | None = None, pin_memory: bool = False) -> DataLoader:
+    """The usual pipeline: ImageFolder + transforms.v2 on PIL images, float normalisation in the workers,
+    with cfg's crop settings (scale, ratio, flip, interpolation, crop_pct) so both pipelines do the same work."""
     from torchvision.datasets import ImageFolder
     from torchvision.transforms import v2
 
+    from .transforms import _INTERP
+
+    cfg = cfg or DataConfig()
+    interp = _INTERP[cfg.interpolation or ModelCfg.interpolation]
     if split == "train":
-        geometry = [v2.RandomResizedCrop(img_size, antialias=True), v2.RandomHorizontalFlip()]
+        geometry = [v2.RandomResizedCrop(img_size, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio),
+                                         interpolation=interp, antialias=True)]
+        geometry += [v2.RandomHorizontalFlip(cfg.hflip)] if cfg.hflip > 0 else []
     else:
-        geometry = [v2.Resize(int(img_size / crop_pct), antialias=True), v2.CenterCrop(img_size)]
+        geometry = [v2.Resize(int(img_size / (cfg.crop_pct or ModelCfg.crop_pct)), interpolation=interp,
+                              antialias=True), v2.CenterCrop(img_size)]
     tf = v2.Compose([*geometry, v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
     ds = ImageFolder(str(Path(root) / split), transform=tf)
     return DataLoader(ds, batch_size=batch_size, shuffle=split == "train", num_workers=workers, drop_last=True,
@@ -90,7 +98,7 @@ def bench_data(cfg: DataConfig, split: str = "train", batch_size: int = 64, batc
     result["visionzoo"] = time_loader(loader, batches, warmup, dev, normalizer, progress)
     if baseline:
         result["baseline_data"] = baseline_data
-        ref = torchvision_loader(baseline_data, split, img_size, cfg.workers, batch_size, cfg.crop_pct or 0.875, pin)
+        ref = torchvision_loader(baseline_data, split, img_size, cfg.workers, batch_size, cfg, pin)
         result["torchvision"] = time_loader(ref, batches, warmup, dev, None, progress)
         result["ratio"] = result["visionzoo"]["images_per_sec"] / result["torchvision"]["images_per_sec"]
     return result

@@ -31,6 +31,11 @@ class Samples:
     classes: list[str]  # index -> class name
     store: Any = None  # a packed.PackedStore holding the encoded images (`visionzoo pack`)
 
+    def subset(self, indices: Sequence[int]) -> Samples:
+        """These samples at indices, in that order (a packed store follows along)."""
+        store = self.store.subset(indices) if self.store is not None else None
+        return Samples([self.items[i] for i in indices], self.classes, store)
+
     def open(self, index: int):
         """The image's header only (pixels are decoded later, at the scale the crop needs)."""
         return self.store.open(index) if self.store is not None else open_image(self.items[index][0])

@@ -76,6 +76,15 @@ def decode_rgb_array(img: Image.Image, min_size: tuple[int, int] | None = None, 
         raise BadImageError(f"{name}: cannot decode image ({type(e).__name__}: {e})") from None
 
 
+def decode_rgb_scaled(img: Image.Image, min_size: tuple[int, int]) -> tuple[np.ndarray, int]:
+    """decode_rgb_array and the DCT factor f it decoded at: source pixel x is at x / f in the array
+    (libjpeg keeps ceil(w / f) columns, the last one partial, so arr_w / w is not the scale)."""
+    w, h = img.size
+    arr = decode_rgb_array(img, min_size)
+    factor = next((f for f in (8, 4, 2) if (-(-w // f), -(-h // f)) == (arr.shape[1], arr.shape[0])), 1)
+    return arr, factor
+
+
 def decode_rgb(img: Image.Image, min_size: tuple[int, int] | None = None, turbo: bool = True) -> Image.Image:
     """decode_rgb_array as a PIL image; turbo=False decodes with Pillow alone (the reference pipeline)."""
     return Image.fromarray(decode_rgb_array(img, min_size, turbo), "RGB")

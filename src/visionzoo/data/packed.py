@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from .datasets import DataError, Samples, folder_classes, image_folder
-from .images import BadImageError, load_rgb, open_image
+from .images import BadImageError, decode_rgb_array, load_rgb, open_image
 
 FORMAT = "visionzoo-pack-1"
 PACK_FILE = "pack.json"
@@ -41,6 +41,15 @@ class PackedStore:
         self.shard, self.offset, self.length = index["shard"], index["offset"], index["length"]
         self.labels, self.names = index["label"], index["name"]
         self._maps: dict[int, mmap.mmap] = {}
+
+    def subset(self, indices) -> PackedStore:
+        """A store of these entries only, in this order (same shard files)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        sub = object.__new__(PackedStore)
+        sub.split_dir, sub._maps = self.split_dir, {}
+        for name in ("shard", "offset", "length", "labels", "names"):
+            setattr(sub, name, getattr(self, name)[idx])
+        return sub
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_maps": {}}
@@ -94,6 +103,7 @@ def _encode(path: str, max_size: int, quality: int) -> bytes:
     fmt, size = img.format, img.size
     img.close()
     if fmt == "JPEG" and max(size) <= max_size:
+        decode_rgb_array(open_image(path))  # a damaged file fails here, at pack time, naming itself
         return Path(path).read_bytes()
     rgb = load_rgb(path)
     if max(rgb.size) > max_size:

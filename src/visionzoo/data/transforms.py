@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torchvision.transforms import InterpolationMode, RandomResizedCrop, v2
 
-from .images import decode_rgb_array
+from .images import decode_rgb_scaled
 
 _INTERP = {
     "bilinear": InterpolationMode.BILINEAR,
@@ -68,19 +68,26 @@ class DecodeCrop:
         if self.mode == "random_resized":
             top, left, ch, cw = RandomResizedCrop.get_params(img, self.scale, self.ratio)
             # the smallest decode whose copy of the window still has >= size pixels each way: no detail lost
-            arr = decode_rgb_array(img, (math.ceil(w * self.size / cw), math.ceil(h * self.size / ch)))
-            fy, fx = arr.shape[0] / h, arr.shape[1] / w
-            top, left = int(round(top * fy)), int(round(left * fx))
-            ch = max(1, min(int(round(ch * fy)), arr.shape[0] - top))
-            cw = max(1, min(int(round(cw * fx)), arr.shape[1] - left))
+            arr, f = decode_rgb_scaled(img, (math.ceil(w * self.size / cw), math.ceil(h * self.size / ch)))
+            y0, x0 = min(round(top / f), arr.shape[0] - 1), min(round(left / f), arr.shape[1] - 1)
+            y1, x1 = min(max(round((top + ch) / f), y0 + 1), arr.shape[0]), min(max(round((left + cw) / f), x0 + 1),
+                                                                              arr.shape[1])
             # HWC memory seen as CHW: torch's uint8 antialiased resize is fastest on this channels-last layout
-            return v2.functional.resized_crop(_chw(arr), top, left, ch, cw, [self.size, self.size],
+            return v2.functional.resized_crop(_chw(arr), y0, x0, y1 - y0, x1 - x0, [self.size, self.size],
                                               interpolation=self.interpolation, antialias=True)
-        # eval framing: resize the (DCT-reduced) image as torchvision's Resize would, then crop whole pixels,
-        # so the window is exactly the plain pipeline's
+        # eval framing: torchvision's Resize to (nw, nh) then a whole-pixel crop. A DCT-reduced array holds
+        # ceil(w / f) columns for w / f of image, so it is resized by the same scale (nw / w per source
+        # pixel), not to (nw, nh), and the crop lands on the same source window
         nw, nh = self._resized(w, h)
-        arr = decode_rgb_array(img, (nw, nh))
-        resized = v2.functional.resize(_chw(arr), [nh, nw], interpolation=self.interpolation, antialias=True)
+        arr, f = decode_rgb_scaled(img, (nw, nh))
+        if f == 1:
+            resized = v2.functional.resize(_chw(arr), [nh, nw], interpolation=self.interpolation, antialias=True)
+        else:  # the exact scale, not a rounded size: interpolate maps coordinates by the factor given
+            mode = {InterpolationMode.BILINEAR: "bilinear", InterpolationMode.BICUBIC: "bicubic"}.get(
+                self.interpolation, "nearest")
+            resized = torch.nn.functional.interpolate(
+                _chw(arr)[None], scale_factor=(f * nh / h, f * nw / w), mode=mode, antialias=mode != "nearest",
+                recompute_scale_factor=False)[0]
         left = _shift_left(nw, self.size, self.shift)
         top = int(round((nh - self.size) / 2.0))
         return resized[:, top:top + self.size, left:left + self.size]
@@ -140,7 +147,7 @@ def train_transform(
         rest.append(v2.RandomHorizontalFlip(hflip))
     if color_jitter > 0:
         rest.append(v2.ColorJitter(color_jitter, color_jitter, color_jitter))
-    if decode == "fast":
+    if decode == "fast" and (crop != "fixres" or crop_pct <= 1.0):  # above 1 the crop pads: plain ops
         mode = "center" if crop == "fixres" else "random_resized"
         return Fused(DecodeCrop(img_size, mode, crop_pct, scale, ratio, interpolation, shift=crop == "fixres"), rest)
     if crop == "fixres":

@@ -15,11 +15,18 @@ import numpy as np
 import torch
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # once, at import: os.umask can only be read by setting it
+
+
 def _default_mode(tmp: str | Path) -> None:
     """mkstemp makes 0600 files: give the result the mode a plain open() would (0666 less the umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    os.chmod(tmp, 0o666 & ~_UMASK)
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..data.images import BadImageError, load_rgb
+from ..data.images import BadImageError, load_rgb, open_image
 from ..data.loader import DeviceNormalizer
 from ..data.transforms import eval_transform
 from .runtime import Runner
@@ -28,7 +28,9 @@ def _decode(paths: list[Path], transform) -> tuple[list[torch.Tensor | None], li
         try:
             if not p.is_file():
                 raise BadImageError(f"{p}: no such file")
-            images.append(transform(load_rgb(p)))
+            # fused transforms decode at the scale they need, as eval does, so both see the same pixels
+            images.append(transform(open_image(p) if getattr(transform, "takes_opened_image", False)
+                                    else load_rgb(p)))
             errors.append(None)
         except BadImageError as e:
             images.append(None)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..config import DataConfig
-from ..data.datasets import DataError, ImageDataset, Samples
+from ..data.datasets import DataError, ImageDataset
 from ..data.loader import DeviceNormalizer, make_loader
 from ..engine.checkpoint import atomic_path
 from .data import eval_dataset, first_batches
@@ -53,8 +53,7 @@ def calibration_batches(info: ModelInfo, data: DataConfig, n: int, batch_size: i
         ds, _, _ = eval_dataset(info, data, "val")
     if isinstance(ds, ImageDataset):
         order = torch.randperm(len(ds.samples.items), generator=torch.Generator().manual_seed(seed)).tolist()
-        items = [ds.samples.items[i] for i in order[: n * batch_size]]
-        ds = ImageDataset(Samples(items, ds.samples.classes), ds.transform, ds.skip_bad)
+        ds = ImageDataset(ds.samples.subset(order[: n * batch_size]), ds.transform, ds.skip_bad)
     loader = make_loader(ds, batch_size, min(data.workers, os.cpu_count() or 1), False)
     batches = first_batches(loader, DeviceNormalizer(info.mean, info.std, torch.device("cpu")), n)
     if not batches:
