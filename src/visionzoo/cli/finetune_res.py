@@ -10,12 +10,8 @@ fine-tuning at that size is logged first. Every training flag applies (--epochs,
 from __future__ import annotations
 
 import argparse
-import sys
-
-import yaml
-
-from ..config import ConfigError, to_dict
-from .options import add_config_flags, cli_overrides, nest
+from ..config import ConfigError
+from .options import add_config_flags, cli_overrides, nest, run_training
 
 
 def add_parser(sub) -> None:
@@ -36,17 +32,9 @@ def run(args: argparse.Namespace) -> int:
     test_size = (overrides.get("data") or {}).pop("img_size", None)
     if test_size is None:
         raise ConfigError("finetune-res needs --test-size S (the resolution to fine-tune and test at)")
-    cfg = finetune_config(args.checkpoint, test_size, args.mode, overrides)
-    if args.print_config:
-        yaml.safe_dump(to_dict(cfg), sys.stdout, sort_keys=False)
-        return 0
-    from ..engine.distributed import cleanup
-
-    try:
-        summary = finetune_res(cfg)
-    finally:
-        cleanup()
-    if not summary.get("checkpoint"):  # other ranks under torchrun: rank 0 reports
+    summary = run_training(finetune_res, finetune_config(args.checkpoint, test_size, args.mode, overrides),
+                           args.print_config)
+    if not summary or not summary.get("checkpoint"):  # --print-config, or another rank under torchrun
         return 0
     before, best = summary.get("before_finetune"), summary.get("best_top1")
     line = f"done: fine-tuned at {test_size} px for {summary['epochs_run']} epoch(s)"

@@ -15,6 +15,7 @@ from ..config import (
     field_index,
     field_type,
     load_yaml,
+    to_dict,
 )
 
 # --train-size / --test-size: the FixRes seed's words for the size a run trains (and evaluates) at
@@ -89,6 +90,23 @@ def data_config(args: argparse.Namespace):
     """A DataConfig from the data flags given, or None when none were (use the model's own data)."""
     overrides = cli_overrides(args)
     return apply_overrides(TrainConfig(), nest(overrides), "command line").data if overrides else None
+
+
+def run_training(fn, cfg: TrainConfig, print_config: bool = False) -> dict[str, Any] | None:
+    """--print-config prints cfg and returns None; otherwise fn(cfg), leaving the process group cleaned up."""
+    if print_config:
+        import sys
+
+        import yaml
+
+        yaml.safe_dump(to_dict(cfg), sys.stdout, sort_keys=False)
+        return None
+    from ..engine.distributed import cleanup
+
+    try:
+        return fn(cfg)
+    finally:
+        cleanup()
 
 
 def add_model_runtime_flags(p: argparse.ArgumentParser, precision: bool = True) -> None:

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-import yaml
-
-from ..config import to_dict
-from .options import add_config_flags, resolve_config
+from .options import add_config_flags, resolve_config, run_training
 
 
 def add_parser(sub) -> None:
@@ -23,18 +19,10 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = resolve_config(args)
-    if args.print_config:
-        yaml.safe_dump(to_dict(cfg), sys.stdout, sort_keys=False)
-        return 0
-    from ..engine.distributed import cleanup
     from ..engine.trainer import train
 
-    try:
-        summary = train(cfg)
-    finally:
-        cleanup()
-    if summary.get("checkpoint"):
+    summary = run_training(train, resolve_config(args), args.print_config)
+    if summary and summary.get("checkpoint"):
         best = summary.get("best_top1")
         print(f"done: {summary['epochs_run']} epoch(s), best val top-1 "
               f"{'n/a' if best is None else f'{best:.2f}'}; checkpoint {summary['checkpoint']}; "

@@ -49,16 +49,15 @@ def _decode_jpeg_turbo(img: Image.Image, factor: int) -> np.ndarray | None:
         return None  # CMYK, arithmetic coding, or a damaged file: Pillow decides (and names the file)
 
 
-def decode_rgb_array(img: Image.Image, min_size: tuple[int, int] | None = None, turbo: bool = True) -> np.ndarray:
-    """Decode an opened image to an RGB uint8 HWC array (grayscale, CMYK, palette and alpha converted)
-    and close the file.
+def _decode(img: Image.Image, min_size: tuple[int, int] | None, turbo: bool) -> np.ndarray | Image.Image:
+    """Decode an opened image to RGB (grayscale, CMYK, palette and alpha converted) and close the file:
+    an HWC array from simplejpeg, or a PIL image from Pillow; callers convert only what they must.
 
     min_size (w, h): a JPEG may decode at 1/2, 1/4 or 1/8 scale through libjpeg-turbo's DCT scaling as
     long as both sides stay >= min_size: far less work for a small output. JPEGs decode with simplejpeg
     (libjpeg-turbo, ~1.5x faster than Pillow's decoder here) when it is installed and turbo is on, else
-    with Pillow.
-    Truncated files fail here rather than yielding a half-grey image: LOAD_TRUNCATED_IMAGES stays off,
-    and simplejpeg runs strict.
+    with Pillow. Truncated files fail here rather than yielding a half-grey image: LOAD_TRUNCATED_IMAGES
+    stays off, and simplejpeg runs strict.
     """
     try:
         with img:
@@ -70,10 +69,16 @@ def decode_rgb_array(img: Image.Image, min_size: tuple[int, int] | None = None, 
                 if factor > 1:
                     img.draft("RGB", (-(-img.size[0] // factor), -(-img.size[1] // factor)))
             img.load()
-            return np.array(img.convert("RGB"))
+            return img.convert("RGB")
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         name = getattr(img, "filename", "image")
         raise BadImageError(f"{name}: cannot decode image ({type(e).__name__}: {e})") from None
+
+
+def decode_rgb_array(img: Image.Image, min_size: tuple[int, int] | None = None, turbo: bool = True) -> np.ndarray:
+    """_decode as an RGB uint8 HWC array."""
+    out = _decode(img, min_size, turbo)
+    return out if isinstance(out, np.ndarray) else np.array(out)
 
 
 def decode_rgb_scaled(img: Image.Image, min_size: tuple[int, int]) -> tuple[np.ndarray, int]:
@@ -86,8 +91,9 @@ def decode_rgb_scaled(img: Image.Image, min_size: tuple[int, int]) -> tuple[np.n
 
 
 def decode_rgb(img: Image.Image, min_size: tuple[int, int] | None = None, turbo: bool = True) -> Image.Image:
-    """decode_rgb_array as a PIL image; turbo=False decodes with Pillow alone (the reference pipeline)."""
-    return Image.fromarray(decode_rgb_array(img, min_size, turbo), "RGB")
+    """_decode as a PIL image; turbo=False decodes with Pillow alone (the reference pipeline)."""
+    out = _decode(img, min_size, turbo)
+    return Image.fromarray(out, "RGB") if isinstance(out, np.ndarray) else out
 
 
 def load_rgb(path: str | Path) -> Image.Image:

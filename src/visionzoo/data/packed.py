@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from .datasets import DataError, Samples, folder_classes, image_folder
-from .images import BadImageError, decode_rgb_array, load_rgb, open_image
+from .images import BadImageError, decode_rgb, decode_rgb_array, open_image
 
 FORMAT = "visionzoo-pack-1"
 PACK_FILE = "pack.json"
@@ -100,12 +100,10 @@ def packed_samples(root: str | Path, split: str, classes: list[str] | None = Non
 def _encode(path: str, max_size: int, quality: int) -> bytes:
     """The file's bytes if it is a JPEG within max_size, else a JPEG of it with the longer side capped."""
     img = open_image(path)
-    fmt, size = img.format, img.size
-    img.close()
-    if fmt == "JPEG" and max(size) <= max_size:
-        decode_rgb_array(open_image(path))  # a damaged file fails here, at pack time, naming itself
+    if img.format == "JPEG" and max(img.size) <= max_size:
+        decode_rgb_array(img)  # a damaged file fails here, at pack time, naming itself
         return Path(path).read_bytes()
-    rgb = load_rgb(path)
+    rgb = decode_rgb(img)
     if max(rgb.size) > max_size:
         scale = max_size / max(rgb.size)
         rgb = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))),

@@ -27,9 +27,6 @@ _INTERP = {
 }
 
 
-DECODERS = ("fast", "pil")
-
-
 def eval_resize_size(img_size: int, crop_pct: float) -> int:
     return int(math.floor(img_size / crop_pct))
 
@@ -47,8 +44,8 @@ class DecodeCrop:
     """Decode an opened image and crop-and-resize it to size x size in one step (see the module doc).
 
     mode "random_resized": torchvision's RandomResizedCrop window (scale, ratio), drawn from the seeded RNG.
-    mode "center": the eval framing, Resize(short side = size / crop_pct) then CenterCrop(size), as one
-    resample of the same window; shift=True moves it horizontally at random (FixRes fine-tuning).
+    mode "center": the eval framing, Resize(short side = size / crop_pct) then CenterCrop(size), on the
+    (DCT-reduced) image; shift=True moves the crop horizontally at random (FixRes fine-tuning).
     Takes a decoded image too (then there is nothing to save on decoding).
     """
 
@@ -57,6 +54,7 @@ class DecodeCrop:
         self.size, self.mode, self.crop_pct, self.shift = size, mode, crop_pct, shift
         self.scale, self.ratio = tuple(scale), tuple(ratio)
         self.interpolation = _INTERP[interpolation]
+        self.interp_mode = interpolation  # torch.nn.functional.interpolate's name for it
 
     def _resized(self, w: int, h: int) -> tuple[int, int]:
         """torchvision's Resize(int) target: short side size / crop_pct, long side truncated."""
@@ -69,11 +67,10 @@ class DecodeCrop:
             top, left, ch, cw = RandomResizedCrop.get_params(img, self.scale, self.ratio)
             # the smallest decode whose copy of the window still has >= size pixels each way: no detail lost
             arr, f = decode_rgb_scaled(img, (math.ceil(w * self.size / cw), math.ceil(h * self.size / ch)))
-            y0, x0 = min(round(top / f), arr.shape[0] - 1), min(round(left / f), arr.shape[1] - 1)
-            y1, x1 = min(max(round((top + ch) / f), y0 + 1), arr.shape[0]), min(max(round((left + cw) / f), x0 + 1),
-                                                                              arr.shape[1])
+            y0, hh = _scaled_span(top, ch, f, arr.shape[0])
+            x0, ww = _scaled_span(left, cw, f, arr.shape[1])
             # HWC memory seen as CHW: torch's uint8 antialiased resize is fastest on this channels-last layout
-            return v2.functional.resized_crop(_chw(arr), y0, x0, y1 - y0, x1 - x0, [self.size, self.size],
+            return v2.functional.resized_crop(_chw(arr), y0, x0, hh, ww, [self.size, self.size],
                                               interpolation=self.interpolation, antialias=True)
         # eval framing: torchvision's Resize to (nw, nh) then a whole-pixel crop. A DCT-reduced array holds
         # ceil(w / f) columns for w / f of image, so it is resized by the same scale (nw / w per source
@@ -83,14 +80,20 @@ class DecodeCrop:
         if f == 1:
             resized = v2.functional.resize(_chw(arr), [nh, nw], interpolation=self.interpolation, antialias=True)
         else:  # the exact scale, not a rounded size: interpolate maps coordinates by the factor given
-            mode = {InterpolationMode.BILINEAR: "bilinear", InterpolationMode.BICUBIC: "bicubic"}.get(
-                self.interpolation, "nearest")
             resized = torch.nn.functional.interpolate(
-                _chw(arr)[None], scale_factor=(f * nh / h, f * nw / w), mode=mode, antialias=mode != "nearest",
-                recompute_scale_factor=False)[0]
+                _chw(arr)[None], scale_factor=(f * nh / h, f * nw / w), mode=self.interp_mode,
+                antialias=self.interp_mode != "nearest", recompute_scale_factor=False)[0]
         left = _shift_left(nw, self.size, self.shift)
         top = int(round((nh - self.size) / 2.0))
         return resized[:, top:top + self.size, left:left + self.size]
+
+
+def _scaled_span(start: int, length: int, f: int, limit: int) -> tuple[int, int]:
+    """A source span [start, start + length) in an array decoded at 1/f: (start, length), at least 1 px,
+    inside [0, limit)."""
+    lo = min(round(start / f), limit - 1)
+    hi = min(max(round((start + length) / f), lo + 1), limit)
+    return lo, hi - lo
 
 
 def _chw(arr) -> torch.Tensor:

@@ -28,7 +28,6 @@ class TrainScope:
     the whole model, root included, runs in eval mode; functional dropout on the root stays off).
     """
 
-    name: str = "all"
     frozen: list[nn.Module] = field(default_factory=list)
     train_only: list[nn.Module] | None = None
     running_stats: list[nn.Module] = field(default_factory=list)  # norm layers re-estimating statistics
@@ -74,12 +73,12 @@ def apply_train_scope(model: nn.Module, scope: str) -> TrainScope:
     for name, p in model.named_parameters():
         p.requires_grad_(name.startswith(heads))
     if scope == "classifier":
-        return TrainScope(scope, frozen=[m for name, m in model.named_modules()
-                                         if isinstance(m, nn.modules.batchnorm._BatchNorm)
-                                         and not f"{name}.".startswith(heads)])
+        return TrainScope(frozen=[m for name, m in model.named_modules()
+                                  if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                                  and not f"{name}.".startswith(heads)])
     if scope != "fixres":
         raise ValueError(f"unknown train scope {scope!r}")
     norm = final_norm(model)
     top = [m for name, m in model.named_modules() if f"{name}." in heads]
-    return TrainScope(scope, train_only=top + ([norm] if norm is not None else []),
+    return TrainScope(train_only=top + ([norm] if norm is not None else []),
                       running_stats=[norm] if norm is not None else [])

@@ -55,6 +55,7 @@ def finetune_config(checkpoint: str | Path, test_size: int, mode: str | None = N
     cfg = apply_overrides(cfg, from_ckpt, str(checkpoint))
     cfg = apply_overrides(cfg, overrides, source)
     cfg.data.img_size = test_size
+    _check_classes(cfg, ckpt.get("classes"))
     return cfg
 
 
@@ -70,7 +71,6 @@ def finetune_res(cfg: TrainConfig, evaluate_before: bool = True) -> dict[str, An
     if not cfg.model.weights:
         raise ConfigError("finetune-res needs the checkpoint to fine-tune (model.weights)")
     check_output_free(cfg)  # before the evaluation below, not after it
-    _check_classes(cfg)
     dist = init_distributed(cfg.device)
     before = None
     if evaluate_before and cfg.eval_every > 0 and not cfg.resume:
@@ -86,17 +86,14 @@ def finetune_res(cfg: TrainConfig, evaluate_before: bool = True) -> dict[str, An
             write_json(Path(summary["output"]) / "before_finetune.json", before)
     return summary
 
-
-
-def _check_classes(cfg: TrainConfig) -> None:
+def _check_classes(cfg: TrainConfig, classes: list[str] | None) -> None:
     """The fine-tuning data must name the checkpoint's classes in its order, or labels would shift."""
     from ..data.loader import find_samples
 
-    if cfg.data.dummy:
+    if cfg.data.dummy or not classes:
         return
-    classes = load_checkpoint(cfg.model.weights).get("classes")
     found = find_samples(cfg.data, "train").classes
-    if classes and list(found) != list(classes):
+    if list(found) != list(classes):
         extra, missing = sorted(set(found) - set(classes)), sorted(set(classes) - set(found))
         raise DataError(f"the fine-tuning data's classes differ from {cfg.model.weights}'s "
                         f"(new: {extra[:5]}, missing: {missing[:5]}{', or another order' if not extra + missing else ''})")
