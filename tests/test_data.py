@@ -513,6 +513,18 @@ def test_device_normalizer_matches_torchvision_normalize():
     cl = DeviceNormalizer(mean, std, torch.device("cpu"), channels_last=True)(images)
     assert cl.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(cl, ref, rtol=1e-5, atol=1e-5)
+    for channels_last in (False, True):  # the CPU buffer-reusing path gives the same values, in its buffer
+        norm = DeviceNormalizer(mean, std, torch.device("cpu"), channels_last=channels_last, reuse=True)
+        first = norm(images)
+        torch.testing.assert_close(first, ref, rtol=1e-5, atol=1e-5)
+        assert first.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        second = norm(images.flip(0))
+        assert second.data_ptr() == first.data_ptr()  # no new 4-d float batch per step
+        torch.testing.assert_close(second, ref.flip(0), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(norm(images[:3]), ref[:3], rtol=1e-5, atol=1e-5)  # a short last batch
+    floats = images.float()
+    DeviceNormalizer(mean, std, torch.device("cpu"), reuse=True)(floats)
+    assert torch.equal(floats, images.float())  # the caller's float batch is never modified
 
 
 def test_dummy_data():

@@ -94,7 +94,7 @@ def bench_data(cfg: DataConfig, split: str = "train", batch_size: int = 64, batc
     result: dict[str, Any] = {"split": split, "img_size": img_size, "workers": cfg.workers, "batch_size": batch_size,
                               "decode": cfg.decode, "device": str(dev), "data": cfg.data}
     loader = visionzoo_loader(cfg, split, batch_size, pin)
-    normalizer = DeviceNormalizer(MEAN, STD, dev)
+    normalizer = DeviceNormalizer(MEAN, STD, dev, reuse=True)
     result["visionzoo"] = time_loader(loader, batches, warmup, dev, normalizer, progress)
     if baseline:
         result["baseline_data"] = baseline_data

@@ -186,21 +186,40 @@ def make_loader(
 
 
 class DeviceNormalizer:
-    """uint8 NCHW batch on the host -> normalised float batch on the device."""
+    """uint8 NCHW batch on the host -> normalised float batch on the device.
 
-    def __init__(self, mean, std, device: torch.device, channels_last: bool = False):
+    reuse=True (a loop that consumes each batch before asking for the next: training, evaluation,
+    benchmarks) writes a CPU device's result into a kept buffer, valid until the next call: a fresh
+    38 MB float batch (64x3x224x224) costs more in first-touch page faults than the arithmetic
+    (17 ms against 5 ms here). A CUDA device always allocates (its caching allocator already reuses).
+    """
+
+    def __init__(self, mean, std, device: torch.device, channels_last: bool = False, reuse: bool = False):
         self.device = device
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
         self.inv_std = 1.0 / self.std
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.reuse = reuse and device.type == "cpu"
+        self._buffers: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def _buffer(self, shape: torch.Size) -> torch.Tensor:
+        buf = self._buffers.get(tuple(shape))
+        if buf is None:
+            if len(self._buffers) >= 2:  # the full batch and an epoch's smaller last one
+                self._buffers.clear()
+            buf = self._buffers[tuple(shape)] = torch.empty(shape, memory_format=self.memory_format)
+        return buf
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.to(self.device, non_blocking=True).float()
-        if x.ndim != 4:  # the empty batch of an all-undecodable chunk: nothing to normalise
-            return x
-        if x.data_ptr() == images.data_ptr():  # already a float batch here: never modify the caller's
-            x = x.clone()
+        if images.ndim != 4:  # the empty batch of an all-undecodable chunk: nothing to normalise
+            return images.to(self.device).float()
+        if self.reuse:
+            x = self._buffer(images.shape).copy_(images)  # dtype and layout converted in one pass
+        else:
+            x = images.to(self.device, non_blocking=True).float()
+            if x.data_ptr() == images.data_ptr():  # already a float batch here: never modify the caller's
+                x = x.clone()
+            x = x.contiguous(memory_format=self.memory_format)
         # in place on the one float copy: 2.4x less time than (x - mean) / std on a CPU "device"
-        x.sub_(self.mean).mul_(self.inv_std)
-        return x.contiguous(memory_format=self.memory_format)
+        return x.sub_(self.mean).mul_(self.inv_std)

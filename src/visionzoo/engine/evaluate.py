@@ -111,7 +111,7 @@ def evaluate(
     runner = load_runner(model_path, dist.device, precision, backend, channels_last)
     loader, classes, info = eval_loader(runner.info, resolve_data(runner.info, data), "val", batch_size,
                                         dist.rank, dist.world_size, dist.device.type == "cuda")
-    normalizer = DeviceNormalizer(info.mean, info.std, dist.device, channels_last)
+    normalizer = DeviceNormalizer(info.mean, info.std, dist.device, channels_last, reuse=True)
     result = evaluate_model(runner, loader, normalizer, info.num_classes, None, classes, progress and dist.is_main)
     result.update(checkpoint=str(model_path), model=info.model_name, format=runner.fmt, precision=precision,
                   quantized=info.quantized, img_size=info.img_size, crop_pct=info.crop_pct,

@@ -296,7 +296,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     start_epoch, best_top1 = 0, None
     state = StepState(
         optimizer, scheduler, scaler,
-        DeviceNormalizer(model_cfg.mean, model_cfg.std, device, cfg.model.channels_last),
+        DeviceNormalizer(model_cfg.mean, model_cfg.std, device, cfg.model.channels_last, reuse=True),
         cfg.amp, cfg.optim.clip_grad, build_criterion(cfg, raw_model, data.train, num_classes, device),
         scope=scope,
     )

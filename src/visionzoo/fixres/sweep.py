@@ -47,7 +47,7 @@ def evaluate_sizes(model_paths: list[str | Path], sizes: list[int], data: DataCo
         for size in sizes:
             loader, classes, info = eval_loader(runner.info, dataclasses.replace(base, img_size=size), "val",
                                                 batch_size, dist.rank, dist.world_size, dist.device.type == "cuda")
-            normalizer = DeviceNormalizer(info.mean, info.std, dist.device, channels_last)
+            normalizer = DeviceNormalizer(info.mean, info.std, dist.device, channels_last, reuse=True)
             r = evaluate_model(runner, loader, normalizer, info.num_classes, None, classes,
                                progress and dist.is_main, f"{Path(path).name} @ {size}px")
             row["top1"].append(r["top1"])
