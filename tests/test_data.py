@@ -25,6 +25,7 @@ from visionzoo.data import (
     SeededSampler,
     build_data,
     collate_skipping,
+    device_batches,
     eval_transform,
     find_samples,
     image_folder,
@@ -575,3 +576,19 @@ def test_valprep_keeps_labels_when_a_class_is_absent(flat_val, tmp_path):
     s = image_folder(out)
     assert s.classes == ["0000", "0001", "0002"]
     assert _by_name(s) == {k: v for k, v in expected.items() if v != 1}
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="the side-stream prefetch runs on CUDA only"))])
+def test_device_batches_deliver_every_batch_normalised(device):
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8, generator=g), torch.arange(4) + i, i)
+               for i in range(5)]
+    norm = DeviceNormalizer(mean, std, torch.device(device))
+    got = [(x.cpu(), t.cpu(), s) for x, t, s in device_batches(batches, norm)]
+    assert len(got) == len(batches)
+    for (x, t, s), (images, labels, skipped) in zip(got, batches):
+        ref = torchvision.transforms.Normalize(mean, std)(images.float() / 255)
+        torch.testing.assert_close(x, ref, rtol=1e-5, atol=1e-5)
+        assert torch.equal(t, labels) and s == skipped

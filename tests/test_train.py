@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from visionzoo.cli import main
@@ -160,6 +162,50 @@ def test_dummy_data_bf16_channels_last(tmp_path):
     assert rc == 0
     (row,) = read_metrics(out)
     assert row["steps"] == 3 and row["val_num_images"] == 8
+
+
+def test_step_defaults_per_device(monkeypatch, tmp_path):
+    from visionzoo.engine.defaults import step_defaults
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert step_defaults("auto", None, cpu) == (None, False)  # CPU runs stay fp32/NCHW unless asked
+    assert step_defaults("bf16", True, cpu) == ("bf16", True)  # explicit choices are kept
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert step_defaults("auto", None, cuda) == ("bf16", True)
+    assert step_defaults(None, False, cuda) == (None, False)  # --amp none --no-channels-last
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert step_defaults("auto", None, cuda) == ("fp16", True)  # pre-Ampere GPUs: fp16 with loss scaling
+    # the run records what it resolved to, not "auto"
+    out = tmp_path / "run"
+    assert main(["train", "--dummy", "--model", "resnet18", "--img-size", "16", "--batch-size", "4", "--epochs", "1",
+                 "--iters", "1", "--dummy-classes", "3", "--eval-every", "0", "--workers", "0", "--device", "cpu",
+                 "--output", str(out), "--no-progress"]) == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["amp"] is None and saved["model"]["channels_last"] is False
+
+
+def test_fused_sgd_matches_the_reference_update():
+    from visionzoo.config import OptimConfig
+    from visionzoo.engine.optim import build_optimizer
+
+    torch.manual_seed(0)
+    fused_model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.BatchNorm1d(5), torch.nn.Linear(5, 3))
+    plain_model = copy.deepcopy(fused_model)
+    start = copy.deepcopy(fused_model)
+    cfg = OptimConfig(momentum=0.9, nesterov=True, weight_decay=1e-3)
+    fused = build_optimizer(fused_model, cfg, 0.1, torch.device("cpu"))
+    assert fused.defaults["fused"] is True
+    plain = torch.optim.SGD(plain_model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3,
+                            foreach=False)
+    for step in range(4):
+        x = torch.randn(8, 6, generator=torch.Generator().manual_seed(step))
+        for model, opt in ((fused_model, fused), (plain_model, plain)):
+            opt.zero_grad(set_to_none=True)
+            model(x).square().mean().backward()
+            opt.step()
+    for a, b in zip(fused_model.parameters(), plain_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(fused_model[0].weight, start[0].weight)  # the updates were not no-ops
 
 
 def _corrupt_copy(src: Path, dst: Path) -> Path:

@@ -30,7 +30,7 @@ class ModelConfig:
     pretrained: bool = False  # the library's hub weights (needs internet)
     weights: str | None = None  # local state dict / checkpoint / safetensors file
     sync_bn: bool = False
-    channels_last: bool = False
+    channels_last: bool | None = None  # None: on for CUDA devices, off on CPUs (engine.defaults)
     compile: bool = False
     # all | classifier (cRT: backbone frozen, its norm statistics kept) | fixres (classifier trains,
     # the model's final norm layer re-estimates its statistics, everything else frozen in eval mode)
@@ -115,7 +115,8 @@ class TrainConfig:
     # takes enough steps to learn. Recipes set the seeds' 256.
     batch_size: int = 64
     iters: int | None = None  # cap on steps per epoch (performance runs)
-    amp: str | None = None  # fp16 | bf16
+    # auto: bf16 autocast on CUDA devices that support it (fp16 on older ones), fp32 on CPUs; none: fp32
+    amp: str | None = "auto"  # auto | fp16 | bf16 | none
     device: str = "auto"  # auto | cpu | cuda
     seed: int = 0
     deterministic: bool = False
@@ -137,7 +138,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "opt": ("sgd",),
     "lr_scale": ("linear", "sqrt", "none"),
     "sched": ("linear", "step", "multistep", "cosine", "constant"),
-    "amp": ("fp16", "bf16"),
+    "amp": ("auto", "fp16", "bf16"),
     "device": ("auto", "cpu", "cuda"),
     "interpolation": ("bilinear", "bicubic", "nearest"),
     "sampler": ("instance", "class_balanced", "sqrt", "class_aware"),

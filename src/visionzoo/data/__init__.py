@@ -14,6 +14,7 @@ from .loader import (
     SeededSampler,
     build_data,
     collate_skipping,
+    device_batches,
     find_samples,
     make_loader,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "SeededSampler",
     "build_data",
     "collate_skipping",
+    "device_batches",
     "eval_transform",
     "find_samples",
     "image_folder",

@@ -6,6 +6,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -223,3 +224,37 @@ class DeviceNormalizer:
             x = x.contiguous(memory_format=self.memory_format)
         # in place on the one float copy: 2.4x less time than (x - mean) / std on a CPU "device"
         return x.sub_(self.mean).mul_(self.inv_std)
+
+
+def device_batches(loader: Iterable, normalizer: DeviceNormalizer) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    """(normalised images, labels, skipped count) on the normaliser's device, one per loader batch.
+
+    On CUDA the next batch is copied and normalised on a side stream, issued before the current batch
+    is handed out, so the host-to-device copy overlaps the step that runs on it (pin the loader's memory
+    for a truly asynchronous copy). Elsewhere each batch is converted when it is asked for.
+    """
+    device = normalizer.device
+    if device.type != "cuda":
+        for images, target, skipped in loader:
+            yield normalizer(images), target.to(device), skipped
+        return
+    side = torch.cuda.Stream(device)
+
+    def stage(batch):
+        images, target, skipped = batch
+        with torch.cuda.stream(side):
+            return normalizer(images), target.to(device, non_blocking=True), skipped
+
+    batches = iter(loader)
+    first = next(batches, None)
+    ready = stage(first) if first is not None else None
+    while ready is not None:
+        main = torch.cuda.current_stream(device)
+        main.wait_stream(side)
+        x, target, skipped = ready
+        # memory made on the side stream and used on the main one: keep the allocator from reusing it early
+        x.record_stream(main)
+        target.record_stream(main)
+        following = next(batches, None)
+        ready = stage(following) if following is not None else None
+        yield x, target, skipped

@@ -12,7 +12,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..config import DataConfig
-from ..data.loader import DeviceNormalizer
+from ..data.loader import DeviceNormalizer, device_batches
 from .distributed import all_reduce_sum, init_distributed
 
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -46,12 +46,12 @@ def evaluate_model(
     totals = torch.zeros(5, dtype=torch.float64, device=device)
     per_class = torch.zeros(2, num_classes, dtype=torch.float64, device=device)  # correct, total
     k = min(5, num_classes)
-    for images, target, skipped in tqdm(loader, desc=desc, disable=None if progress else True, leave=False, dynamic_ncols=True):
+    batches = device_batches(loader, normalizer)
+    for x, target, skipped in tqdm(batches, total=len(loader) if hasattr(loader, "__len__") else None,
+                                    desc=desc, disable=None if progress else True, leave=False, dynamic_ncols=True):
         totals[4] += skipped
         if len(target) == 0:
             continue
-        x = normalizer(images)
-        target = target.to(device, non_blocking=True)
         with autocast(device, amp):
             logits = model(x)
         logits = logits.float()

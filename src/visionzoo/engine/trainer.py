@@ -29,7 +29,7 @@ from ..config import (
     to_dict,
     validate,
 )
-from ..data.loader import DataBundle, DeviceNormalizer, build_data, make_loader
+from ..data.loader import DataBundle, DeviceNormalizer, build_data, device_batches, make_loader
 from ..models import (
     create_model,
     get_model_cfg,
@@ -41,6 +41,7 @@ from ..models import (
     unwrap_model,
 )
 from ..models.oltr import OLTRResNet
+from .defaults import step_defaults
 from .checkpoint import (
     atomic_copy,
     atomic_save,
@@ -112,7 +113,7 @@ def train_one_epoch(
     t_start = time.perf_counter()
     t_perf = None
     bar = tqdm(total=max_steps, desc=desc, disable=None if progress else True, leave=False, dynamic_ncols=True)
-    for images, target, n_skipped in loader:
+    for x, target, n_skipped in device_batches(loader, state.normalizer):
         if steps >= max_steps:
             break
         skipped += n_skipped
@@ -120,8 +121,6 @@ def train_one_epoch(
             _sync(device)
             t_perf, timed_images = time.perf_counter(), 0
         # no empty batches here: the training set replaces undecodable images (ImageDataset.replace_bad)
-        x = state.normalizer(images)
-        target = target.to(device, non_blocking=True)
         with autocast(device, state.amp):
             loss, logits = state.criterion(model(x), target)
         state.optimizer.zero_grad(set_to_none=True)
@@ -236,6 +235,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         raise ConfigError(f"batch_size {cfg.batch_size} (global) is not divisible by {dist.world_size} processes")
     if cfg.model.sync_bn and dist.enabled and device.type == "cpu":
         raise ConfigError("--sync-bn needs GPUs: torch's SyncBatchNorm does not run on CPU processes")
+    # recorded resolved, so the saved config says what ran
+    cfg.amp, cfg.model.channels_last = step_defaults(cfg.amp, cfg.model.channels_last, device)
     if cfg.amp == "fp16" and device.type == "cpu":
         log.warning("fp16 autocast on CPU is slow and poorly supported; prefer --amp bf16 there")
     model_cfg = get_model_cfg(cfg.model.model)  # a bad name fails before any folder is made
