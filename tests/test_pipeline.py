@@ -98,6 +98,11 @@ def test_bench_data_reports_both_pipelines(tiny_imagefolder, tmp_path, capsys):
     assert r["visionzoo"]["images"] == r["torchvision"]["images"] == 12
     assert r["ratio"] == pytest.approx(r["visionzoo"]["images_per_sec"] / r["torchvision"]["images_per_sec"])
     assert "ratio" in capsys.readouterr().out
+    for extra in (["--no-normalize"], ["--decode", "device"]):  # uint8 as delivered; decoded on the device
+        assert main(["bench-data", "--data", str(root), "--img-size", "32", "--workers", "0", "--batch-size", "4",
+                     "--batches", "2", "--warmup", "0", "--json", str(js), "--no-progress", *extra]) == 0
+        r = json.loads(js.read_text())
+        assert r["visionzoo"]["images"] == 8 and r["normalized"] == (extra[0] != "--no-normalize")
     assert main(["bench-data", "--img-size", "32"]) == 2  # no data: one line, no traceback
 
 
@@ -168,3 +173,59 @@ def test_pack_names_a_bad_image_or_leaves_it_out(tiny_imagefolder, tmp_path, cap
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "b" / "pack.json").stat().st_mode & 0o777 == 0o666 & ~umask  # as a plain open() makes
+
+
+# ---------------------------------------------------------------- decoding on the device (nvJPEG on CUDA)
+
+def _device_decoded(tf, paths, device="cpu"):
+    from visionzoo.data.device_decode import EncodedBatch
+    from visionzoo.data.loader import collate_skipping
+
+    images, labels, skipped = collate_skipping([(tf(open_image(p)), i) for i, p in enumerate(paths)])
+    assert isinstance(images, EncodedBatch) and labels.tolist() == list(range(len(paths))) and skipped == 0
+    return images.decode(torch.device(device)).cpu().float()
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="nvJPEG needs a CUDA device"))])
+def test_device_decode_frames_the_same_pixels_as_the_cpu_pipelines(photo, tmp_path, device):
+    png = tmp_path / "photo.png"  # not a JPEG: the workers decode it and it joins the batch as pixels
+    Image.open(photo).save(png)
+    for size in (224, 96):
+        ref = eval_transform(size, decode="pil")(load_rgb(photo)).float()
+        got = _device_decoded(eval_transform(size, decode="device"), [photo, png], device)
+        assert got.shape == (2, 3, size, size)
+        assert (got[0] - ref).abs().mean() < 1.5 and (got[1] - ref).abs().mean() < 6.0
+    for seed in range(3):  # the same per-sample window and flip as the CPU pipelines draw
+        torch.manual_seed(seed)
+        got = _device_decoded(train_transform(128, hflip=0.5, decode="device"), [photo], device)[0]
+        torch.manual_seed(seed)
+        ref = train_transform(128, hflip=0.5, decode="pil")(load_rgb(photo)).float()
+        assert (got - ref).abs().mean() < 10.0  # a wrong window or flip differs by 40+
+
+
+def test_device_decode_names_a_bad_file_and_refuses_what_it_cannot_do(photo, tmp_path):
+    from visionzoo.config import ConfigError, TrainConfig, apply_overrides, validate
+
+    bad = tmp_path / "cut.jpg"
+    bad.write_bytes(photo.read_bytes()[:4000])
+    with pytest.raises(BadImageError, match="cut.jpg"):
+        _device_decoded(eval_transform(64, decode="device"), [photo, bad])
+    with pytest.raises(ValueError, match="color-jitter"):
+        train_transform(64, color_jitter=0.4, decode="device")
+    cfg = apply_overrides(TrainConfig(), {"data": {"decode": "device", "skip_bad_images": True}}, "test")
+    with pytest.raises(ConfigError, match="skip-bad-images"):
+        validate(cfg)
+
+
+def test_training_with_device_decode_learns(tiny_imagefolder, tmp_path):
+    import json
+
+    from visionzoo.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--model", "resnet10", "--data", str(tiny_imagefolder), "--img-size", "32", "--epochs", "6",
+                 "--batch-size", "12", "--lr", "0.05", "--workers", "2", "--decode", "device", "--device", "cpu",
+                 "--seed", "0", "--output", str(out), "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["best_top1"] > 60.0  # 3 colour-coded classes: chance is 33%

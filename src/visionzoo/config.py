@@ -58,7 +58,8 @@ class DataConfig:
     # random_resized: RandomResizedCrop (--scale, --ratio); fixres: the test-time resize and centre
     # crop with a random horizontal shift of the crop (FixRes fine-tuning at the test resolution)
     train_crop: str = "random_resized"
-    # fast: decode fused with the crop (JPEG DCT scaling, one resample); pil: full decode + torchvision v2 ops
+    # fast: decode fused with the crop (JPEG DCT scaling, one resample); pil: full decode + torchvision v2 ops;
+    # device: JPEGs decoded on the training device (nvJPEG on CUDA), crop and flip there too
     decode: str = "fast"
     workers: int = 4
     skip_bad_images: bool = False
@@ -145,7 +146,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "loss": ("ce", "balanced_softmax"),
     "train_scope": ("all", "classifier", "fixres"),
     "train_crop": ("random_resized", "fixres"),
-    "decode": ("fast", "pil"),
+    "decode": ("fast", "pil", "device"),
 }
 
 
@@ -283,6 +284,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         ("centroid_weight", cfg.lt.centroid_weight >= 0), ("centroid_lr_factor", cfg.lt.centroid_lr_factor > 0),
     ]
     bad = [name for name, ok in checks if not ok]
+    if cfg.data.decode == "device" and (cfg.data.skip_bad_images or cfg.data.color_jitter > 0):
+        # the batch decodes in the main process, after the workers could have replaced a bad file
+        raise ConfigError("data.decode = 'device' does not combine with --skip-bad-images or --color-jitter "
+                          "(use --decode fast)")
     if bad:
         index = field_index()
         raise ConfigError(", ".join(f"{index[n]} = {getattr_path(cfg, index[n])!r} is out of range" for n in bad))

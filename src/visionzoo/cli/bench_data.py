@@ -23,6 +23,8 @@ def add_parser(sub) -> None:
     p.add_argument("--baseline-data", metavar="DIR",
                    help="the ImageFolder the baseline reads (default --data; give it when --data is a pack)")
     p.add_argument("--device", default="cpu", help="where batches are delivered: cpu | cuda | cuda:N")
+    p.add_argument("--no-normalize", dest="normalize", action="store_false",
+                   help="time visionzoo's uint8 batches as delivered, without the normalisation on the device")
     p.add_argument("--json", metavar="FILE")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     add_config_flags(p, only={"data", "img_size", "crop_pct", "workers", "decode", "scale", "ratio", "hflip",
@@ -40,9 +42,10 @@ def run(args: argparse.Namespace) -> int:
     if args.batches < 1 or args.warmup < 0 or args.batch_size < 1:
         raise ConfigError("--batches and --batch-size must be >= 1, --warmup >= 0")
     r = bench_data(cfg, args.split, args.batch_size, args.batches, args.warmup, args.device, args.baseline,
-                   args.progress, args.baseline_data)
+                   args.progress, args.baseline_data, args.normalize)
+    what = "normalised" if args.normalize else "uint8"
     line = (f"{r['split']} {r['img_size']} px, batch {r['batch_size']}, {r['workers']} workers, to {r['device']}: "
-            f"visionzoo ({r['decode']} decode) {r['visionzoo']['images_per_sec']:.1f} images/s")
+            f"visionzoo ({r['decode']} decode, {what}) {r['visionzoo']['images_per_sec']:.1f} images/s")
     if "ratio" in r:
         line += f"; torchvision {r['torchvision']['images_per_sec']:.1f} images/s; ratio {r['ratio']:.2f}x"
     print(line)

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from ..config import DataConfig
 from ..models.registry import ModelCfg
 from .datasets import DataError
+from .device_decode import EncodedBatch
 from .loader import DeviceNormalizer, build_data, make_loader
 
 MEAN, STD = ModelCfg.mean, ModelCfg.std
@@ -60,7 +61,8 @@ def _forever(loader: DataLoader):
 
 def time_loader(loader: DataLoader, batches: int, warmup: int, device: torch.device,
                 normalizer: DeviceNormalizer | None = None, progress: bool = False) -> dict[str, Any]:
-    """images/s over `batches` batches after `warmup` untimed ones (worker start-up), each on the device."""
+    """images/s over `batches` batches after `warmup` untimed ones (worker start-up), each on the device:
+    normalised by `normalizer` when given, else as the loader made them (a device-decoded batch decoded)."""
     from tqdm import tqdm
 
     images, t0 = 0, time.perf_counter()
@@ -69,7 +71,10 @@ def time_loader(loader: DataLoader, batches: int, warmup: int, device: torch.dev
         if step == warmup:
             t0 = time.perf_counter()
         x = next(stream)[0]
-        x = normalizer(x) if normalizer is not None else x.to(device, non_blocking=True)
+        if normalizer is not None:
+            x = normalizer(x)
+        else:
+            x = x.decode(device) if isinstance(x, EncodedBatch) else x.to(device, non_blocking=True)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if step >= warmup:
@@ -80,9 +85,10 @@ def time_loader(loader: DataLoader, batches: int, warmup: int, device: torch.dev
 
 def bench_data(cfg: DataConfig, split: str = "train", batch_size: int = 64, batches: int = 50, warmup: int = 5,
                device: str = "cpu", baseline: bool = False, progress: bool = False,
-               baseline_data: str | None = None) -> dict[str, Any]:
+               baseline_data: str | None = None, normalize: bool = True) -> dict[str, Any]:
     """images/s of visionzoo's pipeline (and with baseline, torchvision's on baseline_data or the same
-    folder, and the ratio)."""
+    folder, and the ratio). normalize=False times visionzoo's uint8 batches as delivered, before the
+    normalisation that belongs to the device (the baseline always normalises: in its workers)."""
     from .packed import is_packed
 
     baseline_data = baseline_data or cfg.data
@@ -92,9 +98,9 @@ def bench_data(cfg: DataConfig, split: str = "train", batch_size: int = 64, batc
     pin = dev.type == "cuda"
     img_size = cfg.img_size or ModelCfg.input_size
     result: dict[str, Any] = {"split": split, "img_size": img_size, "workers": cfg.workers, "batch_size": batch_size,
-                              "decode": cfg.decode, "device": str(dev), "data": cfg.data}
+                              "decode": cfg.decode, "device": str(dev), "data": cfg.data, "normalized": normalize}
     loader = visionzoo_loader(cfg, split, batch_size, pin)
-    normalizer = DeviceNormalizer(MEAN, STD, dev, reuse=True)
+    normalizer = DeviceNormalizer(MEAN, STD, dev, reuse=True) if normalize else None
     result["visionzoo"] = time_loader(loader, batches, warmup, dev, normalizer, progress)
     if baseline:
         result["baseline_data"] = baseline_data

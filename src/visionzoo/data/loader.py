@@ -22,6 +22,7 @@ from .datasets import (
     image_folder,
     list_samples,
 )
+from .device_decode import EncodedBatch, EncodedImage
 from .packed import is_packed, packed_samples
 from .transforms import eval_transform, train_transform
 
@@ -73,6 +74,8 @@ def collate_skipping(batch: list[Any]) -> tuple[torch.Tensor, torch.Tensor, int]
     skipped = len(batch) - len(good) + sum(b[2] for b in good if len(b) == 3)  # dropped + replaced
     if not good:
         return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), skipped
+    if isinstance(good[0][0], EncodedImage):  # decode="device": the device decodes the batch
+        return EncodedBatch([b[0] for b in good]), torch.tensor([b[1] for b in good]), skipped
     images, labels = default_collate([b[:2] for b in good])
     return images, labels, skipped
 
@@ -212,7 +215,11 @@ class DeviceNormalizer:
             buf = self._buffers[tuple(shape)] = torch.empty(shape, memory_format=self.memory_format)
         return buf
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor | EncodedBatch) -> torch.Tensor:
+        if isinstance(images, EncodedBatch):
+            images = images.decode(self.device)
+            x = images.float() if not self.reuse else self._buffer(images.shape).copy_(images)
+            return x.contiguous(memory_format=self.memory_format).sub_(self.mean).mul_(self.inv_std)
         if images.ndim != 4:  # the empty batch of an all-undecodable chunk: nothing to normalise
             return images.to(self.device).float()
         if self.reuse:

@@ -154,8 +154,16 @@ def train_transform(
     if crop not in ("random_resized", "fixres"):
         raise ValueError(f"unknown train crop {crop!r}")
     jitter = [v2.ColorJitter(color_jitter, color_jitter, color_jitter)] if color_jitter > 0 else []
+    mode = "center" if crop == "fixres" else "random_resized"
+    if decode == "device":
+        from .device_decode import DeviceDecodeCrop
+
+        if jitter or (crop == "fixres" and crop_pct > 1.0):
+            raise ValueError("--decode device crops and flips on the device; it does not run --color-jitter "
+                             "or a fixres crop with crop_pct above 1 (use --decode fast)")
+        return DeviceDecodeCrop(img_size, mode, crop_pct, scale, ratio, interpolation, shift=crop == "fixres",
+                                hflip=hflip)
     if decode == "fast" and (crop != "fixres" or crop_pct <= 1.0):  # above 1 the crop pads: plain ops
-        mode = "center" if crop == "fixres" else "random_resized"
         return Fused(DecodeCrop(img_size, mode, crop_pct, scale, ratio, interpolation, shift=crop == "fixres",
                                 hflip=hflip), jitter)
     rest = ([v2.RandomHorizontalFlip(hflip)] if hflip > 0 else []) + jitter
@@ -169,6 +177,12 @@ def train_transform(
 
 
 def eval_transform(img_size: int, crop_pct: float = 0.875, interpolation: str = "bilinear", decode: str = "fast"):
+    if decode == "device":
+        from .device_decode import DeviceDecodeCrop
+
+        if crop_pct > 1.0:
+            raise ValueError("--decode device needs --crop-pct <= 1 (above 1 the centre crop pads; use --decode fast)")
+        return DeviceDecodeCrop(img_size, "center", crop_pct, interpolation=interpolation)
     if decode == "fast" and crop_pct <= 1.0:  # above 1 the centre crop pads: the plain ops handle that
         return Fused(DecodeCrop(img_size, "center", crop_pct, interpolation=interpolation), [])
     return v2.Compose(

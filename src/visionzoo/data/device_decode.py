@@ -1,0 +1,124 @@
+"""JPEG decoding on the training device: nvJPEG through torchvision.io.decode_jpeg on CUDA.
+
+decode="device": loader workers only read each file and draw its crop window and flip (from the same
+per-sample seeded generator as the CPU pipelines, so the same windows); the batch travels as one
+block of JPEG bytes, and the device decodes it in one batched call, then crops, resizes and flips
+each image there. This moves the decode, the largest per-image cost, off a small host's cores.
+Non-JPEG files (and CMYK JPEGs, which nvJPEG does not take) are decoded and cropped by the workers
+as decode="fast" would, and join the batch as pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.transforms import RandomResizedCrop
+from torchvision.transforms import v2
+
+from .images import BadImageError
+from .transforms import DecodeCrop, _shift_left
+
+
+@dataclass
+class EncodedImage:
+    """One sample for decoding on the device: a JPEG's bytes and what to do with its pixels, or the
+    pixels themselves (size x size uint8 CHW) when the workers had to decode it."""
+
+    data: bytes | None
+    name: str
+    box: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, left, height, width of the crop
+    resize: tuple[int, int] | None = None  # center framing: resize to (h, w) first, then crop box
+    flip: bool = False
+    pixels: torch.Tensor | None = None
+    crop: DeviceDecodeCrop | None = None  # the transform that made it, which finishes it on the device
+
+
+class DeviceDecodeCrop(DecodeCrop):
+    """DecodeCrop's framing, with the decode left to the device (see the module doc)."""
+
+    takes_opened_image = True
+
+    def __call__(self, img) -> EncodedImage:
+        if img.format != "JPEG" or img.mode not in ("RGB", "L") or img.fp is None:
+            return EncodedImage(None, str(getattr(img, "filename", "")), pixels=super().__call__(img).contiguous(),
+                                crop=self)
+        w, h = img.size
+        img.fp.seek(0)
+        data = img.fp.read()
+        name = str(getattr(img, "filename", "") or "image")
+        img.close()
+        if self.mode == "random_resized":
+            top, left, ch, cw = RandomResizedCrop.get_params(img, self.scale, self.ratio)
+            item = EncodedImage(data, name, (top, left, ch, cw))
+        else:
+            nw, nh = self._resized(w, h)
+            left = _shift_left(nw, self.size, self.shift)
+            top = int(round((nh - self.size) / 2.0))
+            item = EncodedImage(data, name, (top, left, self.size, self.size), resize=(nh, nw))
+        item.flip = bool(self.hflip > 0 and torch.rand(1) < self.hflip)
+        item.crop = self
+        return item
+
+    def finish(self, image: torch.Tensor, item: EncodedImage) -> torch.Tensor:
+        """A decoded CHW uint8 image (on the device) -> the size x size crop."""
+        top, left, ch, cw = item.box
+        if item.resize is None:
+            out = v2.functional.resized_crop(image, top, left, ch, cw, [self.size, self.size],
+                                             interpolation=self.interpolation, antialias=True)
+        else:
+            out = v2.functional.resize(image, list(item.resize), interpolation=self.interpolation, antialias=True)
+            out = out[:, top:top + ch, left:left + cw]
+        return out.flip(-1) if item.flip else out
+
+
+class EncodedBatch:
+    """A batch of EncodedImage: the JPEG bytes in one uint8 block (one shared-memory transfer from a
+    worker, one pinned copy), decoded by `decode` on the device."""
+
+    def __init__(self, items: list[EncodedImage]):
+        self.crop = items[0].crop
+        self.names = [it.name for it in items]
+        self.plans = [EncodedImage(None, it.name, it.box, it.resize, it.flip, it.pixels) for it in items]
+        sizes = [len(it.data) if it.data is not None else 0 for it in items]
+        self.offsets = [0]
+        for n in sizes:
+            self.offsets.append(self.offsets[-1] + n)
+        self.blob = torch.frombuffer(bytearray(b"".join(it.data for it in items if it.data is not None)) or
+                                     bytearray(1), dtype=torch.uint8)
+        self.is_jpeg = [it.data is not None for it in items]
+
+    def __len__(self) -> int:
+        return len(self.plans)
+
+    def pin_memory(self) -> EncodedBatch:
+        self.blob = self.blob.pin_memory()
+        return self
+
+    def _bytes(self, i: int) -> torch.Tensor:
+        return self.blob[self.offsets[i]:self.offsets[i + 1]]
+
+    def decode(self, device: torch.device) -> torch.Tensor:
+        """uint8 NCHW batch on the device; an undecodable JPEG raises BadImageError naming its file."""
+        jpegs = [i for i, ok in enumerate(self.is_jpeg) if ok]
+        out: list[torch.Tensor | None] = [None] * len(self.plans)
+        if jpegs:
+            try:
+                decoded = decode_jpeg([self._bytes(i) for i in jpegs], mode=ImageReadMode.RGB, device=device)
+            except RuntimeError:
+                self._raise_bad(jpegs, device)
+            for i, image in zip(jpegs, decoded):
+                out[i] = self.crop.finish(image, self.plans[i])
+        for i, plan in enumerate(self.plans):
+            if plan.pixels is not None:
+                out[i] = plan.pixels.to(device, non_blocking=True)
+        return torch.stack(out)
+
+    def _raise_bad(self, jpegs: list[int], device: torch.device):
+        for i in jpegs:  # the batched call does not say which file failed: find it
+            try:
+                decode_jpeg(self._bytes(i), mode=ImageReadMode.RGB, device=device)
+            except RuntimeError as e:
+                raise BadImageError(f"{self.names[i]}: cannot decode image on {device} ({e})") from None
+        raise BadImageError(f"a batch of {len(jpegs)} JPEGs failed to decode on {device}, each alone decodes")
