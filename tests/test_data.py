@@ -14,7 +14,7 @@ import torchvision
 from PIL import Image
 
 from visionzoo.cli import main
-from visionzoo.config import DataConfig
+from visionzoo.config import ConfigError, DataConfig, TrainConfig, apply_overrides, validate
 from visionzoo.data import (
     BadImageError,
     DataError,
@@ -592,3 +592,21 @@ def test_device_batches_deliver_every_batch_normalised(device):
         ref = torchvision.transforms.Normalize(mean, std)(images.float() / 255)
         torch.testing.assert_close(x, ref, rtol=1e-5, atol=1e-5)
         assert torch.equal(t, labels) and s == skipped
+
+
+class _Niceness(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        return torch.zeros(1, 1, 1, dtype=torch.uint8), os.nice(0)
+
+
+def test_loader_workers_run_at_low_cpu_priority():
+    base = os.nice(0)
+    for nice, expected in ((19, 19), (0, base)):
+        loader = make_loader(_Niceness(), 2, 1, train=False, nice=nice)
+        (_, niceness, _), = list(loader)
+        assert niceness.tolist() == [expected, expected]
+    with pytest.raises(ConfigError, match="worker_nice"):
+        validate(apply_overrides(TrainConfig(), {"data": {"worker_nice": 20}}, "test"))

@@ -62,6 +62,7 @@ class DataConfig:
     # device: JPEGs decoded on the training device (nvJPEG on CUDA), crop and flip there too
     decode: str = "fast"
     workers: int = 4
+    worker_nice: int = 19  # loader workers' CPU priority (0-19): at 19 they use what the step leaves idle
     skip_bad_images: bool = False
 
 
@@ -273,6 +274,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         ("iters", cfg.iters is None or cfg.iters >= 1), ("log_interval", cfg.log_interval >= 1),
         ("eval_every", cfg.eval_every >= 0), ("eval_start", cfg.eval_start >= 1),
         ("perf_warmup_steps", cfg.perf_warmup_steps >= 0), ("workers", cfg.data.workers >= 0),
+        ("worker_nice", 0 <= cfg.data.worker_nice <= 19),
         ("step_size", cfg.sched.step_size >= 1), ("warmup_epochs", cfg.sched.warmup_epochs >= 0),
         ("lr_base_batch", cfg.optim.lr_base_batch >= 1), ("hflip", 0.0 <= cfg.data.hflip <= 1.0),
         ("scale", len(cfg.data.scale) == 2 and 0 < cfg.data.scale[0] <= cfg.data.scale[1] <= 1),

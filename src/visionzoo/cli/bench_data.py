@@ -28,7 +28,7 @@ def add_parser(sub) -> None:
     p.add_argument("--json", metavar="FILE")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     add_config_flags(p, only={"data", "img_size", "crop_pct", "workers", "decode", "scale", "ratio", "hflip",
-                              "interpolation"})
+                              "interpolation", "worker_nice"})
     p.set_defaults(func=run)
 
 

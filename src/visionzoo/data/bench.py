@@ -51,7 +51,8 @@ def torchvision_loader(root: str | Path, split: str, img_size: int, workers: int
 def visionzoo_loader(cfg: DataConfig, split: str, batch_size: int, pin_memory: bool = False) -> DataLoader:
     data = build_data(cfg, ModelCfg(), splits=(split,))
     ds = data.train if split == "train" else data.val
-    return make_loader(ds, batch_size, cfg.workers, train=split == "train", pin_memory=pin_memory)
+    return make_loader(ds, batch_size, cfg.workers, train=split == "train", pin_memory=pin_memory,
+                       nice=cfg.worker_nice)
 
 
 def _forever(loader: DataLoader):

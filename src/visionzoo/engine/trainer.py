@@ -279,8 +279,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     per_rank_batch = cfg.batch_size // dist.world_size
     pin = device.type == "cuda"
     train_loader = make_loader(data.train, per_rank_batch, cfg.data.workers, True, cfg.seed, dist.rank, dist.world_size, pin,
-                               sampler=build_sampler(cfg, data.train, dist))
-    val_loader = make_loader(data.val, per_rank_batch, cfg.data.workers, False, cfg.seed, dist.rank, dist.world_size, pin)
+                               sampler=build_sampler(cfg, data.train, dist), nice=cfg.data.worker_nice)
+    val_loader = make_loader(data.val, per_rank_batch, cfg.data.workers, False, cfg.seed, dist.rank, dist.world_size, pin,
+                             nice=cfg.data.worker_nice)
     steps_per_epoch = len(train_loader) if cfg.iters is None else min(cfg.iters, len(train_loader))
     if cfg.iters is not None and cfg.iters > len(train_loader) and dist.is_main:
         log.warning("--iters %d is more than the %d batches of one epoch: running %d steps per epoch",
