@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Accuracy check of the fast input pipeline: the built-in digits re-encoded as 256x256 quality-90 JPEGs
 # (so training crops decode at 1/2..1/8 DCT scale), the demo recipe (resnet18 at 32 px, 8 epochs) with
-# --decode fast and --decode pil, same seed, same everything else. Usage: bash tools/pipeline_parity.sh OUT [SEED...]
+# --decode fast and --decode pil (DECODERS="fast pil device" adds decoding on the device), same seed, same
+# everything else. Usage: bash tools/pipeline_parity.sh OUT [SEED...]
 set -euo pipefail
 out=${1:-pipeline-parity}; shift || true
 seeds=("${@:-0}")
@@ -19,7 +20,7 @@ for p in src.rglob("*.png"):
 PY
 fi
 for s in "${seeds[@]}"; do
-  for d in fast pil; do
+  for d in ${DECODERS:-fast pil}; do
     [[ -f "$out/s$s-$d/summary.json" ]] || visionzoo train --recipe demo --data "$out/digits-jpg" --device cpu \
       --no-progress --seed "$s" --decode "$d" --output "$out/s$s-$d"
   done

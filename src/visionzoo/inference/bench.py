@@ -25,7 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..config import OptimConfig
 from ..engine.evaluate import autocast
+from ..engine.optim import build_optimizer
 from .runtime import (
     ModelFileError,
     ModelInfo,
@@ -274,7 +276,8 @@ def _train_step_factory(bm: BenchModel, backend: str, precision: str, device: to
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
     model = torch.compile(module) if backend == "compile" else module
-    opt = torch.optim.SGD(module.parameters(), lr=1e-4, momentum=0.9)
+    # the optimizer `visionzoo train` builds (fused SGD with momentum and weight decay), so the rate is train's
+    opt = build_optimizer(module, OptimConfig(), 1e-4, device)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16" and device.type == "cuda")
 
     def make(bs: int):

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# GPU figures for docs/performance.md (issue 6): resnet50 training step on synthetic data with bf16 and
+# channels_last, visionzoo against timm (its benchmark.py --bench train: timm's train.py step on synthetic
+# data), the fraction of the GPU's dense bf16 peak the step reaches, and the input pipeline with JPEGs
+# decoded by the workers (--decode fast) against nvJPEG on the GPU (--decode device).
+# Usage: TIMM_BENCHMARK=path/to/timm/benchmark.py PEAK_TFLOPS=989 bash tools/gpu_perf.sh OUT [JPEG_DIR]
+# PEAK_TFLOPS: dense bf16 tensor-core peak (H100 SXM and H200: 989; H100 PCIe: 756; A100: 312).
+set -euo pipefail
+out=${1:?usage: gpu_perf.sh OUT [JPEG_DIR]}; jpegs=${2:-}
+peak=${PEAK_TFLOPS:-989}
+mkdir -p "$out"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
+
+for bs in 128 256; do
+  visionzoo train --dummy --model resnet50 --img-size 224 --batch-size "$bs" --epochs 1 --iters 120 \
+    --perf-warmup-steps 20 --workers 8 --device cuda --eval-every 0 --no-progress \
+    --output "$out/vz-r50-b$bs" > "$out/vz-r50-b$bs.log" 2>&1  # amp and channels_last: the CUDA defaults
+  if [[ -n "${TIMM_BENCHMARK:-}" ]]; then
+    python "$TIMM_BENCHMARK" --model resnet50 --bench train --img-size 224 -b "$bs" --num-warm-iter 20 \
+      --num-bench-iter 100 --device cuda --precision amp_bfloat16 --channels-last \
+      > "$out/timm-r50-b$bs.log" 2>&1
+  fi
+done
+
+python - "$out" "$peak" <<'PY'
+import json, re, sys
+from pathlib import Path
+out, peak = Path(sys.argv[1]), float(sys.argv[2])
+flops_per_image = 3 * 4.1e9 * 2  # forward 4.1 GMACs at 224 px; a training step is about 3x; 2 FLOPs per MAC
+rows = []
+for run in sorted(out.glob("vz-r50-b*/metrics.jsonl")):
+    bs = run.parent.name.split("-b")[-1]
+    vz = json.loads(run.read_text().splitlines()[-1])["images_per_sec"]
+    timm_log = out / f"timm-r50-b{bs}.log"
+    timm = None
+    if timm_log.exists():
+        found = re.findall(r'"train_samples_per_sec":\s*([\d.]+)', timm_log.read_text())
+        timm = float(found[-1]) if found else None
+    rows.append({"batch": int(bs), "visionzoo_images_per_sec": vz, "timm_images_per_sec": timm,
+                 "ratio": vz / timm if timm else None, "fraction_of_bf16_peak": vz * flops_per_image / (peak * 1e12)})
+for r in rows:
+    print(r)
+(out / "r50_train.json").write_text(json.dumps(rows, indent=2))
+PY
+
+if [[ -n "$jpegs" ]]; then
+  for size in 224 128; do
+    for dec in fast device; do
+      visionzoo bench-data --data "$jpegs" --img-size "$size" --workers 8 --batch-size 256 --batches 40 --warmup 5 \
+        --decode "$dec" --device cuda --baseline --json "$out/bench-data-$dec-$size.json" --no-progress
+    done
+  done
+fi
