@@ -229,3 +229,24 @@ def test_training_with_device_decode_learns(tiny_imagefolder, tmp_path):
                  "--seed", "0", "--output", str(out), "--no-progress"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["best_top1"] > 60.0  # 3 colour-coded classes: chance is 33%
+
+
+def test_fused_transforms_read_jpeg_bytes_without_pillow(photo, tmp_path):
+    from visionzoo.data.images import read_file
+
+    png, cmyk, cut = tmp_path / "p.png", tmp_path / "c.jpg", tmp_path / "cut.jpg"
+    Image.open(photo).save(png)
+    Image.open(photo).convert("CMYK").save(cmyk, quality=95)
+    cut.write_bytes(photo.read_bytes()[:4000])
+    assert read_file(photo).jpeg_size() == (500, 375)
+    assert read_file(png).jpeg_size() is None and read_file(cmyk).jpeg_size() is None  # Pillow's to decode
+    for path in (photo, png, cmyk):  # bytes or an opened image: the same pixels from the same seed
+        for tf in (train_transform(96, hflip=0.5), eval_transform(96)):
+            torch.manual_seed(5)
+            from_bytes = tf(read_file(path))
+            torch.manual_seed(5)
+            assert torch.equal(from_bytes, tf(open_image(path))), path.name
+    with pytest.raises(BadImageError, match="cut.jpg"):
+        train_transform(64)(read_file(cut))
+    with pytest.raises(BadImageError, match="missing.jpg"):
+        read_file(tmp_path / "missing.jpg")

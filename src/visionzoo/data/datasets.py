@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from .images import BadImageError, decode_rgb, open_image
+from .images import BadImageError, EncodedFile, decode_rgb, open_image, read_file
 
 
 class DataError(ValueError):
@@ -39,6 +39,10 @@ class Samples:
     def open(self, index: int):
         """The image's header only (pixels are decoded later, at the scale the crop needs)."""
         return self.store.open(index) if self.store is not None else open_image(self.items[index][0])
+
+    def encoded(self, index: int) -> EncodedFile:
+        """The image's bytes, unparsed (for the fused transforms)."""
+        return self.store.encoded(index) if self.store is not None else read_file(self.items[index][0])
 
     @property
     def num_classes(self) -> int:
@@ -193,14 +197,15 @@ class ImageDataset(Dataset):
 
     def _decode_and_transform(self, index: int, seed: int | None):
         # fused transforms (transforms.Fused) decode the file themselves, at the scale they need
-        fused = getattr(self.transform, "takes_opened_image", False)
+        fused = getattr(self.transform, "takes_encoded_file", False)
         with torch.random.fork_rng(devices=[], enabled=seed is not None):
             if seed is not None:
                 # the CPU generator only: torch.manual_seed also queues lazy seeding of every accelerator
                 # backend, recording a stack trace each time (~0.5 ms a sample)
                 torch.default_generator.manual_seed(seed)
-            img = self.samples.open(index)
-            return self.transform(img if fused else decode_rgb(img, turbo=False))
+            if fused:
+                return self.transform(self.samples.encoded(index))
+            return self.transform(decode_rgb(self.samples.open(index), turbo=False))
 
 
 class DummyDataset(Dataset):

@@ -14,10 +14,9 @@ from dataclasses import dataclass
 
 import torch
 from torchvision.io import ImageReadMode, decode_jpeg
-from torchvision.transforms import RandomResizedCrop
 from torchvision.transforms import v2
 
-from .images import BadImageError
+from .images import BadImageError, EncodedFile
 from .transforms import DecodeCrop, _shift_left
 
 
@@ -38,25 +37,25 @@ class EncodedImage:
 class DeviceDecodeCrop(DecodeCrop):
     """DecodeCrop's framing, with the decode left to the device (see the module doc)."""
 
-    takes_opened_image = True
+    takes_encoded_file = True
 
     def __call__(self, img) -> EncodedImage:
-        if img.format != "JPEG" or img.mode not in ("RGB", "L") or img.fp is None:
-            return EncodedImage(None, str(getattr(img, "filename", "")), pixels=super().__call__(img).contiguous(),
-                                crop=self)
-        w, h = img.size
-        img.fp.seek(0)
-        data = img.fp.read()
-        name = str(getattr(img, "filename", "") or "image")
-        img.close()
+        if not isinstance(img, EncodedFile):  # an opened Pillow image (predict, tests): its bytes
+            with img:
+                img.fp.seek(0)
+                img = EncodedFile(img.fp.read(), str(getattr(img, "filename", "") or "image"))
+        size = img.jpeg_size()
+        if size is None:  # not a JPEG nvJPEG takes (PNG, CMYK, ...): the worker decodes it
+            return EncodedImage(None, img.name, pixels=super().__call__(img).contiguous(), crop=self)
+        w, h = size
         if self.mode == "random_resized":
-            top, left, ch, cw = RandomResizedCrop.get_params(img, self.scale, self.ratio)
-            item = EncodedImage(data, name, (top, left, ch, cw))
+            p = self._window.make_params([torch.empty(0, h, w, dtype=torch.uint8)])
+            item = EncodedImage(img.data, img.name, (p["top"], p["left"], p["height"], p["width"]))
         else:
             nw, nh = self._resized(w, h)
             left = _shift_left(nw, self.size, self.shift)
             top = int(round((nh - self.size) / 2.0))
-            item = EncodedImage(data, name, (top, left, self.size, self.size), resize=(nh, nw))
+            item = EncodedImage(img.data, img.name, (top, left, self.size, self.size), resize=(nh, nw))
         item.flip = bool(self.hflip > 0 and torch.rand(1) < self.hflip)
         item.crop = self
         return item

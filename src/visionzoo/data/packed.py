@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from .datasets import DataError, Samples, folder_classes, image_folder
-from .images import BadImageError, decode_rgb, decode_rgb_array, open_image
+from .images import BadImageError, EncodedFile, decode_rgb, decode_rgb_array, open_image
 
 FORMAT = "visionzoo-pack-1"
 PACK_FILE = "pack.json"
@@ -65,15 +65,13 @@ class PackedStore:
         start = int(self.offset[i])
         return self._maps[s][start:start + int(self.length[i])]
 
+    def encoded(self, i: int) -> EncodedFile:
+        """The entry's bytes, named after the pack and the source file for error messages."""
+        return EncodedFile(self.read(i), f"{self.split_dir}[{i}] ({self.names[i]})")
+
     def open(self, i: int) -> Image.Image:
         """The image's header only, like images.open_image; errors name the packed entry."""
-        name = f"{self.split_dir}[{i}] ({self.names[i]})"
-        try:
-            img = Image.open(io.BytesIO(self.read(i)))
-            img.filename = name  # for error messages downstream
-            return img
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            raise BadImageError(f"{name}: cannot decode image ({type(e).__name__}: {e})") from None
+        return self.encoded(i).open()
 
 
 def packed_samples(root: str | Path, split: str, classes: list[str] | None = None) -> Samples:

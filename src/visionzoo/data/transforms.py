@@ -16,9 +16,9 @@ import math
 from collections.abc import Sequence
 
 import torch
-from torchvision.transforms import InterpolationMode, RandomResizedCrop, v2
+from torchvision.transforms import InterpolationMode, v2
 
-from .images import decode_rgb_scaled
+from .images import EncodedFile, decode_rgb_scaled
 
 _INTERP = {
     "bilinear": InterpolationMode.BILINEAR,
@@ -57,6 +57,8 @@ class DecodeCrop:
         self.scale, self.ratio = tuple(scale), tuple(ratio)
         self.interpolation = _INTERP[interpolation]
         self.interp_mode = interpolation  # torch.nn.functional.interpolate's name for it
+        # torchvision's own window sampler, so every pipeline draws the same windows from the same seed
+        self._window = v2.RandomResizedCrop(size, scale=self.scale, ratio=self.ratio)
 
     def _resized(self, w: int, h: int) -> tuple[int, int]:
         """torchvision's Resize(int) target: short side size / crop_pct, long side truncated."""
@@ -70,11 +72,15 @@ class DecodeCrop:
         return out
 
     def _crop(self, img) -> torch.Tensor:
-        w, h = img.size
+        jpeg_size = img.jpeg_size() if isinstance(img, EncodedFile) else None
+        if isinstance(img, EncodedFile) and jpeg_size is None:
+            img = img.open()  # not a JPEG simplejpeg takes: Pillow decodes
+        w, h = jpeg_size or img.size
         if self.mode == "random_resized":
-            top, left, ch, cw = RandomResizedCrop.get_params(img, self.scale, self.ratio)
+            p = self._window.make_params([torch.empty(0, h, w, dtype=torch.uint8)])  # a shape is all it reads
+            top, left, ch, cw = p["top"], p["left"], p["height"], p["width"]
             # the smallest decode whose copy of the window still has >= size pixels each way: no detail lost
-            arr, f = decode_rgb_scaled(img, (math.ceil(w * self.size / cw), math.ceil(h * self.size / ch)))
+            arr, f = _decode(img, (w, h), (math.ceil(w * self.size / cw), math.ceil(h * self.size / ch)))
             y0, hh = _scaled_span(top, ch, f, arr.shape[0])
             x0, ww = _scaled_span(left, cw, f, arr.shape[1])
             # HWC memory seen as CHW: torch's uint8 antialiased resize is fastest on this channels-last layout
@@ -84,7 +90,7 @@ class DecodeCrop:
         # ceil(w / f) columns for w / f of image, so it is resized by the same scale (nw / w per source
         # pixel), not to (nw, nh), and the crop lands on the same source window
         nw, nh = self._resized(w, h)
-        arr, f = decode_rgb_scaled(img, (nw, nh))
+        arr, f = _decode(img, (w, h), (nw, nh))
         if f == 1:
             resized = v2.functional.resize(_chw(arr), [nh, nw], interpolation=self.interpolation, antialias=True)
         else:  # the exact scale, not a rounded size: interpolate maps coordinates by the factor given
@@ -94,6 +100,16 @@ class DecodeCrop:
         left = _shift_left(nw, self.size, self.shift)
         top = int(round((nh - self.size) / 2.0))
         return resized[:, top:top + self.size, left:left + self.size]
+
+
+def _decode(img, size: tuple[int, int], min_size: tuple[int, int]):
+    """decode_rgb_scaled for an opened image or an EncodedFile (simplejpeg straight from its bytes)."""
+    if isinstance(img, EncodedFile):
+        got = img.decode_jpeg(size, min_size)
+        if got is not None:
+            return got
+        img = img.open()  # simplejpeg refused it: Pillow decides (and names the file)
+    return decode_rgb_scaled(img, min_size)
 
 
 def _scaled_span(start: int, length: int, f: int, limit: int) -> tuple[int, int]:
@@ -109,9 +125,10 @@ def _chw(arr) -> torch.Tensor:
 
 
 class Fused:
-    """DecodeCrop, then v2 ops on the uint8 tensor; the data set hands it the opened, undecoded file."""
+    """DecodeCrop, then v2 ops on the uint8 tensor; the data set hands it the file's bytes (EncodedFile);
+    an opened Pillow image works too."""
 
-    takes_opened_image = True
+    takes_encoded_file = True
 
     def __init__(self, crop: DecodeCrop, rest: list):
         self.crop, self.rest = crop, v2.Compose(rest) if rest else None

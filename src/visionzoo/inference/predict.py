@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..data.images import BadImageError, load_rgb, open_image
+from ..data.images import BadImageError, load_rgb, read_file
 from ..data.loader import DeviceNormalizer
 from ..data.transforms import eval_transform
 from .runtime import Runner
@@ -29,7 +29,7 @@ def _decode(paths: list[Path], transform) -> tuple[list[torch.Tensor | None], li
             if not p.is_file():
                 raise BadImageError(f"{p}: no such file")
             # fused transforms decode at the scale they need, as eval does, so both see the same pixels
-            images.append(transform(open_image(p) if getattr(transform, "takes_opened_image", False)
+            images.append(transform(read_file(p) if getattr(transform, "takes_encoded_file", False)
                                     else load_rgb(p)))
             errors.append(None)
         except BadImageError as e:
