@@ -250,3 +250,26 @@ def test_fused_transforms_read_jpeg_bytes_without_pillow(photo, tmp_path):
         train_transform(64)(read_file(cut))
     with pytest.raises(BadImageError, match="missing.jpg"):
         read_file(tmp_path / "missing.jpg")
+
+
+def test_random_window_is_torchvisions_sampler_draw_for_draw():
+    from torchvision.transforms import v2
+
+    from visionzoo.data.transforms import DecodeCrop
+
+    for scale, ratio in (((0.08, 1.0), (3 / 4, 4 / 3)), ((0.9, 1.0), (2.0, 3.0)), ((0.5, 1.0), (0.2, 0.3))):
+        ours = DecodeCrop(64, "random_resized", scale=scale, ratio=ratio)
+        ref = v2.RandomResizedCrop(64, scale=scale, ratio=ratio)
+        for seed in range(200):  # includes the central-crop fallback for the extreme ratios
+            w, h = 100 + seed % 37 * 11, 80 + seed % 23 * 13
+            torch.manual_seed(seed)
+            got = ours.random_window(w, h)
+            torch.manual_seed(seed)
+            p = ref.make_params([torch.empty(0, h, w)])
+            assert got == (p["top"], p["left"], p["height"], p["width"])
+        torch.manual_seed(0)
+        ours.random_window(300, 200)
+        after_ours = torch.rand(1)
+        torch.manual_seed(0)
+        ref.make_params([torch.empty(0, 200, 300)])
+        assert torch.equal(after_ours, torch.rand(1))  # the same number of draws consumed

@@ -49,8 +49,7 @@ class DeviceDecodeCrop(DecodeCrop):
             return EncodedImage(None, img.name, pixels=super().__call__(img).contiguous(), crop=self)
         w, h = size
         if self.mode == "random_resized":
-            p = self._window.make_params([torch.empty(0, h, w, dtype=torch.uint8)])
-            item = EncodedImage(img.data, img.name, (p["top"], p["left"], p["height"], p["width"]))
+            item = EncodedImage(img.data, img.name, self.random_window(w, h))
         else:
             nw, nh = self._resized(w, h)
             left = _shift_left(nw, self.size, self.shift)

@@ -57,8 +57,7 @@ class DecodeCrop:
         self.scale, self.ratio = tuple(scale), tuple(ratio)
         self.interpolation = _INTERP[interpolation]
         self.interp_mode = interpolation  # torch.nn.functional.interpolate's name for it
-        # torchvision's own window sampler, so every pipeline draws the same windows from the same seed
-        self._window = v2.RandomResizedCrop(size, scale=self.scale, ratio=self.ratio)
+        self._log_ratio = torch.log(torch.tensor(self.ratio))
 
     def _resized(self, w: int, h: int) -> tuple[int, int]:
         """torchvision's Resize(int) target: short side size / crop_pct, long side truncated."""
@@ -71,14 +70,35 @@ class DecodeCrop:
             out = out.flip(-1)
         return out
 
+    def random_window(self, w: int, h: int) -> tuple[int, int, int, int]:
+        """(top, left, height, width): v2.RandomResizedCrop's sampler, the same torch draws in the same
+        order (so every pipeline frames the same window from a seed), without its per-call input parsing
+        (0.1 ms a sample, a tenth of a 128-px crop's time)."""
+        area = w * h
+        for _ in range(10):
+            target_area = area * torch.empty(1).uniform_(self.scale[0], self.scale[1]).item()
+            aspect = torch.exp(torch.empty(1).uniform_(self._log_ratio[0], self._log_ratio[1])).item()
+            cw = int(round(math.sqrt(target_area * aspect)))
+            ch = int(round(math.sqrt(target_area / aspect)))
+            if 0 < cw <= w and 0 < ch <= h:
+                top = int(torch.randint(0, h - ch + 1, size=(1,)).item())
+                return top, int(torch.randint(0, w - cw + 1, size=(1,)).item()), ch, cw
+        in_ratio = w / h  # fallback: the central crop at the nearest allowed ratio
+        if in_ratio < min(self.ratio):
+            cw, ch = w, int(round(w / min(self.ratio)))
+        elif in_ratio > max(self.ratio):
+            cw, ch = int(round(h * max(self.ratio))), h
+        else:
+            cw, ch = w, h
+        return (h - ch) // 2, (w - cw) // 2, ch, cw
+
     def _crop(self, img) -> torch.Tensor:
         jpeg_size = img.jpeg_size() if isinstance(img, EncodedFile) else None
         if isinstance(img, EncodedFile) and jpeg_size is None:
             img = img.open()  # not a JPEG simplejpeg takes: Pillow decodes
         w, h = jpeg_size or img.size
         if self.mode == "random_resized":
-            p = self._window.make_params([torch.empty(0, h, w, dtype=torch.uint8)])  # a shape is all it reads
-            top, left, ch, cw = p["top"], p["left"], p["height"], p["width"]
+            top, left, ch, cw = self.random_window(w, h)
             # the smallest decode whose copy of the window still has >= size pixels each way: no detail lost
             arr, f = _decode(img, (w, h), (math.ceil(w * self.size / cw), math.ceil(h * self.size / ch)))
             y0, hh = _scaled_span(top, ch, f, arr.shape[0])
