@@ -14,10 +14,11 @@ for prec in fp32 bf16; do
   rm -rf "$out/vz_${prec}_$rep"
   visionzoo train --data "$data" --model resnet18 --img-size 64 --batch-size 64 --epochs 2 --workers "$workers" \
     --lr 0.1 --eval-every 0 --device cpu --output "$out/vz_${prec}_$rep" --no-progress "${vzflags[@]}" \
-    > "$out/vz_${prec}_$rep.log" 2>&1
+    > "$out/vz_${prec}_$rep.log" 2>&1 || { echo "visionzoo train failed: $out/vz_${prec}_$rep.log"; exit 1; }
   (cd "$(dirname "$timm_train")" && python train.py --data-dir "$data" --val-split val --model resnet18 --img-size 64 \
     -b 64 --epochs 2 --workers "$workers" --color-jitter 0 --smoothing 0 --lr 0.1 --warmup-epochs 0 --log-interval 10 \
-    --device cpu --output "$out/timm_${prec}_$rep" "${timmflags[@]}" > "$out/timm_${prec}_$rep.log" 2>&1)
+    --device cpu --output "$out/timm_${prec}_$rep" "${timmflags[@]}" > "$out/timm_${prec}_$rep.log" 2>&1) \
+    || { echo "timm train.py failed: $out/timm_${prec}_$rep.log"; exit 1; }
   python - "$out" "$prec" "$rep" <<'PY'
 import json, re, sys
 out, prec, rep = sys.argv[1:]
