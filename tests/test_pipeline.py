@@ -273,3 +273,38 @@ def test_random_window_is_torchvisions_sampler_draw_for_draw():
         torch.manual_seed(0)
         ref.make_params([torch.empty(0, 200, 300)])
         assert torch.equal(after_ours, torch.rand(1))  # the same number of draws consumed
+
+
+def test_pack_list_file_splits_with_open_set_entries(tiny_imagefolder, tmp_path, capsys):
+    from visionzoo.cli import main
+    from visionzoo.data.packed import packed_samples
+
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    classes = ["square", "circle", "triangle"]  # list order, not folder order
+    (lists / "classes.txt").write_text("\n".join(classes) + "\n")
+    rows = {split: [] for split in ("train", "val", "open")}
+    for label, name in enumerate(classes[:2]):  # triangle's images become the open set
+        for p in sorted((tiny_imagefolder / "train" / name).iterdir())[:5]:
+            rows["train"].append(f"{p.relative_to(tiny_imagefolder)} {label}")
+        for p in sorted((tiny_imagefolder / "val" / name).iterdir()):
+            rows["val"].append(f"{p.relative_to(tiny_imagefolder)} {label}")
+    rows["open"] = [f"{p.relative_to(tiny_imagefolder)} -1" for p in (tiny_imagefolder / "val" / "triangle").iterdir()]
+    for split, lines in rows.items():
+        (lists / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "pack"
+    assert main(["pack", "--data", str(tiny_imagefolder), "--output", str(out), "--workers", "1", "--no-progress",
+                 *[a for s in rows for a in ("--list", f"{s}={lists / (s + '.txt')}")]]) == 0
+    for split, lines in rows.items():
+        packed = packed_samples(out, split)
+        assert packed.classes == classes
+        assert [(n, y) for n, y in packed.items] == [(ln.rsplit(" ", 1)[0], int(ln.rsplit(" ", 1)[1])) for ln in lines]
+    assert {y for _, y in packed_samples(out, "open", classes=list(reversed(classes))).items} == {-1}
+    run = tmp_path / "run"
+    assert main(["train", "--model", "resnet10", "--data", str(out), "--img-size", "24", "--epochs", "1",
+                 "--batch-size", "5", "--workers", "0", "--device", "cpu", "--output", str(run), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["pack", "--data", str(tiny_imagefolder), "--output", str(tmp_path / "p2"), "--list", "train"]) == 2
+    assert "SPLIT=FILE" in capsys.readouterr().err
+    assert main(["pack", "--data", str(tiny_imagefolder), "--output", str(tmp_path / "p3"),
+                 "--list", f"../x={lists / 'train.txt'}"]) == 2

@@ -1,4 +1,5 @@
-"""visionzoo pack: a packed copy of an ImageFolder for fast loading (see visionzoo.data.packed).
+"""visionzoo pack: a packed copy of an ImageFolder or of list-file splits (--list SPLIT=FILE, e.g. ImageNet-LT)
+for fast loading (see visionzoo.data.packed).
 
 Images are re-encoded as JPEG with their longer side capped at --max-size (JPEGs already within it are
 copied byte for byte) into large shard files with an index. Train and eval read the pack directly:
@@ -11,8 +12,12 @@ import argparse
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("pack", help="pack an ImageFolder into shard files for fast loading", description=__doc__)
-    p.add_argument("--data", required=True, help="ImageFolder root with train/<class>/ and/or val/<class>/")
+    p = sub.add_parser("pack", help="pack an ImageFolder or list-file data set into shard files for fast loading",
+                       description=__doc__)
+    p.add_argument("--data", required=True, help="ImageFolder root with train/<class>/ and/or val/<class>/, "
+                   "or the folder a --list's paths start from")
+    p.add_argument("--list", dest="lists", action="append", default=[], metavar="SPLIT=FILE",
+                   help="pack SPLIT from a 'relative/path label' list (repeat: --list train=A.txt --list val=B.txt)")
     p.add_argument("--output", required=True)
     p.add_argument("--max-size", type=int, default=256, help="cap on the longer side, px")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality of re-encoded images")
@@ -26,8 +31,16 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..data.packed import pack
 
+    from ..config import ConfigError
+
+    lists = {}
+    for item in args.lists:
+        split, sep, path = item.partition("=")
+        if not sep or not path:
+            raise ConfigError(f"--list {item!r}: expected SPLIT=FILE, e.g. --list train=ImageNet_LT_train.txt")
+        lists[split] = path
     m = pack(args.data, args.output, args.max_size, args.quality, args.shard_mb * 2**20, args.workers,
-             args.skip_bad_images, args.progress)
+             args.skip_bad_images, args.progress, lists)
     for split in m["splits"]:
         s = m[split]
         print(f"{split}: {s['images']} images in {s['shards']} shard(s), {s['bytes'] / 2**20:.1f} MiB"

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .datasets import DataError, Samples, folder_classes, image_folder
+from .datasets import DataError, Samples, folder_classes, image_folder, list_samples
 from .images import BadImageError, EncodedFile, decode_rgb, decode_rgb_array, open_image
 
 FORMAT = "visionzoo-pack-1"
@@ -87,10 +87,11 @@ def packed_samples(root: str | Path, split: str, classes: list[str] | None = Non
     labels = store.labels.tolist()
     if classes is not None and list(classes) != pack_classes:
         index = {c: i for i, c in enumerate(classes)}
-        unknown = sorted({pack_classes[label] for label in set(labels)} - set(index))
+        unknown = sorted({pack_classes[label] for label in set(labels) if label >= 0} - set(index))
         if unknown:
             raise DataError(f"{root}: classes {unknown[:5]} are not among the {len(classes)} given classes")
-        labels = [index[pack_classes[label]] for label in labels]
+        # -1: an open-set image of a packed list (no class); it stays -1
+        labels = [index[pack_classes[label]] if label >= 0 else label for label in labels]
     names = store.names.tolist()
     return Samples(list(zip(names, labels)), list(classes or pack_classes), store=store)
 
@@ -120,30 +121,33 @@ def _encode_or_error(args: tuple[str, int, int]) -> bytes | str:
 
 def pack(data: str | Path, output: str | Path, max_size: int = 256, quality: int = 90,
          shard_bytes: int = 256 * 2**20, workers: int = 2, skip_bad: bool = False,
-         progress: bool = True) -> dict[str, Any]:
-    """Pack an ImageFolder (DATA/train/<class>/..., DATA/val/<class>/...) into OUTPUT; returns pack.json."""
+         progress: bool = True, lists: dict[str, str | Path] | None = None) -> dict[str, Any]:
+    """Pack an ImageFolder (DATA/train/<class>/..., DATA/val/<class>/...) into OUTPUT; returns pack.json.
+
+    lists: {split: list file} packs those splits from `relative/path label` lists under DATA instead (e.g.
+    ImageNet-LT's); the class names come from a classes.txt beside the first list (`visionzoo make-lt`
+    writes one) or are the label numbers, and open-set entries (label -1) keep their -1.
+    """
     data, out = Path(data), Path(output)
     if max_size < 16 or not 1 <= quality <= 100:
         raise DataError(f"--max-size {max_size} (>= 16) or --quality {quality} (1-100) out of range")
     if is_packed(out):
         raise DataError(f"{out} already holds a pack: remove it or choose another --output")
-    splits = [s for s in ("train", "val") if (data / s).is_dir()]
-    if not splits:
-        raise DataError(f"{data}: no train/ or val/ folder to pack")
-    classes = folder_classes(data / splits[0])
+    sources = _split_samples(data, lists)
+    classes = next(iter(sources.values())).classes
     out.mkdir(parents=True, exist_ok=True)
     counts: dict[str, Any] = {}
     try:
         with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
-            for split in splits:
-                counts[split] = _pack_split(pool, data, out / split, classes, max_size, quality, shard_bytes,
+            for split, samples in sources.items():
+                counts[split] = _pack_split(pool, samples, data, out / split, max_size, quality, shard_bytes,
                                             skip_bad, progress)
     except BaseException:
         for tmp in out.glob("*/shard-*.bin.tmp"):  # an interrupted pack leaves no half-written shards
             tmp.unlink()
         raise
     (out / "classes.txt").write_text("".join(f"{c}\n" for c in classes))
-    meta = {"format": FORMAT, "source": str(data), "max_size": max_size, "quality": quality, "splits": splits,
+    meta = {"format": FORMAT, "source": str(data), "max_size": max_size, "quality": quality, "splits": list(sources),
             "classes": len(classes), **counts}
     from ..engine.runlog import write_json
 
@@ -151,12 +155,31 @@ def pack(data: str | Path, output: str | Path, max_size: int = 256, quality: int
     return meta
 
 
-def _pack_split(pool, data: Path, split_dir: Path, classes: list[str], max_size: int, quality: int,
+def _split_samples(data: Path, lists: dict[str, str | Path] | None) -> dict[str, Samples]:
+    """The splits to pack, each with the same class list: DATA's train/ and val/ folders, or the lists."""
+    if lists:
+        bad = [s for s in lists if not s or "/" in s or s.startswith(".")]
+        if bad:
+            raise DataError(f"--list {bad[0]!r}=...: a split name is a plain folder name (train, val, test, ...)")
+        out: dict[str, Samples] = {}
+        classes = num_classes = None
+        for split, path in lists.items():
+            s = list_samples(path, data, split, classes=classes, num_classes=num_classes, allow_open=True)
+            classes, num_classes = classes or s.classes, num_classes or s.num_classes
+            out[split] = s
+        return out
+    splits = [s for s in ("train", "val") if (data / s).is_dir()]
+    if not splits:
+        raise DataError(f"{data}: no train/ or val/ folder to pack (or give list files: --list SPLIT=FILE)")
+    classes = folder_classes(data / splits[0])
+    return {s: image_folder(data / s, classes) for s in splits}
+
+
+def _pack_split(pool, samples: Samples, data: Path, split_dir: Path, max_size: int, quality: int,
                 shard_bytes: int, skip_bad: bool, progress: bool) -> dict[str, Any]:
     """One split into split_dir: shards written as .tmp and renamed at the end, then index.npz."""
     from tqdm import tqdm
 
-    samples = image_folder(data / split_dir.name, classes)
     split_dir.mkdir(exist_ok=True)
     cols: dict[str, list] = {k: [] for k in ("shard", "offset", "length", "label", "name")}
     shard, offset, skipped, total_bytes = 0, 0, [], 0
