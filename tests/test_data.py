@@ -604,7 +604,10 @@ class _Niceness(torch.utils.data.Dataset):
 
 def test_loader_workers_run_at_low_cpu_priority():
     base = os.nice(0)
-    for nice, expected in ((19, 19), (0, base)):
+    if base > 15:
+        pytest.skip(f"the test process already runs at niceness {base}")
+    # the worker reaches the niceness asked for (not base + it); asking for less than base changes nothing
+    for nice, expected in ((19, 19), (base + 3, base + 3), (0, base)):
         loader = make_loader(_Niceness(), 2, 1, train=False, nice=nice)
         (_, niceness, _), = list(loader)
         assert niceness.tolist() == [expected, expected]

@@ -204,7 +204,7 @@ def test_device_decode_frames_the_same_pixels_as_the_cpu_pipelines(photo, tmp_pa
         assert (got - ref).abs().mean() < 10.0  # a wrong window or flip differs by 40+
 
 
-def test_device_decode_names_a_bad_file_and_refuses_what_it_cannot_do(photo, tmp_path):
+def test_device_decode_names_a_bad_file_and_refuses_what_it_cannot_do(photo, tmp_path, capsys):
     from visionzoo.config import ConfigError, TrainConfig, apply_overrides, validate
 
     bad = tmp_path / "cut.jpg"
@@ -216,6 +216,13 @@ def test_device_decode_names_a_bad_file_and_refuses_what_it_cannot_do(photo, tmp
     cfg = apply_overrides(TrainConfig(), {"data": {"decode": "device", "skip_bad_images": True}}, "test")
     with pytest.raises(ConfigError, match="skip-bad-images"):
         validate(cfg)
+    from visionzoo.cli import main
+
+    for flags in (["--crop-pct", "1.15"], ["--skip-bad-images"]):  # every data command checks, not only train
+        for cmd in (["eval", "--checkpoint", str(tmp_path / "none.pth")], ["train"]):
+            capsys.readouterr()
+            assert main([*cmd, "--data", str(tmp_path), "--decode", "device", *flags]) == 2
+            assert "does not combine with " + flags[0] in capsys.readouterr().err
 
 
 def test_training_with_device_decode_learns(tiny_imagefolder, tmp_path):

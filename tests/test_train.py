@@ -170,11 +170,17 @@ def test_step_defaults_per_device(monkeypatch, tmp_path):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert step_defaults("auto", None, cpu) == (None, False)  # CPU runs stay fp32/NCHW unless asked
     assert step_defaults("bf16", True, cpu) == ("bf16", True)  # explicit choices are kept
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (8, 0))  # Ampere
     assert step_defaults("auto", None, cuda) == ("bf16", True)
     assert step_defaults(None, False, cuda) == (None, False)  # --amp none --no-channels-last
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (7, 0))  # V100: bf16 only emulated
     assert step_defaults("auto", None, cuda) == ("fp16", True)  # pre-Ampere GPUs: fp16 with loss scaling
+    # a resumed run left at auto keeps the precision and layout it began with; explicit flags still win
+    began = {"config": {"amp": None, "model": {"channels_last": False}}}
+    assert trainer_mod._resumed_step_settings(TrainConfig(), began) == (None, False)
+    asked = apply_overrides(TrainConfig(), {"amp": "bf16", "model": {"channels_last": True}}, "test")
+    assert trainer_mod._resumed_step_settings(asked, began) == ("bf16", True)
+    assert trainer_mod._resumed_step_settings(TrainConfig(), None) == ("auto", None)
     # the run records what it resolved to, not "auto"
     out = tmp_path / "run"
     assert main(["train", "--dummy", "--model", "resnet18", "--img-size", "16", "--batch-size", "4", "--epochs", "1",

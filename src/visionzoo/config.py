@@ -286,14 +286,23 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         ("centroid_weight", cfg.lt.centroid_weight >= 0), ("centroid_lr_factor", cfg.lt.centroid_lr_factor > 0),
     ]
     bad = [name for name, ok in checks if not ok]
-    if cfg.data.decode == "device" and (cfg.data.skip_bad_images or cfg.data.color_jitter > 0):
-        # the batch decodes in the main process, after the workers could have replaced a bad file
-        raise ConfigError("data.decode = 'device' does not combine with --skip-bad-images or --color-jitter "
-                          "(use --decode fast)")
+    check_decode(cfg.data)
     if bad:
         index = field_index()
         raise ConfigError(", ".join(f"{index[n]} = {getattr_path(cfg, index[n])!r} is out of range" for n in bad))
     return cfg
+
+
+def check_decode(data: DataConfig) -> DataConfig:
+    """What decode='device' cannot do, as a ConfigError: the batch decodes after the workers could have
+    replaced a bad file or jittered colours, and its centre crop does not pad (crop_pct above 1)."""
+    if data.decode == "device":
+        clash = [flag for flag, on in (("--skip-bad-images", data.skip_bad_images),
+                                       ("--color-jitter", data.color_jitter > 0),
+                                       ("--crop-pct above 1", (data.crop_pct or 0) > 1)) if on]
+        if clash:
+            raise ConfigError(f"data.decode = 'device' does not combine with {', '.join(clash)} (use --decode fast)")
+    return data
 
 
 def getattr_path(obj: Any, path: str) -> Any:

@@ -200,7 +200,7 @@ def make_loader(
 
 
 def _lower_priority(nice: int, _worker_id: int) -> None:
-    os.nice(nice)
+    os.nice(max(0, nice - os.nice(0)))  # os.nice adds: reach `nice` itself (never raise priority)
 
 
 class DeviceNormalizer:
@@ -252,7 +252,8 @@ def device_batches(loader: Iterable, normalizer: DeviceNormalizer) -> Iterator[t
 
     On CUDA the next batch is copied and normalised on a side stream, issued before the current batch
     is handed out, so the host-to-device copy overlaps the step that runs on it (pin the loader's memory
-    for a truly asynchronous copy). Elsewhere each batch is converted when it is asked for.
+    for a truly asynchronous copy). Elsewhere each batch is converted when it is asked for. With a
+    reusing normaliser (CPU, reuse=True) each batch is valid until the next one is asked for.
     """
     device = normalizer.device
     if device.type != "cuda":
@@ -263,6 +264,7 @@ def device_batches(loader: Iterable, normalizer: DeviceNormalizer) -> Iterator[t
 
     def stage(batch):
         images, target, skipped = batch
+        side.wait_stream(torch.cuda.current_stream(device))  # e.g. the normaliser's constants
         with torch.cuda.stream(side):
             return normalizer(images), target.to(device, non_blocking=True), skipped
 

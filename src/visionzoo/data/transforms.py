@@ -57,7 +57,7 @@ class DecodeCrop:
         self.scale, self.ratio = tuple(scale), tuple(ratio)
         self.interpolation = _INTERP[interpolation]
         self.interp_mode = interpolation  # torch.nn.functional.interpolate's name for it
-        self._log_ratio = torch.log(torch.tensor(self.ratio))
+        self._log_ratio = torch.log(torch.tensor(self.ratio)).tolist()  # float32 logs, as torchvision draws
 
     def _resized(self, w: int, h: int) -> tuple[int, int]:
         """torchvision's Resize(int) target: short side size / crop_pct, long side truncated."""

@@ -19,12 +19,18 @@ def step_defaults(amp: str | None, channels_last: bool | None, device: torch.dev
     """
     cuda = device.type == "cuda"
     if amp == "auto":
-        amp = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else None
+        amp = ("bf16" if _native_bf16(device) else "fp16") if cuda else None
         if not cuda and _cpu_has_amx():
             log.info("this CPU has AMX: --amp bf16 --channels-last usually trains faster here")
     if channels_last is None:
         channels_last = cuda
     return amp, channels_last
+
+
+def _native_bf16(device: torch.device) -> bool:
+    # compute capability 8 (Ampere) and later: torch.cuda.is_bf16_supported() also says yes on older
+    # GPUs, where bf16 is emulated and slow
+    return torch.cuda.get_device_capability(device)[0] >= 8
 
 
 def _cpu_has_amx() -> bool:

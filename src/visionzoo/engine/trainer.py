@@ -6,6 +6,7 @@ and are read once per log interval.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import random
@@ -113,9 +114,8 @@ def train_one_epoch(
     t_start = time.perf_counter()
     t_perf = None
     bar = tqdm(total=max_steps, desc=desc, disable=None if progress else True, leave=False, dynamic_ncols=True)
-    for x, target, n_skipped in device_batches(loader, state.normalizer):
-        if steps >= max_steps:
-            break
+    # islice: no batch beyond max_steps is fetched (or, on CUDA, prefetched into the timed window)
+    for x, target, n_skipped in device_batches(itertools.islice(loader, max_steps), state.normalizer):
         skipped += n_skipped
         if steps == perf_warmup_steps:
             _sync(device)
@@ -187,6 +187,17 @@ def _resume_path(cfg: TrainConfig, out: Path) -> Path | None:
     return Path(cfg.resume)
 
 
+def _resumed_step_settings(cfg: TrainConfig, ckpt: dict[str, Any] | None) -> tuple[str | None, bool | None]:
+    """amp and channels_last as asked, with "auto" / None taken from the resumed checkpoint's config."""
+    amp, channels_last = cfg.amp, cfg.model.channels_last
+    saved = (ckpt or {}).get("config") or {}
+    if amp == "auto" and "amp" in saved:
+        amp = saved["amp"]
+    if channels_last is None and "channels_last" in saved.get("model", {}):
+        channels_last = saved["model"]["channels_last"]
+    return amp, channels_last
+
+
 def _should_eval(cfg: TrainConfig, epoch: int) -> bool:
     """epoch is 1-based; the last epoch is always evaluated when evaluation is on."""
     if cfg.eval_every <= 0 or epoch < cfg.eval_start:
@@ -235,16 +246,17 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         raise ConfigError(f"batch_size {cfg.batch_size} (global) is not divisible by {dist.world_size} processes")
     if cfg.model.sync_bn and dist.enabled and device.type == "cpu":
         raise ConfigError("--sync-bn needs GPUs: torch's SyncBatchNorm does not run on CPU processes")
-    # recorded resolved, so the saved config says what ran
-    cfg.amp, cfg.model.channels_last = step_defaults(cfg.amp, cfg.model.channels_last, device)
-    if cfg.amp == "fp16" and device.type == "cpu":
-        log.warning("fp16 autocast on CPU is slow and poorly supported; prefer --amp bf16 there")
     model_cfg = get_model_cfg(cfg.model.model)  # a bad name fails before any folder is made
     out = Path(broadcast_object(str(_output_dir(cfg))))
     cfg.output = str(out)
     check_output_free(cfg)
     runlog = RunLog(out, enabled=dist.is_main, tensorboard=cfg.tensorboard)
     resume = _resume_path(cfg, out)
+    ckpt = load_checkpoint(resume) if resume is not None else None
+    # recorded resolved, so the saved config says what ran; left at auto, a resumed run keeps what it began with
+    cfg.amp, cfg.model.channels_last = step_defaults(*_resumed_step_settings(cfg, ckpt), device)
+    if cfg.amp == "fp16" and device.type == "cpu":
+        log.warning("fp16 autocast on CPU is slow and poorly supported; prefer --amp bf16 there")
 
     if cfg.data.dummy and cfg.iters and cfg.data.dummy_train_size < cfg.iters * cfg.batch_size:
         cfg.data.dummy_train_size = cfg.iters * cfg.batch_size  # a performance run gets all its steps
@@ -302,8 +314,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         cfg.amp, cfg.optim.clip_grad, build_criterion(cfg, raw_model, data.train, num_classes, device),
         scope=scope,
     )
-    if resume is not None:
-        ckpt = load_checkpoint(resume)
+    if ckpt is not None:
         raw_model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])

@@ -65,6 +65,7 @@ def finetune_res(cfg: TrainConfig, evaluate_before: bool = True) -> dict[str, An
     The summary gains `before_finetune` (top-1/top-5 of the source model at the test size), also written
     to OUTPUT/before_finetune.json, so the gain is read off one run.
     """
+    from ..engine.defaults import step_defaults
     from ..engine.evaluate import evaluate
     from ..engine.trainer import check_output_free, train
 
@@ -74,8 +75,9 @@ def finetune_res(cfg: TrainConfig, evaluate_before: bool = True) -> dict[str, An
     dist = init_distributed(cfg.device)
     before = None
     if evaluate_before and cfg.eval_every > 0 and not cfg.resume:
+        amp, channels_last = step_defaults(cfg.amp, cfg.model.channels_last, dist.device)  # as train will
         before = evaluate(cfg.model.weights, cfg.data, max(1, cfg.batch_size // dist.world_size),
-                          cfg.device, cfg.amp or "fp32", cfg.model.channels_last, cfg.progress)
+                          cfg.device, amp or "fp32", channels_last, cfg.progress)
         before.pop("per_class", None)
         log.info("before fine-tuning, at %d px: top-1 %.2f  top-5 %.2f (%d images)", cfg.data.img_size,
                  before["top1"], before["top5"], before["num_images"])
