@@ -140,7 +140,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "opt": ("sgd",),
     "lr_scale": ("linear", "sqrt", "none"),
     "sched": ("linear", "step", "multistep", "cosine", "constant"),
-    "amp": ("auto", "fp16", "bf16"),
+    "amp": ("auto", "fp16", "bf16", "none"),  # none: read as null (fp32)
     "device": ("auto", "cpu", "cuda"),
     "interpolation": ("bilinear", "bicubic", "nearest"),
     "sampler": ("instance", "class_balanced", "sqrt", "class_aware"),
