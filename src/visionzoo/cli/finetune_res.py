@@ -10,6 +10,7 @@ fine-tuning at that size is logged first. Every training flag applies (--epochs,
 from __future__ import annotations
 
 import argparse
+
 from ..config import ConfigError
 from .options import add_config_flags, cli_overrides, nest, run_training
 

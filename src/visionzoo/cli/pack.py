@@ -29,9 +29,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data.packed import pack
-
     from ..config import ConfigError
+    from ..data.packed import pack
 
     lists = {}
     for item in args.lists:

@@ -194,7 +194,6 @@ class ImageDataset(Dataset):
                 path, label = self.samples.items[(index + replaced) % len(self)]
         return (out, label, 1) if replaced else (out, label)
 
-
     def _decode_and_transform(self, index: int, seed: int | None):
         # fused transforms (transforms.Fused) decode the file themselves, at the scale they need
         fused = getattr(self.transform, "takes_encoded_file", False)

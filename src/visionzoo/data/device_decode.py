@@ -10,6 +10,7 @@ as decode="fast" would, and join the batch as pixels.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -40,13 +41,12 @@ class DeviceDecodeCrop(DecodeCrop):
     takes_encoded_file = True
 
     def __call__(self, img) -> EncodedImage:
-        if not isinstance(img, EncodedFile):  # an opened Pillow image (predict, tests): its bytes
-            with img:
-                img.fp.seek(0)
-                img = EncodedFile(img.fp.read(), str(getattr(img, "filename", "") or "image"))
-        size = img.jpeg_size()
-        if size is None:  # not a JPEG nvJPEG takes (PNG, CMYK, ...): the worker decodes it
-            return EncodedImage(None, img.name, pixels=super().__call__(img).contiguous(), crop=self)
+        if not isinstance(img, EncodedFile):  # a Pillow image: its file's bytes, if it has a file
+            img = EncodedFile.of(img) or img
+        size = img.jpeg_size() if isinstance(img, EncodedFile) else None
+        if size is None:  # not a JPEG nvJPEG takes (PNG, CMYK, in memory): the worker decodes it
+            name = img.name if isinstance(img, EncodedFile) else "image"
+            return EncodedImage(None, name, pixels=super().__call__(img).contiguous(), crop=self)
         w, h = size
         if self.mode == "random_resized":
             item = EncodedImage(img.data, img.name, self.random_window(w, h))
@@ -77,15 +77,11 @@ class EncodedBatch:
 
     def __init__(self, items: list[EncodedImage]):
         self.crop = items[0].crop
-        self.names = [it.name for it in items]
+        # what to do with each image, without its bytes (those go into the blob) or the transform
         self.plans = [EncodedImage(None, it.name, it.box, it.resize, it.flip, it.pixels) for it in items]
-        sizes = [len(it.data) if it.data is not None else 0 for it in items]
-        self.offsets = [0]
-        for n in sizes:
-            self.offsets.append(self.offsets[-1] + n)
-        self.blob = torch.frombuffer(bytearray(b"".join(it.data for it in items if it.data is not None)) or
-                                     bytearray(1), dtype=torch.uint8)
-        self.is_jpeg = [it.data is not None for it in items]
+        self.offsets = [0, *itertools.accumulate(len(it.data or b"") for it in items)]
+        self.blob = torch.frombuffer(bytearray(b"".join(it.data or b"" for it in items)) or bytearray(1),
+                                     dtype=torch.uint8)
 
     def __len__(self) -> int:
         return len(self.plans)
@@ -99,7 +95,7 @@ class EncodedBatch:
 
     def decode(self, device: torch.device) -> torch.Tensor:
         """uint8 NCHW batch on the device; an undecodable JPEG raises BadImageError naming its file."""
-        jpegs = [i for i, ok in enumerate(self.is_jpeg) if ok]
+        jpegs = [i for i, plan in enumerate(self.plans) if plan.pixels is None]
         out: list[torch.Tensor | None] = [None] * len(self.plans)
         if jpegs:
             try:
@@ -118,5 +114,5 @@ class EncodedBatch:
             try:
                 decode_jpeg(self._bytes(i), mode=ImageReadMode.RGB, device=device)
             except RuntimeError as e:
-                raise BadImageError(f"{self.names[i]}: cannot decode image on {device} ({e})") from None
+                raise BadImageError(f"{self.plans[i].name}: cannot decode image on {device} ({e})") from None
         raise BadImageError(f"a batch of {len(jpegs)} JPEGs failed to decode on {device}, each alone decodes")

@@ -42,12 +42,17 @@ class EncodedFile:
         """decode_rgb_scaled for a file whose jpeg_size() is size; None when simplejpeg refuses it (then
         Pillow decides, through open())."""
         factor = _dct_factor(*size, min_size)
-        try:
-            arr = simplejpeg.decode_jpeg(self.data, colorspace="RGB", min_width=-(-size[0] // factor),
-                                         min_height=-(-size[1] // factor))
-        except ValueError:
+        arr = _turbo_decode(self.data, size, factor)
+        return None if arr is None else (arr, factor)
+
+    @classmethod
+    def of(cls, img: Image.Image) -> EncodedFile | None:
+        """An opened (not yet decoded) Pillow image's file bytes, closing it; None for an image in memory."""
+        if img.fp is None:
             return None
-        return arr, factor
+        with img:
+            img.fp.seek(0)
+            return cls(img.fp.read(), str(getattr(img, "filename", "") or "image"))
 
     def open(self) -> Image.Image:
         """The Pillow image (header read), for everything but the fast JPEG path."""
@@ -85,17 +90,21 @@ def _dct_factor(w: int, h: int, min_size: tuple[int, int]) -> int:
     return 1
 
 
+def _turbo_decode(data: bytes, size: tuple[int, int], factor: int) -> np.ndarray | None:
+    """simplejpeg (libjpeg-turbo) decode of a size (w, h) JPEG at 1/factor, strict about truncation; None
+    to fall back to Pillow."""
+    try:
+        return simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=-(-size[0] // factor),
+                                      min_height=-(-size[1] // factor))
+    except ValueError:
+        return None  # CMYK, arithmetic coding, or a damaged file: Pillow decides (and names the file)
+
+
 def _decode_jpeg_turbo(img: Image.Image, factor: int) -> np.ndarray | None:
-    """simplejpeg (libjpeg-turbo) decode at 1/factor, strict about truncation; None to fall back to Pillow."""
     if simplejpeg is None or img.fp is None:
         return None
     img.fp.seek(0)
-    data = img.fp.read()
-    w, h = img.size
-    try:
-        return simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=-(-w // factor), min_height=-(-h // factor))
-    except ValueError:
-        return None  # CMYK, arithmetic coding, or a damaged file: Pillow decides (and names the file)
+    return _turbo_decode(img.fp.read(), img.size, factor)
 
 
 def _decode(img: Image.Image, min_size: tuple[int, int] | None, turbo: bool) -> np.ndarray | Image.Image:
@@ -130,11 +139,11 @@ def decode_rgb_array(img: Image.Image, min_size: tuple[int, int] | None = None, 
     return out if isinstance(out, np.ndarray) else np.array(out)
 
 
-def decode_rgb_scaled(img: Image.Image, min_size: tuple[int, int]) -> tuple[np.ndarray, int]:
+def decode_rgb_scaled(img: Image.Image, min_size: tuple[int, int], turbo: bool = True) -> tuple[np.ndarray, int]:
     """decode_rgb_array and the DCT factor f it decoded at: source pixel x is at x / f in the array
     (libjpeg keeps ceil(w / f) columns, the last one partial, so arr_w / w is not the scale)."""
     w, h = img.size
-    arr = decode_rgb_array(img, min_size)
+    arr = decode_rgb_array(img, min_size, turbo)
     factor = next((f for f in (8, 4, 2) if (-(-w // f), -(-h // f)) == (arr.shape[1], arr.shape[0])), 1)
     return arr, factor
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import math
+import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -231,9 +231,7 @@ class DeviceNormalizer:
 
     def __call__(self, images: torch.Tensor | EncodedBatch) -> torch.Tensor:
         if isinstance(images, EncodedBatch):
-            images = images.decode(self.device)
-            x = images.float() if not self.reuse else self._buffer(images.shape).copy_(images)
-            return x.contiguous(memory_format=self.memory_format).sub_(self.mean).mul_(self.inv_std)
+            images = images.decode(self.device)  # uint8 on the device already; the rest is the same
         if images.ndim != 4:  # the empty batch of an all-undecodable chunk: nothing to normalise
             return images.to(self.device).float()
         if self.reuse:

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from .datasets import DataError, Samples, folder_classes, image_folder, list_samples
-from .images import BadImageError, EncodedFile, decode_rgb, decode_rgb_array, open_image
+from .images import BadImageError, EncodedFile, decode_rgb, read_file
 
 FORMAT = "visionzoo-pack-1"
 PACK_FILE = "pack.json"
@@ -96,17 +96,24 @@ def packed_samples(root: str | Path, split: str, classes: list[str] | None = Non
     return Samples(list(zip(names, labels)), list(classes or pack_classes), store=store)
 
 
+def _capped(size: tuple[int, int], max_size: int) -> tuple[int, int]:
+    scale = min(1.0, max_size / max(size))
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
 def _encode(path: str, max_size: int, quality: int) -> bytes:
-    """The file's bytes if it is a JPEG within max_size, else a JPEG of it with the longer side capped."""
-    img = open_image(path)
-    if img.format == "JPEG" and max(img.size) <= max_size:
-        decode_rgb_array(img)  # a damaged file fails here, at pack time, naming itself
-        return Path(path).read_bytes()
-    rgb = decode_rgb(img)
-    if max(rgb.size) > max_size:
-        scale = max_size / max(rgb.size)
-        rgb = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))),
-                         Image.Resampling.LANCZOS, reducing_gap=3.0)
+    """The file's bytes if it is an RGB/gray JPEG within max_size that decodes (a damaged file fails here,
+    at pack time), else a JPEG of it with the longer side capped. The file is read once; a large JPEG
+    decodes at the DCT scale that still covers the capped size, as the training crops do."""
+    src = read_file(path)
+    size = src.jpeg_size()
+    decoded = src.decode_jpeg(size, _capped(size, max_size)) if size is not None else None
+    if decoded is not None and max(size) <= max_size:
+        return src.data
+    rgb = Image.fromarray(decoded[0]) if decoded is not None else decode_rgb(src.open(), turbo=False)
+    target = _capped(size or rgb.size, max_size)
+    if rgb.size != target:
+        rgb = rgb.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
     buf = io.BytesIO()
     rgb.save(buf, format="JPEG", quality=quality)
     return buf.getvalue()

@@ -128,7 +128,7 @@ def _decode(img, size: tuple[int, int], min_size: tuple[int, int]):
         got = img.decode_jpeg(size, min_size)
         if got is not None:
             return got
-        img = img.open()  # simplejpeg refused it: Pillow decides (and names the file)
+        return decode_rgb_scaled(img.open(), min_size, turbo=False)  # simplejpeg refused it: Pillow decides
     return decode_rgb_scaled(img, min_size)
 
 

@@ -42,7 +42,6 @@ from ..models import (
     unwrap_model,
 )
 from ..models.oltr import OLTRResNet
-from .defaults import step_defaults
 from .checkpoint import (
     atomic_copy,
     atomic_save,
@@ -50,6 +49,7 @@ from .checkpoint import (
     rng_state,
     set_rng_state,
 )
+from .defaults import step_defaults
 from .distributed import (
     DistInfo,
     all_reduce_sum,
@@ -322,6 +322,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             scaler.load_state_dict(ckpt["scaler"])
         start_epoch, best_top1, state.global_step = ckpt["epoch"], ckpt.get("best_top1"), ckpt["step"]
         set_rng_state(ckpt["rng"][min(dist.rank, len(ckpt["rng"]) - 1)])
+        ckpt = None  # restored: do not hold a second copy of the weights and optimizer state for the run
         log.info("resumed from %s at epoch %d (step %d)", resume, start_epoch, state.global_step)
     elif cfg.resume == "auto":
         log.info("--resume auto: no %s yet, starting fresh", out / "last.pth")

@@ -88,6 +88,7 @@ def finetune_res(cfg: TrainConfig, evaluate_before: bool = True) -> dict[str, An
             write_json(Path(summary["output"]) / "before_finetune.json", before)
     return summary
 
+
 def _check_classes(cfg: TrainConfig, classes: list[str] | None) -> None:
     """The fine-tuning data must name the checkpoint's classes in its order, or labels would shift."""
     from ..data.loader import find_samples

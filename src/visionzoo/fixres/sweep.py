@@ -76,7 +76,8 @@ def sizes_table(result: dict[str, Any]) -> str:
 def _label(m: dict[str, Any]) -> str:
     how = "fine-tuned" if m.get("fixres_finetuned") else "trained"
     p = Path(m["checkpoint"])
-    return f"{p.parent.name}/{p.name} ({how} at {m['stored_size']})" if p.parent.name else f"{p.name} ({how} at {m['stored_size']})"
+    name = f"{p.parent.name}/{p.name}" if p.parent.name else p.name
+    return f"{name} ({how} at {m['stored_size']})"
 
 
 def plot_sizes(result: dict[str, Any], path: str | Path, title: str | None = None) -> None:
