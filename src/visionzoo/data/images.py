@@ -48,7 +48,7 @@ class EncodedFile:
     @classmethod
     def of(cls, img: Image.Image) -> EncodedFile | None:
         """An opened (not yet decoded) Pillow image's file bytes, closing it; None for an image in memory."""
-        if img.fp is None:
+        if getattr(img, "fp", None) is None:  # made or converted in memory: no file behind it
             return None
         with img:
             img.fp.seek(0)
@@ -101,7 +101,7 @@ def _turbo_decode(data: bytes, size: tuple[int, int], factor: int) -> np.ndarray
 
 
 def _decode_jpeg_turbo(img: Image.Image, factor: int) -> np.ndarray | None:
-    if simplejpeg is None or img.fp is None:
+    if simplejpeg is None or getattr(img, "fp", None) is None:
         return None
     img.fp.seek(0)
     return _turbo_decode(img.fp.read(), img.size, factor)
