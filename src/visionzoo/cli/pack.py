@@ -1,7 +1,7 @@
 """visionzoo pack: a packed copy of an ImageFolder or of list-file splits (--list SPLIT=FILE, e.g. ImageNet-LT)
 for fast loading (see visionzoo.data.packed).
 
-Images are re-encoded as JPEG with their longer side capped at --max-size (JPEGs already within it are
+Images are re-encoded as JPEG with their longer side capped at --max-size (RGB and grayscale JPEGs already within it are
 copied byte for byte) into large shard files with an index. Train and eval read the pack directly:
 `--data OUT`. Packing runs in --workers processes.
 """
