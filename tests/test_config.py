@@ -67,8 +67,8 @@ def test_recipe_default_mode_and_recipe_over_defaults(capsys):
     assert cfg["optim"]["lr_base"] == 0.2  # recipe beats the 0.1 default
     assert cfg["epochs"] == 150 and cfg["iters"] is None
     se = get_recipe("se_resnext50_32x4d")
-    assert se.resolve("full").amp == "bf16" and se.resolve("full").model.channels_last is True
-    assert se.resolve("fp32").amp is None  # a mode can clear a recipe value
+    assert se.resolve("full").precision == "bf16" and se.resolve("full").model.channels_last is True
+    assert se.resolve("fp32").precision == "fp32"  # a mode can override a recipe value
     assert se.resolve("perf").iters == 1000
 
 
@@ -98,7 +98,7 @@ def test_flag_types_and_aliases(capsys):
     assert cfg["optim"]["lr"] == 0.05 and cfg["optim"]["clip_grad"] is None
     assert cfg["data"]["scale"] == [0.25, 1.0] and cfg["sched"]["milestones"] == [2, 4]
     assert cfg["model"]["channels_last"] is True and cfg["progress"] is False
-    assert cfg["amp"] == "bf16" and cfg["data"]["data"] == "/x" and cfg["data"]["hflip"] == 0.0
+    assert cfg["precision"] == "bf16" and cfg["data"]["data"] == "/x" and cfg["data"]["hflip"] == 0.0
 
 
 def test_saved_config_round_trips(tmp_path, capsys):
@@ -240,7 +240,7 @@ def test_bad_flag_value_names_the_flag(capsys, argv, flag, detail):
 def test_coercion_of_yaml_values():
     cfg = from_dict({"epochs": 3.0, "deterministic": "yes", "optim": {"lr": 1}, "amp": "null"})
     assert cfg.epochs == 3 and isinstance(cfg.epochs, int)
-    assert cfg.deterministic is True and cfg.optim.lr == 1.0 and cfg.amp is None
+    assert cfg.deterministic is True and cfg.optim.lr == 1.0 and cfg.precision == "fp32"  # amp: the old key
     with pytest.raises(ConfigError, match="epochs"):
         from_dict({"epochs": 2.5})
     with pytest.raises(ConfigError, match="deterministic"):

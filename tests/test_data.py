@@ -14,7 +14,13 @@ import torchvision
 from PIL import Image
 
 from visionzoo.cli import main
-from visionzoo.config import ConfigError, DataConfig, TrainConfig, apply_overrides, validate
+from visionzoo.config import (
+    ConfigError,
+    DataConfig,
+    TrainConfig,
+    apply_overrides,
+    validate,
+)
 from visionzoo.data import (
     BadImageError,
     DataError,
@@ -36,7 +42,7 @@ from visionzoo.data import (
     train_transform,
 )
 from visionzoo.data.builtin import materialize
-from visionzoo.data.transforms import eval_resize_size
+from visionzoo.data.crops import eval_resize_size
 from visionzoo.models import ModelCfg
 
 CLASSES = ["circle", "square", "triangle"]  # as written by conftest.tiny_imagefolder
@@ -305,13 +311,13 @@ def test_valprep_cli_errors(flat_val, tmp_path, capsys):
     flat, labels, expected = flat_val
     os.remove(flat / next(iter(expected)))
     rc = main(["valprep", "--val-dir", str(flat), "--labels", str(labels), "--output", str(tmp_path / "o")])
-    assert rc == 2
+    assert rc == 1  # the data is at fault: a failure, not a usage error
     assert "1 listed files missing" in capsys.readouterr().err
     names = tmp_path / "names.txt"
     names.write_text("a\nb\n")  # labels go up to 2
     rc = main(["valprep", "--val-dir", str(flat), "--labels", str(labels), "--output", str(tmp_path / "o"),
                "--class-names", str(names)])
-    assert rc == 2
+    assert rc == 1
     assert "2 class names, but labels go up to 2" in capsys.readouterr().err
 
 

@@ -11,10 +11,15 @@ import torch
 from torch import nn
 
 from visionzoo.cli import main
-from visionzoo.data.transforms import ShiftedCenterCrop, train_transform
-from visionzoo.engine.checkpoint import load_checkpoint
-from visionzoo.models import create_model, list_models
+from visionzoo.data.crops import ShiftedCenterCrop
+from visionzoo.data.transforms import train_transform
+from visionzoo.models import Checkpoint, create_model, list_models
 from visionzoo.models.registry import get_model_cfg
+
+
+def load_checkpoint(path: Path) -> dict:
+    """The checkpoint as the dict it was saved as."""
+    return Checkpoint.load(path).to_dict()
 
 
 def test_shifted_center_crop_moves_horizontally_within_the_image():
@@ -169,11 +174,12 @@ def test_fixres_scope_and_sweep_refuse_bad_combinations(source, digits_data, tin
     assert main(["eval", "--checkpoint", str(source / "last.pth"), "--checkpoint", str(source / "last.pth")]) == 2
     assert "only with --sizes" in capsys.readouterr().err
     # a file that is no checkpoint, and data whose classes are not the checkpoint's: one line each, no run
+    # (failures of the files given, exit status 1, where the usage errors above give 2)
     bogus = tmp_path / "bogus.pth"
     bogus.write_text("not a checkpoint")
-    assert finetune(bogus, tmp_path / "z") == 2
+    assert finetune(bogus, tmp_path / "z") == 1
     assert "bogus.pth" in capsys.readouterr().err
-    assert finetune(source / "last.pth", tmp_path / "w", "--data", str(tiny_imagefolder)) == 2
+    assert finetune(source / "last.pth", tmp_path / "w", "--data", str(tiny_imagefolder)) == 1
     assert "classes differ" in capsys.readouterr().err and not (tmp_path / "w").exists()
 
 

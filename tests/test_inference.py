@@ -16,9 +16,9 @@ from PIL import Image
 
 from visionzoo.cli import main
 from visionzoo.config import TrainConfig, apply_overrides
-from visionzoo.engine.checkpoint import atomic_save
-from visionzoo.engine.evaluate import evaluate
+from visionzoo.core.files import atomic_save
 from visionzoo.engine.trainer import train
+from visionzoo.inference.evaluate import evaluate
 from visionzoo.inference.export import ExportCheckError, export_model
 from visionzoo.inference.runtime import load_runner
 from visionzoo.models import create_model
@@ -328,7 +328,7 @@ def test_corrupt_model_file_is_a_one_line_error(tmp_path, capsys, suffix):
     bad.write_bytes(b"definitely not a model" * 10)
     img = tmp_path / "x.png"
     Image.new("RGB", (8, 8)).save(img)
-    assert main(["predict", str(img), "--checkpoint", str(bad)]) == 2
+    assert main(["predict", str(img), "--checkpoint", str(bad)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(bad) in err[0] and "Traceback" not in err[0]
 
@@ -336,7 +336,7 @@ def test_corrupt_model_file_is_a_one_line_error(tmp_path, capsys, suffix):
 def test_pt2_with_pickled_code_is_refused(tmp_path):
     import zipfile
 
-    from visionzoo.inference.runtime import ModelFileError
+    from visionzoo.core.errors import ModelFileError
 
     ckpt, _ = save_ckpt(tmp_path / "r18.pth", "resnet18")
     good = tmp_path / "m.pt2"

@@ -10,6 +10,7 @@ import torchvision
 from torch import nn
 
 import visionzoo
+from visionzoo.core.errors import ConfigError, ModelFileError
 from visionzoo.models import (
     UnknownModelError,
     create_model,
@@ -20,7 +21,6 @@ from visionzoo.models import (
     strip_prefixes,
     unwrap_model,
 )
-from visionzoo.models.weights import WeightsError
 
 SEED_MODELS = [
     "alexnet",
@@ -134,7 +134,7 @@ def test_unknown_model_without_close_match():
     with pytest.raises(UnknownModelError) as info:
         create_model("qqqqqqqqqqqqqq")
     assert "close matches" not in str(info.value)
-    assert isinstance(info.value, KeyError)
+    assert isinstance(info.value, ConfigError)  # a usage error: the CLI prints it and exits 2
 
 
 # ------------------------------------------------------------------------------------------------
@@ -232,7 +232,7 @@ def test_safetensors_weights(tmp_path, resnet18_10):
 def test_unexpected_key_is_an_error(tmp_path, resnet18_10):
     path = tmp_path / "extra.pth"
     torch.save({**resnet18_10, "head.extra.weight": torch.zeros(3)}, path)
-    with pytest.raises(WeightsError, match=r"head\.extra\.weight"):
+    with pytest.raises(ModelFileError, match=r"head\.extra\.weight"):
         create_model("resnet18", num_classes=10, weights=str(path))
 
 
@@ -243,14 +243,14 @@ def test_missing_key_is_an_error(tmp_path, source_classes, key):
     del sd[key]
     path = tmp_path / "missing.pth"
     torch.save(sd, path)
-    with pytest.raises(WeightsError, match=key.replace(".", r"\.")):
+    with pytest.raises(ModelFileError, match=key.replace(".", r"\.")):
         create_model("resnet18", num_classes=10, weights=str(path))
 
 
 def test_other_architecture_with_extra_keys_is_an_error(tmp_path):
     path = tmp_path / "r34.pth"
     torch.save(torchvision.models.resnet34(num_classes=10).state_dict(), path)
-    with pytest.raises(WeightsError, match="does not fit resnet18"):
+    with pytest.raises(ModelFileError, match="does not fit resnet18"):
         create_model("resnet18", num_classes=10, weights=str(path))
 
 
@@ -259,20 +259,20 @@ def test_shape_mismatch_outside_classifier_is_a_weights_error(tmp_path, resnet18
     sd["conv1.weight"] = torch.zeros(64, 3, 3, 3)  # resnet18's stem is 7x7
     path = tmp_path / "shape.pth"
     torch.save(sd, path)
-    with pytest.raises(WeightsError, match=r"conv1\.weight"):
+    with pytest.raises(ModelFileError, match=r"conv1\.weight"):
         create_model("resnet18", num_classes=10, weights=str(path))
 
 
 def test_missing_and_unreadable_files(tmp_path):
-    with pytest.raises(WeightsError, match="not found"):
+    with pytest.raises(ModelFileError, match="not found"):
         load_state_dict_file(tmp_path / "nope.pth")
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"\x00not a pickle at all" * 10)
-    with pytest.raises(WeightsError, match="cannot read weights"):
+    with pytest.raises(ModelFileError, match="cannot read weights"):
         load_state_dict_file(junk)
     nontensor = tmp_path / "list.pth"
     torch.save([1, 2, 3], nontensor)
-    with pytest.raises(WeightsError, match="no state dict"):
+    with pytest.raises(ModelFileError, match="no state dict"):
         load_state_dict_file(nontensor)
 
 
@@ -280,14 +280,14 @@ def test_pickled_code_is_refused(tmp_path):
     """weights_only=True: a file that needs arbitrary globals is rejected, not executed."""
     path = tmp_path / "obj.pth"
     torch.save({"model": {"x": torch.zeros(1)}, "cfg": logging.Formatter()}, path)
-    with pytest.raises(WeightsError, match="cannot read weights"):
+    with pytest.raises(ModelFileError, match="cannot read weights"):
         load_state_dict_file(path)
 
 
 def test_corrupt_safetensors_is_a_weights_error(tmp_path):
     path = tmp_path / "bad.safetensors"
     path.write_bytes(b"garbage" * 10)
-    with pytest.raises(WeightsError):
+    with pytest.raises(ModelFileError):
         load_state_dict_file(path)
 
 

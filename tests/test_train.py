@@ -18,9 +18,15 @@ from PIL import Image
 
 from visionzoo.cli import main
 from visionzoo.config import TrainConfig, apply_overrides
+from visionzoo.core.files import atomic_save
 from visionzoo.engine import trainer as trainer_mod
-from visionzoo.engine.checkpoint import atomic_save, load_checkpoint, model_from_checkpoint
 from visionzoo.engine.trainer import train
+from visionzoo.models import Checkpoint, model_from_checkpoint
+
+
+def load_checkpoint(path: Path) -> dict:
+    """The checkpoint as the dict it was saved as."""
+    return Checkpoint.load(path).to_dict()
 
 
 def read_metrics(run: Path, kind: str = "epoch") -> list[dict]:
@@ -117,7 +123,7 @@ def test_killed_writer_never_replaces_good_checkpoint(tmp_path):
     atomic_save({"model": {"w": torch.ones(3)}, "epoch": 1}, path)
     script = textwrap.dedent(f"""
         import os, signal, torch
-        from visionzoo.engine.checkpoint import atomic_save
+        from visionzoo.core.files import atomic_save
         real = torch.save
         def dying_save(obj, f, *a, **k):
             f.write(b"half a checkpoint" * 1000)
@@ -165,29 +171,33 @@ def test_dummy_data_bf16_channels_last(tmp_path):
 
 
 def test_step_defaults_per_device(monkeypatch, tmp_path):
-    from visionzoo.engine.defaults import step_defaults
+    from visionzoo.core.precision import resolve_channels_last, resolve_precision
+    from visionzoo.engine.resume import resumed_step_settings
+
+    def step_defaults(precision, channels_last, device):
+        return resolve_precision(precision, device), resolve_channels_last(channels_last, device)
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert step_defaults("auto", None, cpu) == (None, False)  # CPU runs stay fp32/NCHW unless asked
+    assert step_defaults("auto", None, cpu) == ("fp32", False)  # CPU runs stay fp32/NCHW unless asked
     assert step_defaults("bf16", True, cpu) == ("bf16", True)  # explicit choices are kept
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (8, 0))  # Ampere
     assert step_defaults("auto", None, cuda) == ("bf16", True)
-    assert step_defaults(None, False, cuda) == (None, False)  # --amp none --no-channels-last
+    assert step_defaults("none", False, cuda) == ("fp32", False)  # --amp none --no-channels-last
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (7, 0))  # V100: bf16 only emulated
     assert step_defaults("auto", None, cuda) == ("fp16", True)  # pre-Ampere GPUs: fp16 with loss scaling
     # a resumed run left at auto keeps the precision and layout it began with; explicit flags still win
-    began = {"config": {"amp": None, "model": {"channels_last": False}}}
-    assert trainer_mod._resumed_step_settings(TrainConfig(), began) == (None, False)
+    began = Checkpoint(model={}, config={"amp": None, "model": {"channels_last": False}})  # an earlier version's
+    assert resumed_step_settings(TrainConfig(), began) == ("fp32", False)
     asked = apply_overrides(TrainConfig(), {"amp": "bf16", "model": {"channels_last": True}}, "test")
-    assert trainer_mod._resumed_step_settings(asked, began) == ("bf16", True)
-    assert trainer_mod._resumed_step_settings(TrainConfig(), None) == ("auto", None)
+    assert resumed_step_settings(asked, began) == ("bf16", True)
+    assert resumed_step_settings(TrainConfig(), None) == ("auto", None)
     # the run records what it resolved to, not "auto"
     out = tmp_path / "run"
     assert main(["train", "--dummy", "--model", "resnet18", "--img-size", "16", "--batch-size", "4", "--epochs", "1",
                  "--iters", "1", "--dummy-classes", "3", "--eval-every", "0", "--workers", "0", "--device", "cpu",
                  "--output", str(out), "--no-progress"]) == 0
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert saved["amp"] is None and saved["model"]["channels_last"] is False
+    assert saved["precision"] == "fp32" and saved["model"]["channels_last"] is False
 
 
 def test_fused_sgd_matches_the_reference_update():
@@ -231,7 +241,7 @@ def test_corrupt_image_named_or_skipped(digits_data, tmp_path, capsys):
     args = ["train", "--data", str(data), "--model", "resnet18", "--img-size", "16", "--epochs", "1",
             "--batch-size", "256", "--workers", "0", "--device", "cpu", "--no-progress", "--eval-every", "0"]
     rc = main(args + ["--output", str(tmp_path / "fail")])
-    assert rc == 2
+    assert rc == 1  # a failure (the data), not a usage error
     assert str(bad) in capsys.readouterr().err
 
     rc = main(args + ["--output", str(tmp_path / "skip"), "--skip-bad-images"])

@@ -18,9 +18,11 @@ from typing import Any
 
 import yaml
 
+from .core.errors import ConfigError
+from .core.files import atomic_path
+from .core.precision import parse_precision
 
-class ConfigError(ValueError):
-    """A config key or value is invalid; the message names the key and its source."""
+__all__ = ["ConfigError", "DataConfig", "LongTailConfig", "ModelConfig", "OptimConfig", "SchedConfig", "TrainConfig"]
 
 
 @dataclass
@@ -30,7 +32,7 @@ class ModelConfig:
     pretrained: bool = False  # the library's hub weights (needs internet)
     weights: str | None = None  # local state dict / checkpoint / safetensors file
     sync_bn: bool = False
-    channels_last: bool | None = None  # None: on for CUDA devices, off on CPUs (engine.defaults)
+    channels_last: bool | None = None  # None: on for CUDA devices, off on CPUs (core.precision)
     compile: bool = False
     # all | classifier (cRT: backbone frozen, its norm statistics kept) | fixres (classifier trains,
     # the model's final norm layer re-estimates its statistics, everything else frozen in eval mode)
@@ -117,8 +119,9 @@ class TrainConfig:
     # takes enough steps to learn. Recipes set the seeds' 256.
     batch_size: int = 64
     iters: int | None = None  # cap on steps per epoch (performance runs)
-    # auto: bf16 autocast on CUDA devices that support it (fp16 on older ones), fp32 on CPUs; none: fp32
-    amp: str | None = "auto"  # auto | fp16 | bf16 | none
+    # auto: bf16 autocast on CUDA devices that support it (fp16 on older ones), fp32 on CPUs
+    # (core.precision); the older key `amp` and the value `none` (fp32) are still read
+    precision: str = "auto"  # auto | fp32 | fp16 | bf16
     device: str = "auto"  # auto | cpu | cuda
     seed: int = 0
     deterministic: bool = False
@@ -140,7 +143,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "opt": ("sgd",),
     "lr_scale": ("linear", "sqrt", "none"),
     "sched": ("linear", "step", "multistep", "cosine", "constant"),
-    "amp": ("auto", "fp16", "bf16", "none"),  # none: read as null (fp32)
+    "precision": ("auto", "fp32", "fp16", "bf16"),
     "device": ("auto", "cpu", "cuda"),
     "interpolation": ("bilinear", "bicubic", "nearest"),
     "sampler": ("instance", "class_balanced", "sqrt", "class_aware"),
@@ -149,6 +152,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train_crop": ("random_resized", "fixres"),
     "decode": ("fast", "pil", "device"),
 }
+# older names of fields, still read from YAML files, checkpoints' saved configs and the command line
+KEY_ALIASES = {"amp": "precision"}
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -165,6 +170,11 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
 def coerce(value: Any, tp: Any, key: str) -> Any:
     """Convert a YAML or command-line value to the field's type, or raise ConfigError naming the key."""
     base, optional = _unwrap_optional(tp)
+    # the field's name from "recipe x: optim.sched", "config: device" or "--sched"
+    name = key.replace(" ", ".").rsplit(".", 1)[-1].lstrip("-").replace("-", "_")
+    name = KEY_ALIASES.get(name, name)
+    if name == "precision":  # one vocabulary with its aliases (none and null = fp32)
+        return parse_precision(value, CHOICES[name], key)
     if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "")):
         if optional:
             return None
@@ -194,7 +204,6 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
             return float(value)
         if base is str:
             value = str(value)
-            name = key.rsplit(".", 1)[-1].lstrip("-").replace("-", "_")  # "optim.sched" or "--sched"
             if name in CHOICES and value not in CHOICES[name]:
                 raise ConfigError(f"{key}: {value!r} is not one of {', '.join(CHOICES[name])}")
             return value
@@ -238,6 +247,7 @@ def flatten(overrides: dict[str, Any], source: str) -> dict[str, Any]:
     index = field_index()
     out: dict[str, Any] = {}
     for key, value in overrides.items():
+        key = KEY_ALIASES.get(key, key)
         if key in SECTIONS and not isinstance(value, dict) and key in index:
             out[index[key]] = value  # flat `model: resnet50` / `data: DIR` (leaf named like its section)
         elif key in SECTIONS:
@@ -290,6 +300,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if bad:
         index = field_index()
         raise ConfigError(", ".join(f"{index[n]} = {getattr_path(cfg, index[n])!r} is out of range" for n in bad))
+    if cfg.model.train_scope != "all" and not (cfg.model.weights or cfg.model.pretrained or cfg.resume):
+        raise ConfigError(f"--train-scope {cfg.model.train_scope} fine-tunes a trained model: pass --init-from CKPT")
     return cfg
 
 
@@ -335,4 +347,5 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def save_yaml(cfg: TrainConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -7,13 +7,7 @@ import logging
 import os
 import sys
 
-from ..config import ConfigError
-from ..data.datasets import DataError
-from ..data.images import BadImageError
-from ..inference.export import ExportCheckError
-from ..inference.runtime import ModelFileError
-from ..models.registry import UnknownModelError
-from ..models.weights import WeightsError
+from ..core.errors import VisionZooError
 from . import (
     bench,
     bench_data,
@@ -56,10 +50,6 @@ COMMANDS = {
     "finetune-res": finetune_res,
 }
 
-# errors whose message already says what is wrong and where: print it, not a traceback
-USER_ERRORS = (ConfigError, DataError, BadImageError, UnknownModelError, WeightsError, FileNotFoundError,
-               ModelFileError, ExportCheckError)
-
 
 def setup_logging() -> None:
     rank = int(os.environ.get("RANK", "0"))
@@ -79,10 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a user error (VisionZooError) is one line on stderr and exit status 2 for usage
+    errors (flags, config), 1 for failures (data, images, model files). Anything else is a bug: traceback."""
     setup_logging()
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except USER_ERRORS as e:
-        print(f"visionzoo {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except VisionZooError as e:
+        print(f"visionzoo {args.command}: error: {one_line(e)}", file=sys.stderr)
+        return e.exit_code
+
+
+def one_line(e: BaseException) -> str:
+    """The error's message on one line (a message quoting a library's multi-line error is joined)."""
+    return " ".join(str(e).split())

@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import csv
 
-from ..config import ConfigError
-from ..engine.runlog import write_json
+from ..core.errors import ConfigError
+from ..core.files import write_json
 
 
 def _csv_list(kind, choices=None):
@@ -31,8 +31,15 @@ def _csv_list(kind, choices=None):
     return parse
 
 
+def _precision(text: str) -> str:
+    from ..core.precision import ALIASES
+
+    return ALIASES.get(text.strip().lower(), text.strip().lower())  # none = fp32, as everywhere
+
+
 def add_parser(sub) -> None:
-    from ..inference.bench import BACKENDS, MODES, PRECISIONS
+    from ..core.precision import PRECISIONS
+    from ..inference.model_bench import BACKENDS, MODES
 
     p = sub.add_parser("bench", help="throughput/latency benchmark", description=__doc__)
     p.add_argument("--model", help="registered or timm model name (random weights)")
@@ -42,7 +49,7 @@ def add_parser(sub) -> None:
     p.add_argument("--img-size", type=int, help="default: the model's input size")
     p.add_argument("--backend", type=_csv_list(str, BACKENDS), default=("eager",),
                    help=f"one or a comma list of {', '.join(BACKENDS)}")
-    p.add_argument("--precision", type=_csv_list(str, PRECISIONS), default=("fp32",),
+    p.add_argument("--precision", type=_csv_list(_precision, PRECISIONS), default=("fp32",),
                    help=f"one or a comma list of {', '.join(PRECISIONS)}")
     p.add_argument("--mode", default="infer", choices=MODES)
     p.add_argument("--warmup", type=int, default=10)
@@ -60,8 +67,14 @@ def _fmt(v, spec: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.distributed import resolve_device
-    from ..inference.bench import bench, bench_model, environment, plot, rows_as_dicts
+    from ..core.distributed import resolve_device
+    from ..inference.model_bench import (
+        bench,
+        bench_model,
+        environment,
+        plot,
+        rows_as_dicts,
+    )
 
     if args.warmup < 0 or args.iters < 1:
         raise ConfigError(f"--warmup must be >= 0 and --iters >= 1 (got {args.warmup}, {args.iters})")
@@ -94,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
                                "mode": args.mode, "warmup": args.warmup, "iters": args.iters,
                                "environment": environment(device), "rows": table})
     if args.csv:
-        from ..engine.checkpoint import atomic_path
+        from ..core.files import atomic_path
 
         with atomic_path(args.csv) as tmp, open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(table[0]))

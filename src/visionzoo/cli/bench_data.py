@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..engine.runlog import write_json
+from ..core.files import write_json
 from .options import add_config_flags, data_config
 
 
@@ -33,8 +33,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import ConfigError
-    from ..data.bench import bench_data
+    from ..core.errors import ConfigError
+    from ..data.pipeline_bench import bench_data
 
     cfg = data_config(args)
     if cfg is None or not cfg.data:

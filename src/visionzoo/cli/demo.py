@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..engine.runlog import write_json
+from ..core.files import write_json
 
 
 def add_parser(sub) -> None:
@@ -24,8 +24,8 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from ..config import DataConfig, apply_overrides
-    from ..engine.evaluate import evaluate
     from ..engine.trainer import train
+    from ..inference.evaluate import evaluate
     from ..recipes import get_recipe
 
     output = args.output or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"

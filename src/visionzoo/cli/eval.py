@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..config import ConfigError
-from ..engine.runlog import write_json
+from ..core.errors import ConfigError
+from ..core.files import write_json
 from .options import DATA_FLAGS, add_config_flags, add_model_runtime_flags, data_config
 
 
@@ -53,7 +53,7 @@ def _sizes(text: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.evaluate import evaluate
+    from ..inference.evaluate import evaluate
 
     if args.sizes:
         return _run_sizes(args)
@@ -98,8 +98,8 @@ def _run_sizes(args: argparse.Namespace) -> int:
 
 def _run_longtail(args: argparse.Namespace) -> int:
     from ..config import TrainConfig, apply_overrides
-    from ..data.datasets import DataError
-    from ..inference.data import resolve_data
+    from ..core.errors import DataError
+    from ..inference.eval_data import resolve_data
     from ..inference.runtime import load_runner
     from ..longtail.evaluate import evaluate_longtail, plot_per_class
     from .options import cli_overrides, nest

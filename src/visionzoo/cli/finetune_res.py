@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import ConfigError
+from ..core.errors import ConfigError
 from .options import add_config_flags, cli_overrides, nest, run_training
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..engine.runlog import write_json
+from ..core.files import write_json
 
 
 def add_parser(sub) -> None:

@@ -8,7 +8,6 @@ from typing import Any
 
 from ..config import (
     CHOICES,
-    ConfigError,
     TrainConfig,
     apply_overrides,
     check_decode,
@@ -18,15 +17,29 @@ from ..config import (
     load_yaml,
     to_dict,
 )
+from ..core.errors import ConfigError
+from ..core.precision import AUTO, PRECISIONS, parse_precision
 
 # --train-size / --test-size: the FixRes seed's words for the size a run trains (and evaluates) at
+# --amp: the training flag's name before one precision vocabulary served training and inference
 ALIASES = {"batch_size": ["-b"], "workers": ["-j"], "epochs": ["-e"], "weights": ["--init-from"],
-           "img_size": ["--train-size", "--test-size"]}
+           "img_size": ["--train-size", "--test-size"], "precision": ["--amp"]}
 SKIP = {"recipe", "mode"}  # handled by the command itself
 
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+class _StoreNamed(argparse.Action):
+    """Store the value and remember which spelling was typed (--amp or --precision), so an error about
+    the value names the flag the user wrote."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        typed = dict(getattr(namespace, "cfg_flags", {}))
+        typed[self.dest] = option_string
+        namespace.cfg_flags = typed
 
 
 def add_config_flags(parser: argparse.ArgumentParser, only: set[str] | None = None) -> None:
@@ -44,16 +57,20 @@ def add_config_flags(parser: argparse.ArgumentParser, only: set[str] | None = No
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
             kwargs["metavar"] = "|".join(CHOICES[name]) if name in CHOICES else name.upper()
+            kwargs["action"] = _StoreNamed
         group.add_argument(_flag(name), *ALIASES.get(name, []), **kwargs)
 
 
 def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
     index = field_index()
+    typed = getattr(args, "cfg_flags", {})
     out: dict[str, Any] = {}
     for key, value in vars(args).items():
         if key.startswith("cfg__"):
             name = key[5:]
-            out[index[name]] = coerce(value, field_type(index[name]), _flag(name))  # errors name the flag
+            flag = typed.get(key) or ""  # a long spelling as typed (--amp), a short one (-e) by its full name
+            flag = flag if flag.startswith("--") else _flag(name)
+            out[index[name]] = coerce(value, field_type(index[name]), flag)  # errors name the flag
     return out
 
 
@@ -102,7 +119,7 @@ def run_training(fn, cfg: TrainConfig, print_config: bool = False) -> dict[str, 
 
         yaml.safe_dump(to_dict(cfg), sys.stdout, sort_keys=False)
         return None
-    from ..engine.distributed import cleanup
+    from ..core.distributed import cleanup
 
     try:
         return fn(cfg)
@@ -110,10 +127,20 @@ def run_training(fn, cfg: TrainConfig, print_config: bool = False) -> dict[str, 
         cleanup()
 
 
+def precision_word(text: str) -> str:
+    """argparse type for --precision: the one vocabulary (core.precision), aliases included."""
+    try:
+        return parse_precision(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--precision: ")) from None
+
+
 def add_model_runtime_flags(p: argparse.ArgumentParser, precision: bool = True) -> None:
     """--device / --precision / --batch-size shared by the commands that run a model file."""
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     if precision:
-        p.add_argument("--precision", "--amp", dest="precision", default="fp32", choices=["fp32", "fp16", "bf16"],
-                       help="fp16/bf16 run under autocast (checkpoints and .pt2 files)")
+        p.add_argument("--precision", "--amp", dest="precision", default="fp32", type=precision_word,
+                       metavar="|".join((AUTO, *PRECISIONS)),
+                       help="fp16/bf16 run under autocast (checkpoints and .pt2 files); int8 for quantised files; "
+                            "auto: bf16/fp16 on CUDA, fp32 on CPUs")
     p.add_argument("--batch-size", "-b", type=int, default=64)

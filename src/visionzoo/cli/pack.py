@@ -29,7 +29,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import ConfigError
+    from ..core.errors import ConfigError
     from ..data.packed import pack
 
     lists = {}

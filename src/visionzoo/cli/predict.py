@@ -11,8 +11,8 @@ import argparse
 import sys
 from dataclasses import asdict
 
-from ..config import ConfigError
-from ..engine.runlog import write_json
+from ..core.errors import ConfigError
+from ..core.files import write_json
 from .options import add_model_runtime_flags
 
 
@@ -29,8 +29,9 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..inference.model_info import with_preprocessing
     from ..inference.predict import predict_files
-    from ..inference.runtime import load_runner, with_preprocessing
+    from ..inference.runtime import load_runner
 
     if args.topk < 1:
         raise ConfigError(f"--topk must be at least 1 (got {args.topk})")

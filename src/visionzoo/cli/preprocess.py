@@ -26,8 +26,9 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..config import DataConfig
+    from ..inference.model_info import ModelInfo
     from ..inference.offline import preprocess
-    from ..inference.runtime import ModelInfo, load_runner
+    from ..inference.runtime import load_runner
     from ..models.registry import ModelCfg
 
     data = data_config(args) or DataConfig()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..engine.runlog import write_json
+from ..core.files import write_json
 from .options import add_config_flags, data_config
 
 
@@ -29,8 +29,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.evaluate import evaluate
-    from ..inference.data import resolve_data
+    from ..inference.eval_data import resolve_data
+    from ..inference.evaluate import evaluate
     from ..inference.quantize import quantize
     from ..inference.runtime import detect_format, load_module, onnx_info
 

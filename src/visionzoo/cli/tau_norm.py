@@ -10,7 +10,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from ..engine.runlog import write_json
+from ..core.files import write_json
 from .options import add_config_flags, data_config
 
 
@@ -26,9 +26,9 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import ConfigError
-    from ..engine.checkpoint import atomic_copy
-    from ..engine.evaluate import evaluate
+    from ..core.errors import ConfigError
+    from ..core.files import atomic_copy
+    from ..inference.evaluate import evaluate
     from ..longtail.tau_norm import tau_norm_checkpoint
 
     try:

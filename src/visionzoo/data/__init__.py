@@ -1,5 +1,7 @@
+"""Data: sample lists, decoding, transforms, samplers, loaders and the device-side normaliser."""
+
+from ..core.errors import BadImageError, DataError
 from .datasets import (
-    DataError,
     DummyDataset,
     ImageDataset,
     Samples,
@@ -7,7 +9,7 @@ from .datasets import (
     list_samples,
     read_list_file,
 )
-from .images import BadImageError, load_rgb
+from .images import load_rgb
 from .loader import (
     DataBundle,
     DeviceNormalizer,

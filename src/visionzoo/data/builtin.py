@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .datasets import DataError
+from ..core.errors import DataError
 
 BUILTIN = ("digits",)
 

@@ -18,11 +18,8 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from .images import BadImageError, EncodedFile, decode_rgb, open_image, read_file
-
-
-class DataError(ValueError):
-    """A data set is malformed; the message names the file or folder."""
+from ..core.errors import BadImageError, DataError
+from .images import EncodedFile, decode_rgb, open_image, read_file
 
 
 @dataclass

@@ -17,8 +17,9 @@ import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import v2
 
-from .images import BadImageError, EncodedFile
-from .transforms import DecodeCrop, _shift_left
+from ..core.errors import BadImageError
+from .crops import DecodeCrop, shifted_left
+from .images import EncodedFile
 
 
 @dataclass
@@ -52,7 +53,7 @@ class DeviceDecodeCrop(DecodeCrop):
             item = EncodedImage(img.data, img.name, self.random_window(w, h))
         else:
             nw, nh = self._resized(w, h)
-            left = _shift_left(nw, self.size, self.shift)
+            left = shifted_left(nw, self.size, self.shift)
             top = int(round((nh - self.size) / 2.0))
             item = EncodedImage(img.data, img.name, (top, left, self.size, self.size), resize=(nh, nw))
         item.flip = bool(self.hflip > 0 and torch.rand(1) < self.hflip)

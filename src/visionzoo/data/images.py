@@ -9,14 +9,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..core.errors import BadImageError
+
 try:  # libjpeg-turbo with strict errors and DCT scaling; Pillow decodes when it is missing
     import simplejpeg
 except ImportError:  # pragma: no cover - a dependency, but the fallback keeps decoding correct
     simplejpeg = None
 
-
-class BadImageError(RuntimeError):
-    """An image file could not be decoded; the message starts with its path."""
 
 
 @dataclass

@@ -21,8 +21,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .datasets import DataError, Samples, folder_classes, image_folder, list_samples
-from .images import BadImageError, EncodedFile, decode_rgb, read_file
+from ..core.errors import BadImageError, ConfigError, DataError
+from ..core.files import write_json
+from .datasets import Samples, folder_classes, image_folder, list_samples
+from .images import EncodedFile, decode_rgb, read_file
 
 FORMAT = "visionzoo-pack-1"
 PACK_FILE = "pack.json"
@@ -137,9 +139,9 @@ def pack(data: str | Path, output: str | Path, max_size: int = 256, quality: int
     """
     data, out = Path(data), Path(output)
     if max_size < 16 or not 1 <= quality <= 100:
-        raise DataError(f"--max-size {max_size} (>= 16) or --quality {quality} (1-100) out of range")
+        raise ConfigError(f"--max-size {max_size} (>= 16) or --quality {quality} (1-100) out of range")
     if is_packed(out):
-        raise DataError(f"{out} already holds a pack: remove it or choose another --output")
+        raise ConfigError(f"--output {out} already holds a pack: remove it or choose another --output")
     sources = _split_samples(data, lists)
     classes = next(iter(sources.values())).classes
     out.mkdir(parents=True, exist_ok=True)
@@ -156,8 +158,6 @@ def pack(data: str | Path, output: str | Path, max_size: int = 256, quality: int
     (out / "classes.txt").write_text("".join(f"{c}\n" for c in classes))
     meta = {"format": FORMAT, "source": str(data), "max_size": max_size, "quality": quality, "splits": list(sources),
             "classes": len(classes), **counts}
-    from ..engine.runlog import write_json
-
     write_json(out / PACK_FILE, meta)  # last: a pack without pack.json is incomplete
     return meta
 
@@ -167,7 +167,7 @@ def _split_samples(data: Path, lists: dict[str, str | Path] | None) -> dict[str,
     if lists:
         bad = [s for s in lists if not s or "/" in s or s.startswith(".")]
         if bad:
-            raise DataError(f"--list {bad[0]!r}=...: a split name is a plain folder name (train, val, test, ...)")
+            raise ConfigError(f"--list {bad[0]!r}=...: a split name is a plain folder name (train, val, test, ...)")
         out: dict[str, Samples] = {}
         classes = num_classes = None
         for split, path in lists.items():

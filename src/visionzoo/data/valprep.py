@@ -6,7 +6,8 @@ import os
 import shutil
 from pathlib import Path
 
-from .datasets import DataError, folder_classes, read_list_file
+from ..core.errors import DataError
+from .datasets import folder_classes, read_list_file
 
 
 def class_names_for(num_labels: int, class_names: str | None = None, train_dir: str | None = None) -> list[str]:

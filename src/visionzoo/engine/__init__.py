@@ -1,5 +1,7 @@
-from .checkpoint import atomic_save, load_checkpoint
-from .evaluate import evaluate, evaluate_model
-from .trainer import train, train_one_epoch
+"""The training engine: `train(config)`, the step, the evaluation loop, optimizers and run outputs."""
 
-__all__ = ["atomic_save", "evaluate", "evaluate_model", "load_checkpoint", "train", "train_one_epoch"]
+from .evaluate import evaluate_model
+from .step import train_one_epoch
+from .trainer import train
+
+__all__ = ["evaluate_model", "train", "train_one_epoch"]

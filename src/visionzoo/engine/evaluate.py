@@ -1,42 +1,45 @@
-"""Evaluation loop: top-1/top-5, loss and per-class accuracy, reduced over all ranks."""
+"""The evaluation loop over a loader: top-1/top-5, loss and per-class accuracy, reduced over all ranks.
+
+Used by training after each epoch and, through inference.evaluate, for every model file. Images
+labelled -1 (open-set samples) count in no accuracy; with collect=True every image's top-1 class,
+its softmax probability and its label come back too, gathered from all ranks (for the long-tail
+and open-set metrics).
+"""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ..config import DataConfig
+from ..core.distributed import all_gather_objects, all_reduce_sum
+from ..core.precision import autocast
 from ..data.loader import DeviceNormalizer, device_batches
-from .distributed import all_reduce_sum, init_distributed
-
-AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def autocast(device: torch.device, amp: str | None):
-    """Autocast to fp16/bf16; None or "fp32" runs as is."""
-    if amp in (None, "fp32"):
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
 
 
 @torch.no_grad()
 def evaluate_model(
-    model: nn.Module,
+    model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
     loader: Iterable,
     normalizer: DeviceNormalizer,
     num_classes: int,
-    amp: str | None = None,
+    precision: str = "fp32",
     classes: list[str] | None = None,
     progress: bool = False,
     desc: str = "eval",
+    collect: bool = False,
+    logit_adjust: torch.Tensor | None = None,
 ) -> dict[str, Any]:
-    """Accuracy in percent over every image of the loader (summed across ranks when distributed)."""
+    """Accuracy in percent over every image of the loader (summed across ranks when distributed).
+
+    logit_adjust: subtracted from the logits before anything is measured (post-hoc logit adjustment).
+    collect: add "outputs": {"pred", "conf", "label"} arrays over every image of every rank.
+    """
     device = normalizer.device
     # a plain nn.Module is switched to eval and back; other callables (inference runners) have no mode
     was_training = getattr(model, "training", False)
@@ -45,6 +48,8 @@ def evaluate_model(
     # one float64 vector keeps the all-reduce to a single call: loss, top1, top5, count, skipped
     totals = torch.zeros(5, dtype=torch.float64, device=device)
     per_class = torch.zeros(2, num_classes, dtype=torch.float64, device=device)  # correct, total
+    adjust = logit_adjust.to(device) if logit_adjust is not None else None
+    outputs: list[torch.Tensor] = []
     k = min(5, num_classes)
     batches = device_batches(loader, normalizer)
     for x, target, skipped in tqdm(batches, total=len(loader) if hasattr(loader, "__len__") else None,
@@ -52,32 +57,46 @@ def evaluate_model(
         totals[4] += skipped
         if len(target) == 0:
             continue
-        with autocast(device, amp):
+        with autocast(device, precision):
             logits = model(x)
         logits = logits.float()
-        totals[0] += F.cross_entropy(logits, target, reduction="sum")
+        if adjust is not None:
+            logits = logits - adjust
+        known = target >= 0  # open-set images (-1) have no class to be right about
+        totals[0] += F.cross_entropy(logits, target, reduction="sum", ignore_index=-1)
         topk = logits.topk(k, dim=1).indices
         hit = topk == target[:, None]
         top1 = hit[:, 0]
         totals[1] += top1.sum()
         totals[2] += hit.any(dim=1).sum()
-        totals[3] += len(target)
-        per_class[0].index_add_(0, target, top1.double())
-        per_class[1].index_add_(0, target, torch.ones_like(target, dtype=torch.float64))
+        totals[3] += known.sum()
+        index = target.clamp_min(0)
+        per_class[0].index_add_(0, index, top1.double())
+        per_class[1].index_add_(0, index, known.double())
+        if collect:
+            conf, pred = logits.softmax(1).max(1)
+            outputs.append(torch.stack([pred.double(), conf.double(), target.double()]))
     all_reduce_sum(totals)
     all_reduce_sum(per_class)
     if isinstance(model, nn.Module):
         model.train(was_training)
+    result = _summary(totals, per_class, classes, num_classes)
+    if collect:
+        result["outputs"] = _gather_outputs(outputs)
+    return result
+
+
+def _summary(totals: torch.Tensor, per_class: torch.Tensor, classes: list[str] | None,
+             num_classes: int) -> dict[str, Any]:
     loss, c1, c5, n, skipped = totals.tolist()
     correct, count = per_class.cpu().tolist()
     # a head larger than the data's class list (--num-classes) gets numbered names for the rest
     names = list(classes or []) + [str(i) for i in range(len(classes or []), num_classes)]
-    n_int = int(n)
     return {
         "top1": 100.0 * c1 / n if n else 0.0,
         "top5": 100.0 * c5 / n if n else 0.0,
         "loss": loss / n if n else float("nan"),
-        "num_images": n_int,
+        "num_images": int(n),
         "skipped_images": int(skipped),
         "per_class": [
             {"class": names[i], "correct": int(correct[i]), "total": int(count[i]),
@@ -87,33 +106,8 @@ def evaluate_model(
     }
 
 
-def evaluate(
-    model_path: str,
-    data: DataConfig | None = None,
-    batch_size: int = 256,
-    device: str = "auto",
-    precision: str = "fp32",
-    channels_last: bool = False,
-    progress: bool = True,
-    backend: str = "eager",
-) -> dict[str, Any]:
-    """Evaluate a model file on a validation split; preprocessing defaults to the file's own.
-
-    model_path: a visionzoo checkpoint or any file `visionzoo export`/`quantize` wrote (.onnx, .pt2,
-    .ts, .safetensors). data: where the split is; None uses the data the model was trained with.
-    Validation class folders are mapped through the model's class names, so a missing or extra
-    folder cannot shift labels. Returns top1/top5 (percent), loss, num_images, per_class.
-    """
-    from ..inference.data import eval_loader, resolve_data
-    from ..inference.runtime import load_runner
-
-    dist = init_distributed(device)
-    runner = load_runner(model_path, dist.device, precision, backend, channels_last)
-    loader, classes, info = eval_loader(runner.info, resolve_data(runner.info, data), "val", batch_size,
-                                        dist.rank, dist.world_size, dist.device.type == "cuda")
-    normalizer = DeviceNormalizer(info.mean, info.std, dist.device, channels_last, reuse=True)
-    result = evaluate_model(runner, loader, normalizer, info.num_classes, None, classes, progress and dist.is_main)
-    result.update(checkpoint=str(model_path), model=info.model_name, format=runner.fmt, precision=precision,
-                  quantized=info.quantized, img_size=info.img_size, crop_pct=info.crop_pct,
-                  interpolation=info.interpolation)
-    return result
+def _gather_outputs(outputs: list[torch.Tensor]) -> dict[str, np.ndarray]:
+    """Every rank's (pred, conf, label) rows joined: rank 0's images first, then rank 1's, ..."""
+    mine = torch.cat(outputs, dim=1).cpu().numpy() if outputs else np.empty((3, 0))
+    rows = np.concatenate(all_gather_objects(mine), axis=1)
+    return {"pred": rows[0].astype(np.int64), "conf": rows[1].astype(np.float32), "label": rows[2].astype(np.int64)}

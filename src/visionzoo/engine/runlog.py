@@ -5,32 +5,22 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
+from ..core.errors import ConfigError
+from ..core.files import json_safe, write_json
+
 log = logging.getLogger("visionzoo")
-
-
-def _clean(v: Any) -> Any:
-    if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
-        return None  # JSON has no NaN; null keeps every line parseable
-    return v
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    """Write atomically: a reader (or a crash) never sees half a file."""
-    from .checkpoint import atomic_path
-
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
 
 
 class RunLog:
     def __init__(self, out: Path, enabled: bool = True, tensorboard: bool = False):
         self.out, self.enabled, self.tb = Path(out), enabled, None
+        self._handler: logging.Handler | None = None
         if not enabled:
             return
+        writer = _summary_writer_class() if tensorboard else None  # before anything is written
         self.out.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(self.out / "train.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -39,16 +29,12 @@ class RunLog:
             logger.setLevel(logging.INFO)
         logger.addHandler(handler)
         self._handler = handler
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e:
-                raise RuntimeError("--tensorboard needs the tensorboard package: pip install 'visionzoo[tensorboard]'") from e
-            self.tb = SummaryWriter(str(self.out / "tensorboard"))
+        if writer is not None:
+            self.tb = writer(str(self.out / "tensorboard"))
 
     def _append(self, record: dict[str, Any]) -> None:
         with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+            f.write(json.dumps({k: json_safe(v) for k, v in record.items()}) + "\n")
 
     def scalars(self, kind: str, values: dict[str, Any]) -> None:
         if not self.enabled:
@@ -84,9 +70,25 @@ class RunLog:
         if last_eval is not None:
             write_json(self.out / "eval.json", last_eval)
         write_json(self.out / "summary.json", summary)
-        if self.tb is not None:
-            self.tb.close()
         log.info("results in %s (metrics.jsonl, summary.json, config.yaml, last.pth%s)",
                  self.out, ", best.pth" if (self.out / "best.pth").exists() else "")
+        self.close()
+
+    def close(self) -> None:
+        """Detach train.log (and close TensorBoard); safe to call again, and after a failed run."""
+        if not self.enabled or self._handler is None:
+            return
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
         logging.getLogger("visionzoo").removeHandler(self._handler)
         self._handler.close()
+        self._handler = None
+
+
+def _summary_writer_class():
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError("--tensorboard needs the tensorboard package: pip install 'visionzoo[tensorboard]'") from None
+    return SummaryWriter

@@ -13,12 +13,16 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, TrainConfig, apply_overrides
-from ..data.datasets import DataError
-from ..engine.checkpoint import load_checkpoint
-from ..engine.distributed import init_distributed
-from ..engine.runlog import write_json
-from ..inference.data import DATA_KEYS, saved_data
+from ..config import TrainConfig, apply_overrides
+from ..core.distributed import init_distributed
+from ..core.errors import ConfigError, DataError, ModelFileError
+from ..core.files import write_json
+from ..core.precision import resolve_channels_last, resolve_precision
+from ..data.loader import find_samples
+from ..engine.trainer import check_output_free, train
+from ..inference.evaluate import evaluate
+from ..inference.model_info import DATA_KEYS, saved_data
+from ..models.checkpoint import Checkpoint
 from ..recipes import get_recipe
 
 log = logging.getLogger("visionzoo")
@@ -34,28 +38,24 @@ def finetune_config(checkpoint: str | Path, test_size: int, mode: str | None = N
     """
     if test_size < 1:
         raise ConfigError(f"--test-size {test_size} must be positive")
-    try:
-        ckpt = load_checkpoint(checkpoint)
-    except RuntimeError as e:  # unreadable, or not a checkpoint: one line naming the file
-        raise ConfigError(str(e)) from None
-    if "model_name" not in ckpt:
-        raise ConfigError(f"{checkpoint}: not a visionzoo checkpoint (no model name); finetune-res needs one")
+    ckpt = Checkpoint.load(checkpoint)
+    if not ckpt.model_name:
+        raise ModelFileError(f"{checkpoint}: not a visionzoo checkpoint (no model name); finetune-res needs one")
     cfg = get_recipe(RECIPE).resolve(mode)
-    saved = ckpt.get("config") or {}
+    saved = ckpt.config or {}
     overrides = overrides or {}
     # data named on the command line replaces the checkpoint's data as a whole (no mixed lists and roots)
     location = {} if set(overrides.get("data") or {}) & set(DATA_KEYS) else saved_data(ckpt)
     from_ckpt = {
-        "model": {"model": ckpt["model_name"], "num_classes": ckpt.get("num_classes"), "weights": str(checkpoint)},
-        "data": {**location, "crop_pct": ckpt.get("crop_pct", cfg.data.crop_pct),
-                 "interpolation": ckpt.get("interpolation"),
+        "model": {"model": ckpt.model_name, "num_classes": ckpt.num_classes, "weights": str(checkpoint)},
+        "data": {**location, "crop_pct": ckpt.crop_pct or cfg.data.crop_pct, "interpolation": ckpt.interpolation,
                  "workers": (saved.get("data") or {}).get("workers", cfg.data.workers)},
-        "amp": saved.get("amp"),
+        "precision": saved.get("precision", saved.get("amp")),  # an earlier version's key; null is fp32
     }
     cfg = apply_overrides(cfg, from_ckpt, str(checkpoint))
     cfg = apply_overrides(cfg, overrides, source)
     cfg.data.img_size = test_size
-    _check_classes(cfg, ckpt.get("classes"))
+    _check_classes(cfg, ckpt.classes)
     return cfg
 
 
@@ -65,19 +65,16 @@ def finetune_res(cfg: TrainConfig, evaluate_before: bool = True) -> dict[str, An
     The summary gains `before_finetune` (top-1/top-5 of the source model at the test size), also written
     to OUTPUT/before_finetune.json, so the gain is read off one run.
     """
-    from ..engine.defaults import step_defaults
-    from ..engine.evaluate import evaluate
-    from ..engine.trainer import check_output_free, train
-
     if not cfg.model.weights:
         raise ConfigError("finetune-res needs the checkpoint to fine-tune (model.weights)")
     check_output_free(cfg)  # before the evaluation below, not after it
     dist = init_distributed(cfg.device)
     before = None
     if evaluate_before and cfg.eval_every > 0 and not cfg.resume:
-        amp, channels_last = step_defaults(cfg.amp, cfg.model.channels_last, dist.device)  # as train will
-        before = evaluate(cfg.model.weights, cfg.data, max(1, cfg.batch_size // dist.world_size),
-                          cfg.device, amp or "fp32", channels_last, cfg.progress)
+        # the precision and memory format train will resolve to
+        before = evaluate(cfg.model.weights, cfg.data, max(1, cfg.batch_size // dist.world_size), cfg.device,
+                          resolve_precision(cfg.precision, dist.device),
+                          resolve_channels_last(cfg.model.channels_last, dist.device), cfg.progress)
         before.pop("per_class", None)
         log.info("before fine-tuning, at %d px: top-1 %.2f  top-5 %.2f (%d images)", cfg.data.img_size,
                  before["top1"], before["top5"], before["num_images"])
@@ -91,8 +88,6 @@ def finetune_res(cfg: TrainConfig, evaluate_before: bool = True) -> dict[str, An
 
 def _check_classes(cfg: TrainConfig, classes: list[str] | None) -> None:
     """The fine-tuning data must name the checkpoint's classes in its order, or labels would shift."""
-    from ..data.loader import find_samples
-
     if cfg.data.dummy or not classes:
         return
     found = find_samples(cfg.data, "train").classes

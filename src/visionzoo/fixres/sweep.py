@@ -11,11 +11,12 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, DataConfig
-from ..data.datasets import DataError
-from ..data.loader import DeviceNormalizer
-from ..engine.distributed import init_distributed
-from ..engine.evaluate import evaluate_model
+from ..config import DataConfig
+from ..core.distributed import init_distributed
+from ..core.errors import ConfigError
+from ..inference.eval_data import resolve_data
+from ..inference.evaluate import evaluate_runner
+from ..inference.runtime import load_runner
 
 
 def evaluate_sizes(model_paths: list[str | Path], sizes: list[int], data: DataConfig | None = None,
@@ -27,11 +28,8 @@ def evaluate_sizes(model_paths: list[str | Path], sizes: list[int], data: DataCo
     "top1": [...], "top5": [...], "best_size", "best_top1"}]}. stored_size is the size the file was trained
     (or FixRes fine-tuned) at, which eval uses by default.
     """
-    from ..inference.data import eval_loader, resolve_data
-    from ..inference.runtime import load_runner
-
     if not sizes or any(s < 1 for s in sizes):
-        raise DataError(f"--sizes needs positive sizes, got {sizes}")
+        raise ConfigError(f"--sizes needs positive sizes, got {sizes}")
     dist = init_distributed(device)
     models = []
     for path in model_paths:
@@ -45,11 +43,8 @@ def evaluate_sizes(model_paths: list[str | Path], sizes: list[int], data: DataCo
                                "fixres_finetuned": runner.info.extra.get("train_scope") == "fixres",
                                "top1": [], "top5": [], "num_images": None}
         for size in sizes:
-            loader, classes, info = eval_loader(runner.info, dataclasses.replace(base, img_size=size), "val",
-                                                batch_size, dist.rank, dist.world_size, dist.device.type == "cuda")
-            normalizer = DeviceNormalizer(info.mean, info.std, dist.device, channels_last, reuse=True)
-            r = evaluate_model(runner, loader, normalizer, info.num_classes, None, classes,
-                               progress and dist.is_main, f"{Path(path).name} @ {size}px")
+            r, _ = evaluate_runner(runner, dataclasses.replace(base, img_size=size), dist, "val", batch_size,
+                                   progress, channels_last, f"{Path(path).name} @ {size}px")
             row["top1"].append(r["top1"])
             row["top5"].append(r["top5"])
             row["num_images"] = r["num_images"]

@@ -17,11 +17,12 @@ import torch
 from torch import nn
 
 from ..config import DataConfig
-from ..data.datasets import DataError
+from ..core.errors import ConfigError, DataError, ModelFileError
+from ..core.files import atomic_path
 from ..data.loader import DeviceNormalizer
-from ..engine.checkpoint import atomic_path
-from .data import eval_loader, first_batches, resolve_data
-from .runtime import META_KEY, ModelInfo, load_module, load_runner
+from .eval_data import eval_loader, first_batches, resolve_data
+from .model_info import META_KEY, ModelInfo
+from .runtime import load_module, load_runner
 
 log = logging.getLogger("visionzoo")
 
@@ -32,7 +33,7 @@ DYNAMO_MIN_OPSET = 18  # torch.onnx's torch.export-based exporter writes opset 1
 DEFAULT_ATOL, DEFAULT_RTOL = 1e-4, 1e-4
 
 
-class ExportCheckError(RuntimeError):
+class ExportCheckError(ModelFileError):
     """The exported file's outputs differ from the eager model's beyond the tolerance."""
 
 
@@ -58,7 +59,7 @@ def sample_input(info: ModelInfo, data: DataConfig | None, batch_size: int, seed
         batches = first_batches(loader, DeviceNormalizer(info.mean, info.std, torch.device("cpu")), 1)
         if batches and len(batches[0]) == batch_size:
             return batches[0], "real"
-    except (DataError, FileNotFoundError) as e:
+    except DataError as e:
         if data is not None:  # asked for explicitly: its failure is the user's to fix
             raise
         log.warning("no data for the export check (%s); using random pixels", e)
@@ -118,7 +119,7 @@ def _write(model: nn.Module, info: ModelInfo, fmt: str, path: Path, example: tor
         entry.key, entry.value = META_KEY, meta
         onnx.save(proto, str(path))
     else:
-        raise ValueError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+        raise ConfigError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
 
 
 def export_model(
@@ -139,7 +140,7 @@ def export_model(
     returns logits. Without dynamic_batch the batch size is fixed at batch_size.
     """
     if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+        raise ConfigError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     model, info = load_module(checkpoint)

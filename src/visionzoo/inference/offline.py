@@ -22,12 +22,12 @@ import torch
 from tqdm import tqdm
 
 from ..config import DataConfig
-from ..data.datasets import DataError
+from ..core.errors import ConfigError, DataError
+from ..core.files import atomic_path, write_json
 from ..data.loader import DeviceNormalizer
-from ..engine.checkpoint import atomic_path
-from ..engine.runlog import write_json
-from .data import eval_loader
-from .runtime import ModelInfo, Runner
+from .eval_data import eval_loader
+from .model_info import ModelInfo
+from .runtime import Runner
 
 log = logging.getLogger("visionzoo")
 
@@ -55,7 +55,7 @@ def preprocess(info: ModelInfo, data: DataConfig, output: str | Path, split: str
     """Write every image of `split` preprocessed exactly as `visionzoo eval` feeds the model."""
     out = Path(output)
     if (out / INFO_FILE).exists():
-        raise DataError(f"{out} already holds preprocessed data ({INFO_FILE}); choose another --output")
+        raise ConfigError(f"--output {out} already holds preprocessed data ({INFO_FILE}); choose another --output")
     # every image must map to its file, so a bad image is an error naming it rather than a skip
     loader, classes, info = eval_loader(info, replace(data, skip_bad_images=False), split, batch_size)
     ds = loader.dataset
@@ -139,7 +139,7 @@ def read_labels(path: str | Path) -> dict[str, int]:
     """Labels keyed by file path without suffix: an info.tsv from preprocess, or "name label" lines."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"label file not found: {path}")
+        raise DataError(f"label file not found: {path}")
     labels: dict[str, int] = {}
     lines = path.read_text().splitlines()
     tsv = bool(lines) and lines[0] == INFO_HEADER

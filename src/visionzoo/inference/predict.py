@@ -8,7 +8,8 @@ from typing import Any
 
 import torch
 
-from ..data.images import BadImageError, load_rgb, read_file
+from ..core.errors import BadImageError
+from ..data.images import load_rgb, read_file
 from ..data.loader import DeviceNormalizer
 from ..data.transforms import eval_transform
 from .runtime import Runner

@@ -17,18 +17,13 @@ from typing import Any
 import torch
 
 from ..config import DataConfig
-from ..data.datasets import DataError, ImageDataset
+from ..core.errors import ConfigError, DataError
+from ..core.files import atomic_path
+from ..data.datasets import ImageDataset
 from ..data.loader import DeviceNormalizer, make_loader
-from ..engine.checkpoint import atomic_path
-from .data import eval_dataset, first_batches
-from .runtime import (
-    META_KEY,
-    ModelFileError,
-    ModelInfo,
-    detect_format,
-    load_module,
-    onnx_info,
-)
+from .eval_data import eval_dataset, first_batches
+from .model_info import META_KEY, ModelInfo
+from .runtime import detect_format, load_module, onnx_info
 
 log = logging.getLogger("visionzoo")
 
@@ -43,7 +38,7 @@ def calibration_batches(info: ModelInfo, data: DataConfig, n: int, batch_size: i
     random subset calibrates on the whole distribution.
     """
     if n < 1:
-        raise DataError("--calib-batches must be at least 1")
+        raise ConfigError("--calib-batches must be at least 1")
     try:
         ds, _, _ = eval_dataset(info, data, split)
     except DataError:
@@ -142,13 +137,13 @@ def quantize(
     """Quantise a checkpoint (-> .pt2, PT2E) or an ONNX file (-> .onnx, ORT QDQ); returns a report."""
     model_path, output = Path(model_path), Path(output)
     if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
+        raise ConfigError(f"--dtype {dtype!r}: choose from {', '.join(DTYPES)}")
     fmt = detect_format(model_path)
     output.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     if fmt == "onnx":
         if output.suffix != ".onnx":
-            raise ModelFileError(f"{output}: quantising an ONNX file writes ONNX; name the output *.onnx")
+            raise ConfigError(f"--output {output}: quantising an ONNX file writes ONNX; name the output *.onnx")
         info = onnx_info(model_path)
         batches = calibration_batches(info, data, calib_batches, batch_size, calib_split)
         info.quantized = dtype
@@ -157,11 +152,11 @@ def quantize(
             quantize_onnx(model_path, tmp, batches, dtype, info)
     else:
         if dtype != "int8":
-            raise ModelFileError(
-                f"{model_path}: PyTorch's x86 quantizer has int8 kernels only; for int16 export to ONNX first "
+            raise ConfigError(
+                f"--dtype {dtype} for {model_path}: PyTorch's x86 quantizer has int8 kernels only; for int16 export to ONNX first "
                 "(visionzoo export --format onnx) and quantise that file")
         if output.suffix != ".pt2":
-            raise ModelFileError(f"{output}: a PT2E int8 model is a torch.export program; name the output *.pt2")
+            raise ConfigError(f"--output {output}: a PT2E int8 model is a torch.export program; name the output *.pt2")
         model, info = load_module(model_path)
         batches = calibration_batches(info, data, calib_batches, batch_size, calib_split)
         program = quantize_pt2e(model, batches)

@@ -1,7 +1,7 @@
 """One way to run any model file: visionzoo checkpoint, safetensors, TorchScript, torch.export or ONNX.
 
-Every format carries the same metadata (ModelInfo: class names and preprocessing), so eval, predict,
-bench and infer treat an exported file exactly like the checkpoint it came from.
+`load_runner` gives a Runner: a callable from a normalised float batch to float logits, with the file's
+ModelInfo (class names and preprocessing, model_info.py) and the precision it runs in.
 """
 
 from __future__ import annotations
@@ -11,19 +11,20 @@ import io
 import json
 import warnings
 import zipfile
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..engine.distributed import resolve_device
-from ..engine.evaluate import autocast
-from ..models.registry import ModelCfg
+from ..core.distributed import resolve_device
+from ..core.errors import ModelFileError
+from ..core.precision import autocast, parse_precision, resolve_precision
+from ..models.checkpoint import model_from_checkpoint
+from ..models.factory import create_model
+from .model_info import META_KEY, ModelInfo
 
-META_KEY = "visionzoo"  # name of the metadata entry in every exported format
-PRECISIONS = ("fp32", "fp16", "bf16")
 SUFFIX_FORMATS = {
     ".onnx": "onnx",
     ".pt2": "export",
@@ -31,54 +32,6 @@ SUFFIX_FORMATS = {
     ".torchscript": "torchscript",
     ".safetensors": "safetensors",
 }
-
-
-class ModelFileError(RuntimeError):
-    """A model file cannot be used as asked; the message names the file."""
-
-
-@dataclass
-class ModelInfo:
-    """What is needed to feed a model and name its outputs, whatever file it lives in."""
-
-    model_name: str
-    num_classes: int
-    img_size: int
-    crop_pct: float
-    interpolation: str
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    classes: list[str] | None = None
-    quantized: str | None = None  # "int8" / "int16" for quantised files
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str, source: str | Path) -> ModelInfo:
-        try:
-            d = json.loads(text)
-            return cls(**{**d, "mean": tuple(d["mean"]), "std": tuple(d["std"])})
-        except (ValueError, TypeError, KeyError) as e:
-            raise ModelFileError(f"{source}: unreadable visionzoo metadata ({e})") from None
-
-    def class_name(self, index: int) -> str:
-        return self.classes[index] if self.classes and index < len(self.classes) else str(index)
-
-    @classmethod
-    def from_checkpoint(cls, model_cfg: ModelCfg, ckpt: dict[str, Any], model_name: str) -> ModelInfo:
-        # the checkpoint records the preprocessing it was trained/evaluated with; the model cfg the rest
-        return cls(
-            model_name=model_name,
-            num_classes=model_cfg.num_classes,
-            img_size=ckpt.get("img_size", model_cfg.input_size),
-            crop_pct=ckpt.get("crop_pct", model_cfg.crop_pct),
-            interpolation=ckpt.get("interpolation", model_cfg.interpolation),
-            mean=tuple(model_cfg.mean),
-            std=tuple(model_cfg.std),
-            classes=ckpt.get("classes"),
-        )
 
 
 def detect_format(path: str | Path) -> str:
@@ -89,7 +42,7 @@ def detect_format(path: str | Path) -> str:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"model file not found: {path}")
+        raise ModelFileError(f"model file not found: {path}")
     return SUFFIX_FORMATS.get(path.suffix.lower(), "checkpoint")
 
 
@@ -190,21 +143,13 @@ class Runner:
 
 
 def _read_checkpoint(path: Path) -> tuple[nn.Module, ModelInfo]:
-    from ..engine.checkpoint import model_from_checkpoint
-    from .data import saved_data
-
     model, ckpt = model_from_checkpoint(path)
-    info = ModelInfo.from_checkpoint(model.visionzoo_cfg, ckpt, model.visionzoo_name)
-    info.extra["data"] = saved_data(ckpt)
-    info.extra["train_scope"] = ((ckpt.get("config") or {}).get("model") or {}).get("train_scope", "all")
-    return model, info
+    return model, ModelInfo.from_model_cfg(model.visionzoo_cfg, model.visionzoo_name, ckpt)
 
 
 def _read_safetensors(path: Path) -> tuple[nn.Module, ModelInfo]:
     from safetensors import safe_open
     from safetensors.torch import load_file
-
-    from ..models import create_model
 
     with safe_open(str(path), "pt") as f:
         meta = (f.metadata() or {}).get(META_KEY)
@@ -221,7 +166,7 @@ def _load_errors(path: Path, fmt: str):
     """Any failure to read a model file becomes one ModelFileError naming the file."""
     try:
         yield
-    except (ModelFileError, FileNotFoundError):
+    except ModelFileError:
         raise
     except Exception as e:  # protobuf, zip, safetensors, pickle, onnxruntime and state-dict errors alike
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
@@ -316,15 +261,15 @@ def load_runner(
     """Load any visionzoo model file for inference on `device`.
 
     backend: eager (as stored) or compile (torch.compile; checkpoints and .pt2 only).
-    precision: fp16/bf16 run under autocast; ONNX and TorchScript files run in the precision they hold.
+    precision: fp16/bf16 run under autocast; ONNX, TorchScript and quantised files run in the precision they
+    hold (fp32, or int8 for a quantised file); auto picks for the device (core.precision).
     """
     path = Path(path)
-    device = resolve_device(device) if isinstance(device, str) else device
+    device = resolve_device(device)
     fmt = detect_format(path)
-    if precision not in PRECISIONS:
-        raise ModelFileError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
-    if fmt in ("onnx", "torchscript") and precision != "fp32":
-        raise ModelFileError(f"{path}: a {fmt} file runs in the precision it was exported in; drop --precision {precision}")
+    asked = parse_precision(precision)
+    if fmt in ("onnx", "torchscript") and asked not in ("auto", "fp32"):
+        raise ModelFileError(f"{path}: a {fmt} file runs in the precision it was exported in; drop --precision {asked}")
     if fmt in ("onnx", "torchscript") and backend != "eager":
         raise ModelFileError(f"{path}: backend {backend!r} needs a checkpoint or .pt2 file, not {fmt}")
     module: nn.Module | None = None
@@ -343,8 +288,7 @@ def load_runner(
         if channels_last:
             module = module.to(memory_format=torch.channels_last)
         fn = module
-    if info.quantized and precision != "fp32":
-        raise ModelFileError(f"{path}: an {info.quantized} model cannot also run in {precision}")
+    precision = _runtime_precision(asked, fmt, info, device, path)
     if backend == "compile":
         fn = compile_module(fn, quantized=bool(info.quantized))
     elif backend != "eager":
@@ -352,8 +296,12 @@ def load_runner(
     return Runner(fn, info, device, fmt, backend, precision, channels_last and fmt != "onnx", module)
 
 
-def with_preprocessing(info: ModelInfo, img_size: int | None = None, crop_pct: float | None = None,
-                       interpolation: str | None = None) -> ModelInfo:
-    """The info with explicit preprocessing flags applied over the file's own."""
-    return replace(info, img_size=img_size or info.img_size, crop_pct=crop_pct or info.crop_pct,
-                   interpolation=interpolation or info.interpolation)
+def _runtime_precision(asked: str, fmt: str, info: ModelInfo, device: torch.device, path: Path) -> str:
+    """The precision a loaded file runs in: auto resolved for the device, files that hold their precision kept."""
+    if asked == "auto":
+        return "fp32" if fmt in ("onnx", "torchscript") or info.quantized else resolve_precision(asked, device)
+    if info.quantized and asked not in ("fp32", info.quantized):
+        raise ModelFileError(f"{path}: an {info.quantized} model cannot also run in {asked}")
+    if asked == "int8" and not info.quantized:
+        raise ModelFileError(f"{path}: not a quantised model; make an int8 file with `visionzoo quantize`")
+    return asked

@@ -1,4 +1,8 @@
-"""`visionzoo eval --longtail`: overall, many/medium/few-shot and open-set accuracy of any model file."""
+"""`visionzoo eval --longtail`: overall, many/medium/few-shot and open-set accuracy of any model file.
+
+The model runs through the one file-level evaluation path (inference.evaluate), sharded under torchrun;
+the long-tail metrics are computed from its per-image outputs.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +13,13 @@ import numpy as np
 import torch
 
 from ..config import DataConfig
-from ..data.datasets import DataError, ImageDataset, list_samples, read_list_file
-from ..data.loader import DeviceNormalizer, make_loader
+from ..core.distributed import init_distributed
+from ..core.errors import ConfigError, DataError
+from ..data.datasets import ImageDataset, list_samples, read_list_file
 from ..data.transforms import eval_transform
-from ..inference.data import eval_dataset, resolve_data
-from ..inference.runtime import Runner, load_runner
+from ..inference.eval_data import resolve_data
+from ..inference.evaluate import evaluate_dataset, evaluate_runner
+from ..inference.runtime import load_runner
 from .metrics import (
     FEW,
     MANY,
@@ -22,29 +28,6 @@ from .metrics import (
     shot_accuracy,
     shot_group,
 )
-
-
-@torch.no_grad()
-def predictions(runner: Runner, dataset, batch_size: int, workers: int,
-                adjust: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Top-1 class, its softmax probability and the label of every image (in order).
-
-    adjust: subtracted from the logits first (post-hoc logit adjustment: tau * log prior).
-    """
-    info = runner.info
-    normalizer = DeviceNormalizer(info.mean, info.std, runner.device)
-    preds, confs, labels = [], [], []
-    for images, target, _ in make_loader(dataset, batch_size, workers, False):
-        if len(target):
-            logits = runner(normalizer(images))
-            if adjust is not None:
-                logits = logits - adjust.to(logits.device)
-            conf, pred = logits.softmax(1).max(1)
-            preds.append(pred.cpu())
-            confs.append(conf.cpu())
-            labels.append(target)
-    cat = lambda xs: torch.cat(xs).numpy() if xs else np.empty(0)
-    return cat(preds), cat(confs), cat(labels)
 
 
 def evaluate_longtail(
@@ -66,19 +49,19 @@ def evaluate_longtail(
     logit_adjust: tau of post-hoc logit adjustment (Menon et al. 2021): logits - tau * log prior.
     """
     if few > many:
-        raise DataError(f"--few {few} is above --many {many}")
-    runner = load_runner(model_path, device, precision)
-    info = runner.info
-    data = resolve_data(info, data)
-    known, classes, info = eval_dataset(info, data, "val")
-    workers = min(data.workers, 2)
-    n_cls = info.num_classes
+        raise ConfigError(f"--few {few} is above --many {many}")
+    dist = init_distributed(device)
+    runner = load_runner(model_path, dist.device, precision)
+    data = resolve_data(runner.info, data)
+    n_cls = runner.info.num_classes
     train_counts = class_counts([label for _, label in read_list_file(train_list)], n_cls)
     adjust = None
     if logit_adjust:
         prior = torch.tensor(train_counts, dtype=torch.float64).clamp_min(1)
         adjust = (logit_adjust * (prior / prior.sum()).log()).float()
-    pred, conf, labels = predictions(runner, known, batch_size, workers, adjust)
+    known, info = evaluate_runner(runner, data, dist, "val", batch_size, progress=False, collect=True,
+                                  logit_adjust=adjust)
+    pred, conf, labels = (known["outputs"][k] for k in ("pred", "conf", "label"))
     correct = np.bincount(labels[pred == labels], minlength=n_cls)
     total = np.bincount(labels, minlength=n_cls)
     result: dict[str, Any] = {
@@ -94,13 +77,16 @@ def evaluate_longtail(
         if any(label != -1 for _, label in samples.items):
             raise DataError(f"{open_list}: open-set lists hold label -1 only")
         tf = eval_transform(info.img_size, info.crop_pct, info.interpolation, data.decode)
-        o_pred, o_conf, _ = predictions(runner, ImageDataset(samples, tf), batch_size, workers, adjust)
+        opened = evaluate_dataset(runner, ImageDataset(samples, tf), data, dist, batch_size, collect=True,
+                                  logit_adjust=adjust)["outputs"]
+        o_pred, o_conf = opened["pred"], opened["conf"]
         result["open_images"] = len(o_pred)
         result["open_set"] = open_set_f_measure(np.concatenate([pred, o_pred]), np.concatenate([conf, o_conf]),
                                                 np.concatenate([labels, -np.ones(len(o_pred), dtype=labels.dtype)]),
                                                 threshold)
+    names = [c["class"] for c in known["per_class"]]
     result["per_class"] = [
-        {"class": classes[i] if i < len(classes) else str(i), "train_images": train_counts[i],
+        {"class": names[i], "train_images": train_counts[i],
          "group": shot_group(train_counts[i], many, few), "test_images": int(total[i]),
          "top1": 100.0 * correct[i] / total[i] if total[i] else None}
         for i in range(n_cls)

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from ..data.datasets import DataError, folder_classes, image_folder
+from ..core.errors import DataError
+from ..data.datasets import folder_classes, image_folder
 
 
 def pareto_sizes(num_classes: int, alpha: float, max_per_class: int, min_per_class: int, seed: int) -> list[int]:

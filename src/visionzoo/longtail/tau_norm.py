@@ -12,18 +12,18 @@ from typing import Any
 
 import torch
 
-from ..data.datasets import DataError
-from ..engine.checkpoint import atomic_save, load_checkpoint
+from ..core.errors import ConfigError, ModelFileError
+from ..models.checkpoint import Checkpoint
 from ..models.registry import get_model_cfg
 
 
 def classifier_keys(model_name: str, state: dict[str, torch.Tensor]) -> tuple[str, str | None]:
     if model_name.startswith("oltr_"):
-        raise DataError(f"{model_name}: OLTR's classifier is cosine-normalised already; tau-norm is for plain heads")
+        raise ConfigError(f"{model_name}: OLTR's classifier is cosine-normalised already; tau-norm is for plain heads")
     cls = get_model_cfg(model_name).classifier
     name = cls if isinstance(cls, str) else cls[-1]
     if not name or f"{name}.weight" not in state:
-        raise DataError(f"{model_name}: no plain Linear classifier to tau-normalise")
+        raise ConfigError(f"{model_name}: no plain Linear classifier to tau-normalise")
     return f"{name}.weight", (f"{name}.bias" if f"{name}.bias" in state else None)
 
 
@@ -38,11 +38,12 @@ def tau_normalise(state: dict[str, torch.Tensor], weight_key: str, bias_key: str
 
 def tau_norm_checkpoint(checkpoint: str | Path, tau: float, output: str | Path) -> dict[str, Any]:
     """Write a copy of a visionzoo checkpoint with a tau-normalised classifier (training state dropped)."""
-    ckpt = load_checkpoint(checkpoint)
-    state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()}
-    wk, bk = classifier_keys(ckpt["model_name"], state)
-    keep = {k: v for k, v in ckpt.items() if k not in ("optimizer", "scheduler", "scaler", "rng")}
-    keep["model"] = tau_normalise(state, wk, bk, tau)
-    keep["tau_norm"] = {"tau": tau, "source": str(checkpoint)}
-    atomic_save(keep, output)
+    ckpt = Checkpoint.load(checkpoint)
+    if not ckpt.model_name:
+        raise ModelFileError(f"{checkpoint} has no model name: tau-norm needs a checkpoint visionzoo trained")
+    wk, bk = classifier_keys(ckpt.model_name, ckpt.model)
+    out = ckpt.without_training_state()
+    out.model = tau_normalise(ckpt.model, wk, bk, tau)
+    out.tau_norm = {"tau": tau, "source": str(checkpoint)}
+    out.save(output)
     return {"output": str(output), "tau": tau, "classifier": wk}

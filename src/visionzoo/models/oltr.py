@@ -21,6 +21,7 @@ import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from ..core.errors import ModelFileError
 from .registry import ModelCfg, register_model
 
 log = logging.getLogger("visionzoo")
@@ -106,6 +107,9 @@ class MetaEmbeddingClassifier(nn.Module):
 class OLTRResNet(torchvision.models.ResNet):
     """Stage-2 OLTR on a torchvision ResNet; backbone keys are the stage-1 model's."""
 
+    # its classifier is the meta-embedding one, which starts fresh anyway: no cRT re-initialisation
+    resettable_classifier = False
+
     def __init__(self, block, layers: list[int], num_classes: int = 1000):
         super().__init__(block, layers, num_classes=num_classes)
         feat = 512 * block.expansion
@@ -138,12 +142,20 @@ class OLTRResNet(torchvision.models.ResNet):
                         tuple(self.meta_classifier.fc_hallucinator.weight.shape))
         missing, unexpected = self.load_state_dict(sd, strict=False)
         if unexpected:
-            raise KeyError(f"stage-1 weights have keys the OLTR model lacks: {unexpected[:5]}")
+            raise ModelFileError(f"stage-1 weights have keys the OLTR model lacks: {unexpected[:5]}")
         backbone_missing = [k for k in missing if not k.startswith(("modulated_att.", "fc_add.", "meta_classifier.",
                                                                     "centroids"))]
         if backbone_missing:
-            raise KeyError(f"stage-1 weights miss backbone keys: {backbone_missing[:5]}")
+            raise ModelFileError(f"stage-1 weights miss backbone keys: {backbone_missing[:5]}")
         return missing
+
+    def init_from_state_dict(self, state_dict: dict[str, torch.Tensor], source: str) -> None:
+        """--weights / --init-from for this model: stage 1's weights (or a whole stage-2 model's)."""
+        try:
+            fresh = self.load_stage1(state_dict)
+        except ModelFileError as e:
+            raise ModelFileError(f"{source}: {e}") from None
+        log.info("OLTR stage 2: backbone from %s; new: %s", source, sorted({k.split(".")[0] for k in fresh}))
 
 
 class DiscCentroidsLoss(nn.Module):

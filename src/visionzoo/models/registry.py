@@ -1,16 +1,18 @@
 """Model registry in the style of timm: `@register_model` builders with a `default_cfg`.
 
 Registered names are the seed models; any other name is looked up in timm, so every timm
-model is available under its timm name.
+model is available under its timm name. Building a model is `factory.create_model`.
 """
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from torch import nn
+
+from ..core.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -61,9 +63,8 @@ def list_models(include_timm: bool = False, pattern: str | None = None) -> list[
     return names
 
 
-class UnknownModelError(KeyError):
-    def __str__(self) -> str:  # KeyError quotes its message; we want it plain
-        return str(self.args[0])
+class UnknownModelError(ConfigError):
+    """No registered or timm model has this name; the message lists close matches."""
 
 
 def _timm_cfg(name: str) -> ModelCfg:
@@ -85,6 +86,12 @@ def _timm_cfg(name: str) -> ModelCfg:
     )
 
 
+def registered_builder(name: str) -> Builder | None:
+    """The builder registered under name, or None (a timm name, or unknown)."""
+    entry = _REGISTRY.get(name)
+    return entry[0] if entry else None
+
+
 def get_model_cfg(name: str) -> ModelCfg:
     if name in _REGISTRY:
         return _REGISTRY[name][1]
@@ -97,60 +104,6 @@ def get_model_cfg(name: str) -> ModelCfg:
     close += [n for n in difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6) if n not in close]
     hint = f"; close matches: {', '.join(close)}" if close else ""
     raise UnknownModelError(f"unknown model {name!r}{hint} (see `visionzoo models`)")
-
-
-def reset_classifier(model: nn.Module, cfg: ModelCfg, num_classes: int) -> None:
-    """Replace the final Linear layer with a fresh one of num_classes outputs."""
-    if hasattr(model, "reset_classifier") and cfg.source == "timm":
-        model.reset_classifier(num_classes)
-        return
-    parent_path, _, attr = cfg.classifier.rpartition(".")
-    parent = model.get_submodule(parent_path) if parent_path else model
-    old = getattr(parent, attr) if not attr.isdigit() else parent[int(attr)]
-    if not isinstance(old, nn.Linear):
-        raise TypeError(f"classifier {cfg.classifier} is {type(old).__name__}, not Linear")
-    new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
-    if attr.isdigit():
-        parent[int(attr)] = new
-    else:
-        setattr(parent, attr, new)
-
-
-def create_model(
-    name: str,
-    num_classes: int | None = None,
-    pretrained: bool = False,
-    weights: str | None = None,
-) -> nn.Module:
-    """Build a model by name.
-
-    num_classes: size of the head (default: the model's 1000).
-    pretrained: the library's hub weights (torchvision or timm; needs internet or a warm cache).
-    weights: a local file (state dict, visionzoo/timm/torchvision checkpoint, or .safetensors).
-    The returned module carries `visionzoo_cfg` (a ModelCfg with num_classes set) and `visionzoo_name`.
-    """
-    cfg = get_model_cfg(name)
-    n = cfg.num_classes if num_classes is None else num_classes
-    if name in _REGISTRY:
-        builder = _REGISTRY[name][0]
-        # hub weights come with a 1000-way head: build that, load, then resize
-        model = builder(num_classes=cfg.num_classes if pretrained else n, pretrained=pretrained)
-        if pretrained and n != cfg.num_classes:
-            reset_classifier(model, cfg, n)
-    else:
-        import timm
-
-        model = timm.create_model(name, pretrained=pretrained, num_classes=n)
-        if not cfg.classifier:
-            cfg = replace(cfg, classifier=getattr(model, "default_cfg", {}).get("classifier", ""))
-    cfg = replace(cfg, num_classes=n)
-    model.visionzoo_cfg = cfg  # type: ignore[assignment]
-    model.visionzoo_name = name  # type: ignore[assignment]
-    if weights:
-        from .weights import load_weights
-
-        load_weights(model, weights)
-    return model
 
 
 def count_params(model: nn.Module) -> int:

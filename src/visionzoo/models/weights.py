@@ -13,13 +13,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..core.errors import ModelFileError
+from .registry import model_cfg_of
+
 log = logging.getLogger(__name__)
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
-
-class WeightsError(RuntimeError):
-    pass
 
 
 def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -40,19 +40,19 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a weights file and return a plain, prefix-free state dict."""
     path = Path(path)
     if not path.is_file():
-        raise WeightsError(f"weights file not found: {path}")
+        raise ModelFileError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         try:
             sd = load_file(str(path))
         except Exception as e:  # safetensors' own error type for corrupt headers
-            raise WeightsError(f"cannot read weights from {path}: {e}") from None
+            raise ModelFileError(f"cannot read weights from {path}: {e}") from None
     else:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # pickle errors, truncated files, disallowed globals
-            raise WeightsError(f"cannot read weights from {path}: {e}") from None
+            raise ModelFileError(f"cannot read weights from {path}: {e}") from None
         sd = obj
         if isinstance(obj, dict):
             for key in ("model", "state_dict", "model_state_dict"):
@@ -60,7 +60,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
                     sd = obj[key]
                     break
         if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-            raise WeightsError(f"{path} holds no state dict of tensors")
+            raise ModelFileError(f"{path} holds no state dict of tensors")
     return strip_prefixes(sd)
 
 
@@ -70,11 +70,15 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> Non
     A classifier of another size than the model's (e.g. 1000-way ImageNet weights into a
     10-class model) is left at its fresh initialisation and reported; any other missing or
     unexpected key is an error.
+    A model with its own initialisation from other weights (`init_from_state_dict`, e.g. OLTR stage 2
+    from a stage-1 checkpoint) takes the state dict itself.
     """
-    from .registry import model_cfg_of
-
     cfg = model_cfg_of(model)
     sd = load_state_dict_file(path)
+    init_from = getattr(model, "init_from_state_dict", None)
+    if init_from is not None:
+        init_from(sd, str(path))
+        return
     sd = {k: v for k, v in sd.items() if not any(k.startswith(p) for p in cfg.drop_keys)}
     own = model.state_dict()
     skipped = []
@@ -88,13 +92,13 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> Non
     wrong = [f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in sd.items()
              if k in own and v.shape != own[k].shape]
     if wrong:
-        raise WeightsError(f"{path} does not fit {getattr(model, 'visionzoo_name', type(model).__name__)}: "
+        raise ModelFileError(f"{path} does not fit {getattr(model, 'visionzoo_name', type(model).__name__)}: "
                            f"{len(wrong)} tensors of another shape, e.g. {'; '.join(wrong[:3])}")
     result = model.load_state_dict(sd, strict=False)
     dropped = {s.split(" ")[0] for s in skipped}
     missing = [k for k in result.missing_keys if k not in dropped]
     if strict and (missing or result.unexpected_keys):
-        raise WeightsError(
+        raise ModelFileError(
             f"{path} does not fit {getattr(model, 'visionzoo_name', type(model).__name__)}: "
             f"missing {missing[:5]}{'...' if len(missing) > 5 else ''} ({len(missing)}), "
             f"unexpected {result.unexpected_keys[:5]}"

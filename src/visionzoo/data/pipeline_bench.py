@@ -16,8 +16,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..config import DataConfig
+from ..core.errors import DataError
 from ..models.registry import ModelCfg
-from .datasets import DataError
 from .device_decode import EncodedBatch
 from .loader import DeviceNormalizer, build_data, make_loader
 
@@ -31,10 +31,10 @@ def torchvision_loader(root: str | Path, split: str, img_size: int, workers: int
     from torchvision.datasets import ImageFolder
     from torchvision.transforms import v2
 
-    from .transforms import _INTERP
+    from .crops import INTERP
 
     cfg = cfg or DataConfig()
-    interp = _INTERP[cfg.interpolation or ModelCfg.interpolation]
+    interp = INTERP[cfg.interpolation or ModelCfg.interpolation]
     if split == "train":
         geometry = [v2.RandomResizedCrop(img_size, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio),
                                          interpolation=interp, antialias=True)]

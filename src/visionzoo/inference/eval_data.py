@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import fields
-from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import DataConfig
-from ..data.datasets import DataError, DummyDataset, ImageDataset
+from ..core.errors import DataError
+from ..data.datasets import DummyDataset, ImageDataset
 from ..data.loader import DeviceNormalizer, find_samples, make_loader
 from ..data.transforms import eval_transform
-from .runtime import ModelInfo, with_preprocessing
-
-# the data keys worth carrying from a checkpoint into exported files: where its validation split is
-DATA_KEYS = ("data", "val_list", "val_root", "train_list", "train_root", "dummy", "dummy_val_size", "dummy_classes")
-
-
-def saved_data(ckpt: dict[str, Any]) -> dict[str, Any]:
-    saved = ckpt.get("config", {}).get("data", {})
-    return {k: saved[k] for k in DATA_KEYS if k in saved}
+from .model_info import ModelInfo, with_preprocessing
 
 
 def resolve_data(info: ModelInfo, data: DataConfig | None) -> DataConfig:
@@ -57,8 +49,14 @@ def eval_dataset(info: ModelInfo, data: DataConfig, split: str = "val") -> tuple
 def eval_loader(info: ModelInfo, data: DataConfig, split: str = "val", batch_size: int = 64,
                 rank: int = 0, world_size: int = 1, pin_memory: bool = False) -> tuple[DataLoader, list[str], ModelInfo]:
     ds, classes, info = eval_dataset(info, data, split)
+    return loader_for(ds, data, batch_size, rank, world_size, pin_memory), classes, info
+
+
+def loader_for(ds: Dataset, data: DataConfig, batch_size: int, rank: int = 0, world_size: int = 1,
+               pin_memory: bool = False) -> DataLoader:
+    """An evaluation loader (each image on exactly one rank) over any dataset, with data's workers."""
     workers = min(data.workers, os.cpu_count() or 1)  # more workers than cores only adds contention
-    return make_loader(ds, batch_size, workers, False, 0, rank, world_size, pin_memory), classes, info
+    return make_loader(ds, batch_size, workers, False, 0, rank, world_size, pin_memory)
 
 
 def first_batches(loader: DataLoader, normalizer: DeviceNormalizer, n: int) -> list[torch.Tensor]:

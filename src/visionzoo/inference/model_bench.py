@@ -26,11 +26,12 @@ import torch
 from torch import nn
 
 from ..config import OptimConfig
-from ..engine.evaluate import autocast
+from ..core.errors import ConfigError
+from ..core.precision import autocast
 from ..engine.optim import build_optimizer
+from ..models.factory import create_model
+from .model_info import ModelInfo
 from .runtime import (
-    ModelFileError,
-    ModelInfo,
     OrtModule,
     compile_module,
     detect_format,
@@ -40,8 +41,6 @@ from .runtime import (
 
 log = logging.getLogger("visionzoo")
 
-BACKENDS = ("eager", "compile", "torchscript", "onnxruntime", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 MODES = ("infer", "train")
 
 
@@ -149,11 +148,9 @@ def bench_model(model: str | None, checkpoint: str | Path | None, num_classes: i
             return BenchModel(info, module.eval(), Path(checkpoint), fmt)
         return BenchModel(load_runner(checkpoint).info, None, Path(checkpoint), fmt)
     if not model:
-        raise ModelFileError("bench needs --model NAME or --checkpoint FILE")
-    from ..models import create_model
-
+        raise ConfigError("bench needs --model NAME or --checkpoint FILE")
     module = create_model(model, num_classes=num_classes)
-    return BenchModel(ModelInfo.from_checkpoint(module.visionzoo_cfg, {}, model), module.eval(), None)
+    return BenchModel(ModelInfo.from_model_cfg(module.visionzoo_cfg, model), module.eval(), None)
 
 
 def _int8_program(bm: BenchModel, img_size: int) -> nn.Module:
@@ -183,109 +180,157 @@ def _onnx_file(bm: BenchModel, img_size: int, dtype: str | None, workdir: Path) 
     return path
 
 
-def _forward_factory(bm: BenchModel, backend: str, precision: str, device: torch.device, img_size: int,
-                     channels_last: bool, workdir: Path) -> Callable[[int], Callable[[torch.Tensor], Any]]:
+@dataclass
+class BenchTarget:
+    """One backend/precision group to build forward callables for."""
+
+    bm: BenchModel
+    backend: str
+    precision: str
+    device: torch.device
+    img_size: int
+    channels_last: bool
+    workdir: Path
+
+
+Factory = Callable[[int], Callable[[torch.Tensor], Any]]  # batch size -> forward callable
+
+
+def _forward_factory(t: BenchTarget) -> Factory:
     """For one backend/precision: a function batch_size -> forward callable (built fresh per size)."""
+    bm, precision = t.bm, t.precision
     quantized_file = bm.info.quantized
     if quantized_file and precision != quantized_file:
         raise Unavailable(f"the file is {quantized_file}; bench it with --precision {quantized_file}")
     if precision == "int8" and not quantized_file and bm.module is None:
         raise Unavailable(f"the {bm.fmt} file is not quantised; make an int8 file with `visionzoo quantize`")
-    if bm.fmt in ("onnx",) and backend != "onnxruntime":
+    if bm.fmt == "onnx" and t.backend != "onnxruntime":
         raise Unavailable("an ONNX file runs on the onnxruntime backend")
-    if bm.fmt == "torchscript" and backend != "torchscript":
+    if bm.fmt == "torchscript" and t.backend != "torchscript":
         raise Unavailable("a TorchScript file runs on the torchscript backend")
-    if backend in ("eager", "compile"):
-        if precision == "int8" and backend == "eager":
-            raise Unavailable("PT2E int8 runs its int8 kernels through inductor: use --backend compile")
-        if bm.module is None and bm.fmt != "export":
-            raise Unavailable(f"needs a checkpoint or .pt2, not a {bm.fmt} file")
-        if bm.module is not None:  # a copy: moving or re-laying out must not leak into the next group
-            module = _int8_program(bm, img_size) if precision == "int8" else copy.deepcopy(bm.module)
-        else:
-            module = load_runner(bm.path).fn
-        module = module.to(device)
-        if channels_last and precision != "int8":
-            module = module.to(memory_format=torch.channels_last)
-        if backend == "eager":
-            return lambda bs: module
-
-        def compiled(bs: int):
-            torch._dynamo.reset()  # static shapes per batch size, as a fixed-batch deployment would use
-            return compile_module(module, quantized=precision == "int8")
-
-        return compiled
-    if backend == "torchscript":
-        if precision != "fp32":
-            raise Unavailable("TorchScript runs fp32 here (trace under autocast is not supported)")
-        if bm.fmt == "torchscript":
-            fn = load_runner(bm.path, device).fn
-            return lambda bs: fn
-        if bm.module is None:
-            raise Unavailable(f"needs a checkpoint or TorchScript file, not a {bm.fmt} file")
-        module = copy.deepcopy(bm.module).to(device)
-
-        def scripted(bs: int):
-            example = torch.randn(bs, 3, img_size, img_size, device=device)
-            with torch.no_grad(), warnings.catch_warnings():  # torch.jit deprecation notices
-                warnings.simplefilter("ignore", FutureWarning)
-                traced = torch.jit.trace(module, example, check_trace=False)
-                return torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
-
-        return scripted
-    if backend == "onnxruntime":
-        try:
-            import onnxruntime  # noqa: F401
-        except ImportError:
-            raise Unavailable("onnxruntime is not installed (pip install onnxruntime)") from None
-        if precision not in ("fp32", "int8"):
-            raise Unavailable(f"onnxruntime runs fp32 or int8 files; {precision} needs a converted ONNX file")
-        session = OrtModule(_onnx_file(bm, img_size, precision, workdir), device)
-        fixed = session.input_shape[0] if isinstance(session.input_shape[0], int) else None
-
-        def ort(bs: int):
-            if fixed and bs != fixed:  # it would run in chunks: not a batch-size measurement
-                raise Unavailable(f"the ONNX file has a fixed batch size of {fixed}")
-            return session
-
-        return ort
-    if backend == "tensorrt":
-        if device.type != "cuda":
-            raise Unavailable("TensorRT needs a CUDA device")
-        try:
-            import torch_tensorrt
-        except ImportError:
-            raise Unavailable("torch_tensorrt is not installed") from None
-        if bm.module is None or precision == "int8":
-            raise Unavailable("TensorRT here builds from a checkpoint in fp32/fp16/bf16")
-        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-        module = copy.deepcopy(bm.module).to(device)
-
-        def trt(bs: int):
-            example = torch.randn(bs, 3, img_size, img_size, device=device)
-            return torch_tensorrt.compile(module, ir="dynamo", inputs=[example], enabled_precisions={dtype})
-
-        return trt
-    raise Unavailable(f"unknown backend {backend!r}")
+    builder = FORWARD_BUILDERS.get(t.backend)
+    if builder is None:
+        raise Unavailable(f"unknown backend {t.backend!r}")
+    return builder(t)
 
 
-def _train_step_factory(bm: BenchModel, backend: str, precision: str, device: torch.device, channels_last: bool):
-    if backend not in ("eager", "compile") or precision == "int8" or bm.module is None:
+def _torch_module(t: BenchTarget) -> nn.Module:
+    """The module eager and compile run: a copy (moving or re-laying out must not leak into the next group),
+    PT2E int8 for int8, or the loaded .pt2 program."""
+    bm = t.bm
+    if bm.module is None and bm.fmt != "export":
+        raise Unavailable(f"needs a checkpoint or .pt2, not a {bm.fmt} file")
+    if bm.module is not None:
+        module = _int8_program(bm, t.img_size) if t.precision == "int8" else copy.deepcopy(bm.module)
+    else:
+        module = load_runner(bm.path).fn
+    module = module.to(t.device)
+    if t.channels_last and t.precision != "int8":
+        module = module.to(memory_format=torch.channels_last)
+    return module
+
+
+def _eager(t: BenchTarget) -> Factory:
+    if t.precision == "int8":
+        raise Unavailable("PT2E int8 runs its int8 kernels through inductor: use --backend compile")
+    module = _torch_module(t)
+    return lambda bs: module
+
+
+def _compiled(t: BenchTarget) -> Factory:
+    module = _torch_module(t)
+
+    def compiled(bs: int):
+        torch._dynamo.reset()  # static shapes per batch size, as a fixed-batch deployment would use
+        return compile_module(module, quantized=t.precision == "int8")
+
+    return compiled
+
+
+def _torchscript(t: BenchTarget) -> Factory:
+    bm = t.bm
+    if t.precision != "fp32":
+        raise Unavailable("TorchScript runs fp32 here (trace under autocast is not supported)")
+    if bm.fmt == "torchscript":
+        fn = load_runner(bm.path, t.device).fn
+        return lambda bs: fn
+    if bm.module is None:
+        raise Unavailable(f"needs a checkpoint or TorchScript file, not a {bm.fmt} file")
+    module = copy.deepcopy(bm.module).to(t.device)
+
+    def scripted(bs: int):
+        example = torch.randn(bs, 3, t.img_size, t.img_size, device=t.device)
+        with torch.no_grad(), warnings.catch_warnings():  # torch.jit deprecation notices
+            warnings.simplefilter("ignore", FutureWarning)
+            traced = torch.jit.trace(module, example, check_trace=False)
+            return torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+
+    return scripted
+
+
+def _onnxruntime(t: BenchTarget) -> Factory:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise Unavailable("onnxruntime is not installed (pip install onnxruntime)") from None
+    if t.precision not in ("fp32", "int8"):
+        raise Unavailable(f"onnxruntime runs fp32 or int8 files; {t.precision} needs a converted ONNX file")
+    session = OrtModule(_onnx_file(t.bm, t.img_size, t.precision, t.workdir), t.device)
+    fixed = session.input_shape[0] if isinstance(session.input_shape[0], int) else None
+
+    def ort(bs: int):
+        if fixed and bs != fixed:  # it would run in chunks: not a batch-size measurement
+            raise Unavailable(f"the ONNX file has a fixed batch size of {fixed}")
+        return session
+
+    return ort
+
+
+def _tensorrt(t: BenchTarget) -> Factory:
+    if t.device.type != "cuda":
+        raise Unavailable("TensorRT needs a CUDA device")
+    try:
+        import torch_tensorrt
+    except ImportError:
+        raise Unavailable("torch_tensorrt is not installed") from None
+    if t.bm.module is None or t.precision == "int8":
+        raise Unavailable("TensorRT here builds from a checkpoint in fp32/fp16/bf16")
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[t.precision]
+    module = copy.deepcopy(t.bm.module).to(t.device)
+
+    def trt(bs: int):
+        example = torch.randn(bs, 3, t.img_size, t.img_size, device=t.device)
+        return torch_tensorrt.compile(module, ir="dynamo", inputs=[example], enabled_precisions={dtype})
+
+    return trt
+
+
+# one builder per backend: what `--backend` accepts
+FORWARD_BUILDERS: dict[str, Callable[[BenchTarget], Factory]] = {
+    "eager": _eager, "compile": _compiled, "torchscript": _torchscript, "onnxruntime": _onnxruntime,
+    "tensorrt": _tensorrt,
+}
+BACKENDS = tuple(FORWARD_BUILDERS)
+
+
+def _train_step_factory(t: BenchTarget) -> Factory:
+    bm, device = t.bm, t.device
+    if t.backend not in ("eager", "compile") or t.precision == "int8" or bm.module is None:
         raise Unavailable("train mode runs eager or compile in fp32/fp16/bf16 from a checkpoint or model name")
     module = copy.deepcopy(bm.module).to(device).train()
-    if channels_last:
+    if t.channels_last:
         module = module.to(memory_format=torch.channels_last)
-    model = torch.compile(module) if backend == "compile" else module
+    model = torch.compile(module) if t.backend == "compile" else module
     # the optimizer `visionzoo train` builds (fused SGD with momentum and weight decay), so the rate is train's
     opt = build_optimizer(module, OptimConfig(), 1e-4, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16" and device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16" and device.type == "cuda")
 
     def make(bs: int):
         target = torch.randint(0, bm.info.num_classes, (bs,), device=device)
 
         def step(x: torch.Tensor) -> None:
             opt.zero_grad(set_to_none=True)
-            with autocast(device, precision):
+            with autocast(device, t.precision):
                 loss = nn.functional.cross_entropy(model(x), target)
             scaler.scale(loss).backward()
             scaler.step(opt)
@@ -305,66 +350,76 @@ def bench(
     mode: str = "infer",
     warmup: int = 10,
     iters: int = 50,
-    device: torch.device = torch.device("cpu"),
+    device: torch.device | None = None,
     channels_last: bool = False,
     on_row: Callable[[BenchRow], None] | None = None,
 ) -> list[BenchRow]:
     """One row per (backend, precision, batch size); the fastest batch size of each group is marked best."""
-    img_size = img_size or bm.info.img_size
+    size = img_size or bm.info.img_size
     rows: list[BenchRow] = []
     with tempfile.TemporaryDirectory(prefix="visionzoo-bench-") as tmp:
         for backend in backends:
             for precision in precisions:
-                group: list[BenchRow] = []
-                try:
-                    if mode == "train":
-                        factory = _train_step_factory(bm, backend, precision, device, channels_last)
-                    else:
-                        factory = _forward_factory(bm, backend, precision, device, img_size, channels_last, Path(tmp))
-                except Unavailable as e:
-                    factory, reason = None, f"unavailable: {e}"
-                except ImportError as e:
-                    factory, reason = None, f"unavailable: {e.name or e} is not installed"
-                except Exception as e:  # export or quantisation failed: report it, go on with the rest
-                    factory, reason = None, f"error: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-                for bs in batch_sizes:
-                    row = BenchRow(backend, precision, mode, bs)
-                    if factory is None:
-                        row.status = reason
-                    else:
-                        try:
-                            # compilation happens in the first call: never let it into the timed loop
-                            w = max(warmup, 1) if backend in ("compile", "torchscript", "tensorrt") else warmup
-                            _run_row(row, factory, bs, img_size, mode, precision, w, iters, device, channels_last)
-                        except Unavailable as e:
-                            row.status = f"unavailable: {e}"
-                        except Exception as e:  # OOM, a runtime's own errors: this row only
-                            row.status = f"error: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-                            if device.type == "cuda":
-                                torch.cuda.empty_cache()
-                    group.append(row)
-                    if on_row:
-                        on_row(row)
-                ok = [r for r in group if r.images_per_s]
-                if ok:
-                    max(ok, key=lambda r: r.images_per_s).best = True
-                rows.extend(group)
+                target = BenchTarget(bm, backend, precision, device or torch.device("cpu"), size, channels_last,
+                                     Path(tmp))
+                rows.extend(_bench_group(target, mode, batch_sizes, warmup, iters, on_row))
     return rows
 
 
-def _run_row(row: BenchRow, factory, bs: int, img_size: int, mode: str, precision: str, warmup: int, iters: int,
-             device: torch.device, channels_last: bool) -> None:
-    x = torch.randn(bs, 3, img_size, img_size, device=device)
-    if channels_last:
+def _error_text(e: BaseException) -> str:
+    return f"error: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+
+
+def _build_factory(t: BenchTarget, mode: str) -> tuple[Factory | None, str]:
+    """The group's factory, or None and the reason it cannot run (reported in every row of the group)."""
+    try:
+        return (_train_step_factory(t) if mode == "train" else _forward_factory(t)), "ok"
+    except Unavailable as e:
+        return None, f"unavailable: {e}"
+    except ImportError as e:
+        return None, f"unavailable: {e.name or e} is not installed"
+    except Exception as e:  # export or quantisation failed: report it, go on with the rest
+        return None, _error_text(e)
+
+
+def _bench_group(t: BenchTarget, mode: str, batch_sizes: tuple[int, ...], warmup: int, iters: int,
+                 on_row: Callable[[BenchRow], None] | None) -> list[BenchRow]:
+    factory, status = _build_factory(t, mode)
+    # compilation happens in the first call: never let it into the timed loop
+    warmup = max(warmup, 1) if t.backend in ("compile", "torchscript", "tensorrt") else warmup
+    group: list[BenchRow] = []
+    for bs in batch_sizes:
+        row = BenchRow(t.backend, t.precision, mode, bs, status=status)
+        if factory is not None:
+            try:
+                _run_row(row, factory, t, bs, mode, warmup, iters)
+            except Unavailable as e:
+                row.status = f"unavailable: {e}"
+            except Exception as e:  # OOM, a runtime's own errors: this row only
+                row.status = _error_text(e)
+                if t.device.type == "cuda":
+                    torch.cuda.empty_cache()
+        group.append(row)
+        if on_row:
+            on_row(row)
+    ok = [r for r in group if r.images_per_s]
+    if ok:
+        max(ok, key=lambda r: r.images_per_s or 0.0).best = True
+    return group
+
+
+def _run_row(row: BenchRow, factory: Factory, t: BenchTarget, bs: int, mode: str, warmup: int, iters: int) -> None:
+    device = t.device
+    x = torch.randn(bs, 3, t.img_size, t.img_size, device=device)
+    if t.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     fn = factory(bs)
     if mode == "train":
         stats = time_steps(lambda: fn(x), warmup, iters, device)
     else:
-        amp = precision if precision in ("fp16", "bf16") else None
 
         def step():
-            with autocast(device, amp):
+            with autocast(device, t.precision):  # int8 and fp32 run as they are
                 return fn(x)
 
         with torch.inference_mode():

@@ -1,4 +1,11 @@
-"""Long-tail training pieces for the trainer: samplers, losses, parameter groups, OLTR stage 2 set-up."""
+"""What a run optimises and how its samples are drawn: the long-tail training module.
+
+`Objective` is the one place the trainer asks about long-tail methods and OLTR models: the sampler
+(instance, class-balanced, sqrt, class-aware), the loss (cross-entropy with label smoothing, Balanced
+Softmax, OLTR's discriminative centroid loss), parameter groups with per-part learning rates, cRT's
+classifier reset, and OLTR stage 2's centroid initialisation. The evaluation side of long-tail
+recognition (shot groups, open-set F-measure, tau-norm) is the `visionzoo.longtail` feature.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +17,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import LongTailConfig, TrainConfig
-from ..data.datasets import DataError, ImageDataset
-from ..data.loader import DeviceNormalizer, make_loader
+from ..core.distributed import DistInfo, all_reduce_sum
+from ..core.errors import ConfigError, DataError
+from ..data.datasets import ImageDataset
+from ..data.loader import DataBundle, DeviceNormalizer, make_loader
 from ..data.samplers import ClassSampler
 from ..data.transforms import eval_transform
+from ..models import model_cfg_of, reset_classifier
 from ..models.oltr import DiscCentroidsLoss, OLTRResNet
-from .distributed import DistInfo, all_reduce_sum
 from .scope import classifier_prefixes
 
 log = logging.getLogger("visionzoo")
@@ -109,3 +118,51 @@ def init_centroids(model: OLTRResNet, dataset: ImageDataset, img_size: int, crop
     all_reduce_sum(counts)
     model.centroids.copy_((sums / counts.clamp_min(1)[:, None]).float())
     log.info("OLTR centroids initialised from %d training images", int(counts.sum().item()))
+
+
+@dataclass
+class Objective:
+    """The long-tail side of one training run, for a built (unwrapped) model; see the module doc."""
+
+    cfg: TrainConfig
+    model: nn.Module
+    num_classes: int
+
+    @property
+    def oltr(self) -> bool:
+        return isinstance(self.model, OLTRResNet)
+
+    @classmethod
+    def for_model(cls, cfg: TrainConfig, model: nn.Module, num_classes: int) -> Objective:
+        """Check the long-tail flags against the model, and apply --reset-classifier (cRT)."""
+        obj = cls(cfg, model, num_classes)
+        defaults = LongTailConfig()
+        if not obj.oltr and (cfg.lt.centroid_weight, cfg.lt.centroid_lr_factor) != (
+                defaults.centroid_weight, defaults.centroid_lr_factor):
+            raise ConfigError("--centroid-weight / --centroid-lr-factor apply to OLTR models (oltr_*) only")
+        if cfg.lt.reset_classifier:
+            if not getattr(model, "resettable_classifier", True):
+                raise ConfigError("--reset-classifier is for plain models (cRT); OLTR's classifier starts fresh anyway")
+            reset_classifier(model, model_cfg_of(model), num_classes)
+        return obj
+
+    def sampler(self, dataset, dist: DistInfo) -> ClassSampler | None:
+        return build_sampler(self.cfg, dataset, dist)
+
+    def criterion(self, dataset, device: torch.device) -> Criterion:
+        return build_criterion(self.cfg, self.model, dataset, self.num_classes, device)
+
+    def param_groups(self, lr: float) -> list[dict] | None:
+        """Groups with their own lr (classifier, OLTR centroids), or None for the optimizer's default groups."""
+        if self.cfg.lt.head_lr_factor == 1 and not self.oltr:
+            return None
+        return param_groups(self.model, self.cfg.lt, lr, self.cfg.optim.weight_decay,
+                            self.cfg.optim.no_decay_norm_bias)
+
+    def before_training(self, data: DataBundle, normalizer: DeviceNormalizer, batch_size: int,
+                        dist: DistInfo) -> None:
+        """Set-up a fresh (not resumed) run needs: OLTR's centroids from the class means."""
+        if self.oltr:
+            assert isinstance(self.model, OLTRResNet) and isinstance(data.train, ImageDataset)
+            init_centroids(self.model, data.train, data.img_size, data.crop_pct, data.interpolation, normalizer,
+                           batch_size, self.cfg.data.workers, dist)

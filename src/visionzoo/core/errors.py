@@ -1,0 +1,34 @@
+"""User-facing errors: one base class, one subclass per kind.
+
+The CLI catches `VisionZooError` and prints its message as one line; the message names the file or
+the flag at fault. `exit_code` is 2 for usage errors (the command line or a config file is wrong as
+written, like argparse's own errors) and 1 for failures (the files read or the machine made a
+well-formed command fail). The second bases keep `except ValueError` / `except RuntimeError` in
+callers from before this hierarchy working.
+"""
+
+from __future__ import annotations
+
+
+class VisionZooError(Exception):
+    """Something the user can fix; the message says what and where, in one line."""
+
+    exit_code = 1
+
+
+class ConfigError(VisionZooError, ValueError):
+    """A config key, flag or value is invalid or conflicts with another; the message names it."""
+
+    exit_code = 2
+
+
+class DataError(VisionZooError, ValueError):
+    """A data set is missing or malformed; the message names the file or folder."""
+
+
+class BadImageError(VisionZooError, RuntimeError):
+    """An image file could not be read or decoded; the message starts with its path."""
+
+
+class ModelFileError(VisionZooError, RuntimeError):
+    """A model, weights or checkpoint file cannot be used as asked; the message names the file."""

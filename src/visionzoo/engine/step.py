@@ -1,0 +1,129 @@
+"""The training step and one epoch of it.
+
+`train_one_epoch` keeps the step free of host syncs: loss and accuracy accumulate on the device
+and are read once per log interval.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ..core.distributed import all_reduce_sum
+from ..core.precision import autocast
+from ..data.loader import DeviceNormalizer, device_batches
+from .objective import Criterion
+from .scope import TrainScope
+
+
+@dataclass
+class StepState:
+    """What the step loop needs besides the model; kept together so functions stay short."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    normalizer: DeviceNormalizer
+    precision: str
+    clip_grad: float | None
+    criterion: Criterion
+    global_step: int = 0
+    scope: TrainScope = field(default_factory=TrainScope)  # which modules run in training mode
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def optimizer_step(model: nn.Module, state: StepState, x: torch.Tensor,
+                   target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward, backward (loss-scaled for fp16), optional gradient clipping, update; returns (loss, logits)."""
+    with autocast(state.normalizer.device, state.precision):
+        loss, logits = state.criterion(model(x), target)
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scaler.scale(loss).backward()
+    if state.clip_grad:
+        state.scaler.unscale_(state.optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), state.clip_grad)
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    return loss, logits
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader,
+    state: StepState,
+    max_steps: int,
+    world_size: int = 1,
+    log_interval: int = 20,
+    perf_warmup_steps: int = 5,
+    progress: bool = False,
+    desc: str = "train",
+    on_log: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """One pass over at most max_steps batches. Returns mean loss, train top-1 and images/s."""
+    state.scope.set_mode(model)
+    device = state.normalizer.device
+    # loss*n and correct stay on the device; image counts are host ints (no per-step copies)
+    sums = torch.zeros(2, device=device, dtype=torch.float64)
+    skipped = seen = timed_images = steps = 0
+    lr_used = state.optimizer.param_groups[0]["lr"]
+    t_start = time.perf_counter()
+    t_perf = None
+    bar = tqdm(total=max_steps, desc=desc, disable=None if progress else True, leave=False, dynamic_ncols=True)
+    # islice: no batch beyond max_steps is fetched (or, on CUDA, prefetched into the timed window)
+    for x, target, n_skipped in device_batches(itertools.islice(loader, max_steps), state.normalizer):
+        skipped += n_skipped
+        if steps == perf_warmup_steps:
+            sync(device)
+            t_perf, timed_images = time.perf_counter(), 0
+        # no empty batches here: the training set replaces undecodable images (ImageDataset.replace_bad)
+        loss, logits = optimizer_step(model, state, x, target)
+        lr_used = state.optimizer.param_groups[0]["lr"]
+        state.scheduler.step()
+        with torch.no_grad():
+            sums[0] += loss.detach() * len(target)
+            sums[1] += (logits.argmax(1) == target).sum()
+        steps += 1
+        state.global_step += 1
+        seen += len(target)
+        timed_images += len(target)
+        bar.update(1)
+        if steps % log_interval == 0 or steps == max_steps:
+            loss_avg = sums[0].item() / seen  # the one host sync per interval
+            bar.set_postfix(loss=f"{loss_avg:.4f}", lr=f"{lr_used:.4g}")
+            if on_log:
+                on_log({"step": state.global_step, "loss": loss_avg, "lr": lr_used})
+    bar.close()
+    sync(device)
+    t_end = time.perf_counter()
+    if t_perf is None:  # fewer steps than the warm-up: time them all rather than report nothing
+        t_perf, timed_images = t_start, seen
+    return _epoch_stats(sums, seen, skipped, steps, timed_images * world_size / max(t_end - t_perf, 1e-9),
+                        t_end - t_start, lr_used)
+
+
+def _epoch_stats(sums: torch.Tensor, seen: int, skipped: int, steps: int, images_per_sec: float,
+                 epoch_time: float, lr: float) -> dict[str, Any]:
+    """The epoch's record, with loss, accuracy and counts summed over all ranks."""
+    totals = torch.cat([sums, sums.new_tensor([seen, skipped])])
+    all_reduce_sum(totals)
+    loss_sum, correct, count, skipped_all = totals.tolist()
+    return {
+        "train_loss": loss_sum / count if count else float("nan"),
+        "train_top1": 100.0 * correct / count if count else 0.0,
+        "steps": steps,
+        "images_per_sec": images_per_sec,
+        "epoch_time": epoch_time,
+        "skipped_images": int(skipped_all),
+        "lr": lr,
+    }

@@ -1,0 +1,72 @@
+"""The one file-level evaluation path: any model file over a validation split (or any dataset).
+
+`eval`, `demo`, the FixRes size sweep, the long-tail evaluation and `tau-norm` all come through here, so
+they all get sharding under torchrun, the device-side prefetch and the same metrics (engine.evaluate).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from ..config import DataConfig
+from ..core.distributed import DistInfo, init_distributed
+from ..data.loader import DeviceNormalizer
+from ..engine.evaluate import evaluate_model
+from .eval_data import eval_loader, loader_for, resolve_data
+from .model_info import ModelInfo
+from .runtime import Runner, load_runner
+
+
+def evaluate(
+    model_path: str | Path,
+    data: DataConfig | None = None,
+    batch_size: int = 256,
+    device: str = "auto",
+    precision: str = "fp32",
+    channels_last: bool = False,
+    progress: bool = True,
+    backend: str = "eager",
+) -> dict[str, Any]:
+    """Evaluate a model file on a validation split; preprocessing defaults to the file's own.
+
+    model_path: a visionzoo checkpoint or any file `visionzoo export`/`quantize` wrote (.onnx, .pt2,
+    .ts, .safetensors). data: where the split is; None uses the data the model was trained with.
+    Validation class folders are mapped through the model's class names, so a missing or extra
+    folder cannot shift labels. Returns top1/top5 (percent), loss, num_images, per_class.
+    """
+    dist = init_distributed(device)
+    runner = load_runner(model_path, dist.device, precision, backend, channels_last)
+    result, info = evaluate_runner(runner, resolve_data(runner.info, data), dist, batch_size=batch_size,
+                                   progress=progress, channels_last=channels_last)
+    result.update(checkpoint=str(model_path), model=info.model_name, format=runner.fmt, precision=runner.precision,
+                  quantized=info.quantized, img_size=info.img_size, crop_pct=info.crop_pct,
+                  interpolation=info.interpolation)
+    return result
+
+
+def evaluate_runner(runner: Runner, data: DataConfig, dist: DistInfo, split: str = "val", batch_size: int = 256,
+                    progress: bool = True, channels_last: bool = False, desc: str = "eval", collect: bool = False,
+                    logit_adjust: torch.Tensor | None = None) -> tuple[dict[str, Any], ModelInfo]:
+    """A loaded model over one split of data (data's preprocessing flags over the file's own); returns the
+    metrics (engine.evaluate.evaluate_model) and the ModelInfo the split was read with."""
+    loader, classes, info = eval_loader(runner.info, data, split, batch_size, dist.rank, dist.world_size,
+                                        dist.device.type == "cuda")
+    normalizer = DeviceNormalizer(info.mean, info.std, dist.device, channels_last, reuse=True)
+    result = evaluate_model(runner, loader, normalizer, info.num_classes, "fp32", classes,
+                            progress and dist.is_main, desc, collect, logit_adjust)
+    return result, info
+
+
+def evaluate_dataset(runner: Runner, dataset: Dataset, data: DataConfig, dist: DistInfo, batch_size: int = 256,
+                     classes: list[str] | None = None, collect: bool = False,
+                     logit_adjust: torch.Tensor | None = None) -> dict[str, Any]:
+    """A loaded model over a dataset made elsewhere (e.g. an open-set list), with data's loader settings."""
+    info = runner.info
+    loader = loader_for(dataset, data, batch_size, dist.rank, dist.world_size, dist.device.type == "cuda")
+    normalizer = DeviceNormalizer(info.mean, info.std, dist.device, reuse=True)
+    return evaluate_model(runner, loader, normalizer, info.num_classes, "fp32", classes, False, "eval", collect,
+                          logit_adjust)

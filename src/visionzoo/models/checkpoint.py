@@ -1,0 +1,120 @@
+"""The visionzoo checkpoint: one schema, written by training and read by everything else.
+
+A checkpoint is a dict saved with torch.save and read back with `weights_only=True` (tensors and plain
+containers only, no code). Its keys, in the order they are written:
+
+    model                 the weights (state dict of the unwrapped model)
+    optimizer, scheduler, scaler, epoch, step, best_top1, rng
+                          training state for an exact resume; derived files (e.g. tau-norm's) keep only
+                          epoch, step and best_top1
+    config                the resolved run config as a dict
+    metrics               the epoch's record
+    model_name, num_classes, classes, img_size, crop_pct, interpolation, visionzoo_version
+                          what eval/predict/export need to rebuild the model and its preprocessing
+    tau_norm              set by `visionzoo tau-norm`
+
+Files from earlier versions load as they are: every key but `model` is optional, DDP `module.` and
+torch.compile `_orig_mod.` prefixes are stripped, and keys this version does not know are kept in
+`extra` and written back unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..core.errors import ModelFileError
+from ..core.files import atomic_save
+from .factory import create_model
+from .weights import strip_prefixes
+
+# what resuming needs beyond the weights and the position (epoch, step, best_top1); derived files drop it
+TRAINING_STATE = ("optimizer", "scheduler", "scaler", "rng")
+OPTIONAL = (*TRAINING_STATE, "tau_norm")  # written only when set
+
+
+@dataclass
+class Checkpoint:
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any] | None = None
+    scheduler: dict[str, Any] | None = None
+    scaler: dict[str, Any] | None = None
+    epoch: int | None = None
+    step: int | None = None
+    best_top1: float | None = None
+    rng: list[dict[str, Any]] | None = None  # one RNG state per rank
+    config: dict[str, Any] | None = None
+    metrics: dict[str, Any] | None = None
+    model_name: str | None = None
+    num_classes: int | None = None
+    classes: list[str] | None = None
+    img_size: int | None = None
+    crop_pct: float | None = None
+    interpolation: str | None = None
+    visionzoo_version: str | None = None
+    tau_norm: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def has_training_state(self) -> bool:
+        return self.optimizer is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The dict torch.save writes, keys in the order above; training state and tau_norm only when set."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name != "extra" and not (f.name in OPTIONAL and getattr(self, f.name) is None)}
+        return {**out, **self.extra}
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str | Path = "checkpoint") -> Checkpoint:
+        if not isinstance(d, dict) or not isinstance(d.get("model"), dict):
+            raise ModelFileError(f"{source} is not a visionzoo checkpoint (no 'model' entry); "
+                                 "use --weights for bare state dicts")
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        fields = {k: v for k, v in d.items() if k in known}
+        fields["model"] = strip_prefixes(d["model"])
+        return cls(**fields, extra={k: v for k, v in d.items() if k not in known})
+
+    @classmethod
+    def load(cls, path: str | Path) -> Checkpoint:
+        """Read a checkpoint (weights_only: no code runs); ModelFileError naming the file otherwise."""
+        path = Path(path)
+        if not path.is_file():
+            raise ModelFileError(f"checkpoint not found: {path}")
+        try:
+            d = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # pickle errors, truncated files, disallowed globals
+            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+            raise ModelFileError(f"cannot read checkpoint {path} ({type(e).__name__}: {first})") from None
+        return cls.from_dict(d, path)
+
+    def save(self, path: str | Path) -> None:
+        """Atomically: a kill mid-write leaves the previous file as it was."""
+        atomic_save(self.to_dict(), path)
+
+    def without_training_state(self) -> Checkpoint:
+        """A copy without optimizer, scheduler, loss-scaler and RNG state (epoch and step stay, as a record)."""
+        return dataclasses.replace(self, **dict.fromkeys(TRAINING_STATE))
+
+    def build_model(self, source: str | Path = "checkpoint") -> nn.Module:
+        """The model this checkpoint was trained as, with its weights loaded."""
+        if not self.model_name:
+            raise ModelFileError(f"{source} has no model name; build the model and use --weights instead")
+        model = create_model(self.model_name, num_classes=self.num_classes)
+        try:
+            model.load_state_dict(self.model)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0][:300]
+            raise ModelFileError(f"{source}: the weights do not fit {self.model_name} ({first})") from None
+        return model
+
+
+def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, Checkpoint]:
+    """Rebuild the model a visionzoo checkpoint was trained as and load its weights."""
+    ckpt = Checkpoint.load(path)
+    return ckpt.build_model(path), ckpt

@@ -1,0 +1,63 @@
+"""Building models by name: registered builders first, then timm; local weights on top."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from torch import nn
+
+from .registry import ModelCfg, get_model_cfg, registered_builder
+from .weights import load_weights
+
+
+def reset_classifier(model: nn.Module, cfg: ModelCfg, num_classes: int) -> None:
+    """Replace the final Linear layer with a fresh one of num_classes outputs."""
+    if hasattr(model, "reset_classifier") and cfg.source == "timm":
+        model.reset_classifier(num_classes)
+        return
+    assert isinstance(cfg.classifier, str), "models with several heads are timm's (reset_classifier above)"
+    parent_path, _, attr = cfg.classifier.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    old = getattr(parent, attr) if not attr.isdigit() else parent[int(attr)]
+    if not isinstance(old, nn.Linear):
+        raise TypeError(f"classifier {cfg.classifier} is {type(old).__name__}, not Linear")
+    new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
+    if attr.isdigit():
+        parent[int(attr)] = new
+    else:
+        setattr(parent, attr, new)
+
+
+def create_model(
+    name: str,
+    num_classes: int | None = None,
+    pretrained: bool = False,
+    weights: str | None = None,
+) -> nn.Module:
+    """Build a model by name.
+
+    num_classes: size of the head (default: the model's 1000).
+    pretrained: the library's hub weights (torchvision or timm; needs internet or a warm cache).
+    weights: a local file (state dict, visionzoo/timm/torchvision checkpoint, or .safetensors).
+    The returned module carries `visionzoo_cfg` (a ModelCfg with num_classes set) and `visionzoo_name`.
+    """
+    cfg = get_model_cfg(name)
+    n = cfg.num_classes if num_classes is None else num_classes
+    builder = registered_builder(name)
+    if builder is not None:
+        # hub weights come with a 1000-way head: build that, load, then resize
+        model = builder(num_classes=cfg.num_classes if pretrained else n, pretrained=pretrained)
+        if pretrained and n != cfg.num_classes:
+            reset_classifier(model, cfg, n)
+    else:
+        import timm
+
+        model = timm.create_model(name, pretrained=pretrained, num_classes=n)
+        if not cfg.classifier:
+            cfg = replace(cfg, classifier=getattr(model, "default_cfg", {}).get("classifier", ""))
+    cfg = replace(cfg, num_classes=n)
+    model.visionzoo_cfg = cfg  # type: ignore[assignment]
+    model.visionzoo_name = name  # type: ignore[assignment]
+    if weights:
+        load_weights(model, weights)
+    return model
