@@ -21,9 +21,9 @@ from visionzoo.config import (
     save_yaml,
     to_dict,
 )
+from visionzoo.config.recipes import _parse, get_recipe, list_recipes
 from visionzoo.engine.optim import build_scheduler, effective_lr, lr_factor
 from visionzoo.models import list_models
-from visionzoo.recipes import _parse, get_recipe, list_recipes
 
 RECIPES = list_recipes()
 RECIPE_MODES = [(name, mode) for name in RECIPES for mode in get_recipe(name).modes]
@@ -355,7 +355,7 @@ def test_readme_recipe_table_commands_resolve():
     """Every `--recipe X --mode Y` command in the README names a recipe mode that exists."""
     import re
 
-    from visionzoo.recipes import get_recipe
+    from visionzoo.config.recipes import get_recipe
 
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     pairs = re.findall(r"visionzoo train --recipe (\S+) --mode (\S+) --data", readme)

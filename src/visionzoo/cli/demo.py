@@ -24,9 +24,9 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from ..config import DataConfig, apply_overrides
+    from ..config.recipes import get_recipe
     from ..engine.trainer import train
     from ..inference.evaluate import evaluate
-    from ..recipes import get_recipe
 
     output = args.output or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
     overrides: dict = {"output": output, "device": args.device, "data": {"data": "builtin:digits"}}

@@ -87,7 +87,7 @@ def nest(flat: dict[str, Any]) -> dict[str, Any]:
 
 def resolve_config(args: argparse.Namespace) -> TrainConfig:
     """defaults < recipe < recipe mode < --config YAML < flags."""
-    from ..recipes import get_recipe
+    from ..config.recipes import get_recipe
 
     cfg = TrainConfig()
     if getattr(args, "recipe", None):

@@ -18,7 +18,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..recipes import get_recipe, list_recipes
+    from ..config.recipes import get_recipe, list_recipes
 
     if args.name:
         yaml.safe_dump(to_dict(get_recipe(args.name).resolve(args.mode)), sys.stdout, sort_keys=False)

@@ -274,7 +274,7 @@ def _run_epoch(run: Run, epoch: int) -> tuple[dict[str, Any], dict[str, Any] | N
     cfg, dist = run.cfg, run.dist
     progress = cfg.progress and dist.is_main
     stats = train_one_epoch(
-        run.wrapped or run.model, run.train_loader, run.state, run.steps_per_epoch, dist.world_size,
+        run.model if run.wrapped is None else run.wrapped, run.train_loader, run.state, run.steps_per_epoch, dist.world_size,
         cfg.log_interval, cfg.perf_warmup_steps, progress, f"epoch {epoch + 1}/{cfg.epochs}",
         on_log=lambda d: run.runlog.scalars("train_step", d),
     )

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import TrainConfig, apply_overrides
+from ..config.recipes import get_recipe
 from ..core.distributed import init_distributed
 from ..core.errors import ConfigError, DataError, ModelFileError
 from ..core.files import write_json
@@ -23,7 +24,6 @@ from ..engine.trainer import check_output_free, train
 from ..inference.evaluate import evaluate
 from ..inference.model_info import DATA_KEYS, saved_data
 from ..models.checkpoint import Checkpoint
-from ..recipes import get_recipe
 
 log = logging.getLogger("visionzoo")
 

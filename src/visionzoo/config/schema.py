@@ -18,11 +18,9 @@ from typing import Any
 
 import yaml
 
-from .core.errors import ConfigError
-from .core.files import atomic_path
-from .core.precision import parse_precision
-
-__all__ = ["ConfigError", "DataConfig", "LongTailConfig", "ModelConfig", "OptimConfig", "SchedConfig", "TrainConfig"]
+from ..core.errors import ConfigError
+from ..core.files import atomic_path
+from ..core.precision import parse_precision
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Recipes: YAML files shipped in `visionzoo/recipes/`, one per seed model, each with run modes.
+"""Recipes: YAML files shipped in `visionzoo/config/recipes/`, one per seed model, each with run modes.
 
 A recipe file holds `description`, `source`, `config` (overrides of TrainConfig defaults) and
 `modes` (named overrides on top of `config`, e.g. a full accuracy run and a short performance run).
@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from .config import ConfigError, TrainConfig, apply_overrides
+from .schema import ConfigError, TrainConfig, apply_overrides
 
 _TOP_KEYS = {"description", "source", "default_mode", "config", "modes"}
 
@@ -59,7 +59,7 @@ def _parse(name: str, text: str) -> Recipe:
 
 
 def list_recipes() -> list[str]:
-    files = resources.files("visionzoo").joinpath("recipes")
+    files = resources.files("visionzoo.config").joinpath("recipes")
     return sorted(p.name[: -len(".yaml")] for p in files.iterdir() if p.name.endswith(".yaml"))
 
 
@@ -69,5 +69,5 @@ def get_recipe(name: str) -> Recipe:
         close = difflib.get_close_matches(name, names, n=3)
         hint = f"; close matches: {', '.join(close)}" if close else ""
         raise ConfigError(f"unknown recipe {name!r}{hint} (see `visionzoo recipes`)")
-    text = resources.files("visionzoo").joinpath("recipes", f"{name}.yaml").read_text()
+    text = resources.files("visionzoo.config").joinpath("recipes", f"{name}.yaml").read_text()
     return _parse(name, text)

@@ -1,0 +1,34 @@
+"""The run configuration: typed sections (schema) and the shipped recipes (recipes, YAML in recipes/)."""
+
+from ..core.errors import ConfigError
+from .recipes import Recipe, get_recipe, list_recipes
+from .schema import (
+    CHOICES,
+    KEY_ALIASES,
+    SECTIONS,
+    DataConfig,
+    LongTailConfig,
+    ModelConfig,
+    OptimConfig,
+    SchedConfig,
+    TrainConfig,
+    apply_overrides,
+    check_decode,
+    coerce,
+    field_index,
+    field_type,
+    flatten,
+    from_dict,
+    getattr_path,
+    load_yaml,
+    save_yaml,
+    to_dict,
+    validate,
+)
+
+__all__ = [
+    "CHOICES", "KEY_ALIASES", "SECTIONS", "ConfigError", "DataConfig", "LongTailConfig", "ModelConfig",
+    "OptimConfig", "Recipe", "SchedConfig", "TrainConfig", "apply_overrides", "check_decode", "coerce",
+    "field_index", "field_type", "flatten", "from_dict", "get_recipe", "getattr_path", "list_recipes",
+    "load_yaml", "save_yaml", "to_dict", "validate",
+]
