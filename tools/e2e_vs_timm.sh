@@ -10,7 +10,7 @@ workers=${WORKERS:-2}
 mkdir -p "$out"
 for prec in fp32 bf16; do
   vzflags=(); timmflags=()
-  if [[ $prec == bf16 ]]; then vzflags=(--amp bf16 --channels-last); timmflags=(--amp --amp-dtype bfloat16 --channels-last); fi
+  if [[ $prec == bf16 ]]; then vzflags=(--precision bf16 --channels-last); timmflags=(--amp --amp-dtype bfloat16 --channels-last); fi
   rm -rf "$out/vz_${prec}_$rep"
   visionzoo train --data "$data" --model resnet18 --img-size 64 --batch-size 64 --epochs 2 --workers "$workers" \
     --lr 0.1 --eval-every 0 --device cpu --output "$out/vz_${prec}_$rep" --no-progress "${vzflags[@]}" \

@@ -25,7 +25,8 @@ def _csv_list(kind, choices=None):
             raise argparse.ArgumentTypeError(f"expected a comma list of integers, got {text!r}") from None
         bad = [i for i in items if (choices and i not in choices) or (kind is int and i < 1)]
         if not items or bad:
-            raise argparse.ArgumentTypeError(f"expected a comma list of {', '.join(choices) if choices else 'positive integers'}")
+            what = ", ".join(choices) if choices else "positive integers"
+            raise argparse.ArgumentTypeError(f"expected a comma list of {what}")
         return tuple(items)
 
     return parse
@@ -81,8 +82,10 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     bm = bench_model(args.model, args.checkpoint, args.num_classes)
     img_size = args.img_size or bm.info.img_size
-    print(f"{bm.info.model_name} {args.mode} at {img_size} px on {device}, warm-up {args.warmup}, {args.iters} timed iters")
-    print(f"{'backend':<12}{'prec':<6}{'batch':>6}{'images/s':>11}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'peak MB':>9}")
+    print(f"{bm.info.model_name} {args.mode} at {img_size} px on {device}, warm-up {args.warmup}, "
+          f"{args.iters} timed iters")
+    print(f"{'backend':<12}{'prec':<6}{'batch':>6}{'images/s':>11}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}"
+          f"{'peak MB':>9}")
 
     said: set[tuple[str, str, str]] = set()
 

@@ -69,8 +69,9 @@ def run(args: argparse.Namespace) -> int:
                       args.channels_last, args.progress, args.backend)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports for all
         return 0
+    skipped = f"  skipped {result['skipped_images']}" if result["skipped_images"] else ""
     print(f"top-1 {result['top1']:.2f}  top-5 {result['top5']:.2f}  loss {result['loss']:.4f}  "
-          f"images {result['num_images']}" + (f"  skipped {result['skipped_images']}" if result["skipped_images"] else ""))
+          f"images {result['num_images']}{skipped}")
     if args.json:
         write_json(args.json, result)
         print(f"wrote {args.json}")
@@ -112,7 +113,10 @@ def _run_longtail(args: argparse.Namespace) -> int:
         raise DataError("--longtail needs --train-list (the training list whose class sizes define the shot groups)")
     r = evaluate_longtail(args.checkpoint, data.train_list, data, args.open_list, args.open_threshold, args.many,
                           args.few, args.batch_size, args.device, args.precision, args.logit_adjust)
-    fmt = lambda v: "-" if v is None else f"{v:.2f}"
+
+    def fmt(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}"
+
     print(f"top-1 {r['top1']:.2f}  many {fmt(r['many_shot'])} ({r['many_classes']} cl)  "
           f"medium {fmt(r['medium_shot'])} ({r['medium_classes']} cl)  few {fmt(r['few_shot'])} ({r['few_classes']} cl)"
           f"  images {r['num_images']}")

@@ -41,7 +41,8 @@ class DeviceDecodeCrop(DecodeCrop):
 
     takes_encoded_file = True
 
-    def __call__(self, img) -> EncodedImage:
+    # a plan for the device instead of pixels: the loader's collate and the normaliser know both
+    def __call__(self, img) -> EncodedImage:  # type: ignore[override]
         if not isinstance(img, EncodedFile):  # a Pillow image: its file's bytes, if it has a file
             img = EncodedFile.of(img) or img
         size = img.jpeg_size() if isinstance(img, EncodedFile) else None
@@ -98,17 +99,19 @@ class EncodedBatch:
         """uint8 NCHW batch on the device; an undecodable JPEG raises BadImageError naming its file."""
         jpegs = [i for i, plan in enumerate(self.plans) if plan.pixels is None]
         out: list[torch.Tensor | None] = [None] * len(self.plans)
+        crop = self.crop
+        assert crop is not None, "every item of a batch comes from a DeviceDecodeCrop"
         if jpegs:
             try:
                 decoded = decode_jpeg([self._bytes(i) for i in jpegs], mode=ImageReadMode.RGB, device=device)
             except RuntimeError:
                 self._raise_bad(jpegs, device)
             for i, image in zip(jpegs, decoded):
-                out[i] = self.crop.finish(image, self.plans[i])
+                out[i] = crop.finish(image, self.plans[i])
         for i, plan in enumerate(self.plans):
             if plan.pixels is not None:
                 out[i] = plan.pixels.to(device, non_blocking=True)
-        return torch.stack(out)
+        return torch.stack([image for image in out if image is not None])  # every slot is filled above
 
     def _raise_bad(self, jpegs: list[int], device: torch.device):
         for i in jpegs:  # the batched call does not say which file failed: find it

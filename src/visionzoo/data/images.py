@@ -47,11 +47,12 @@ class EncodedFile:
     @classmethod
     def of(cls, img: Image.Image) -> EncodedFile | None:
         """An opened (not yet decoded) Pillow image's file bytes, closing it; None for an image in memory."""
-        if getattr(img, "fp", None) is None:  # made or converted in memory: no file behind it
+        fp = getattr(img, "fp", None)
+        if fp is None:  # made or converted in memory: no file behind it
             return None
         with img:
-            img.fp.seek(0)
-            return cls(img.fp.read(), str(getattr(img, "filename", "") or "image"))
+            fp.seek(0)
+            return cls(fp.read(), str(getattr(img, "filename", "") or "image"))
 
     def open(self) -> Image.Image:
         """The Pillow image (header read), for everything but the fast JPEG path."""
@@ -100,10 +101,11 @@ def _turbo_decode(data: bytes, size: tuple[int, int], factor: int) -> np.ndarray
 
 
 def _decode_jpeg_turbo(img: Image.Image, factor: int) -> np.ndarray | None:
-    if simplejpeg is None or getattr(img, "fp", None) is None:
+    fp = getattr(img, "fp", None)
+    if simplejpeg is None or fp is None:
         return None
-    img.fp.seek(0)
-    return _turbo_decode(img.fp.read(), img.size, factor)
+    fp.seek(0)
+    return _turbo_decode(fp.read(), img.size, factor)
 
 
 def _decode(img: Image.Image, min_size: tuple[int, int] | None, turbo: bool) -> np.ndarray | Image.Image:

@@ -6,10 +6,10 @@ import functools
 import logging
 import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
@@ -70,7 +70,7 @@ class SeededSampler(Sampler):
         return len(range(self.rank, self.size, self.world_size))
 
 
-def collate_skipping(batch: list[Any]) -> tuple[torch.Tensor, torch.Tensor, int]:
+def collate_skipping(batch: list[Any]) -> tuple[torch.Tensor | EncodedBatch, torch.Tensor, int]:
     """Stack (image, label) pairs, dropping the None of undecodable images; returns the skip count."""
     good = [b for b in batch if b is not None]
     skipped = len(batch) - len(good) + sum(b[2] for b in good if len(b) == 3)  # dropped + replaced
@@ -95,6 +95,13 @@ class DataBundle:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def split(self, name: str) -> Dataset:
+        """The train or val dataset, which build_data was asked for."""
+        ds = self.train if name == "train" else self.val
+        if ds is None:
+            raise ValueError(f"the {name} split was not built (build_data splits=...)")
+        return ds
+
 
 def _data_root(cfg: DataConfig) -> Path | None:
     if cfg.data is None:
@@ -106,10 +113,11 @@ def _data_root(cfg: DataConfig) -> Path | None:
     return Path(cfg.data)
 
 
-def find_samples(cfg: DataConfig, split: str, classes: list[str] | None = None, num_classes: int | None = None) -> Samples:
+def find_samples(cfg: DataConfig, split: str, classes: list[str] | None = None,
+                 num_classes: int | None = None) -> Samples:
     """Samples of one split from --data / --train-list / --val-list / --train-root / --val-root."""
     root = _data_root(cfg)
-    if is_packed(root) and not (cfg.train_list or cfg.val_list):
+    if root is not None and is_packed(root) and not (cfg.train_list or cfg.val_list):
         return packed_samples(root, split, classes)
     list_file = cfg.train_list if split == "train" else cfg.val_list
     split_root = cfg.train_root if split == "train" else cfg.val_root
@@ -143,10 +151,11 @@ def build_data(
     interp = cfg.interpolation or model_cfg.interpolation
     if cfg.dummy:
         n = num_classes or cfg.dummy_classes
-        train = DummyDataset(cfg.dummy_train_size, n, img_size, seed) if "train" in splits else None
-        val = DummyDataset(cfg.dummy_val_size, n, img_size, seed + 1) if "val" in splits else None
-        return DataBundle(train, val, [str(i) for i in range(n)], img_size, crop_pct, interp)
-    train = val = None
+        return DataBundle(DummyDataset(cfg.dummy_train_size, n, img_size, seed) if "train" in splits else None,
+                          DummyDataset(cfg.dummy_val_size, n, img_size, seed + 1) if "val" in splits else None,
+                          [str(i) for i in range(n)], img_size, crop_pct, interp)
+    train: Dataset | None = None
+    val: Dataset | None = None
     if "train" in splits:
         s = find_samples(cfg, "train", classes, num_classes)
         classes = classes or s.classes
@@ -182,7 +191,8 @@ def make_loader(
     cycle, so a loader-bound run loses nothing.
     """
     if sampler is None:
-        sampler = SeededSampler(len(dataset), shuffle=train, seed=seed, rank=rank, world_size=world_size, pad=train)
+        sampler = SeededSampler(len(cast(Sized, dataset)), shuffle=train, seed=seed, rank=rank, world_size=world_size,
+                                pad=train)
     return DataLoader(
         dataset,
         batch_size=batch_size,

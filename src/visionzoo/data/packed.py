@@ -110,7 +110,7 @@ def _encode(path: str, max_size: int, quality: int) -> bytes:
     src = read_file(path)
     size = src.jpeg_size()
     decoded = src.decode_jpeg(size, _capped(size, max_size)) if size is not None else None
-    if decoded is not None and max(size) <= max_size:
+    if decoded is not None and size is not None and max(size) <= max_size:
         return src.data
     rgb = Image.fromarray(decoded[0]) if decoded is not None else decode_rgb(src.open(), turbo=False)
     target = _capped(size or rgb.size, max_size)

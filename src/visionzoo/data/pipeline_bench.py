@@ -50,8 +50,7 @@ def torchvision_loader(root: str | Path, split: str, img_size: int, workers: int
 
 def visionzoo_loader(cfg: DataConfig, split: str, batch_size: int, pin_memory: bool = False) -> DataLoader:
     data = build_data(cfg, ModelCfg(), splits=(split,))
-    ds = data.train if split == "train" else data.val
-    return make_loader(ds, batch_size, cfg.workers, train=split == "train", pin_memory=pin_memory,
+    return make_loader(data.split(split), batch_size, cfg.workers, train=split == "train", pin_memory=pin_memory,
                        nice=cfg.worker_nice)
 
 
@@ -93,6 +92,8 @@ def bench_data(cfg: DataConfig, split: str = "train", batch_size: int = 64, batc
     from .packed import is_packed
 
     baseline_data = baseline_data or cfg.data
+    if baseline and not baseline_data:
+        raise DataError("bench-data --baseline needs --data (or --baseline-data DIR)")
     if baseline and is_packed(baseline_data):
         raise DataError(f"{baseline_data} is a pack: give the baseline its source folder (--baseline-data DIR)")
     dev = torch.device(device)
@@ -105,6 +106,7 @@ def bench_data(cfg: DataConfig, split: str = "train", batch_size: int = 64, batc
     result["visionzoo"] = time_loader(loader, batches, warmup, dev, normalizer, progress)
     if baseline:
         result["baseline_data"] = baseline_data
+        assert baseline_data is not None
         ref = torchvision_loader(baseline_data, split, img_size, cfg.workers, batch_size, cfg, pin)
         result["torchvision"] = time_loader(ref, batches, warmup, dev, None, progress)
         result["ratio"] = result["visionzoo"]["images_per_sec"] / result["torchvision"]["images_per_sec"]

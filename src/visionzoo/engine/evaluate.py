@@ -8,7 +8,7 @@ and open-set metrics).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sized
 from typing import Any
 
 import numpy as np
@@ -52,7 +52,7 @@ def evaluate_model(
     outputs: list[torch.Tensor] = []
     k = min(5, num_classes)
     batches = device_batches(loader, normalizer)
-    for x, target, skipped in tqdm(batches, total=len(loader) if hasattr(loader, "__len__") else None,
+    for x, target, skipped in tqdm(batches, total=len(loader) if isinstance(loader, Sized) else None,
                                     desc=desc, disable=None if progress else True, leave=False, dynamic_ncols=True):
         totals[4] += skipped
         if len(target) == 0:

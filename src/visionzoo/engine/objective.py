@@ -63,6 +63,7 @@ class Criterion:
         adjusted = logits + self.log_prior if self.log_prior is not None else logits
         loss = F.cross_entropy(adjusted, target, label_smoothing=self.label_smoothing)
         if self.centroid_loss is not None and feat is not None and self.centroid_weight > 0:
+            assert self.model is not None, "the centroid loss comes with its OLTR model"
             loss = loss + self.centroid_loss(feat, target, self.model.centroids, self.centroid_weight)
         return loss, logits
 

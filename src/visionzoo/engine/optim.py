@@ -25,7 +25,8 @@ def effective_lr(cfg: OptimConfig, global_batch: int) -> float:
 def param_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: bool) -> list[dict]:
     if not no_decay_norm_bias:
         return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             # 1-d tensors are norm scales/shifts and biases

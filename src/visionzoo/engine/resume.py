@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -17,8 +17,8 @@ from ..models.checkpoint import Checkpoint
 
 
 def rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    state = {
+    np_state = cast(tuple, np.random.get_state())  # the legacy tuple form
+    state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "python": random.getstate(),
         # numpy's state holds an ndarray, which weights_only loading refuses: store it as a tensor

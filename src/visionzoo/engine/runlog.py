@@ -54,8 +54,9 @@ class RunLog:
                 if isinstance(v, (int, float)) and k not in ("epoch", "step"):
                     self.tb.add_scalar(f"epoch/{k}", v, record["epoch"])
             self.tb.flush()
-        parts = [f"epoch {record['epoch']}", f"loss {record['train_loss']:.4f}", f"train top-1 {record['train_top1']:.2f}",
-                 f"{record['images_per_sec']:.1f} img/s", f"lr {record['lr']:.4g}"]
+        parts = [f"epoch {record['epoch']}", f"loss {record['train_loss']:.4f}",
+                 f"train top-1 {record['train_top1']:.2f}", f"{record['images_per_sec']:.1f} img/s",
+                 f"lr {record['lr']:.4g}"]
         if "val_top1" in record:
             parts += [f"val top-1 {record['val_top1']:.2f}", f"top-5 {record['val_top5']:.2f}",
                       f"val loss {record['val_loss']:.4f} ({record['val_num_images']} images)"]

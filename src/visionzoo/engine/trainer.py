@@ -12,9 +12,10 @@ import logging
 import os
 import random
 import time
+from collections.abc import Sized
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ from ..core.errors import ConfigError, ModelFileError
 from ..core.files import atomic_copy
 from ..core.precision import cpu_has_amx, resolve_channels_last, resolve_precision
 from ..data.loader import DataBundle, DeviceNormalizer, build_data, make_loader
-from ..models import Checkpoint, create_model, get_model_cfg, load_weights
+from ..models import Checkpoint, create_model, get_model_cfg, load_weights, model_cfg_of, model_name_of
 from ..models.registry import ModelCfg
 from .evaluate import evaluate_model
 from .objective import Objective
@@ -174,17 +175,19 @@ def _build_loaders(cfg: TrainConfig, data: DataBundle, objective: Objective,
     """Train and val loaders for this rank, and the steps per epoch."""
     per_rank_batch = cfg.batch_size // dist.world_size
     pin = dist.device.type == "cuda"
-    train_loader = make_loader(data.train, per_rank_batch, cfg.data.workers, True, cfg.seed, dist.rank,
-                               dist.world_size, pin, sampler=objective.sampler(data.train, dist),
+    train_set = data.split("train")
+    train_loader = make_loader(train_set, per_rank_batch, cfg.data.workers, True, cfg.seed, dist.rank,
+                               dist.world_size, pin, sampler=objective.sampler(train_set, dist),
                                nice=cfg.data.worker_nice)
-    val_loader = make_loader(data.val, per_rank_batch, cfg.data.workers, False, cfg.seed, dist.rank,
+    val_loader = make_loader(data.split("val"), per_rank_batch, cfg.data.workers, False, cfg.seed, dist.rank,
                              dist.world_size, pin, nice=cfg.data.worker_nice)
     steps = len(train_loader) if cfg.iters is None else min(cfg.iters, len(train_loader))
     if cfg.iters is not None and cfg.iters > len(train_loader) and dist.is_main:
         log.warning("--iters %d is more than the %d batches of one epoch: running %d steps per epoch",
                     cfg.iters, len(train_loader), steps)
     if steps == 0:
-        raise ConfigError(f"training set of {len(data.train)} images is smaller than one batch of {cfg.batch_size}")
+        raise ConfigError(f"training set of {len(cast(Sized, train_set))} images is smaller than one batch of "
+                          f"{cfg.batch_size}")
     return train_loader, val_loader, steps
 
 
@@ -194,7 +197,7 @@ def _build_state(cfg: TrainConfig, model: nn.Module, model_cfg: ModelCfg, object
     return StepState(
         optimizer, build_scheduler(optimizer, cfg.sched, steps_per_epoch, cfg.epochs),
         torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16"),
-        DeviceNormalizer(model_cfg.mean, model_cfg.std, device, cfg.model.channels_last, reuse=True),
+        DeviceNormalizer(model_cfg.mean, model_cfg.std, device, bool(cfg.model.channels_last), reuse=True),
         cfg.precision, cfg.optim.clip_grad, objective.criterion(data.train, device), scope=scope,
     )
 
@@ -204,8 +207,8 @@ def _restore(run: Run, ckpt: Checkpoint, path: Path | None) -> None:
     state = run.state
     try:
         run.model.load_state_dict(ckpt.model)
-        state.optimizer.load_state_dict(ckpt.optimizer)
-        state.scheduler.load_state_dict(ckpt.scheduler)
+        state.optimizer.load_state_dict(ckpt.optimizer or {})  # empty: refused below as not fitting
+        state.scheduler.load_state_dict(ckpt.scheduler or {})
         if ckpt.scaler and state.scaler.is_enabled():  # an fp32/bf16 run saves an empty scaler state
             state.scaler.load_state_dict(ckpt.scaler)
     except (RuntimeError, KeyError, ValueError, TypeError) as e:
@@ -217,7 +220,7 @@ def _restore(run: Run, ckpt: Checkpoint, path: Path | None) -> None:
 
 
 def _wrap(run: Run) -> nn.Module:
-    model = run.model
+    model: Any = run.model
     if run.dist.enabled:
         device = run.dist.device
         # FixRes: no per-forward broadcast of rank 0's buffers, so the re-estimated statistics average all
@@ -238,7 +241,8 @@ def _announce(run: Run) -> None:
     log.info(
         "model %s (%d classes) | data: %d train / %d val images, %d px | global batch %d over %d process(es), "
         "lr %.4g | %d steps/epoch x %d epochs | device %s%s | output %s",
-        cfg.model.model, run.num_classes, len(data.train), len(data.val), data.img_size, cfg.batch_size,
+        cfg.model.model, run.num_classes, len(cast(Sized, data.train)), len(cast(Sized, data.val)), data.img_size,
+        cfg.batch_size,
         dist.world_size, run.lr, run.steps_per_epoch, cfg.epochs, dist.device,
         f", amp {cfg.precision}" if cfg.precision != "fp32" else "", run.out,
     )
@@ -250,7 +254,7 @@ def fit(run: Run) -> dict[str, Any]:
     summary: dict[str, Any] = {"output": str(run.out), "best_top1": run.best_top1, "epochs_run": 0}
     last_eval = None
     for epoch in range(run.start_epoch, cfg.epochs):
-        run.train_loader.sampler.set_epoch(epoch)
+        cast(Any, run.train_loader.sampler).set_epoch(epoch)  # SeededSampler or ClassSampler
         record, evaluation = _run_epoch(run, epoch)
         last_eval = evaluation or last_eval
         improved = "val_top1" in record and (run.best_top1 is None or record["val_top1"] > run.best_top1)
@@ -273,9 +277,10 @@ def _run_epoch(run: Run, epoch: int) -> tuple[dict[str, Any], dict[str, Any] | N
     """Train one epoch and evaluate if due: the epoch's record and the evaluation (or None)."""
     cfg, dist = run.cfg, run.dist
     progress = cfg.progress and dist.is_main
+    stepped = run.model if run.wrapped is None else run.wrapped
     stats = train_one_epoch(
-        run.model if run.wrapped is None else run.wrapped, run.train_loader, run.state, run.steps_per_epoch, dist.world_size,
-        cfg.log_interval, cfg.perf_warmup_steps, progress, f"epoch {epoch + 1}/{cfg.epochs}",
+        stepped, run.train_loader, run.state, run.steps_per_epoch, dist.world_size, cfg.log_interval,
+        cfg.perf_warmup_steps, progress, f"epoch {epoch + 1}/{cfg.epochs}",
         on_log=lambda d: run.runlog.scalars("train_step", d),
     )
     record: dict[str, Any] = {"epoch": epoch + 1, "step": run.state.global_step, **stats}
@@ -317,8 +322,8 @@ def _save_epoch(run: Run, epoch: int, record: dict[str, Any], improved: bool) ->
 def checkpoint_meta(model: nn.Module, data: DataBundle) -> dict[str, Any]:
     """What eval/predict need to rebuild the model and its preprocessing from a checkpoint alone."""
     return {
-        "model_name": model.visionzoo_name,
-        "num_classes": model.visionzoo_cfg.num_classes,
+        "model_name": model_name_of(model),
+        "num_classes": model_cfg_of(model).num_classes,
         "classes": data.classes,
         "img_size": data.img_size,
         "crop_pct": data.crop_pct,

@@ -93,5 +93,6 @@ def _check_classes(cfg: TrainConfig, classes: list[str] | None) -> None:
     found = find_samples(cfg.data, "train").classes
     if list(found) != list(classes):
         extra, missing = sorted(set(found) - set(classes)), sorted(set(classes) - set(found))
+        order = "" if extra + missing else ", or another order"
         raise DataError(f"the fine-tuning data's classes differ from {cfg.model.weights}'s "
-                        f"(new: {extra[:5]}, missing: {missing[:5]}{', or another order' if not extra + missing else ''})")
+                        f"(new: {extra[:5]}, missing: {missing[:5]}{order})")

@@ -47,7 +47,8 @@ def eval_dataset(info: ModelInfo, data: DataConfig, split: str = "val") -> tuple
 
 
 def eval_loader(info: ModelInfo, data: DataConfig, split: str = "val", batch_size: int = 64,
-                rank: int = 0, world_size: int = 1, pin_memory: bool = False) -> tuple[DataLoader, list[str], ModelInfo]:
+                rank: int = 0, world_size: int = 1,
+                pin_memory: bool = False) -> tuple[DataLoader, list[str], ModelInfo]:
     ds, classes, info = eval_dataset(info, data, split)
     return loader_for(ds, data, batch_size, rank, world_size, pin_memory), classes, info
 

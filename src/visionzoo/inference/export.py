@@ -108,9 +108,9 @@ def _write(model: nn.Module, info: ModelInfo, fmt: str, path: Path, example: tor
         else:  # older opsets (the seed's ATC wants 11): only the TorchScript-based exporter writes them
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
+                axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
                 torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["logits"],
-                                  dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None,
-                                  opset_version=opset, dynamo=False)
+                                  dynamic_axes=axes, opset_version=opset, dynamo=False)
         proto = onnx.load(str(path))
         written = max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
         if written != opset:  # never hand back another opset than asked for
@@ -158,10 +158,11 @@ def export_model(
         _write(model, info, fmt, tmp, check[:example_bs], dynamic_batch, opset)
         got = load_runner(tmp, "cpu")(check)
         diff, limit = compare(reference, got, atol, rtol)
-        result = CheckResult(diff, limit, check_bs, source, (got.argmax(1) == reference.argmax(1)).float().mean().item())
+        agreement = (got.argmax(1) == reference.argmax(1)).float().mean().item()
+        result = CheckResult(diff, limit, check_bs, source, agreement)
         if diff > limit:
             raise ExportCheckError(
-                f"{output}: {fmt} outputs differ from eager by {diff:.3g} (limit {limit:.3g} = {atol} + {rtol} * max|logit|); "
-                "file not written")
+                f"{output}: {fmt} outputs differ from eager by {diff:.3g} "
+                f"(limit {limit:.3g} = {atol} + {rtol} * max|logit|); file not written")
     return {"output": str(output), "format": fmt, "bytes": output.stat().st_size, "img_size": info.img_size,
             "dynamic_batch": dynamic_batch, "opset": opset if fmt == "onnx" else None, "check": result.__dict__}

@@ -29,7 +29,9 @@ from ..config import OptimConfig
 from ..core.errors import ConfigError
 from ..core.precision import autocast
 from ..engine.optim import build_optimizer
+from ..engine.step import sync
 from ..models.factory import create_model
+from ..models.registry import model_cfg_of
 from .model_info import ModelInfo
 from .runtime import (
     OrtModule,
@@ -61,11 +63,6 @@ class BenchRow:
     p99_ms: float | None = None
     peak_mem_mb: float | None = None
     best: bool = False
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class _RssPeak:
@@ -111,18 +108,18 @@ def _peak_memory(device: torch.device) -> Iterator[dict[str, float | None]]:
         yield out
 
 
-def time_steps(step: Callable[[], Any], warmup: int, iters: int, device: torch.device) -> dict[str, float | None]:
+def time_steps(step: Callable[[], Any], warmup: int, iters: int, device: torch.device) -> dict[str, Any]:
     """Run step warmup times untimed, then iters times timed with a sync after each."""
     for _ in range(warmup):
         step()
-    _sync(device)
+    sync(device)
     times = np.empty(iters)
     with _peak_memory(device) as mem:
         start = time.perf_counter()
         for i in range(iters):
             t = time.perf_counter()
             step()
-            _sync(device)
+            sync(device)
             times[i] = time.perf_counter() - t
         total = time.perf_counter() - start
     p50, p90, p99 = np.percentile(times * 1e3, [50, 90, 99]).tolist()
@@ -138,6 +135,12 @@ class BenchModel:
     path: Path | None = None
     fmt: str = "checkpoint"
 
+    @property
+    def file(self) -> Path:
+        """The model file (a model built by name has none; the backends that need one check fmt first)."""
+        assert self.path is not None, f"a {self.fmt} bench model without a file"
+        return self.path
+
 
 def bench_model(model: str | None, checkpoint: str | Path | None, num_classes: int | None = None) -> BenchModel:
     """The model to bench: random weights by name (as timm's benchmark.py), or a checkpoint/exported file."""
@@ -150,13 +153,14 @@ def bench_model(model: str | None, checkpoint: str | Path | None, num_classes: i
     if not model:
         raise ConfigError("bench needs --model NAME or --checkpoint FILE")
     module = create_model(model, num_classes=num_classes)
-    return BenchModel(ModelInfo.from_model_cfg(module.visionzoo_cfg, model), module.eval(), None)
+    return BenchModel(ModelInfo.from_model_cfg(model_cfg_of(module), model), module.eval(), None)
 
 
 def _int8_program(bm: BenchModel, img_size: int) -> nn.Module:
     """PT2E int8 of the eager module, calibrated on random pixels: for speed only, not accuracy."""
     from .quantize import quantize_pt2e
 
+    assert bm.module is not None, "int8 programs are made from an eager module"
     g = torch.Generator().manual_seed(0)
     return quantize_pt2e(bm.module, [torch.randn(4, 3, img_size, img_size, generator=g) for _ in range(4)]).module()
 
@@ -167,7 +171,7 @@ def _onnx_file(bm: BenchModel, img_size: int, dtype: str | None, workdir: Path) 
     from .quantize import quantize_onnx
 
     if bm.fmt == "onnx":
-        return bm.path  # as stored (an int8 request on an fp32 file was refused earlier)
+        return bm.file  # as stored (an int8 request on an fp32 file was refused earlier)
     if bm.module is None:
         raise Unavailable(f"a {bm.fmt} file cannot be converted to ONNX here; export the checkpoint instead")
     path = workdir / "model.onnx"
@@ -223,7 +227,7 @@ def _torch_module(t: BenchTarget) -> nn.Module:
     if bm.module is not None:
         module = _int8_program(bm, t.img_size) if t.precision == "int8" else copy.deepcopy(bm.module)
     else:
-        module = load_runner(bm.path).fn
+        module = load_runner(bm.file).fn
     module = module.to(t.device)
     if t.channels_last and t.precision != "int8":
         module = module.to(memory_format=torch.channels_last)
@@ -252,7 +256,7 @@ def _torchscript(t: BenchTarget) -> Factory:
     if t.precision != "fp32":
         raise Unavailable("TorchScript runs fp32 here (trace under autocast is not supported)")
     if bm.fmt == "torchscript":
-        fn = load_runner(bm.path, t.device).fn
+        fn = load_runner(bm.file, t.device).fn
         return lambda bs: fn
     if bm.module is None:
         raise Unavailable(f"needs a checkpoint or TorchScript file, not a {bm.fmt} file")

@@ -13,9 +13,10 @@ import logging
 import os
 import re
 import time
+from collections.abc import Sized
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -61,7 +62,7 @@ def preprocess(info: ModelInfo, data: DataConfig, output: str | Path, split: str
     ds = loader.dataset
     samples = getattr(ds, "samples", None)
     sources = [p for p, _ in samples.items] if samples is not None and samples.items else None
-    names = _bin_names(sources) if sources else [f"dummy_{i:06d}.bin" for i in range(len(ds))]
+    names = _bin_names(sources) if sources else [f"dummy_{i:06d}.bin" for i in range(len(cast(Sized, ds)))]
     normalizer = DeviceNormalizer(info.mean, info.std, torch.device("cpu"))
     out.mkdir(parents=True, exist_ok=True)
     rows: list[str] = []
@@ -168,9 +169,9 @@ def metric(pred: str | Path, labels_file: str | Path, topk: int = 5) -> dict[str
     labels = read_labels(labels_file)
     files = sorted(p for p in pred.rglob("*") if p.suffix in (".npy", ".bin", ".txt") and p.is_file())
     hits = np.zeros(topk)
-    matched, unlabeled = 0, []
+    matched, unlabeled = 0, cast(list[str], [])
     for p in files:
-        key = p.relative_to(pred).with_suffix("").as_posix()
+        key: str | None = p.relative_to(pred).with_suffix("").as_posix()
         if key not in labels:
             # by file name alone, or without the "_<output index>" that inference tools append (x_1.txt)
             candidates = (p.stem, re.sub(r"_\d+$", "", p.stem))

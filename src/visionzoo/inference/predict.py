@@ -50,11 +50,12 @@ def predict_files(runner: Runner, paths: list[str | Path], topk: int = 5, batch_
         chunk = [Path(p) for p in paths[start : start + batch_size]]
         images, errors = _decode(chunk, transform)
         good = [i for i, img in enumerate(images) if img is not None]
-        probs = idx = None
+        probs: list[list[float]] = []
+        idx: list[list[int]] = []
         if good:
-            logits = runner(normalizer(torch.stack([images[i] for i in good])))
-            probs, idx = logits.softmax(dim=1).topk(k, dim=1)
-            probs, idx = probs.cpu().tolist(), idx.cpu().tolist()
+            logits = runner(normalizer(torch.stack([img for img in images if img is not None])))
+            top_p, top_i = logits.softmax(dim=1).topk(k, dim=1)
+            probs, idx = top_p.cpu().tolist(), top_i.cpu().tolist()
         row = dict(zip(good, range(len(good))))
         for i, path in enumerate(chunk):
             if errors[i] is not None:

@@ -111,7 +111,8 @@ def quantize_onnx(path: Path, output: Path, batches: list[torch.Tensor], dtype: 
     try:
         quant_pre_process(str(path), pre)  # shape inference + graph fusions ORT recommends first
         act, weight = (QuantType.QUInt8, QuantType.QInt8) if dtype == "int8" else (QuantType.QInt16, QuantType.QInt16)
-        opset = max(o.version for o in onnx.load(pre, load_external_data=False).opset_import if o.domain in ("", "ai.onnx"))
+        imports = onnx.load(pre, load_external_data=False).opset_import
+        opset = max(o.version for o in imports if o.domain in ("", "ai.onnx"))
         quantize_static(pre, str(output), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=act, weight_type=weight,
                         # 16-bit Q/DQ exist in the standard domain from opset 21; before that ORT's own ops
@@ -153,8 +154,8 @@ def quantize(
     else:
         if dtype != "int8":
             raise ConfigError(
-                f"--dtype {dtype} for {model_path}: PyTorch's x86 quantizer has int8 kernels only; for int16 export to ONNX first "
-                "(visionzoo export --format onnx) and quantise that file")
+                f"--dtype {dtype} for {model_path}: PyTorch's x86 quantizer has int8 kernels only; for int16 export "
+                "to ONNX first (visionzoo export --format onnx) and quantise that file")
         if output.suffix != ".pt2":
             raise ConfigError(f"--output {output}: a PT2E int8 model is a torch.export program; name the output *.pt2")
         model, info = load_module(model_path)

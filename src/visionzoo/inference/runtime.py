@@ -23,6 +23,7 @@ from ..core.errors import ModelFileError
 from ..core.precision import autocast, parse_precision, resolve_precision
 from ..models.checkpoint import model_from_checkpoint
 from ..models.factory import create_model
+from ..models.registry import model_cfg_of, model_name_of
 from .model_info import META_KEY, ModelInfo
 
 SUFFIX_FORMATS = {
@@ -81,7 +82,7 @@ class OrtModule:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
-        providers = ["CPUExecutionProvider"]
+        providers: list[Any] = ["CPUExecutionProvider"]
         if device.type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise ModelFileError(f"{path}: onnxruntime here has no CUDA provider (install onnxruntime-gpu)")
@@ -144,7 +145,7 @@ class Runner:
 
 def _read_checkpoint(path: Path) -> tuple[nn.Module, ModelInfo]:
     model, ckpt = model_from_checkpoint(path)
-    return model, ModelInfo.from_model_cfg(model.visionzoo_cfg, model.visionzoo_name, ckpt)
+    return model, ModelInfo.from_model_cfg(model_cfg_of(model), model_name_of(model), ckpt)
 
 
 def _read_safetensors(path: Path) -> tuple[nn.Module, ModelInfo]:

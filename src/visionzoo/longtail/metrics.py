@@ -36,7 +36,8 @@ def shot_accuracy(correct: Sequence[int], total: Sequence[int], train_counts: Se
     return out
 
 
-def open_set_f_measure(pred: np.ndarray, confidence: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, Any]:
+def open_set_f_measure(pred: np.ndarray, confidence: np.ndarray, labels: np.ndarray,
+                       threshold: float) -> dict[str, Any]:
     """F-measure with rejection: a sample whose confidence (max softmax) < threshold is predicted -1.
 
     labels: -1 for open-set samples. TP: known, accepted and correct; FP: known and not (wrong or

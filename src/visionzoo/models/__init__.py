@@ -10,6 +10,7 @@ from .registry import (
     get_model_cfg,
     list_models,
     model_cfg_of,
+    model_name_of,
     register_model,
     unwrap_model,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "load_weights",
     "model_cfg_of",
     "model_from_checkpoint",
+    "model_name_of",
     "register_model",
     "reset_classifier",
     "strip_prefixes",

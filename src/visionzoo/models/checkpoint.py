@@ -99,7 +99,7 @@ class Checkpoint:
 
     def without_training_state(self) -> Checkpoint:
         """A copy without optimizer, scheduler, loss-scaler and RNG state (epoch and step stay, as a record)."""
-        return dataclasses.replace(self, **dict.fromkeys(TRAINING_STATE))
+        return dataclasses.replace(self, optimizer=None, scheduler=None, scaler=None, rng=None)  # TRAINING_STATE
 
     def build_model(self, source: str | Path = "checkpoint") -> nn.Module:
         """The model this checkpoint was trained as, with its weights loaded."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import cast
 
 from torch import nn
 
@@ -12,18 +13,20 @@ from .weights import load_weights
 
 def reset_classifier(model: nn.Module, cfg: ModelCfg, num_classes: int) -> None:
     """Replace the final Linear layer with a fresh one of num_classes outputs."""
-    if hasattr(model, "reset_classifier") and cfg.source == "timm":
-        model.reset_classifier(num_classes)
+    timm_reset = getattr(model, "reset_classifier", None)
+    if timm_reset is not None and cfg.source == "timm":
+        timm_reset(num_classes)
         return
     assert isinstance(cfg.classifier, str), "models with several heads are timm's (reset_classifier above)"
     parent_path, _, attr = cfg.classifier.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
-    old = getattr(parent, attr) if not attr.isdigit() else parent[int(attr)]
+    # a numbered child is an index into a Sequential (vgg's classifier.6)
+    old = getattr(parent, attr) if not attr.isdigit() else cast(nn.Sequential, parent)[int(attr)]
     if not isinstance(old, nn.Linear):
         raise TypeError(f"classifier {cfg.classifier} is {type(old).__name__}, not Linear")
     new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
     if attr.isdigit():
-        parent[int(attr)] = new
+        cast(nn.Sequential, parent)[int(attr)] = new
     else:
         setattr(parent, attr, new)
 

@@ -42,7 +42,8 @@ class ModulatedAttention(nn.Module):
         self.fc_spatial = nn.Linear(ATT_SIZE * ATT_SIZE * channels, ATT_SIZE * ATT_SIZE)
         for conv in (self.g, self.theta, self.phi):
             nn.init.kaiming_normal_(conv.weight)  # the original's default (fan_in) init
-            nn.init.zeros_(conv.bias)
+            if conv.bias is not None:
+                nn.init.zeros_(conv.bias)
         nn.init.zeros_(self.conv_mask.weight)
 
     def spatial_attention(self, x: torch.Tensor) -> torch.Tensor:
@@ -134,7 +135,7 @@ class OLTRResNet(torchvision.models.ResNet):
         """Backbone from a stage-1 state dict; its fc seeds the hallucinator. Returns the fresh keys."""
         sd = dict(state_dict)
         fc_w, fc_b = sd.pop("fc.weight", None), sd.pop("fc.bias", None)
-        if fc_w is not None and fc_w.shape == self.meta_classifier.fc_hallucinator.weight.shape:
+        if fc_w is not None and fc_b is not None and fc_w.shape == self.meta_classifier.fc_hallucinator.weight.shape:
             sd["meta_classifier.fc_hallucinator.weight"], sd["meta_classifier.fc_hallucinator.bias"] = fc_w, fc_b
         else:  # e.g. a ResNet-50 stage 1: its fc sees 2048 features, the hallucinator 512
             log.warning("stage-1 classifier %s does not fit the hallucinator %s: it starts fresh",

@@ -112,18 +112,28 @@ def count_params(model: nn.Module) -> int:
 
 def model_cfg_of(model: nn.Module) -> ModelCfg:
     cfg = getattr(unwrap_model(model), "visionzoo_cfg", None)
-    if cfg is None:
+    if not isinstance(cfg, ModelCfg):
         raise ValueError("model was not built by visionzoo.create_model")
     return cfg
+
+
+def model_name_of(model: nn.Module) -> str:
+    """The name create_model built the model under."""
+    name = getattr(unwrap_model(model), "visionzoo_name", None)
+    if not isinstance(name, str):
+        raise ValueError("model was not built by visionzoo.create_model")
+    return name
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
     """Strip DDP (`module.`) and torch.compile (`_orig_mod.`) wrappers, in any order."""
     while True:
+        inner = getattr(model, "module", None)
         if isinstance(model, nn.parallel.DistributedDataParallel) or type(model).__name__ == "DataParallel":
-            model = model.module
-        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
-            model = model._orig_mod
+            assert isinstance(inner, nn.Module)
+            model = inner
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod  # type: ignore[assignment]  # checked just above
         else:
             return model
 

@@ -30,7 +30,8 @@ SEED_MODELS: dict[str, tuple[ModelCfg, dict]] = {
     # published state dict still holds aux1./aux2. keys, which the loader drops by name.
     # transform_input is always on: torchvision turns it on for its weights, and it is not in the
     # state dict, so a checkpoint must rebuild with the same setting however it was trained.
-    "googlenet": (ModelCfg(classifier="fc", drop_keys=("aux1.", "aux2.")), {"aux_logits": False, "transform_input": True}),
+    "googlenet": (ModelCfg(classifier="fc", drop_keys=("aux1.", "aux2.")),
+                  {"aux_logits": False, "transform_input": True}),
     "shufflenet_v2_x0_5": (_RESNET, {}),
     "shufflenet_v2_x1_0": (_RESNET, {}),
 }
