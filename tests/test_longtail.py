@@ -289,3 +289,24 @@ def test_oltr_stage2_under_torchrun_matches_one_process(stage1, lt_data, tmp_pat
     assert e2[0]["train_loss"] == pytest.approx(e1[0]["train_loss"], rel=0.15)
     assert abs(e2[-1]["val_top1"] - e1[-1]["val_top1"]) <= 15
     assert e2[-1]["val_num_images"] == e1[-1]["val_num_images"] == 80
+
+
+def test_longtail_evaluation_under_torchrun_matches_one_process(stage1, lt_data, tmp_path):
+    """eval --longtail runs through the one evaluation path: sharded over ranks, every image counted once."""
+    root, lt = lt_data
+    args = ["eval", "--checkpoint", str(stage1 / "last.pth"), "--data", str(root), "--val-list", str(lt / "test.txt"),
+            "--longtail", "--train-list", str(lt / "train.txt"), "--open-list", str(lt / "open.txt"), "--many", "60",
+            "--no-progress", "--device", "cpu", "--workers", "0", "--batch-size", "16"]
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    assert main([*args, "--json", str(one)]) == 0
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "visionzoo", *args, "--json", str(two)], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("top-1") == 1  # rank 0 reports for both
+    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    assert a["num_images"] == b["num_images"] > 0 and a["open_images"] == b["open_images"] > 0
+    for key in ("top1", "mean_class_accuracy", "many_shot", "medium_shot", "few_shot"):
+        assert b[key] == pytest.approx(a[key]), key
+    assert b["open_set"] == a["open_set"]
+    assert [c["test_images"] for c in b["per_class"]] == [c["test_images"] for c in a["per_class"]]

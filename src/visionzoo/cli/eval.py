@@ -7,8 +7,8 @@ The model file is a visionzoo checkpoint or anything `visionzoo export` / `quant
 from __future__ import annotations
 
 import argparse
-import os
 
+from ..core.distributed import is_main_process
 from ..core.errors import ConfigError
 from ..core.files import write_json
 from .options import DATA_FLAGS, add_config_flags, add_model_runtime_flags, data_config
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     # no data flags: evaluate on the validation split the model was trained with
     result = evaluate(args.checkpoint, data_config(args), args.batch_size, args.device, args.precision,
                       args.channels_last, args.progress, args.backend)
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports for all
+    if not is_main_process():  # under torchrun, rank 0 reports for all
         return 0
     skipped = f"  skipped {result['skipped_images']}" if result["skipped_images"] else ""
     print(f"top-1 {result['top1']:.2f}  top-5 {result['top5']:.2f}  loss {result['loss']:.4f}  "
@@ -88,7 +88,7 @@ def _run_sizes(args: argparse.Namespace) -> int:
         raise ConfigError("--img-size/--test-size and --sizes both set the test size: give --sizes only")
     r = evaluate_sizes(args.checkpoint, args.sizes, data, args.batch_size, args.device, args.precision,
                        args.progress, args.backend, args.channels_last)
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not is_main_process():
         return 0
     print(sizes_table(r))
     for m in r["models"]:
@@ -113,6 +113,8 @@ def _run_longtail(args: argparse.Namespace) -> int:
         raise DataError("--longtail needs --train-list (the training list whose class sizes define the shot groups)")
     r = evaluate_longtail(args.checkpoint, data.train_list, data, args.open_list, args.open_threshold, args.many,
                           args.few, args.batch_size, args.device, args.precision, args.logit_adjust)
+    if not is_main_process():  # under torchrun, rank 0 reports for all
+        return 0
 
     def fmt(v: float | None) -> str:
         return "-" if v is None else f"{v:.2f}"
