@@ -344,7 +344,7 @@ def test_eval_on_bare_class_tree_and_missing_split(tiny_imagefolder, tmp_path):
     assert len(s.items) == 3 * TINY_VAL_PER_CLASS
     with pytest.raises(DataError, match="no train/ folder"):
         find_samples(DataConfig(data=str(tiny_imagefolder / "val")), "train")
-    with pytest.raises(DataError, match="no data given"):
+    with pytest.raises(ConfigError, match="no data given"):  # a usage error: the flag is missing
         find_samples(DataConfig(), "train")
 
 

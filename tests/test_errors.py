@@ -193,3 +193,27 @@ def test_checkpoint_round_trip_keeps_key_order_and_unknown_keys(run, tmp_path):
     Checkpoint.load(path).save(again)
     back = torch.load(again, map_location="cpu", weights_only=True)
     assert list(back) == list(saved) and back["from_the_future"] == {"x": 1}
+
+
+def test_outputs_into_a_missing_folder_name_the_path(run, tmp_path, capsys):
+    target = tmp_path / "no" / "such" / "eval.json"
+    assert main(["eval", "--checkpoint", str(run / "last.pth"), "--json", str(target), "--no-progress"]) == 2
+    assert str(target) in one_line_error(capsys)
+    plot = tmp_path / "nowhere" / "sweep.png"
+    assert main(["eval", "--checkpoint", str(run / "last.pth"), "--sizes", "16", "--plot", str(plot),
+                 "--no-progress"]) == 2
+    assert str(plot) in one_line_error(capsys)
+    tau = tmp_path / "missing" / "t.pth"
+    assert main(["tau-norm", "--checkpoint", str(run / "last.pth"), "--output", str(tau)]) == 2
+    assert str(tau) in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("device", ["cuda:x", "tpu"])
+def test_an_unknown_device_is_a_usage_error(device, tmp_path, capsys):
+    assert main(["bench", "--model", "resnet18", "--batch-sizes", "1", "--iters", "1", "--device", device]) == 2
+    assert f"--device {device!r}" in one_line_error(capsys)
+
+
+def test_pretrained_oltr_is_a_usage_error(tmp_path, capsys):
+    rc = main(["train", "--model", "oltr_resnet10", "--pretrained", "--dummy", "--output", str(tmp_path / "o")])
+    assert rc == 2 and "--pretrained" in one_line_error(capsys)

@@ -78,8 +78,19 @@ def main(argv: list[str] | None = None) -> int:
     except VisionZooError as e:
         print(f"visionzoo {args.command}: error: {one_line(e)}", file=sys.stderr)
         return e.exit_code
+    finally:
+        _leave_process_group()
 
 
 def one_line(e: BaseException) -> str:
     """The error's message on one line (a message quoting a library's multi-line error is joined)."""
-    return " ".join(str(e).split())
+    return " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+
+
+def _leave_process_group() -> None:
+    """Under torchrun, leave the process group before the interpreter exits: an undestroyed gloo group can
+    abort the process at shutdown. Nothing to do (and torch not to import) when none was made."""
+    if "torch.distributed" in sys.modules:
+        from ..core.distributed import cleanup
+
+        cleanup()

@@ -99,7 +99,6 @@ def _run_sizes(args: argparse.Namespace) -> int:
 
 def _run_longtail(args: argparse.Namespace) -> int:
     from ..config import TrainConfig, apply_overrides
-    from ..core.errors import DataError
     from ..inference.eval_data import resolve_data
     from ..inference.runtime import load_runner
     from ..longtail.evaluate import evaluate_longtail, plot_per_class
@@ -110,7 +109,7 @@ def _run_longtail(args: argparse.Namespace) -> int:
     base = resolve_data(info, None) if (info.extra.get("data") or {}).get("data") else TrainConfig().data
     data = apply_overrides(TrainConfig(data=base), nest(cli_overrides(args)), "command line").data
     if not data.train_list:
-        raise DataError("--longtail needs --train-list (the training list whose class sizes define the shot groups)")
+        raise ConfigError("--longtail needs --train-list (the training list whose class sizes define the shot groups)")
     r = evaluate_longtail(args.checkpoint, data.train_list, data, args.open_list, args.open_threshold, args.many,
                           args.few, args.batch_size, args.device, args.precision, args.logit_adjust)
     if not is_main_process():  # under torchrun, rank 0 reports for all

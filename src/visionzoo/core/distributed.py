@@ -39,11 +39,11 @@ def resolve_device(pref: str | torch.device, local_rank: int = 0) -> torch.devic
         return torch.device("cpu")
     if pref == "auto" and not torch.cuda.is_available():
         return torch.device("cpu")
-    if pref in ("auto", "cuda") or pref.startswith("cuda:"):
+    number = pref.removeprefix("cuda:")
+    if pref in ("auto", "cuda") or (pref.startswith("cuda:") and number.isdigit()):
         if not torch.cuda.is_available():
             raise ConfigError(f"--device {pref}: torch sees no CUDA device here (use --device cpu or auto)")
-        index = int(pref.split(":", 1)[1]) if ":" in pref else local_rank
-        return torch.device("cuda", index)
+        return torch.device("cuda", int(number) if number.isdigit() else local_rank)
     raise ConfigError(f"--device {pref!r}: expected auto, cpu, cuda or cuda:N")
 
 

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .errors import ConfigError
+
 
 def _read_umask() -> int:
     mask = os.umask(0)
@@ -27,6 +29,14 @@ def _default_mode(tmp: str | Path) -> None:
     os.chmod(tmp, 0o666 & ~_UMASK)
 
 
+def _temp_beside(dst: Path, prefix: str, suffix: str) -> tuple[int, str]:
+    """mkstemp in dst's folder; a folder that is missing or not writable is the user's path to fix."""
+    try:
+        return tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=dst.parent)
+    except (FileNotFoundError, NotADirectoryError, PermissionError) as e:
+        raise ConfigError(f"cannot write {dst}: {e.strerror} ({dst.parent})") from None
+
+
 @contextlib.contextmanager
 def atomic_path(dst: str | Path) -> Iterator[Path]:
     """A temp path next to dst (same suffix, for writers that look at it); renamed over dst on success.
@@ -34,7 +44,7 @@ def atomic_path(dst: str | Path) -> Iterator[Path]:
     On any error the temp file is removed and dst is left as it was.
     """
     dst = Path(dst)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.stem}.", suffix=dst.suffix, dir=dst.parent)
+    fd, tmp = _temp_beside(dst, f".{dst.stem}.", dst.suffix)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -53,7 +63,7 @@ def atomic_save(obj: Any, path: str | Path) -> None:
     import torch
 
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _temp_beside(path, f".{path.name}.", ".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
@@ -83,3 +93,9 @@ def write_json(path: str | Path, obj: Any) -> None:
     """Write obj as indented JSON, atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 120) -> None:
+    """A matplotlib figure to path, atomically (the temp file keeps the suffix, which picks the format)."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi)

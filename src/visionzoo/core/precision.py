@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # torch is imported where it is used: parsing a precision wor
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 AUTO = "auto"
-ALIASES = {"none": "fp32", "null": "fp32", "float32": "fp32", "float16": "fp16", "half": "fp16",
+ALIASES = {"none": "fp32", "null": "fp32", "": "fp32", "float32": "fp32", "float16": "fp16", "half": "fp16",
            "bfloat16": "bf16"}
 
 

@@ -15,9 +15,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from ..config import DataConfig
+from ..core.errors import ConfigError, DataError
 from ..models.registry import ModelCfg
 from .datasets import (
-    DataError,
     DummyDataset,
     ImageDataset,
     Samples,
@@ -129,7 +129,7 @@ def find_samples(cfg: DataConfig, split: str, classes: list[str] | None = None,
     if split_root:
         return image_folder(split_root, classes)
     if root is None:
-        raise DataError("no data given: pass --data DIR (or --dummy for synthetic data)")
+        raise ConfigError("no data given: pass --data DIR (or --dummy for synthetic data)")
     if (root / split).is_dir():
         return image_folder(root / split, classes)
     if split == "val" and classes is not None and not (root / "train").is_dir():

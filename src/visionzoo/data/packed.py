@@ -84,6 +84,8 @@ def packed_samples(root: str | Path, split: str, classes: list[str] | None = Non
         raise DataError(f"{root / PACK_FILE}: unknown pack format {meta.get('format')!r} (expected {FORMAT})")
     if not (root / split / "index.npz").is_file():
         raise DataError(f"{root}: the pack has no {split} split (it holds {', '.join(meta['splits'])})")
+    if not (root / "classes.txt").is_file():
+        raise DataError(f"{root}: the pack has no classes.txt (an incomplete copy?); pack it again")
     pack_classes = (root / "classes.txt").read_text().split("\n")[:-1]
     store = PackedStore(root / split)
     labels = store.labels.tolist()

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..config import DataConfig
-from ..core.errors import DataError
+from ..core.errors import ConfigError, DataError
 from ..models.registry import ModelCfg
 from .device_decode import EncodedBatch
 from .loader import DeviceNormalizer, build_data, make_loader
@@ -43,7 +43,10 @@ def torchvision_loader(root: str | Path, split: str, img_size: int, workers: int
         geometry = [v2.Resize(int(img_size / (cfg.crop_pct or ModelCfg.crop_pct)), interpolation=interp,
                               antialias=True), v2.CenterCrop(img_size)]
     tf = v2.Compose([*geometry, v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
-    ds = ImageFolder(str(Path(root) / split), transform=tf)
+    try:
+        ds = ImageFolder(str(Path(root) / split), transform=tf)
+    except FileNotFoundError as e:  # no split folder, or no class folders or images in it
+        raise DataError(f"{Path(root) / split}: the baseline reads an ImageFolder there ({e})") from None
     return DataLoader(ds, batch_size=batch_size, shuffle=split == "train", num_workers=workers, drop_last=True,
                       pin_memory=pin_memory, persistent_workers=workers > 0)
 
@@ -93,7 +96,7 @@ def bench_data(cfg: DataConfig, split: str = "train", batch_size: int = 64, batc
 
     baseline_data = baseline_data or cfg.data
     if baseline and not baseline_data:
-        raise DataError("bench-data --baseline needs --data (or --baseline-data DIR)")
+        raise ConfigError("bench-data --baseline needs --data (or --baseline-data DIR)")
     if baseline and is_packed(baseline_data):
         raise DataError(f"{baseline_data} is a pack: give the baseline its source folder (--baseline-data DIR)")
     dev = torch.device(device)

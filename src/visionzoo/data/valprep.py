@@ -16,6 +16,8 @@ def class_names_for(num_labels: int, class_names: str | None = None, train_dir: 
     Zero-padded names ("0007") sort in numeric order, so an ImageFolder over the result keeps labels.
     """
     if class_names:
+        if not Path(class_names).is_file():
+            raise DataError(f"class names file not found: {class_names}")
         names = [n.strip().split()[0] for n in Path(class_names).read_text().splitlines() if n.strip()]
     elif train_dir:
         names = folder_classes(train_dir)

@@ -14,6 +14,7 @@ from typing import Any
 from ..config import DataConfig
 from ..core.distributed import init_distributed
 from ..core.errors import ConfigError
+from ..core.files import save_figure
 from ..inference.eval_data import resolve_data
 from ..inference.evaluate import evaluate_runner
 from ..inference.runtime import load_runner
@@ -95,5 +96,5 @@ def plot_sizes(result: dict[str, Any], path: str | Path, title: str | None = Non
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)

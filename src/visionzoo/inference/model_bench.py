@@ -27,6 +27,7 @@ from torch import nn
 
 from ..config import OptimConfig
 from ..core.errors import ConfigError
+from ..core.files import save_figure
 from ..core.precision import autocast
 from ..engine.optim import build_optimizer
 from ..engine.step import sync
@@ -479,5 +480,5 @@ def plot(rows: list[BenchRow], path: str | Path, title: str) -> None:
     ax1.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)

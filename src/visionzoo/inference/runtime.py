@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..core.distributed import resolve_device
-from ..core.errors import ModelFileError
+from ..core.errors import ConfigError, ModelFileError
 from ..core.precision import autocast, parse_precision, resolve_precision
 from ..models.checkpoint import model_from_checkpoint
 from ..models.factory import create_model
@@ -269,8 +269,9 @@ def load_runner(
     device = resolve_device(device)
     fmt = detect_format(path)
     asked = parse_precision(precision)
-    if fmt in ("onnx", "torchscript") and asked not in ("auto", "fp32"):
-        raise ModelFileError(f"{path}: a {fmt} file runs in the precision it was exported in; drop --precision {asked}")
+    if fmt in ("onnx", "torchscript") and asked not in ("auto", "fp32", "int8"):  # int8: a quantised file
+        raise ConfigError(f"--precision {asked}: {path} is a {fmt} file, which runs in the precision it was "
+                          "exported in; drop --precision")
     if fmt in ("onnx", "torchscript") and backend != "eager":
         raise ModelFileError(f"{path}: backend {backend!r} needs a checkpoint or .pt2 file, not {fmt}")
     module: nn.Module | None = None

@@ -15,6 +15,7 @@ import torch
 from ..config import DataConfig
 from ..core.distributed import init_distributed
 from ..core.errors import ConfigError, DataError
+from ..core.files import save_figure
 from ..data.datasets import ImageDataset, list_samples, read_list_file
 from ..data.transforms import eval_transform
 from ..inference.eval_data import resolve_data
@@ -120,5 +121,5 @@ def plot_per_class(result: dict[str, Any], path: str | Path) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)

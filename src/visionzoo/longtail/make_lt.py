@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.errors import DataError
+from ..core.errors import ConfigError, DataError
 from ..data.datasets import folder_classes, image_folder
 
 
@@ -50,7 +50,7 @@ def make_lt(
         raise DataError(f"{root}: no train/ folder (make-lt expects {root}/train/<class>/<image>)")
     classes = folder_classes(root / "train")
     if open_classes >= len(classes) - 1:
-        raise DataError(f"--open-classes {open_classes} leaves fewer than 2 known classes of {len(classes)}")
+        raise ConfigError(f"--open-classes {open_classes} leaves fewer than 2 known classes of {len(classes)}")
     rng = np.random.default_rng(seed)
     held_out = sorted(rng.choice(len(classes), open_classes, replace=False).tolist()) if open_classes else []
     known = [c for i, c in enumerate(classes) if i not in held_out]

@@ -7,6 +7,7 @@ from typing import cast
 
 from torch import nn
 
+from ..core.errors import ConfigError
 from .registry import ModelCfg, get_model_cfg, registered_builder
 from .weights import load_weights
 
@@ -23,7 +24,8 @@ def reset_classifier(model: nn.Module, cfg: ModelCfg, num_classes: int) -> None:
     # a numbered child is an index into a Sequential (vgg's classifier.6)
     old = getattr(parent, attr) if not attr.isdigit() else cast(nn.Sequential, parent)[int(attr)]
     if not isinstance(old, nn.Linear):
-        raise TypeError(f"classifier {cfg.classifier} is {type(old).__name__}, not Linear")
+        raise ConfigError(f"{cfg.classifier} is {type(old).__name__}, not a Linear classifier: it cannot be "
+                          "replaced by a fresh head (--reset-classifier, or --pretrained with another class count)")
     new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
     if attr.isdigit():
         cast(nn.Sequential, parent)[int(attr)] = new

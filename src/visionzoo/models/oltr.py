@@ -21,7 +21,7 @@ import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from ..core.errors import ModelFileError
+from ..core.errors import ConfigError, ModelFileError
 from .registry import ModelCfg, register_model
 
 log = logging.getLogger("visionzoo")
@@ -137,10 +137,9 @@ class OLTRResNet(torchvision.models.ResNet):
         fc_w, fc_b = sd.pop("fc.weight", None), sd.pop("fc.bias", None)
         if fc_w is not None and fc_b is not None and fc_w.shape == self.meta_classifier.fc_hallucinator.weight.shape:
             sd["meta_classifier.fc_hallucinator.weight"], sd["meta_classifier.fc_hallucinator.bias"] = fc_w, fc_b
-        else:  # e.g. a ResNet-50 stage 1: its fc sees 2048 features, the hallucinator 512
+        elif fc_w is not None:  # e.g. a ResNet-50 stage 1: its fc sees 2048 features, the hallucinator 512
             log.warning("stage-1 classifier %s does not fit the hallucinator %s: it starts fresh",
-                        None if fc_w is None else tuple(fc_w.shape),
-                        tuple(self.meta_classifier.fc_hallucinator.weight.shape))
+                        tuple(fc_w.shape), tuple(self.meta_classifier.fc_hallucinator.weight.shape))
         missing, unexpected = self.load_state_dict(sd, strict=False)
         if unexpected:
             raise ModelFileError(f"stage-1 weights have keys the OLTR model lacks: {unexpected[:5]}")
@@ -210,7 +209,7 @@ class _Attract(torch.autograd.Function):
 def resnet10(num_classes: int = 1000, pretrained: bool = False) -> nn.Module:
     """The OLTR paper's ImageNet-LT backbone: ResNet with one BasicBlock per stage."""
     if pretrained:
-        raise ValueError("resnet10 has no published weights; OLTR trains it from scratch")
+        raise ConfigError("--pretrained: resnet10 has no published weights; OLTR trains it from scratch")
     return torchvision.models.ResNet(BasicBlock, [1, 1, 1, 1], num_classes=num_classes)
 
 
@@ -223,7 +222,8 @@ def _oltr_builder(name: str):
 
     def build(num_classes: int = 1000, pretrained: bool = False) -> nn.Module:
         if pretrained:
-            raise ValueError(f"{name}: stage 2 starts from your stage-1 checkpoint (--init-from), not hub weights")
+            raise ConfigError(f"--pretrained: {name}'s stage 2 starts from your stage-1 checkpoint (--init-from), "
+                              "not hub weights")
         return OLTRResNet(block, layers, num_classes)
 
     build.__name__ = build.__qualname__ = name
