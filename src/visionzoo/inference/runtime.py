@@ -7,10 +7,7 @@ ModelInfo (class names and preprocessing, model_info.py) and the precision it ru
 from __future__ import annotations
 
 import contextlib
-import io
-import json
 import warnings
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +22,7 @@ from ..models.checkpoint import model_from_checkpoint
 from ..models.factory import create_model
 from ..models.registry import model_cfg_of, model_name_of
 from .model_info import META_KEY, ModelInfo
+from .pt2_archive import check_pt2
 
 SUFFIX_FORMATS = {
     ".onnx": "onnx",
@@ -45,34 +43,6 @@ def detect_format(path: str | Path) -> str:
     if not path.is_file():
         raise ModelFileError(f"model file not found: {path}")
     return SUFFIX_FORMATS.get(path.suffix.lower(), "checkpoint")
-
-
-def _weights_only_load(data: bytes, what: str) -> None:
-    try:
-        torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ModelFileError(f"{what}: holds pickled objects that are not plain tensors ({type(e).__name__}); "
-                             "refusing to load it") from None
-
-
-def check_pt2(path: Path) -> None:
-    """Refuse a .pt2 whose pickled parts need more than weights_only loading.
-
-    torch.export.load falls back to full unpickling (code execution) for such parts; we check each
-    one with weights_only=True first. Raw tensor payloads and the JSON graph need no check.
-    """
-    try:
-        with zipfile.ZipFile(path) as z:
-            for name in z.namelist():
-                folder = name.rsplit("/", 1)[0]
-                if "/data/" in name and name.endswith("_config.json"):
-                    for meta in json.loads(z.read(name)).get("config", {}).values():
-                        if meta.get("use_pickle"):
-                            _weights_only_load(z.read(f"{folder}/{meta['path_name']}"), f"{path}:{name}")
-                elif "/data/sample_inputs/" in name or "/data/custom_objects/" in name:
-                    _weights_only_load(z.read(name), f"{path}:{name}")
-    except (zipfile.BadZipFile, KeyError, ValueError) as e:
-        raise ModelFileError(f"{path}: not a torch.export archive ({type(e).__name__}: {e})") from None
 
 
 class OrtModule:

@@ -1,0 +1,179 @@
+"""Hardening (issue 13): no code from model files, no silent damage, one run per folder, bad values refused."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from visionzoo.cli import main
+from visionzoo.core.errors import ModelFileError
+from visionzoo.core.files import atomic_save
+from visionzoo.inference.export import export_model
+from visionzoo.inference.runtime import load_runner
+from visionzoo.models import create_model
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert "Traceback" not in err[0]
+    return err[0]
+
+
+def tiny_checkpoint(path: Path, name: str = "resnet18", classes: int = 3, img_size: int = 32) -> Path:
+    model = create_model(name, num_classes=classes)
+    atomic_save({"model": model.state_dict(), "model_name": name, "num_classes": classes,
+                 "classes": [f"c{i}" for i in range(classes)], "img_size": img_size, "crop_pct": 0.875,
+                 "interpolation": "bilinear"}, path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# 1. a tampered torch.export file must never run code
+
+
+class _Payload:
+    """Unpickling this creates the marker file: what an attacker's pickle would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _pickle(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def good_pt2(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("pt2")
+    out = d / "good.pt2"
+    export_model(tiny_checkpoint(d / "r18.pth"), "export", out, dynamic_batch=True)
+    return out
+
+
+def _rewrite(src: Path, dst: Path, change) -> Path:
+    """A copy of the archive; change(rel_name, data) returns new data (None drops it), and may add entries
+    through the returned dict of extra entries."""
+    extra: dict[str, bytes] = {}
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        root = zin.namelist()[0].split("/")[0]
+        for item in zin.infolist():
+            rel = item.filename[len(root) + 1:]
+            data = change(rel, zin.read(item.filename), extra)
+            if data is not None:
+                zout.writestr(item, data)
+        for rel, data in extra.items():
+            zout.writestr(f"{root}/{rel}", data)
+    return dst
+
+
+def _legacy_weights(marker):
+    def change(rel, data, extra):
+        if rel == "archive_format":
+            extra["data/weights/model.pt"] = _pickle({"w": _Payload(marker)})
+        return data
+    return change
+
+
+def _legacy_constants(marker):
+    def change(rel, data, extra):
+        if rel == "archive_format":
+            extra["data/constants/model.pt"] = _pickle({"c": _Payload(marker)})
+        return data
+    return change
+
+
+def _config_entry(kind: str, prefix: str, payload: bytes):
+    """A constant named in the constants config whose payload is a pickle (custom or opaque object)."""
+    def change(rel, data, extra):
+        if rel == "data/constants/model_constants_config.json":
+            config = json.loads(data)
+            # use_pickle false: torch reads custom and opaque objects by their name's prefix, whatever it says
+            config.setdefault("config", {})[f"evil_{kind}"] = {"path_name": f"{prefix}0", "is_param": False,
+                                                              "use_pickle": False, "tensor_meta": None}
+            extra[f"data/constants/{prefix}0"] = payload
+            return json.dumps(config).encode()
+        return data
+    return change
+
+
+def _pickled_weight(marker):
+    def change(rel, data, extra):
+        if rel == "data/weights/model_weights_config.json":
+            config = json.loads(data)
+            first = next(iter(config["config"].values()))
+            first.update(use_pickle=True, path_name="weight_999")
+            extra["data/weights/weight_999"] = _pickle(_Payload(marker))
+            return json.dumps(config).encode()
+        return data
+    return change
+
+
+def _sample_inputs(marker):
+    def change(rel, data, extra):
+        return _pickle({"x": _Payload(marker)}) if rel.startswith("data/sample_inputs/") else data
+    return change
+
+
+def _aoti(marker):
+    def change(rel, data, extra):
+        if rel == "archive_format":
+            extra["data/aotinductor/model/model.so"] = b"\x7fELF not really"
+        return data
+    return change
+
+
+PLACES = {
+    "legacy weights (data/weights/model.pt)": _legacy_weights,
+    "legacy constants (data/constants/model.pt)": _legacy_constants,
+    "pickled weight (use_pickle)": _pickled_weight,
+    "custom object constant": lambda m: _config_entry("custom", "custom_obj_", _pickle(_Payload(m))),
+    "opaque object constant": lambda m: _config_entry("opaque", "opaque_obj_",
+                                                      __import__("pickle").dumps(_Payload(m))),
+    "sample inputs": _sample_inputs,
+    "AOTInductor library": _aoti,
+}
+
+
+@pytest.mark.parametrize("place", list(PLACES))
+def test_a_pt2_with_a_payload_is_refused_before_torch_reads_it(place, good_pt2, tmp_path, capsys):
+    marker = tmp_path / "PWNED"
+    evil = _rewrite(good_pt2, tmp_path / "evil.pt2", PLACES[place](marker))
+    with pytest.raises(ModelFileError, match="evil.pt2"):
+        load_runner(evil)
+    img = tmp_path / "x.png"
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(img)
+    assert main(["predict", str(img), "--checkpoint", str(evil)]) == 1
+    assert "evil.pt2" in one_line_error(capsys)
+    assert main(["eval", "--checkpoint", str(evil), "--dummy", "--no-progress"]) == 1
+    assert "evil.pt2" in one_line_error(capsys)
+    assert not marker.exists()
+
+
+def test_an_old_format_export_archive_is_refused(good_pt2, tmp_path):
+    """torch.export.load still reads 2.7's layout (serialized_*.pt, unpickled with a fallback to full pickle)."""
+    marker = tmp_path / "PWNED"
+    old = tmp_path / "old.pt2"
+    with zipfile.ZipFile(old, "w") as z:
+        z.writestr("version", "8.0")
+        z.writestr("serialized_exported_program.json", "{}")
+        z.writestr("serialized_state_dict.pt", _pickle({"w": _Payload(marker)}))
+    with pytest.raises(ModelFileError, match="old.pt2"):
+        load_runner(old)
+    assert not marker.exists()
+
+
+def test_the_untouched_export_still_loads_and_runs(good_pt2):
+    runner = load_runner(good_pt2)
+    assert runner(torch.randn(2, 3, 32, 32)).shape == (2, 3)
