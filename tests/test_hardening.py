@@ -177,3 +177,64 @@ def test_an_old_format_export_archive_is_refused(good_pt2, tmp_path):
 def test_the_untouched_export_still_loads_and_runs(good_pt2):
     runner = load_runner(good_pt2)
     assert runner(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+
+
+# ------------------------------------------------------------------------------------------------
+# 2. a damaged checkpoint is refused, naming the file
+
+
+@pytest.fixture(scope="module")
+def trained(digits_data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("trained") / "run"
+    assert main(["train", "--model", "resnet18", "--data", str(digits_data), "--epochs", "1", "--img-size", "16",
+                 "--batch-size", "16", "--iters", "2", "--workers", "0", "--device", "cpu", "--no-progress",
+                 "--output", str(out)]) == 0
+    return out
+
+
+def _flip_bytes_in_largest_tensor(src: Path, dst: Path, count: int = 200) -> Path:
+    """A copy with `count` bytes inverted in the middle of the largest tensor's data (the zip stays readable)."""
+    data = bytearray(src.read_bytes())
+    with zipfile.ZipFile(src) as z:
+        info = max(z.infolist(), key=lambda i: i.file_size)
+    header = info.header_offset
+    name_len = int.from_bytes(data[header + 26:header + 28], "little")
+    extra_len = int.from_bytes(data[header + 28:header + 30], "little")
+    start = header + 30 + name_len + extra_len + info.file_size // 2
+    for k in range(count):
+        data[start + 7 * k] ^= 0xFF
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def test_a_damaged_checkpoint_is_refused_by_every_command(trained, digits_data, tmp_path, capsys):
+    bad = _flip_bytes_in_largest_tensor(trained / "last.pth", tmp_path / "flipped.pth")
+    img = next((Path(digits_data) / "val" / "3").iterdir())
+    commands = {
+        "eval": ["eval", "--checkpoint", str(bad), "--no-progress"],
+        "predict": ["predict", str(img), "--checkpoint", str(bad)],
+        "export": ["export", "--checkpoint", str(bad), "--format", "onnx", "--output", str(tmp_path / "m.onnx")],
+        "quantize": ["quantize", "--checkpoint", str(bad), "--output", str(tmp_path / "q.pt2"), "--no-eval"],
+        "resume": ["train", "--model", "resnet18", "--data", str(digits_data), "--epochs", "2", "--img-size", "16",
+                   "--output", str(tmp_path / "r"), "--resume", str(bad), "--workers", "0", "--device", "cpu"],
+        "weights": ["train", "--model", "resnet18", "--data", str(digits_data), "--epochs", "1", "--img-size", "16",
+                    "--output", str(tmp_path / "w"), "--init-from", str(bad), "--workers", "0", "--device", "cpu"],
+        "finetune-res": ["finetune-res", "--checkpoint", str(bad), "--test-size", "24", "--output",
+                         str(tmp_path / "f")],
+    }
+    for name, argv in commands.items():
+        assert main(argv) == 1, name
+        err = one_line_error(capsys)
+        assert str(bad) in err and "damaged" in err, (name, err)
+    assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "q.pt2").exists()
+
+
+def test_checkpoints_without_a_digest_load_with_a_warning(trained, tmp_path, caplog):
+    d = torch.load(trained / "last.pth", map_location="cpu", weights_only=True)
+    assert d["digest"].startswith("sha256-content-v1:")
+    del d["digest"]
+    old = tmp_path / "old.pth"
+    torch.save(d, old)
+    with caplog.at_level("WARNING", logger="visionzoo"):
+        assert load_runner(old)(torch.zeros(1, 3, 16, 16)).shape == (1, 10)
+    assert any("unverified" in r.getMessage() and str(old) in r.getMessage() for r in caplog.records)

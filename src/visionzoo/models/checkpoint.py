@@ -12,10 +12,13 @@ containers only, no code). Its keys, in the order they are written:
     model_name, num_classes, classes, img_size, crop_pct, interpolation, visionzoo_version
                           what eval/predict/export need to rebuild the model and its preprocessing
     tau_norm              set by `visionzoo tau-norm`
+    digest                the content digest of all of the above (core.integrity), checked on every load
+
 
 Files from earlier versions load as they are: every key but `model` is optional, DDP `module.` and
 torch.compile `_orig_mod.` prefixes are stripped, and keys this version does not know are kept in
-`extra` and written back unchanged.
+`extra` and written back unchanged. A file without a digest loads with a warning that it is unverified;
+one whose content does not match its digest is refused.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from torch import nn
 
 from ..core.errors import ModelFileError
 from ..core.files import atomic_save
+from ..core.integrity import DIGEST, content_digest, verify_digest
 from .factory import create_model
 from .weights import strip_prefixes
 
@@ -91,11 +95,13 @@ class Checkpoint:
         except Exception as e:  # pickle errors, truncated files, disallowed globals
             first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
             raise ModelFileError(f"cannot read checkpoint {path} ({type(e).__name__}: {first})") from None
-        return cls.from_dict(d, path)
+        return cls.from_dict(verify_digest(d, path), path)
 
     def save(self, path: str | Path) -> None:
-        """Atomically: a kill mid-write leaves the previous file as it was."""
-        atomic_save(self.to_dict(), path)
+        """Atomically (a kill mid-write leaves the previous file as it was), with its content digest."""
+        d = self.to_dict()
+        d[DIGEST] = content_digest(d)
+        atomic_save(d, path)
 
     def without_training_state(self) -> Checkpoint:
         """A copy without optimizer, scheduler, loss-scaler and RNG state (epoch and step stay, as a record)."""
@@ -118,3 +124,4 @@ def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, Checkpoint]:
     """Rebuild the model a visionzoo checkpoint was trained as and load its weights."""
     ckpt = Checkpoint.load(path)
     return ckpt.build_model(path), ckpt
+

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..core.errors import ModelFileError
+from ..core.integrity import verify_digest
 from .registry import model_cfg_of
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # pickle errors, truncated files, disallowed globals
             raise ModelFileError(f"cannot read weights from {path}: {e}") from None
+        obj = verify_digest(obj, path)  # a visionzoo checkpoint carries its content digest
         sd = obj
         if isinstance(obj, dict):
             for key in ("model", "state_dict", "model_state_dict"):
