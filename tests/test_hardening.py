@@ -238,3 +238,141 @@ def test_checkpoints_without_a_digest_load_with_a_warning(trained, tmp_path, cap
     with caplog.at_level("WARNING", logger="visionzoo"):
         assert load_runner(old)(torch.zeros(1, 3, 16, 16)).shape == (1, 10)
     assert any("unverified" in r.getMessage() and str(old) in r.getMessage() for r in caplog.records)
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. a kill at any write of the last epoch resumes to the unbroken run's files
+
+
+def _train_args(data, out: Path, *extra: str) -> list[str]:
+    return ["train", "--recipe", "demo", "--data", str(data), "--epochs", "2", "--img-size", "24", "--batch-size",
+            "32", "--iters", "12", "--workers", "0", "--device", "cpu", "--seed", "2", "--deterministic",
+            "--no-progress", "--log-interval", "4", "--output", str(out), *extra]
+
+
+def _epoch_lines(out: Path) -> list[dict]:
+    return [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["type"] == "epoch"]
+
+
+def _weights(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+@pytest.fixture(scope="module")
+def unbroken(digits_data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("unbroken") / "run"
+    assert main(_train_args(digits_data, out)) == 0
+    rows = _epoch_lines(out)
+    assert rows[1]["val_top1"] > rows[0]["val_top1"]  # the last epoch improves: best.pth is rewritten in it
+    return out
+
+
+class _Killed(BaseException):
+    """What SIGKILL does to the Python code: nothing after it runs (not even except Exception)."""
+
+
+def _kill_at_write(monkeypatch, k: int) -> None:
+    """Stop the run at the k-th file write of the last epoch, before it happens (writes are atomic, so a
+    kill during one is a kill before it)."""
+    from visionzoo.engine import runlog, trainer
+    from visionzoo.models import checkpoint
+
+    calls = {"n": 0}
+
+    def wrap(owner, name):
+        real = getattr(owner, name)
+
+        def writer(*args, **kwargs):
+            if trainer_epoch["last"]:
+                calls["n"] += 1
+                if calls["n"] == k:
+                    raise _Killed(f"write {k}: {name}")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, writer)
+
+    trainer_epoch = {"last": False}
+    real_run_epoch = trainer._run_epoch
+
+    def run_epoch(run, epoch):
+        trainer_epoch["last"] = epoch + 1 == run.cfg.epochs
+        return real_run_epoch(run, epoch)
+
+    monkeypatch.setattr(trainer, "_run_epoch", run_epoch)
+    wrap(checkpoint.Checkpoint, "save")
+    wrap(trainer, "atomic_copy")
+    wrap(runlog.RunLog, "epoch")
+    wrap(runlog.RunLog, "finish")
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
+def test_a_kill_at_any_write_of_the_last_epoch_resumes_to_the_unbroken_runs_files(k, unbroken, digits_data,
+                                                                                   tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        _kill_at_write(m, k)
+        with pytest.raises(_Killed):
+            main(_train_args(digits_data, out))
+    (out / ".last.pth.vztmp-abcd1234.tmp").write_bytes(b"half a checkpoint")  # what a kill mid-write leaves
+    assert main(_train_args(digits_data, out, "--resume", "auto")) == 0
+    assert [r["epoch"] for r in _epoch_lines(out)] == [1, 2]  # one line per epoch
+    assert [r["val_top1"] for r in _epoch_lines(out)] == [r["val_top1"] for r in _epoch_lines(unbroken)]
+    for name in ("best.pth", "last.pth", "final_model_checkpoint.pth"):
+        ref, got = _weights(unbroken / name), _weights(out / name)
+        assert all(torch.equal(ref[key], got[key]) for key in ref), name
+    ref_eval, got_eval = (json.loads((d / "eval.json").read_text()) for d in (unbroken, out))
+    assert got_eval["top1"] == ref_eval["top1"]
+    steps = [r["step"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+             if r["type"] == "train_step"]
+    assert steps == sorted(set(steps))  # no step line twice
+    assert not list(out.glob(".*vztmp*"))  # the leftover temp file was removed at start
+
+
+def test_an_interrupted_first_epoch_leaves_no_step_lines_behind(digits_data, tmp_path, monkeypatch):
+    from visionzoo.engine import runlog
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(runlog.RunLog, "epoch", lambda self, record: (_ for _ in ()).throw(_Killed()))
+        with pytest.raises(_Killed):
+            main(_train_args(digits_data, out))
+    assert main(_train_args(digits_data, out, "--resume", "auto", "--epochs", "1")) == 0
+    rows = list(map(json.loads, (out / "metrics.jsonl").read_text().splitlines()))
+    assert [r["step"] for r in rows if r["type"] == "train_step"] == [4, 8, 12]
+    assert [r["epoch"] for r in rows if r["type"] == "epoch"] == [1]
+
+
+# ------------------------------------------------------------------------------------------------
+# 4. one run per folder
+
+
+def test_a_second_run_on_a_folder_is_refused_naming_the_holder(digits_data, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from visionzoo.core.files import FolderLock; "
+        f"FolderLock({str(out)!r}).acquire(); print('locked', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        for extra in ([], ["--resume", "auto"]):
+            assert main(_train_args(digits_data, out, *extra)) == 2
+            err = one_line_error(capsys)
+            assert str(out) in err and f"pid {holder.pid}" in err
+        assert not (out / "train.log").exists() and not (out / "config.yaml").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(_train_args(digits_data, out, "--epochs", "1")) == 0  # the lock goes with its holder
+
+
+def test_a_folder_with_any_run_file_counts_as_a_run(digits_data, tmp_path, capsys):
+    for name in ("config.yaml", "train.log"):
+        out = tmp_path / name.replace(".", "_")
+        out.mkdir()
+        (out / name).write_text("from a run that stopped early\n")
+        assert main(_train_args(digits_data, out)) == 2
+        assert "--resume auto" in one_line_error(capsys)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -29,10 +31,14 @@ def _default_mode(tmp: str | Path) -> None:
     os.chmod(tmp, 0o666 & ~_UMASK)
 
 
-def _temp_beside(dst: Path, prefix: str, suffix: str) -> tuple[int, str]:
+TEMP_MARK = ".vztmp-"  # in every temp file's name: what remove_stale_temps may delete
+_TEMP_NAME = re.compile(rf"^\..*{re.escape(TEMP_MARK)}[a-z0-9_]{{8}}(\.[A-Za-z0-9]+)?$")
+
+
+def _temp_beside(dst: Path, suffix: str) -> tuple[int, str]:
     """mkstemp in dst's folder; a folder that is missing or not writable is the user's path to fix."""
     try:
-        return tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=dst.parent)
+        return tempfile.mkstemp(prefix=f".{dst.name}{TEMP_MARK}", suffix=suffix, dir=dst.parent)
     except (FileNotFoundError, NotADirectoryError, PermissionError) as e:
         raise ConfigError(f"cannot write {dst}: {e.strerror} ({dst.parent})") from None
 
@@ -44,7 +50,7 @@ def atomic_path(dst: str | Path) -> Iterator[Path]:
     On any error the temp file is removed and dst is left as it was.
     """
     dst = Path(dst)
-    fd, tmp = _temp_beside(dst, f".{dst.stem}.", dst.suffix)
+    fd, tmp = _temp_beside(dst, dst.suffix)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -63,7 +69,7 @@ def atomic_save(obj: Any, path: str | Path) -> None:
     import torch
 
     path = Path(path)
-    fd, tmp = _temp_beside(path, f".{path.name}.", ".tmp")
+    fd, tmp = _temp_beside(path, ".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
@@ -99,3 +105,53 @@ def save_figure(fig: Any, path: str | Path, dpi: int = 120) -> None:
     """A matplotlib figure to path, atomically (the temp file keeps the suffix, which picks the format)."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi)
+
+
+def remove_stale_temps(folder: str | Path) -> list[Path]:
+    """Delete the temp files an interrupted atomic write left in folder (only ours, by their name)."""
+    removed = []
+    for p in Path(folder).iterdir() if Path(folder).is_dir() else []:
+        if _TEMP_NAME.match(p.name) and p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+class FolderLock:
+    """An exclusive lock on a folder (flock on FOLDER/.lock, which records the holder's pid).
+
+    It is the kernel's lock, so it is released when the holder exits, however it exits. A second
+    holder is refused with a ConfigError naming the folder and the pid that holds it.
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, folder: str | Path, what: str = "--output"):
+        self.folder, self.what = Path(folder), what
+        self._fd: int | None = None
+
+    def acquire(self) -> FolderLock:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.folder / self.NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ConfigError(f"{self.what} {self.folder} is in use by another run (pid {holder}); wait for it "
+                              f"to finish or choose another {self.what}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
+
+    def __enter__(self) -> FolderLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import ConfigError
-from ..core.files import json_safe, write_json
+from ..core.files import atomic_path, json_safe, write_json
 
 log = logging.getLogger("visionzoo")
 
@@ -31,6 +31,30 @@ class RunLog:
         self._handler = handler
         if writer is not None:
             self.tb = writer(str(self.out / "tensorboard"))
+
+    def repair(self, epoch: int, step: int, record: dict[str, Any] | None) -> None:
+        """metrics.jsonl as of a checkpoint at (epoch, step): lines after it go (the interrupted epoch's step
+        lines, a duplicate), and the checkpoint's own epoch line is restored if the kill came before it."""
+        path = self.out / "metrics.jsonl"
+        if not self.enabled or not path.exists():
+            return
+        kept, seen = [], set()
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:  # a line cut short by the kill
+                continue
+            if row.get("type") == "epoch":
+                if row.get("epoch", 0) > epoch or row.get("epoch") in seen:
+                    continue
+                seen.add(row.get("epoch"))
+            elif row.get("step", 0) > step:
+                continue
+            kept.append(line)
+        if record is not None and epoch and epoch not in seen:
+            kept.append(json.dumps({"type": "epoch", **{k: json_safe(v) for k, v in record.items()}}))
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(f"{line}\n" for line in kept))
 
     def _append(self, record: dict[str, Any]) -> None:
         with open(self.out / "metrics.jsonl", "a") as f:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import shutil
 import time
 from collections.abc import Sized
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from ..config import TrainConfig, save_yaml, to_dict, validate
 from ..core import __version__
 from ..core.distributed import DistInfo, barrier, broadcast_object, init_distributed
 from ..core.errors import ConfigError, ModelFileError
-from ..core.files import atomic_copy
+from ..core.files import FolderLock, atomic_copy, remove_stale_temps
 from ..core.precision import cpu_has_amx, resolve_channels_last, resolve_precision
 from ..data.loader import DataBundle, DeviceNormalizer, build_data, make_loader
 from ..models import Checkpoint, create_model, get_model_cfg, load_weights, model_cfg_of, model_name_of
@@ -69,6 +70,7 @@ class Run:
     wrapped: nn.Module | None = None  # DDP and/or torch.compile around model: what the step calls
     start_epoch: int = 0
     best_top1: float | None = None
+    resumed_record: dict[str, Any] | None = None  # the resumed checkpoint's epoch record
 
     @property
     def num_classes(self) -> int:
@@ -80,24 +82,56 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     validate(cfg)
     dist = init_distributed(cfg.device)
     _setup_determinism(cfg, dist)
-    run = build_run(cfg, dist)
-    try:
-        return fit(run)
-    finally:
-        run.runlog.close()
-
-
-def build_run(cfg: TrainConfig, dist: DistInfo) -> Run:
-    """Everything the epoch loop needs, restored from --resume when given (cfg is updated in place with
-    the output folder and the resolved precision and memory format, as the saved config records them)."""
     if cfg.batch_size % dist.world_size:
         raise ConfigError(f"--batch-size {cfg.batch_size} (global) is not divisible by {dist.world_size} processes")
     if cfg.model.sync_bn and dist.enabled and dist.device.type == "cpu":
         raise ConfigError("--sync-bn needs GPUs: torch's SyncBatchNorm does not run on CPU processes")
-    model_cfg = get_model_cfg(cfg.model.model)  # a bad name fails before any folder is made
+    get_model_cfg(cfg.model.model)  # a bad name fails before any folder is made
     out = Path(broadcast_object(str(_output_dir(cfg))))
     cfg.output = str(out)
-    check_output_free(cfg)
+    made = not out.exists()
+    lock = _lock_output(cfg, dist)  # held for the whole run: a second run on the folder is refused
+    try:
+        run = build_run(cfg, dist)
+    except BaseException:
+        if made and dist.is_main and [p.name for p in out.iterdir()] == [FolderLock.NAME]:
+            shutil.rmtree(out, ignore_errors=True)  # refused before anything was written: leave no folder
+        if lock is not None:
+            lock.release()
+        raise
+    try:
+        return fit(run)
+    finally:
+        run.runlog.close()
+        if lock is not None:
+            lock.release()
+
+
+def _lock_output(cfg: TrainConfig, dist: DistInfo) -> FolderLock | None:
+    """Rank 0 locks the run folder, checks it holds no other run and clears temp files an interrupted run
+    left; every rank learns whether that failed, so all stop with the same one-line error."""
+    lock, error = None, None
+    if dist.is_main:
+        try:
+            lock = FolderLock(cfg.output or ".").acquire()
+            check_output_free(cfg)
+            for tmp in remove_stale_temps(lock.folder):
+                log.info("removed %s, left by an interrupted write", tmp)
+        except ConfigError as e:
+            if lock is not None:
+                lock.release()
+            lock, error = None, str(e)
+    error = broadcast_object(error)
+    if error:
+        raise ConfigError(error)
+    return lock
+
+
+def build_run(cfg: TrainConfig, dist: DistInfo) -> Run:
+    """Everything the epoch loop needs, restored from --resume when given (cfg is updated in place with the
+    resolved precision and memory format, as the saved config records them). cfg.output is the run folder."""
+    model_cfg = get_model_cfg(cfg.model.model)
+    out = Path(cfg.output or ".")
     resume = resume_path(cfg, out)
     ckpt = load_resume(resume) if resume is not None else None
     runlog = RunLog(out, enabled=dist.is_main, tensorboard=cfg.tensorboard)
@@ -113,6 +147,7 @@ def build_run(cfg: TrainConfig, dist: DistInfo) -> Run:
     else:
         if cfg.resume == "auto":
             log.info("--resume auto: no %s yet, starting fresh", out / "last.pth")
+            runlog.repair(0, 0, None)  # lines of an interrupted first epoch go
         objective.before_training(data, state.normalizer, cfg.batch_size // dist.world_size, dist)
     run.wrapped = _wrap(run)
     _announce(run)
@@ -125,10 +160,14 @@ def _output_dir(cfg: TrainConfig) -> Path:
     return Path("runs") / f"{cfg.model.model}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+RUN_FILES = ("config.yaml", "train.log", "metrics.jsonl", "last.pth", "best.pth", "summary.json")
+
+
 def check_output_free(cfg: TrainConfig) -> None:
-    """A run folder that already holds a run is refused unless resuming (two runs never mix logs)."""
+    """A run folder that already holds a run (any of its files) is refused unless resuming: two runs never
+    mix their files."""
     out = Path(cfg.output) if cfg.output else None
-    if out is not None and not cfg.resume and any((out / f).exists() for f in ("last.pth", "metrics.jsonl")):
+    if out is not None and not cfg.resume and any((out / f).exists() for f in RUN_FILES):
         raise ConfigError(f"--output {out} already holds a run: pass --resume auto to continue it, or another --output")
 
 
@@ -215,7 +254,10 @@ def _restore(run: Run, ckpt: Checkpoint, path: Path | None) -> None:
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise ModelFileError(f"--resume {path}: the checkpoint does not fit this run ({first})") from None
     run.start_epoch, run.best_top1, state.global_step = ckpt.epoch or 0, ckpt.best_top1, ckpt.step or 0
+    run.resumed_record = ckpt.metrics
     restore_rng(ckpt, run.dist)
+    # one metrics line per finished epoch: the interrupted epoch's step lines go, a missing line comes back
+    run.runlog.repair(run.start_epoch, state.global_step, ckpt.metrics)
     log.info("resumed from %s at epoch %d (step %d)", path, run.start_epoch, state.global_step)
 
 
@@ -252,6 +294,8 @@ def fit(run: Run) -> dict[str, Any]:
     """The epoch loop: train, evaluate when due, save, stop at --target-top1; returns the summary."""
     cfg, dist = run.cfg, run.dist
     summary: dict[str, Any] = {"output": str(run.out), "best_top1": run.best_top1, "epochs_run": 0}
+    if run.resumed_record is not None:
+        summary["last"] = run.resumed_record
     last_eval = None
     for epoch in range(run.start_epoch, cfg.epochs):
         cast(Any, run.train_loader.sampler).set_epoch(epoch)  # SeededSampler or ClassSampler
@@ -268,6 +312,10 @@ def fit(run: Run) -> dict[str, Any]:
                      epoch + 1)
             summary["target_reached"] = True
             break
+    if last_eval is None and run.start_epoch >= cfg.epochs and _should_eval(cfg, cfg.epochs):
+        # resumed after the last epoch was saved (a kill while finishing): its evaluation again, for eval.json
+        last_eval = evaluate_model(run.model, run.val_loader, run.state.normalizer, run.num_classes, cfg.precision,
+                                   run.data.classes, False, "eval")
     if dist.is_main:
         _finish(run, summary, last_eval)
     return summary
@@ -302,7 +350,11 @@ def _should_eval(cfg: TrainConfig, epoch: int) -> bool:
 
 
 def _save_epoch(run: Run, epoch: int, record: dict[str, Any], improved: bool) -> None:
-    """last.pth (and best.pth when top-1 improved) and the epoch's metrics line, on rank 0."""
+    """best.pth (when top-1 improved) and last.pth, then the epoch's metrics line, on rank 0.
+
+    best.pth is written before last.pth records the new best: a kill in between resumes from the previous
+    epoch, which runs again; the metrics line comes last, and resuming restores it from last.pth.
+    """
     rngs = gather_rng(run.dist)
     if run.dist.is_main:
         state = run.state
@@ -312,9 +364,11 @@ def _save_epoch(run: Run, epoch: int, record: dict[str, Any], improved: bool) ->
             epoch=epoch + 1, step=state.global_step, best_top1=run.best_top1, rng=rngs,
             config=to_dict(run.cfg), metrics=dict(record), **checkpoint_meta(run.model, run.data),
         )
-        ckpt.save(run.out / "last.pth")
         if improved:
-            atomic_copy(run.out / "last.pth", run.out / "best.pth")
+            ckpt.save(run.out / "best.pth")
+            atomic_copy(run.out / "best.pth", run.out / "last.pth")
+        else:
+            ckpt.save(run.out / "last.pth")
         run.runlog.epoch(record)
     barrier()
 
