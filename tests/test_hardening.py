@@ -376,3 +376,149 @@ def test_a_folder_with_any_run_file_counts_as_a_run(digits_data, tmp_path, capsy
         (out / name).write_text("from a run that stopped early\n")
         assert main(_train_args(digits_data, out)) == 2
         assert "--resume auto" in one_line_error(capsys)
+
+
+# ------------------------------------------------------------------------------------------------
+# 5. one line instead of a traceback
+
+
+def test_resume_from_a_truncated_corrupt_or_mismatched_checkpoint(trained, digits_data, tmp_path, capsys):
+    good = trained / "last.pth"
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"PK\x03\x04" + bytes(range(256)) * 40)
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    base = ["train", "--data", str(digits_data), "--epochs", "2", "--img-size", "16", "--workers", "0",
+            "--device", "cpu", "--no-progress"]
+    cases = {
+        truncated: ["--model", "resnet18"],
+        corrupt: ["--model", "resnet18"],
+        empty: ["--model", "resnet18"],
+        good: ["--model", "resnet10"],  # another model
+    }
+    for i, (path, model) in enumerate(cases.items()):
+        assert main([*base, *model, "--output", str(tmp_path / f"r{i}"), "--resume", str(path)]) == 1
+        err = one_line_error(capsys)
+        assert str(path) in err, err
+        if path == empty:
+            assert "0 bytes" in err  # the reason, not just "cannot read"
+    # another class count: the digits' 10 classes into a head sized for 12
+    assert main([*base, "--model", "resnet18", "--num-classes", "12", "--output", str(tmp_path / "r9"),
+                 "--resume", str(good)]) == 1
+    assert "does not fit" in one_line_error(capsys)
+
+
+def test_a_full_disk_while_writing_a_checkpoint(digits_data, tmp_path, capsys, monkeypatch):
+    import errno
+
+    out = tmp_path / "run"
+    real_save = torch.save
+    writes = {"n": 0}
+
+    def save(obj, f, *a, **k):
+        writes["n"] += 1
+        if writes["n"] == 2:  # the second epoch's checkpoint
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", save)
+    rc = main(["train", "--model", "resnet18", "--data", str(digits_data), "--epochs", "2", "--img-size", "16",
+               "--iters", "2", "--eval-every", "0", "--workers", "0", "--device", "cpu", "--no-progress",
+               "--output", str(out)])
+    monkeypatch.undo()
+    err = one_line_error(capsys)
+    assert rc == 1 and "No space left on device" in err and "intact" in err and str(out / "last.pth") in err
+    assert torch.load(out / "last.pth", weights_only=True)["epoch"] == 1  # the previous checkpoint, intact
+
+
+def test_a_bad_image_read_by_a_worker_is_named_in_one_line(tiny_imagefolder, tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_imagefolder, data)
+    bad = data / "train" / "square" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not the rest of a png")
+    # 37 training images in one batch of 37: the broken one is read, by the one worker
+    rc = main(["train", "--model", "resnet18", "--data", str(data), "--epochs", "1", "--img-size", "16",
+               "--batch-size", "37", "--workers", "1", "--device", "cpu", "--no-progress", "--eval-every", "0",
+               "--output", str(tmp_path / "run")])
+    err = one_line_error(capsys)
+    assert rc == 1 and err.startswith(f"visionzoo train: error: {bad}: cannot decode image")
+
+
+# ------------------------------------------------------------------------------------------------
+# 6. values that must be refused, with the key named
+
+
+@pytest.mark.parametrize("flag, value, key", [
+    ("--lr", "-1", "optim.lr"), ("--lr", "nan", "optim.lr"), ("--lr", "inf", "optim.lr"),
+    ("--momentum", "nan", "optim.momentum"), ("--gamma", "inf", "sched.gamma"),
+    ("--weight-decay", "-0.1", "optim.weight_decay"), ("--crop-pct", "0", "data.crop_pct"),
+    ("--crop-pct", "1.6", "data.crop_pct"), ("--img-size", "100000", "data.img_size"),
+])
+def test_bad_values_are_refused_naming_the_key(flag, value, key, tmp_path, capsys):
+    assert main(["train", "--dummy", flag, value, "--output", str(tmp_path / "x")]) == 2
+    err = one_line_error(capsys)
+    assert key in err and "Traceback" not in err
+    if flag == "--img-size":
+        assert "4096" in err  # the limit is said
+    assert not (tmp_path / "x").exists()
+
+
+def test_eval_refuses_an_image_size_beyond_the_limit(trained, capsys):
+    assert main(["eval", "--checkpoint", str(trained / "last.pth"), "--img-size", "50000"]) == 2
+    assert "4096" in one_line_error(capsys)
+
+
+def test_a_diverging_run_stops_with_a_named_error_and_keeps_best(digits_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    # epoch 1 trains at lr 0.01; epoch 2 at 1e28 (multistep, gamma 1e30): its loss overflows
+    rc = main(["train", "--model", "resnet18", "--data", str(digits_data), "--img-size", "16", "--batch-size", "32",
+               "--iters", "4", "--log-interval", "2", "--workers", "0", "--device", "cpu", "--no-progress",
+               "--epochs", "2", "--lr", "0.01", "--sched", "multistep", "--milestones", "1", "--gamma", "1e30",
+               "--output", str(out)])
+    err = one_line_error(capsys)
+    assert rc == 2 and "loss" in err and ("nan" in err or "inf" in err) and "--lr" in err
+    assert [r["epoch"] for r in _epoch_lines(out)] == [1]
+    best, last = _weights(out / "best.pth"), _weights(out / "last.pth")  # both epoch 1's, finite
+    assert all(torch.equal(best[k], last[k]) for k in best)
+    assert all(torch.isfinite(v).all() for v in last.values() if v.is_floating_point())
+
+
+# ------------------------------------------------------------------------------------------------
+# 7. 16-bit grayscale images, empty class folders
+
+
+def test_a_16_bit_grayscale_png_is_scaled_not_clipped(tmp_path):
+    import numpy as np
+
+    from visionzoo.data.images import load_rgb, read_file
+    from visionzoo.data.transforms import eval_transform
+
+    path = tmp_path / "g16.png"
+    ramp = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)  # 0 .. 65520
+    Image.fromarray(ramp).save(path)
+    assert Image.open(path).mode.startswith("I")
+    rgb = np.asarray(load_rgb(path))
+    expected = (ramp >> 8).astype(np.uint8)
+    assert rgb.shape == (64, 64, 3) and (rgb == expected[..., None]).all()
+    for decode in ("fast", "pil"):
+        tf = eval_transform(64, 1.0, "bilinear", decode)
+        out = tf(read_file(path)) if getattr(tf, "takes_encoded_file", False) else tf(load_rgb(path))
+        assert out.float().mean() < 200  # a clipped image is all 255
+
+
+def test_an_empty_class_folder_is_a_warning_naming_it(tiny_imagefolder, tmp_path, caplog):
+    import shutil
+
+    from visionzoo.data.datasets import image_folder
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_imagefolder / "train", data)
+    (data / "zebra").mkdir()
+    with caplog.at_level("WARNING", logger="visionzoo"):
+        s = image_folder(data)
+    assert "zebra" in s.classes
+    assert any("zebra" in r.getMessage() and "no images" in r.getMessage() for r in caplog.records)

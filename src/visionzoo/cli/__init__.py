@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 
 from ..core.errors import VisionZooError
@@ -83,8 +84,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def one_line(e: BaseException) -> str:
-    """The error's message on one line (a message quoting a library's multi-line error is joined)."""
-    return " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+    """The error's message on one line (a message quoting a library's multi-line error is joined).
+
+    An error raised in a DataLoader worker comes back with the worker's traceback in front of its message
+    ("Caught BadImageError in DataLoader worker process 0. Original Traceback ..."): its own last line is the
+    message.
+    """
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if lines and "Original Traceback" in str(e):
+        lines = [re.sub(rf"^[\w.]*{type(e).__name__}: ", "", lines[-1])]
+    return " ".join(lines)
 
 
 def _leave_process_group() -> None:

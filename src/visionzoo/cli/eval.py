@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..config.schema import MAX_IMG_SIZE
 from ..core.distributed import is_main_process
 from ..core.errors import ConfigError
 from ..core.files import write_json
@@ -47,8 +48,8 @@ def _sizes(text: str) -> list[int]:
         sizes = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a comma list of sizes: {text!r}") from None
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"sizes must be positive: {text!r}")
+    if not sizes or min(sizes) < 1 or max(sizes) > MAX_IMG_SIZE:
+        raise argparse.ArgumentTypeError(f"sizes must be 1..{MAX_IMG_SIZE} px: {text!r}")
     return sorted(set(sizes))
 
 

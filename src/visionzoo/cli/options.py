@@ -10,7 +10,7 @@ from ..config import (
     CHOICES,
     TrainConfig,
     apply_overrides,
-    check_decode,
+    check_data,
     coerce,
     field_index,
     field_type,
@@ -107,7 +107,7 @@ DATA_FLAGS = {"data", "val_list", "val_root", "train_list", "train_root", "dummy
 def data_config(args: argparse.Namespace):
     """A DataConfig from the data flags given, or None when none were (use the model's own data)."""
     overrides = cli_overrides(args)
-    return check_decode(apply_overrides(TrainConfig(), nest(overrides), "command line").data) if overrides else None
+    return check_data(apply_overrides(TrainConfig(), nest(overrides), "command line").data) if overrides else None
 
 
 def run_training(fn, cfg: TrainConfig, print_config: bool = False) -> dict[str, Any] | None:

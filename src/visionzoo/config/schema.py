@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -275,32 +276,67 @@ def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any], source: str) ->
     return cfg
 
 
+MAX_IMG_SIZE = 4096  # px: a batch of 64 such images is 12 GB of uint8 already
+
+
 def validate(cfg: TrainConfig) -> TrainConfig:
-    """Range checks that types alone cannot express; raises ConfigError naming the field."""
+    """Values types alone cannot rule out, and fields that conflict; raises ConfigError naming the field."""
+    _check_finite(cfg)
     checks = [
-        ("epochs", cfg.epochs >= 1), ("batch_size", cfg.batch_size >= 1),
-        ("iters", cfg.iters is None or cfg.iters >= 1), ("log_interval", cfg.log_interval >= 1),
-        ("eval_every", cfg.eval_every >= 0), ("eval_start", cfg.eval_start >= 1),
-        ("perf_warmup_steps", cfg.perf_warmup_steps >= 0), ("workers", cfg.data.workers >= 0),
-        ("worker_nice", 0 <= cfg.data.worker_nice <= 19),
-        ("step_size", cfg.sched.step_size >= 1), ("warmup_epochs", cfg.sched.warmup_epochs >= 0),
-        ("lr_base_batch", cfg.optim.lr_base_batch >= 1), ("hflip", 0.0 <= cfg.data.hflip <= 1.0),
-        ("scale", len(cfg.data.scale) == 2 and 0 < cfg.data.scale[0] <= cfg.data.scale[1] <= 1),
-        ("ratio", len(cfg.data.ratio) == 2 and 0 < cfg.data.ratio[0] <= cfg.data.ratio[1]),
-        ("img_size", cfg.data.img_size is None or cfg.data.img_size >= 1),
-        ("num_classes", cfg.model.num_classes is None or cfg.model.num_classes >= 1),
-        ("label_smoothing", 0.0 <= cfg.optim.label_smoothing < 1.0),
-        ("samples_per_class", cfg.lt.samples_per_class >= 1), ("head_lr_factor", cfg.lt.head_lr_factor > 0),
-        ("centroid_weight", cfg.lt.centroid_weight >= 0), ("centroid_lr_factor", cfg.lt.centroid_lr_factor > 0),
+        ("epochs", cfg.epochs >= 1, ">= 1"), ("batch_size", cfg.batch_size >= 1, ">= 1"),
+        ("iters", cfg.iters is None or cfg.iters >= 1, ">= 1"), ("log_interval", cfg.log_interval >= 1, ">= 1"),
+        ("eval_every", cfg.eval_every >= 0, ">= 0"), ("eval_start", cfg.eval_start >= 1, ">= 1"),
+        ("perf_warmup_steps", cfg.perf_warmup_steps >= 0, ">= 0"), ("workers", cfg.data.workers >= 0, ">= 0"),
+        ("worker_nice", 0 <= cfg.data.worker_nice <= 19, "0..19"),
+        ("step_size", cfg.sched.step_size >= 1, ">= 1"), ("warmup_epochs", cfg.sched.warmup_epochs >= 0, ">= 0"),
+        ("gamma", cfg.sched.gamma > 0, "> 0"), ("min_lr_factor", 0 <= cfg.sched.min_lr_factor <= 1, "0..1"),
+        ("warmup_start_factor", 0 < cfg.sched.warmup_start_factor <= 1, "(0, 1]"),
+        ("lr", cfg.optim.lr is None or cfg.optim.lr > 0, "> 0"), ("lr_base", cfg.optim.lr_base > 0, "> 0"),
+        ("lr_base_batch", cfg.optim.lr_base_batch >= 1, ">= 1"), ("momentum", 0 <= cfg.optim.momentum <= 1, "0..1"),
+        ("weight_decay", cfg.optim.weight_decay >= 0, ">= 0"),
+        ("clip_grad", cfg.optim.clip_grad is None or cfg.optim.clip_grad > 0, "> 0"),
+        ("label_smoothing", 0.0 <= cfg.optim.label_smoothing < 1.0, "[0, 1)"),
+        ("hflip", 0.0 <= cfg.data.hflip <= 1.0, "0..1"), ("color_jitter", cfg.data.color_jitter >= 0, ">= 0"),
+        ("scale", len(cfg.data.scale) == 2 and 0 < cfg.data.scale[0] <= cfg.data.scale[1] <= 1, "0 < min <= max <= 1"),
+        ("ratio", len(cfg.data.ratio) == 2 and 0 < cfg.data.ratio[0] <= cfg.data.ratio[1], "0 < min <= max"),
+        ("num_classes", cfg.model.num_classes is None or cfg.model.num_classes >= 1, ">= 1"),
+        ("samples_per_class", cfg.lt.samples_per_class >= 1, ">= 1"),
+        ("head_lr_factor", cfg.lt.head_lr_factor > 0, "> 0"),
+        ("centroid_weight", cfg.lt.centroid_weight >= 0, ">= 0"),
+        ("centroid_lr_factor", cfg.lt.centroid_lr_factor > 0, "> 0"),
     ]
-    bad = [name for name, ok in checks if not ok]
-    check_decode(cfg.data)
-    if bad:
-        index = field_index()
-        raise ConfigError(", ".join(f"{index[n]} = {getattr_path(cfg, index[n])!r} is out of range" for n in bad))
+    _refuse([(name, allowed) for name, ok, allowed in checks if not ok], cfg)
+    check_data(cfg.data)
     if cfg.model.train_scope != "all" and not (cfg.model.weights or cfg.model.pretrained or cfg.resume):
         raise ConfigError(f"--train-scope {cfg.model.train_scope} fine-tunes a trained model: pass --init-from CKPT")
     return cfg
+
+
+def _refuse(bad: list[tuple[str, str]], cfg: Any) -> None:
+    if bad:
+        index = field_index()
+        raise ConfigError(", ".join(f"{index[n]} = {getattr_path(cfg, index[n])!r} is out of range ({allowed})"
+                                    for n, allowed in bad))
+
+
+def _check_finite(cfg: TrainConfig) -> None:
+    """NaN and infinity parse as floats; no field means anything with them."""
+    for path in field_index().values():
+        value = getattr_path(cfg, path)
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise ConfigError(f"{path} = {value!r} is not a finite number")
+
+
+def check_data(data: DataConfig) -> DataConfig:
+    """The data settings every command checks (training, evaluation, export): image size, crop, decode mode."""
+    bad = []
+    if data.img_size is not None and not 1 <= data.img_size <= MAX_IMG_SIZE:
+        bad.append(("img_size", f"1..{MAX_IMG_SIZE} px"))
+    if data.crop_pct is not None and not 0 < data.crop_pct <= 1.5:
+        bad.append(("crop_pct", "(0, 1.5]"))
+    _refuse(bad, TrainConfig(data=data))
+    return check_decode(data)
 
 
 def check_decode(data: DataConfig) -> DataConfig:

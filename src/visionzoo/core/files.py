@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, ModelFileError
 
 
 def _read_umask() -> int:
@@ -77,6 +77,11 @@ def atomic_save(obj: Any, path: str | Path) -> None:
             os.fsync(f.fileno())
         _default_mode(tmp)
         os.replace(tmp, path)
+    except OSError as e:  # a full disk, a quota, an I/O error: the file it would have replaced stays
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        kept = f"the previous {path.name} is intact" if path.exists() else "nothing was written"
+        raise ModelFileError(f"cannot write {path}: {e.strerror or e}; {kept}") from None
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -8,6 +8,7 @@ class folder that is not among them is an error.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from ..core.errors import BadImageError, DataError
 from .images import EncodedFile, decode_rgb, open_image, read_file
+
+log = logging.getLogger("visionzoo")
 
 
 @dataclass
@@ -76,12 +79,15 @@ def image_folder(root: str | Path, classes: Sequence[str] | None = None) -> Samp
             f"{root}: class folders {extra[:5]} are not among the {len(classes)} training classes; "
             "labels would shift. Check the split or pass matching data."
         )
-    items = []
+    items: list[tuple[str, int]] = []
     for cls in found:
+        before = len(items)
         for dirpath, _, files in sorted(os.walk(root / cls, followlinks=True)):
             for f in sorted(files):
                 if _is_image(f):
                     items.append((os.path.join(dirpath, f), index[cls]))
+        if len(items) == before:  # the class keeps its label; it just has nothing to learn or test from here
+            log.warning("%s: class folder %s has no images (extensions %s)", root, cls, ", ".join(IMG_EXTENSIONS))
     if not items:
         raise DataError(f"{root}: no images with extensions {IMG_EXTENSIONS}")
     return Samples(items, list(classes))

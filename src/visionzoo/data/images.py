@@ -128,10 +128,19 @@ def _decode(img: Image.Image, min_size: tuple[int, int] | None, turbo: bool) -> 
                 if factor > 1:
                     img.draft("RGB", (-(-img.size[0] // factor), -(-img.size[1] // factor)))
             img.load()
-            return img.convert("RGB")
+            return _rgb(img)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         name = getattr(img, "filename", "image")
         raise BadImageError(f"{name}: cannot decode image ({type(e).__name__}: {e})") from None
+
+
+def _rgb(img: Image.Image) -> Image.Image:
+    """RGB, with 16-bit grayscale scaled to 8 bits by its high byte, as Pillow does for 48-bit RGB (its own
+    convert("RGB") clips 16-bit values to 255, so all but the darkest pixels turn white)."""
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        high = (np.asarray(img).astype(np.int64).clip(0, 65535) >> 8).astype(np.uint8)
+        return Image.fromarray(np.repeat(high[..., None], 3, axis=2), "RGB")
+    return img.convert("RGB")
 
 
 def decode_rgb_array(img: Image.Image, min_size: tuple[int, int] | None = None, turbo: bool = True) -> np.ndarray:

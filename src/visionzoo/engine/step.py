@@ -7,6 +7,7 @@ and are read once per log interval.
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..core.distributed import all_reduce_sum
+from ..core.errors import ConfigError
 from ..core.precision import autocast
 from ..data.loader import DeviceNormalizer, device_batches
 from .objective import Criterion
@@ -100,6 +102,10 @@ def train_one_epoch(
         bar.update(1)
         if steps % log_interval == 0 or steps == max_steps:
             loss_avg = sums[0].item() / seen  # the one host sync per interval
+            if not math.isfinite(loss_avg):  # stop before anything of this epoch is saved
+                bar.close()
+                raise ConfigError(f"the training loss is {loss_avg} at step {state.global_step} ({desc}): the run "
+                                  f"diverged; lower --lr (now {lr_used:.4g}) or set --clip-grad")
             bar.set_postfix(loss=f"{loss_avg:.4f}", lr=f"{lr_used:.4g}")
             if on_log:
                 on_log({"step": state.global_step, "loss": loss_avg, "lr": lr_used})

@@ -90,6 +90,8 @@ class Checkpoint:
         path = Path(path)
         if not path.is_file():
             raise ModelFileError(f"checkpoint not found: {path}")
+        if path.stat().st_size == 0:
+            raise ModelFileError(f"{path} is empty (0 bytes): a checkpoint whose write never finished?")
         try:
             d = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # pickle errors, truncated files, disallowed globals

@@ -42,6 +42,8 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"weights file not found: {path}")
+    if path.stat().st_size == 0:
+        raise ModelFileError(f"{path} is empty (0 bytes): not a weights file")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
