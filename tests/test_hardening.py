@@ -522,3 +522,19 @@ def test_an_empty_class_folder_is_a_warning_naming_it(tiny_imagefolder, tmp_path
         s = image_folder(data)
     assert "zebra" in s.classes
     assert any("zebra" in r.getMessage() and "no images" in r.getMessage() for r in caplog.records)
+
+
+# ------------------------------------------------------------------------------------------------
+# 9. no argument abbreviations
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--epoch", "3", "--dummy", "--print-config"],  # --epochs
+    ["eval", "--checkpoint", "x.pth", "--backen", "eager"],  # --backend
+    ["predict", "x.png", "--checkpoint", "x.pth", "--top", "3"],  # --topk
+    ["bench", "--mod", "resnet18"],  # --model
+])
+def test_abbreviated_flags_are_refused(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err

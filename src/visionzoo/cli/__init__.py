@@ -61,9 +61,17 @@ def setup_logging() -> None:
     )
 
 
+class Parser(argparse.ArgumentParser):
+    """No abbreviations: `predict --model X` must not be read as --model-file X, nor `--epoch` as --epochs."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="visionzoo", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = Parser(prog="visionzoo", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     for module in COMMANDS.values():
         module.add_parser(sub)
     return parser
