@@ -538,3 +538,51 @@ def test_abbreviated_flags_are_refused(argv, capsys):
     with pytest.raises(SystemExit) as info:
         main(argv)
     assert info.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------
+# 11. quantised files hold int8 weights; quantize says one line, not onnxruntime's per-tensor notes
+
+
+def test_an_int8_program_is_smaller_than_the_fp32_one(trained, tmp_path):
+    fp32, int8 = tmp_path / "m.pt2", tmp_path / "q.pt2"
+    export_model(trained / "last.pth", "export", fp32, dynamic_batch=True)
+    assert main(["quantize", "--checkpoint", str(trained / "last.pth"), "--output", str(int8), "--calib-batches",
+                 "1", "--batch-size", "8", "--no-eval"]) == 0
+    assert int8.stat().st_size < 0.35 * fp32.stat().st_size  # int8 weights: about a quarter, plus scales
+    with zipfile.ZipFile(int8) as z:
+        root = z.namelist()[0].split("/")[0]
+        weights = json.loads(z.read(f"{root}/data/weights/model_weights_config.json"))["config"]
+    assert "conv1.weight" not in weights  # the fp32 copy the folded int8 weight replaced
+    runner = load_runner(int8)
+    assert runner(torch.randn(2, 3, 16, 16)).shape == (2, 10)
+
+
+def test_onnxruntime_notes_become_one_line(trained, tmp_path, caplog, monkeypatch):
+    import logging
+
+    import onnxruntime.quantization as ortq
+
+    onnx_file = tmp_path / "m.onnx"
+    export_model(trained / "last.pth", "onnx", onnx_file, dynamic_batch=True)
+    real = ortq.quantize_static
+
+    def noisy(*args, **kwargs):  # what onnxruntime does for a model with tiny bias scales, tensor by tensor
+        for i in range(80):
+            logging.warning(f"Quantized bias `b{i}` exceeds the range of a int32. The bias scale is too small.")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ortq, "quantize_static", noisy)
+    with caplog.at_level("INFO"):
+        assert main(["quantize", "--checkpoint", str(onnx_file), "--output", str(tmp_path / "q.onnx"),
+                     "--calib-batches", "1", "--batch-size", "8", "--no-eval"]) == 0
+    shown = [r.getMessage() for r in caplog.records]
+    assert sum("exceeds the range" in m for m in shown) == 1 and any("more notes like it" in m for m in shown)
+    assert not any("Performing symbolic shape inference" in m for m in shown)
+
+
+def test_a_top1_gain_is_worded_as_a_gain():
+    from visionzoo.cli.quantize import top1_change
+
+    assert top1_change(-11.11) == "gain 11.11 points"
+    assert top1_change(1.5) == "drop 1.50 points" and top1_change(0.0) == "no change"

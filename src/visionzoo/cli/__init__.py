@@ -53,12 +53,15 @@ COMMANDS = {
 
 
 def setup_logging() -> None:
+    """visionzoo's own messages at INFO (rank 0); other libraries' only from WARNING up, so their progress
+    chatter (onnxruntime's shape inference, ...) stays out of the output."""
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(
-        level=logging.INFO if rank == 0 else logging.WARNING,
+        level=logging.WARNING,
         format="%(message)s" if rank == 0 else f"[rank {rank}] %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("visionzoo").setLevel(logging.INFO if rank == 0 else logging.WARNING)
 
 
 class Parser(argparse.ArgumentParser):

@@ -50,8 +50,15 @@ def run(args: argparse.Namespace) -> int:
             report[key] = {"top1": r["top1"], "top5": r["top5"], "num_images": r["num_images"]}
         o, q = report["original"], report["quantized"]
         report["top1_drop"] = o["top1"] - q["top1"]
-        print(f"top-1 original {o['top1']:.2f}  {args.dtype} {q['top1']:.2f}  (drop {report['top1_drop']:+.2f} "
-              f"points on {q['num_images']} images)")
+        print(f"top-1 original {o['top1']:.2f}  {args.dtype} {q['top1']:.2f}  ({top1_change(report['top1_drop'])} "
+              f"on {q['num_images']} images)")
     if args.json:
         write_json(args.json, report)
     return 0
+
+
+def top1_change(drop: float) -> str:
+    """A drop in top-1 as a person says it: "drop 1.20 points", "gain 0.85 points" (not "drop -0.85")."""
+    if drop > 0:
+        return f"drop {drop:.2f} points"
+    return f"gain {-drop:.2f} points" if drop < 0 else "no change"

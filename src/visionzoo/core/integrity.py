@@ -18,6 +18,7 @@ log = logging.getLogger("visionzoo")
 
 ALGORITHM = "sha256-content-v1"
 DIGEST = "digest"  # the key a saved dict keeps its digest under
+_WARNED: set[str] = set()
 
 
 def content_digest(obj: Any) -> str:
@@ -53,7 +54,8 @@ def verify_digest(d: Any, path: str | Path) -> Any:
         return d
     d = dict(d)
     digest = d.pop(DIGEST, None)
-    if digest is None:
+    if digest is None and str(path) not in _WARNED:
+        _WARNED.add(str(path))  # once per file: a command may read it more than once
         log.warning("%s has no content digest (an earlier visionzoo's file, or another tool's): it is unverified",
                     path)
     elif digest != content_digest(d):

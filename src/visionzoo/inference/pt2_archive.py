@@ -93,7 +93,7 @@ class _Archive:
                 json.loads(data)
             except ValueError:
                 raise ModelFileError(f"{self.path}: {rel} is not JSON; refusing to load it") from None
-        if kind == "tensors":
+        if kind == "tensors" and data:  # empty: a program saved without example inputs
             # torch falls back to a full unpickle where a weights-only load fails: that load must succeed
             try:
                 torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)

@@ -7,10 +7,12 @@ through ONNX Runtime's QDQ static quantisation, which also offers the seed's int
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +80,20 @@ def quantize_pt2e(model: torch.nn.Module, batches: list[torch.Tensor]) -> torch.
         for x in batches:
             prepared(x)
     converted = convert_pt2e(prepared)
-    return torch.export.export(converted, (example,), dynamic_shapes=({0: batch},), strict=True)
+    _drop_unused_tensors(converted)  # the fp32 weights the folded int8 ones replaced
+    program = torch.export.export(converted, (example,), dynamic_shapes=({0: batch},), strict=True)
+    program._example_inputs = None  # an int8 file holds int8 weights, not a calibration batch
+    return program
+
+
+def _drop_unused_tensors(gm: torch.fx.GraphModule) -> None:
+    """Parameters and buffers no node reads: export would store them all, doubling the file."""
+    used = {str(n.target) for n in gm.graph.nodes if n.op == "get_attr"}
+    names = [n for n, _ in gm.named_parameters()] + [n for n, _ in gm.named_buffers()]
+    for name in names:
+        if name not in used:
+            owner, _, attr = name.rpartition(".")
+            delattr(gm.get_submodule(owner) if owner else gm, attr)
 
 
 class _Reader:
@@ -109,21 +124,48 @@ def quantize_onnx(path: Path, output: Path, batches: list[torch.Tensor], dtype: 
     fd, pre = tempfile.mkstemp(suffix=".onnx", dir=output.parent)
     os.close(fd)
     try:
-        quant_pre_process(str(path), pre)  # shape inference + graph fusions ORT recommends first
-        act, weight = (QuantType.QUInt8, QuantType.QInt8) if dtype == "int8" else (QuantType.QInt16, QuantType.QInt16)
-        imports = onnx.load(pre, load_external_data=False).opset_import
-        opset = max(o.version for o in imports if o.domain in ("", "ai.onnx"))
-        quantize_static(pre, str(output), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=act, weight_type=weight,
-                        # 16-bit Q/DQ exist in the standard domain from opset 21; before that ORT's own ops
-                        extra_options={"UseQDQContribOps": dtype == "int16" and opset < 21})
+        with _library_messages("onnxruntime") as said:
+            quant_pre_process(str(path), pre)  # shape inference + graph fusions ORT recommends first
+            act, weight = ((QuantType.QUInt8, QuantType.QInt8) if dtype == "int8"
+                           else (QuantType.QInt16, QuantType.QInt16))
+            imports = onnx.load(pre, load_external_data=False).opset_import
+            opset = max(o.version for o in imports if o.domain in ("", "ai.onnx"))
+            quantize_static(pre, str(output), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=act, weight_type=weight,
+                            # 16-bit Q/DQ exist in the standard domain from opset 21; before that ORT's own ops
+                            extra_options={"UseQDQContribOps": dtype == "int16" and opset < 21})
     finally:
         Path(pre).unlink(missing_ok=True)
+    if said:  # one line for what onnxruntime logs per tensor (e.g. a bias clipped to int32 by a tiny scale)
+        log.info("onnxruntime: %s%s", said[0], f" (and {len(said) - 1} more notes like it)" if len(said) > 1 else "")
     proto = onnx.load(str(output))
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
     entry.key, entry.value = META_KEY, info.to_json()
     onnx.save(proto, str(output))
+
+
+@contextlib.contextmanager
+def _library_messages(package: str) -> Iterator[list[str]]:
+    """While a library runs: its log records (and any sent to the root logger, where onnxruntime warns once
+    per tensor) are kept out of the output and collected, so the caller can say them in one line."""
+    said: list[str] = []
+
+    def keep(record: logging.LogRecord) -> bool:
+        if record.name == "root" or record.name.startswith(package):
+            if record.levelno >= logging.WARNING:  # its progress chatter goes unsaid
+                said.append(record.getMessage())
+            return False
+        return True
+
+    handlers = list(logging.getLogger().handlers)  # every record that reaches the output passes these
+    for h in handlers:
+        h.addFilter(keep)
+    try:
+        yield said
+    finally:
+        for h in handlers:
+            h.removeFilter(keep)
 
 
 def quantize(
