@@ -586,3 +586,62 @@ def test_a_top1_gain_is_worded_as_a_gain():
 
     assert top1_change(-11.11) == "gain 11.11 points"
     assert top1_change(1.5) == "drop 1.50 points" and top1_change(0.0) == "no change"
+
+
+# ------------------------------------------------------------------------------------------------
+# 10. eval and predict see the reference pixels by default
+
+
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory) -> Path:
+    """A real photograph (scikit-learn's sample image) as a JPEG in a one-class val folder."""
+    from sklearn.datasets import load_sample_images
+
+    root = tmp_path_factory.mktemp("photo")
+    (root / "val" / "temple").mkdir(parents=True)
+    Image.fromarray(load_sample_images().images[0]).save(root / "val" / "temple" / "china.jpg", quality=90)
+    return root
+
+
+def _reference(path: Path, size: int = 224, crop_pct: float = 0.875) -> torch.Tensor:
+    """torchvision's evaluation transform on a fully decoded image, as published accuracies assume."""
+    from torchvision import transforms
+
+    tf = transforms.Compose([transforms.Resize(int(size / crop_pct), transforms.InterpolationMode.BILINEAR),
+                             transforms.CenterCrop(size), transforms.PILToTensor()])
+    return tf(Image.open(path).convert("RGB"))
+
+
+def test_eval_reads_the_reference_pixels_by_default(photo_folder):
+    from visionzoo.config import DataConfig
+    from visionzoo.inference.eval_data import eval_dataset
+    from visionzoo.inference.model_info import ModelInfo
+
+    info = ModelInfo("resnet18", 1, 224, 0.875, "bilinear", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), ["temple"])
+    ds, _, _ = eval_dataset(info, DataConfig(data=str(photo_folder)), "val")
+    reference = _reference(photo_folder / "val" / "temple" / "china.jpg")
+    assert torch.equal(ds[0][0], reference)
+    fast, _, _ = eval_dataset(info, DataConfig(data=str(photo_folder), decode="fast"), "val")
+    assert not torch.equal(fast[0][0], reference)  # the option that differs is still there
+
+
+def test_predict_reads_the_reference_pixels_by_default(photo_folder):
+    from visionzoo.data.loader import DeviceNormalizer
+    from visionzoo.inference.model_info import ModelInfo
+    from visionzoo.inference.predict import predict_files
+
+    class Recorder:  # a model that records its input
+        info = ModelInfo("resnet18", 3, 224, 0.875, "bilinear", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+        device = torch.device("cpu")
+        seen: list[torch.Tensor] = []
+
+        def __call__(self, x):
+            self.seen.append(x)
+            return torch.zeros(len(x), 3)
+
+    runner = Recorder()
+    predict_files(runner, [photo_folder / "val" / "temple" / "china.jpg"])
+    info = runner.info
+    expected = DeviceNormalizer(info.mean, info.std, torch.device("cpu"))(
+        _reference(photo_folder / "val" / "temple" / "china.jpg")[None])
+    assert torch.equal(runner.seen[0], expected)

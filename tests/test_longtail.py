@@ -153,7 +153,7 @@ def test_stage2_starts_from_stage1_classifier_and_class_mean_centroids(tiny_imag
     assert torch.equal(s2.layer4[0].conv2.weight, s1.layer4[0].conv2.weight)
     assert "centroids" in fresh and not any(k.startswith("layer") for k in fresh)
     samples = image_folder(tiny_imagefolder / "train")
-    ds = ImageDataset(samples, eval_transform(32, 1.0))
+    ds = ImageDataset(samples, eval_transform(32, 1.0, decode="fast"))  # as init_centroids reads them
     norm = DeviceNormalizer((0.5,) * 3, (0.25,) * 3, torch.device("cpu"))
     init_centroids(s2, ds, 32, 1.0, "bilinear", norm, 8, 0, DistInfo())
     s2.eval()

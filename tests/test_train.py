@@ -18,6 +18,7 @@ from PIL import Image
 
 from visionzoo.cli import main
 from visionzoo.config import TrainConfig, apply_overrides
+from visionzoo.core.errors import ModelFileError
 from visionzoo.core.files import atomic_save
 from visionzoo.engine import trainer as trainer_mod
 from visionzoo.engine.trainer import train
@@ -111,7 +112,7 @@ def test_atomic_save_survives_exception(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", failing_save)
-    with pytest.raises(OSError):
+    with pytest.raises(ModelFileError, match="previous last.pth is intact"):  # one line for the CLI
         atomic_save({"model": {"w": torch.zeros(3)}, "epoch": 2}, path)
     monkeypatch.undo()
     assert load_checkpoint(path)["epoch"] == 1

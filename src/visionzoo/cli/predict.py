@@ -24,6 +24,9 @@ def add_parser(sub) -> None:
     p.add_argument("--topk", "-k", type=int, default=5)
     p.add_argument("--json", metavar="FILE", help="write the predictions (and errors) as JSON")
     p.add_argument("--img-size", type=int, help="override the model's evaluation size")
+    p.add_argument("--decode", choices=["pil", "fast"], default=None,
+                   help="pil (default): the reference pixels (Pillow, torchvision's Resize + CenterCrop), as eval; "
+                        "fast: JPEGs decoded at a reduced DCT scale where the output size allows")
     add_model_runtime_flags(p)
     p.set_defaults(batch_size=32, func=run)
 
@@ -37,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--topk must be at least 1 (got {args.topk})")
     runner = load_runner(args.checkpoint, args.device, args.precision)
     runner.info = with_preprocessing(runner.info, args.img_size)
-    results = predict_files(runner, args.images, args.topk, args.batch_size)
+    results = predict_files(runner, args.images, args.topk, args.batch_size, args.decode)
     for r in results:
         if r.error:
             print(f"visionzoo predict: error: {r.error}", file=sys.stderr)

@@ -59,9 +59,10 @@ class DataConfig:
     # random_resized: RandomResizedCrop (--scale, --ratio); fixres: the test-time resize and centre
     # crop with a random horizontal shift of the crop (FixRes fine-tuning at the test resolution)
     train_crop: str = "random_resized"
-    # fast: decode fused with the crop (JPEG DCT scaling, one resample); pil: full decode + torchvision v2 ops;
-    # device: JPEGs decoded on the training device (nvJPEG on CUDA), crop and flip there too
-    decode: str = "fast"
+    # fast: decode fused with the crop (JPEG DCT scaling, one resample); pil: full decode + torchvision v2 ops,
+    # the reference pixels published accuracies assume; device: JPEGs decoded on the training device (nvJPEG on
+    # CUDA), crop and flip there too. None: fast for training crops, pil for every evaluation (val, eval, predict)
+    decode: str | None = None
     workers: int = 4
     worker_nice: int = 19  # loader workers' CPU priority (0-19): at 19 they use what the step leaves idle
     skip_bad_images: bool = False

@@ -54,10 +54,11 @@ def verify_digest(d: Any, path: str | Path) -> Any:
         return d
     d = dict(d)
     digest = d.pop(DIGEST, None)
-    if digest is None and str(path) not in _WARNED:
-        _WARNED.add(str(path))  # once per file: a command may read it more than once
-        log.warning("%s has no content digest (an earlier visionzoo's file, or another tool's): it is unverified",
-                    path)
+    if digest is None:
+        if str(path) not in _WARNED:  # once per file: a command may read it more than once
+            _WARNED.add(str(path))
+            log.warning("%s has no content digest (an earlier visionzoo's file, or another tool's): it is "
+                        "unverified", path)
     elif digest != content_digest(d):
         raise ModelFileError(f"{path} is damaged: its content does not match the digest written with it "
                              "(a partial copy, or bytes changed on disk); use another copy")

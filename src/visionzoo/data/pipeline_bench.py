@@ -102,8 +102,9 @@ def bench_data(cfg: DataConfig, split: str = "train", batch_size: int = 64, batc
     dev = torch.device(device)
     pin = dev.type == "cuda"
     img_size = cfg.img_size or ModelCfg.input_size
+    decode = cfg.decode or ("fast" if split == "train" else "pil")  # what decode=None means for each split
     result: dict[str, Any] = {"split": split, "img_size": img_size, "workers": cfg.workers, "batch_size": batch_size,
-                              "decode": cfg.decode, "device": str(dev), "data": cfg.data, "normalized": normalize}
+                              "decode": decode, "device": str(dev), "data": cfg.data, "normalized": normalize}
     loader = visionzoo_loader(cfg, split, batch_size, pin)
     normalizer = DeviceNormalizer(MEAN, STD, dev, reuse=True) if normalize else None
     result["visionzoo"] = time_loader(loader, batches, warmup, dev, normalizer, progress)

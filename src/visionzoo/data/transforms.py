@@ -3,14 +3,16 @@
 Float conversion and normalisation happen on the device (see loader.DeviceNormalizer), so
 workers ship 4x fewer bytes and the host does no float work.
 
-decode="fast" (the default) fuses decoding with the crop (crops.DecodeCrop); decode="pil" is the plain
-torchvision pipeline (full decode, then transforms.v2 ops), kept as the reference; decode="device"
-leaves the decode to the training device (device_decode).
+decode="fast" fuses decoding with the crop (crops.DecodeCrop); decode="pil" is the plain torchvision
+pipeline (full decode with Pillow, then transforms.v2 ops): the reference pixels, which published
+accuracies assume; decode="device" leaves the decode to the training device (device_decode). Unset
+(None), training crops decode fast and evaluation uses the reference.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torchvision.transforms import v2
@@ -18,6 +20,7 @@ from torchvision.transforms import v2
 from ..core.errors import ConfigError
 from .crops import INTERP, DecodeCrop, ShiftedCenterCrop, eval_resize_size
 from .device_decode import DeviceDecodeCrop
+from .images import decode_rgb, open_image, read_file
 
 
 class Fused:
@@ -34,6 +37,9 @@ class Fused:
         return (self.rest(out) if self.rest is not None else out).contiguous()
 
 
+TRAIN_DECODE, EVAL_DECODE = "fast", "pil"  # what decode=None means for training crops and for evaluation
+
+
 def train_transform(
     img_size: int,
     scale: Sequence[float] = (0.08, 1.0),
@@ -43,10 +49,12 @@ def train_transform(
     interpolation: str = "bilinear",
     crop: str = "random_resized",
     crop_pct: float = 0.875,
-    decode: str = "fast",
+    decode: str | None = None,
 ):
     """crop: random_resized (RandomResizedCrop by scale/ratio) or fixres (eval resize by crop_pct, then
-    ShiftedCenterCrop: the FixRes fine-tuning transform). decode: fast (fused) or pil (see the module doc)."""
+    ShiftedCenterCrop: the FixRes fine-tuning transform). decode: fast (fused, the default) or pil (see the
+    module doc)."""
+    decode = decode or TRAIN_DECODE
     if crop not in ("random_resized", "fixres"):
         raise ValueError(f"unknown train crop {crop!r}")
     jitter = [v2.ColorJitter(color_jitter, color_jitter, color_jitter)] if color_jitter > 0 else []
@@ -70,7 +78,10 @@ def train_transform(
     return v2.Compose(ops + rest + [v2.PILToTensor()])
 
 
-def eval_transform(img_size: int, crop_pct: float = 0.875, interpolation: str = "bilinear", decode: str = "fast"):
+def eval_transform(img_size: int, crop_pct: float = 0.875, interpolation: str = "bilinear",
+                   decode: str | None = None):
+    """Resize(img_size / crop_pct) + CenterCrop(img_size); decode None is the reference (pil), see the module doc."""
+    decode = decode or EVAL_DECODE
     if decode == "device":
         if crop_pct > 1.0:
             raise ConfigError("--decode device needs --crop-pct <= 1 (above 1 the centre crop pads; use --decode fast)")
@@ -84,3 +95,11 @@ def eval_transform(img_size: int, crop_pct: float = 0.875, interpolation: str = 
             v2.PILToTensor(),
         ]
     )
+
+
+def transform_file(transform, path: str | Path):
+    """The transform's output for an image file: a fused transform gets the file's bytes (it decodes at the
+    scale it needs), any other gets Pillow's full decode (the reference pipeline, as ImageDataset does)."""
+    if getattr(transform, "takes_encoded_file", False):
+        return transform(read_file(path))
+    return transform(decode_rgb(open_image(path), turbo=False))

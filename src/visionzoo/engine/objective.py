@@ -22,7 +22,7 @@ from ..core.errors import ConfigError, DataError
 from ..data.datasets import ImageDataset
 from ..data.loader import DataBundle, DeviceNormalizer, make_loader
 from ..data.samplers import ClassSampler
-from ..data.transforms import eval_transform
+from ..data.transforms import TRAIN_DECODE, eval_transform
 from ..models import model_cfg_of, reset_classifier
 from ..models.oltr import DiscCentroidsLoss, OLTRResNet
 from .scope import classifier_prefixes
@@ -100,9 +100,12 @@ def param_groups(model: nn.Module, lt: LongTailConfig, lr: float, weight_decay: 
 
 @torch.no_grad()
 def init_centroids(model: OLTRResNet, dataset: ImageDataset, img_size: int, crop_pct: float, interpolation: str,
-                   normalizer: DeviceNormalizer, batch_size: int, workers: int, dist: DistInfo) -> None:
-    """Centroids = per-class mean feature over the training set (evaluation transform), all ranks summed."""
-    plain = ImageDataset(dataset.samples, eval_transform(img_size, crop_pct, interpolation), dataset.skip_bad)
+                   normalizer: DeviceNormalizer, batch_size: int, workers: int, dist: DistInfo,
+                   decode: str | None = None) -> None:
+    """Centroids = per-class mean feature over the training set (evaluation framing, decoded as the training
+    crops are), all ranks summed."""
+    tf = eval_transform(img_size, crop_pct, interpolation, decode or TRAIN_DECODE)
+    plain = ImageDataset(dataset.samples, tf, dataset.skip_bad)
     loader = make_loader(plain, batch_size, workers, False, 0, dist.rank, dist.world_size)
     n_cls, dim = model.centroids.shape
     sums = torch.zeros(n_cls, dim, device=normalizer.device, dtype=torch.float64)
@@ -166,4 +169,4 @@ class Objective:
         if self.oltr:
             assert isinstance(self.model, OLTRResNet) and isinstance(data.train, ImageDataset)
             init_centroids(self.model, data.train, data.img_size, data.crop_pct, data.interpolation, normalizer,
-                           batch_size, self.cfg.data.workers, dist)
+                           batch_size, self.cfg.data.workers, dist, self.cfg.data.decode)

@@ -9,9 +9,8 @@ from typing import Any
 import torch
 
 from ..core.errors import BadImageError
-from ..data.images import load_rgb, read_file
 from ..data.loader import DeviceNormalizer
-from ..data.transforms import eval_transform
+from ..data.transforms import eval_transform, transform_file
 from .runtime import Runner
 
 
@@ -29,9 +28,7 @@ def _decode(paths: list[Path], transform) -> tuple[list[torch.Tensor | None], li
         try:
             if not p.is_file():
                 raise BadImageError(f"{p}: no such file")
-            # fused transforms decode at the scale they need, as eval does, so both see the same pixels
-            images.append(transform(read_file(p) if getattr(transform, "takes_encoded_file", False)
-                                    else load_rgb(p)))
+            images.append(transform_file(transform, p))  # as eval reads its images: the same pixels
             errors.append(None)
         except BadImageError as e:
             images.append(None)
@@ -39,10 +36,15 @@ def _decode(paths: list[Path], transform) -> tuple[list[torch.Tensor | None], li
     return images, errors
 
 
-def predict_files(runner: Runner, paths: list[str | Path], topk: int = 5, batch_size: int = 32) -> list[Prediction]:
-    """Predictions in input order; undecodable files carry an error naming them instead of classes."""
+def predict_files(runner: Runner, paths: list[str | Path], topk: int = 5, batch_size: int = 32,
+                  decode: str | None = None) -> list[Prediction]:
+    """Predictions in input order; undecodable files carry an error naming them instead of classes.
+
+    decode: None or pil is the reference pipeline (Pillow's full decode, torchvision's Resize + CenterCrop), as
+    eval uses by default; fast decodes JPEGs at a reduced DCT scale where the output size allows.
+    """
     info = runner.info
-    transform = eval_transform(info.img_size, info.crop_pct, info.interpolation)
+    transform = eval_transform(info.img_size, info.crop_pct, info.interpolation, decode)
     normalizer = DeviceNormalizer(info.mean, info.std, runner.device)
     k = min(topk, info.num_classes)
     results: list[Prediction] = []
