@@ -645,3 +645,91 @@ def test_predict_reads_the_reference_pixels_by_default(photo_folder):
     expected = DeviceNormalizer(info.mean, info.std, torch.device("cpu"))(
         _reference(photo_folder / "val" / "temple" / "china.jpg")[None])
     assert torch.equal(runner.seen[0], expected)
+
+
+# ------------------------------------------------------------------------------------------------
+# 8. weights as users have them: no visionzoo checkpoint in between
+
+
+def _photos(root: Path, classes: list[str], n: int = 2) -> Path:
+    """root/{train,val}/<class>/*.jpg from the real sample photograph, a few crops per class."""
+    from sklearn.datasets import load_sample_images
+
+    photo = Image.fromarray(load_sample_images().images[1])
+    for split in ("train", "val"):
+        for c, name in enumerate(classes):
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                box = (40 * c + 10 * i, 30 * i, 40 * c + 10 * i + 300, 30 * i + 260)
+                photo.crop(box).save(root / split / name / f"{i}.jpg", quality=90)
+    return root
+
+
+def test_a_torchvision_state_dict_runs_predict_eval_export_quantize_bench(tmp_path, capsys):
+    import torchvision
+
+    from visionzoo.inference.model_spec import imagenet_classes
+
+    torch.manual_seed(0)
+    weights = tmp_path / "resnet18_torchvision.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)  # a bare state dict, 1000 classes
+    data = _photos(tmp_path / "data", ["tench", "goldfish"])
+    img = data / "val" / "tench" / "0.jpg"
+    names = imagenet_classes()
+    assert len(set(names)) == 1000 and names[0] == "tench" and "crane (n02012849)" in names
+    model = ["--model", "resnet18", "--weights", str(weights)]
+
+    assert main(["predict", str(img), *model, "--topk", "3", "--json", str(tmp_path / "p.json")]) == 0
+    top = json.loads((tmp_path / "p.json").read_text())["predictions"][0]["top"]
+    assert len(top) == 3 and all(t["class"] == names[t["index"]] for t in top)  # ImageNet's names
+
+    assert main(["eval", *model, "--data", str(data), "--json", str(tmp_path / "e.json"), "--no-progress"]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["num_images"] == 4
+
+    onnx_file = tmp_path / "m.onnx"
+    assert main(["export", *model, "--format", "onnx", "--output", str(onnx_file), "--img-size", "64"]) == 0
+    assert load_runner(onnx_file).info.classes == names
+
+    int8 = tmp_path / "q.pt2"
+    assert main(["quantize", *model, "--data", str(data), "--output", str(int8), "--calib-batches", "1",
+                 "--batch-size", "2", "--no-eval"]) == 0
+    assert load_runner(int8).info.quantized == "int8"
+
+    assert main(["bench", *model, "--batch-sizes", "1", "--iters", "1", "--warmup", "0", "--img-size", "64"]) == 0
+    capsys.readouterr()
+
+
+def test_a_timm_safetensors_file_with_its_class_names(tmp_path, capsys):
+    import timm
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "resnet10t.safetensors"
+    net = timm.create_model("resnet10t", num_classes=5)
+    save_file({f"module.{k}": v.contiguous() for k, v in net.state_dict().items()}, str(weights))  # DDP keys
+    names = tmp_path / "classes.txt"
+    names.write_text("ant\nbee\ncat\ndog\neel\n")
+    data = _photos(tmp_path / "data", ["bee", "eel"])
+    img = data / "val" / "bee" / "0.jpg"
+    model = ["--model", "resnet10t", "--weights", str(weights), "--classes", str(names)]
+
+    assert main(["predict", str(img), *model, "--json", str(tmp_path / "p.json")]) == 0
+    top = json.loads((tmp_path / "p.json").read_text())["predictions"][0]["top"]
+    assert sorted(t["class"] for t in top) == ["ant", "bee", "cat", "dog", "eel"]
+    # the file's logits, as timm computes them
+    runner = load_runner(__import__("visionzoo.inference.model_spec", fromlist=["x"]).ModelSpec(
+        "resnet10t", str(weights), classes=str(names)))
+    x = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(runner(x), net.eval()(x))
+
+    assert main(["export", *model, "--format", "export", "--output", str(tmp_path / "m.pt2"), "--dynamic-batch",
+                 "--img-size", "64"]) == 0
+    assert main(["quantize", *model, "--data", str(data), "--output", str(tmp_path / "q.pt2"), "--calib-batches",
+                 "1", "--batch-size", "2", "--no-eval"]) == 0
+    capsys.readouterr()
+    bad_names = tmp_path / "three.txt"
+    bad_names.write_text("a\nb\nc\n")
+    assert main(["predict", str(img), "--model", "resnet10t", "--weights", str(weights), "--classes",
+                 str(bad_names)]) == 1
+    assert "3 class names for a 5-class model" in one_line_error(capsys)
+    assert main(["predict", str(img), "--checkpoint", str(weights), "--weights", str(weights)]) == 2
+    assert "--model" in one_line_error(capsys)

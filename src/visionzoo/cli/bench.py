@@ -15,6 +15,7 @@ import csv
 
 from ..core.errors import ConfigError
 from ..core.files import write_json
+from .options import add_model_source_flags, model_source
 
 
 def _csv_list(kind, choices=None):
@@ -43,9 +44,7 @@ def add_parser(sub) -> None:
     from ..inference.model_bench import BACKENDS, MODES
 
     p = sub.add_parser("bench", help="throughput/latency benchmark", description=__doc__)
-    p.add_argument("--model", help="registered or timm model name (random weights)")
-    p.add_argument("--checkpoint", help="checkpoint or exported file (.onnx, .pt2, .ts, .safetensors)")
-    p.add_argument("--num-classes", type=int, help="head size for --model (default: the model's)")
+    add_model_source_flags(p)  # --model NAME alone: random weights, as timm's benchmark.py
     p.add_argument("--batch-sizes", type=_csv_list(int), default=(1, 4, 8, 16, 32, 64))
     p.add_argument("--img-size", type=int, help="default: the model's input size")
     p.add_argument("--backend", type=_csv_list(str, BACKENDS), default=("eager",),
@@ -80,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     if args.warmup < 0 or args.iters < 1:
         raise ConfigError(f"--warmup must be >= 0 and --iters >= 1 (got {args.warmup}, {args.iters})")
     device = resolve_device(args.device)
-    bm = bench_model(args.model, args.checkpoint, args.num_classes)
+    bm = bench_model(model_source(args))
     img_size = args.img_size or bm.info.img_size
     print(f"{bm.info.model_name} {args.mode} at {img_size} px on {device}, warm-up {args.warmup}, "
           f"{args.iters} timed iters")
@@ -106,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"best batch for {r.backend} {r.precision}: {r.batch_size} ({r.images_per_s:.1f} images/s)  *")
     table = rows_as_dicts(rows)
     if args.json:
-        write_json(args.json, {"model": bm.info.model_name, "checkpoint": args.checkpoint, "img_size": img_size,
+        write_json(args.json, {"model": bm.info.model_name, "checkpoint": args.checkpoint or args.weights,
+                               "img_size": img_size,
                                "mode": args.mode, "warmup": args.warmup, "iters": args.iters,
                                "environment": environment(device), "rows": table})
     if args.csv:

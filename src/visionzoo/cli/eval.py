@@ -12,14 +12,21 @@ from ..config.schema import MAX_IMG_SIZE
 from ..core.distributed import is_main_process
 from ..core.errors import ConfigError
 from ..core.files import write_json
-from .options import DATA_FLAGS, add_config_flags, add_model_runtime_flags, data_config
+from .options import (
+    DATA_FLAGS,
+    add_config_flags,
+    add_model_runtime_flags,
+    add_model_source_flags,
+    data_config,
+    model_source,
+)
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint or exported model", description=__doc__)
-    p.add_argument("--checkpoint", "--model-file", dest="checkpoint", required=True, action="append",
-                   help="checkpoint (.pth) or exported file (.onnx, .pt2, .ts, .safetensors); "
-                        "with --sizes, repeat it to compare files (e.g. before and after finetune-res)")
+    add_model_source_flags(p, several=True, file_help="visionzoo checkpoint (.pth) or exported file (.onnx, .pt2, "
+                           ".ts, .safetensors); with --sizes, repeat it to compare files (e.g. before and after "
+                           "finetune-res)")
     p.add_argument("--json", metavar="FILE", help="write top1, top5, loss, num_images and per-class accuracy")
     p.add_argument("--sizes", metavar="S,S,...", type=_sizes,
                    help="test-resolution sweep: top-1 at each size (the file's crop ratio), table + --json/--plot")
@@ -56,17 +63,18 @@ def _sizes(text: str) -> list[int]:
 def run(args: argparse.Namespace) -> int:
     from ..inference.evaluate import evaluate
 
+    source = model_source(args)
+    sources = source if isinstance(source, list) else [source]
     if args.sizes:
-        return _run_sizes(args)
-    if len(args.checkpoint) > 1:
+        return _run_sizes(args, sources)
+    if len(sources) > 1:
         raise ConfigError("several --checkpoint files are compared only with --sizes")
-    args.checkpoint = args.checkpoint[0]
     if args.longtail:
-        return _run_longtail(args)
+        return _run_longtail(args, sources[0])
     if args.plot:
         raise ConfigError("--plot draws a --sizes sweep or a --longtail evaluation")
     # no data flags: evaluate on the validation split the model was trained with
-    result = evaluate(args.checkpoint, data_config(args), args.batch_size, args.device, args.precision,
+    result = evaluate(sources[0], data_config(args), args.batch_size, args.device, args.precision,
                       args.channels_last, args.progress, args.backend)
     if not is_main_process():  # under torchrun, rank 0 reports for all
         return 0
@@ -79,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_sizes(args: argparse.Namespace) -> int:
+def _run_sizes(args: argparse.Namespace, sources: list) -> int:
     from ..fixres import evaluate_sizes, plot_sizes, sizes_table
 
     if args.longtail:
@@ -87,7 +95,7 @@ def _run_sizes(args: argparse.Namespace) -> int:
     data = data_config(args)
     if data is not None and data.img_size is not None:
         raise ConfigError("--img-size/--test-size and --sizes both set the test size: give --sizes only")
-    r = evaluate_sizes(args.checkpoint, args.sizes, data, args.batch_size, args.device, args.precision,
+    r = evaluate_sizes(sources, args.sizes, data, args.batch_size, args.device, args.precision,
                        args.progress, args.backend, args.channels_last)
     if not is_main_process():
         return 0
@@ -98,7 +106,7 @@ def _run_sizes(args: argparse.Namespace) -> int:
     return _write(args, r, plot_sizes)
 
 
-def _run_longtail(args: argparse.Namespace) -> int:
+def _run_longtail(args: argparse.Namespace, source) -> int:
     from ..config import TrainConfig, apply_overrides
     from ..inference.eval_data import resolve_data
     from ..inference.runtime import load_runner
@@ -106,12 +114,12 @@ def _run_longtail(args: argparse.Namespace) -> int:
     from .options import cli_overrides, nest
 
     # the flags given refine the data the model was trained with (its train list gives the shot groups)
-    info = load_runner(args.checkpoint).info
+    info = load_runner(source).info
     base = resolve_data(info, None) if (info.extra.get("data") or {}).get("data") else TrainConfig().data
     data = apply_overrides(TrainConfig(data=base), nest(cli_overrides(args)), "command line").data
     if not data.train_list:
         raise ConfigError("--longtail needs --train-list (the training list whose class sizes define the shot groups)")
-    r = evaluate_longtail(args.checkpoint, data.train_list, data, args.open_list, args.open_threshold, args.many,
+    r = evaluate_longtail(source, data.train_list, data, args.open_list, args.open_threshold, args.many,
                           args.few, args.batch_size, args.device, args.precision, args.logit_adjust)
     if not is_main_process():  # under torchrun, rank 0 reports for all
         return 0

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import argparse
 
-from .options import add_config_flags, data_config
+from .options import add_config_flags, add_model_source_flags, data_config, model_source
 
 
 def add_parser(sub) -> None:
     from ..inference.export import DEFAULT_ATOL, DEFAULT_OPSET, DEFAULT_RTOL, FORMATS
 
     p = sub.add_parser("export", help="export a checkpoint for deployment", description=__doc__)
-    p.add_argument("--checkpoint", required=True)
+    add_model_source_flags(p, file_help="visionzoo checkpoint (.pth) or .safetensors to export")
     p.add_argument("--format", required=True, choices=list(FORMATS))
     p.add_argument("--output", required=True, metavar="FILE")
     p.add_argument("--dynamic-batch", action="store_true", help="any batch size (else fixed at --batch-size)")
@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     img_size = data.img_size if data else None
     if data is not None and not (data.data or data.val_list or data.val_root):
         data = None  # only --img-size was given: check on the checkpoint's own data
-    r = export_model(args.checkpoint, args.format, args.output, img_size, args.dynamic_batch, args.opset,
+    r = export_model(model_source(args), args.format, args.output, img_size, args.dynamic_batch, args.opset,
                      args.batch_size, data, args.atol, args.rtol)
     c = r["check"]
     print(f"wrote {r['output']} ({r['bytes'] / 2**20:.1f} MiB, {r['format']}, {r['img_size']} px, "

@@ -144,3 +144,28 @@ def add_model_runtime_flags(p: argparse.ArgumentParser, precision: bool = True) 
                        help="fp16/bf16 run under autocast (checkpoints and .pt2 files); int8 for quantised files; "
                             "auto: bf16/fp16 on CUDA, fp32 on CPUs")
     p.add_argument("--batch-size", "-b", type=int, default=64)
+
+
+def add_model_source_flags(p: argparse.ArgumentParser, several: bool = False, file_help: str | None = None) -> None:
+    """--checkpoint FILE (a visionzoo file), or --model NAME with --weights FILE / --pretrained: a model as users
+    have it (a bare state dict, a torchvision or timm checkpoint, safetensors)."""
+    g = p.add_argument_group("model: a visionzoo file, or a model name with weights from anywhere")
+    g.add_argument("--checkpoint", "--model-file", dest="checkpoint", action="append" if several else "store",
+                   metavar="FILE", help=file_help or "visionzoo checkpoint (.pth) or exported file (.onnx, .pt2, .ts, "
+                                                     ".safetensors)")
+    g.add_argument("--model", metavar="NAME", help="registered or timm model name, with --weights or --pretrained")
+    g.add_argument("--weights", metavar="FILE", help="bare state dict, torchvision/timm/pytorch checkpoint or "
+                                                      ".safetensors, for --model (DDP/compile prefixes stripped)")
+    g.add_argument("--pretrained", action="store_true", help="--model with the library's hub weights (internet)")
+    g.add_argument("--classes", metavar="FILE", help="class names, one per line, for --model (default: ImageNet-1k's "
+                                                      "for a 1000-class head, else numbers)")
+    g.add_argument("--num-classes", type=int, metavar="N", help="head size for --model (default: from --weights)")
+
+
+def model_source(args: argparse.Namespace):
+    """The model the flags of add_model_source_flags name: a file path (or list, with several) or a ModelSpec."""
+    from ..inference.model_spec import spec_or_none
+
+    spec = spec_or_none(args.model, args.weights, args.pretrained, args.classes, args.num_classes,
+                        bool(args.checkpoint))
+    return spec if spec is not None else args.checkpoint

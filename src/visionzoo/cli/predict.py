@@ -13,14 +13,13 @@ from dataclasses import asdict
 
 from ..core.errors import ConfigError
 from ..core.files import write_json
-from .options import add_model_runtime_flags
+from .options import add_model_runtime_flags, add_model_source_flags, model_source
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("predict", help="top-k classes for image files", description=__doc__)
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--checkpoint", "--model-file", dest="checkpoint", required=True,
-                   help="checkpoint (.pth) or exported file (.onnx, .pt2, .ts, .safetensors)")
+    add_model_source_flags(p)
     p.add_argument("--topk", "-k", type=int, default=5)
     p.add_argument("--json", metavar="FILE", help="write the predictions (and errors) as JSON")
     p.add_argument("--img-size", type=int, help="override the model's evaluation size")
@@ -38,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.topk < 1:
         raise ConfigError(f"--topk must be at least 1 (got {args.topk})")
-    runner = load_runner(args.checkpoint, args.device, args.precision)
+    source = model_source(args)
+    runner = load_runner(source, args.device, args.precision)
     runner.info = with_preprocessing(runner.info, args.img_size)
     results = predict_files(runner, args.images, args.topk, args.batch_size, args.decode)
     for r in results:
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"{r.file}: " + ", ".join(f"{t['class']} {t['prob']:.3f}" for t in r.top))
     if args.json:
-        write_json(args.json, {"model": runner.info.model_name, "checkpoint": args.checkpoint,
+        write_json(args.json, {"model": runner.info.model_name, "checkpoint": runner.info.extra.get("weights", source),
                                "predictions": [asdict(r) for r in results]})
         print(f"wrote {args.json}")
     return 1 if any(r.error for r in results) else 0

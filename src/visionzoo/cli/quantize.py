@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 
 from ..core.files import write_json
-from .options import add_config_flags, data_config
+from .options import add_config_flags, add_model_source_flags, data_config, model_source
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("quantize", help="int8/int16 post-training quantisation", description=__doc__)
-    p.add_argument("--checkpoint", required=True, help="checkpoint (.pth/.safetensors) or .onnx file")
+    add_model_source_flags(p, file_help="visionzoo checkpoint (.pth/.safetensors) or .onnx file")
     p.add_argument("--output", required=True, metavar="FILE", help="*.pt2 for checkpoints, *.onnx for ONNX")
     p.add_argument("--calib-batches", type=int, default=10, help="calibration batches (the seed's quant_batch_num)")
     p.add_argument("--calib-split", default="train", choices=["train", "val"])
@@ -34,16 +34,18 @@ def run(args: argparse.Namespace) -> int:
     from ..inference.quantize import quantize
     from ..inference.runtime import detect_format, load_module, onnx_info
 
+    source = model_source(args)
     # only the metadata is needed here (where the data is); quantize() loads the model itself
-    info = onnx_info(args.checkpoint) if detect_format(args.checkpoint) == "onnx" else load_module(args.checkpoint)[1]
+    onnx = isinstance(source, str) and detect_format(source) == "onnx"
+    info = onnx_info(source) if onnx else load_module(source)[1]
     data = resolve_data(info, data_config(args))
-    report = quantize(args.checkpoint, data, args.output, args.calib_batches, args.batch_size, args.dtype,
+    report = quantize(source, data, args.output, args.calib_batches, args.batch_size, args.dtype,
                       args.calib_split)
     print(f"wrote {report['output']} ({report['dtype']}, {report['method']}, "
           f"{report['calib_images']} calibration images in {report['calib_batches']} batches, {report['seconds']} s)")
     if args.eval:
         # the int8 program is measured as deployed: through inductor's int8 kernels
-        runs = (("original", args.checkpoint, "eager"),
+        runs = (("original", source, "eager"),
                 ("quantized", args.output, "compile" if args.output.endswith(".pt2") else "eager"))
         for key, path, backend in runs:
             r = evaluate(path, data, args.batch_size, "cpu", progress=False, backend=backend)

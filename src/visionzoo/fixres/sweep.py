@@ -17,10 +17,11 @@ from ..core.errors import ConfigError
 from ..core.files import save_figure
 from ..inference.eval_data import resolve_data
 from ..inference.evaluate import evaluate_runner
-from ..inference.runtime import load_runner
+from ..inference.model_spec import source_label
+from ..inference.runtime import ModelSource, load_runner
 
 
-def evaluate_sizes(model_paths: list[str | Path], sizes: list[int], data: DataConfig | None = None,
+def evaluate_sizes(model_paths: list[ModelSource], sizes: list[int], data: DataConfig | None = None,
                    batch_size: int = 128, device: str = "auto", precision: str = "fp32",
                    progress: bool = True, backend: str = "eager", channels_last: bool = False) -> dict[str, Any]:
     """Top-1/top-5 of every model file at every test size, on the same validation split.
@@ -35,17 +36,18 @@ def evaluate_sizes(model_paths: list[str | Path], sizes: list[int], data: DataCo
     models = []
     for path in model_paths:
         runner = load_runner(path, dist.device, precision, backend, channels_last)
-        if runner.fmt not in ("checkpoint", "safetensors") and set(sizes) != {runner.info.img_size}:
+        if runner.fmt not in ("checkpoint", "safetensors", "weights") and set(sizes) != {runner.info.img_size}:
             raise ConfigError(f"{path}: an exported {runner.fmt} file has a fixed input size "
                               f"({runner.info.img_size} px); sweep the checkpoint it came from")
         base = resolve_data(runner.info, data)
-        row: dict[str, Any] = {"checkpoint": str(path), "model": runner.info.model_name,
+        label = source_label(path)
+        row: dict[str, Any] = {"checkpoint": label, "model": runner.info.model_name,
                                "stored_size": runner.info.img_size, "crop_pct": runner.info.crop_pct,
                                "fixres_finetuned": runner.info.extra.get("train_scope") == "fixres",
                                "top1": [], "top5": [], "num_images": None}
         for size in sizes:
             r, _ = evaluate_runner(runner, dataclasses.replace(base, img_size=size), dist, "val", batch_size,
-                                   progress, channels_last, f"{Path(path).name} @ {size}px")
+                                   progress, channels_last, f"{Path(label).name} @ {size}px")
             row["top1"].append(r["top1"])
             row["top5"].append(r["top5"])
             row["num_images"] = r["num_images"]

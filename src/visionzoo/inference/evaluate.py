@@ -6,7 +6,6 @@ they all get sharding under torchrun, the device-side prefetch and the same metr
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,11 +17,12 @@ from ..data.loader import DeviceNormalizer
 from ..engine.evaluate import evaluate_model
 from .eval_data import eval_loader, loader_for, resolve_data
 from .model_info import ModelInfo
-from .runtime import Runner, load_runner
+from .model_spec import source_label
+from .runtime import ModelSource, Runner, load_runner
 
 
 def evaluate(
-    model_path: str | Path,
+    model_path: ModelSource,
     data: DataConfig | None = None,
     batch_size: int = 256,
     device: str = "auto",
@@ -34,7 +34,8 @@ def evaluate(
     """Evaluate a model file on a validation split; preprocessing defaults to the file's own.
 
     model_path: a visionzoo checkpoint or any file `visionzoo export`/`quantize` wrote (.onnx, .pt2,
-    .ts, .safetensors). data: where the split is; None uses the data the model was trained with.
+    .ts, .safetensors), or a ModelSpec (a model name with weights from anywhere). data: where the split is;
+    None uses the data the model was trained with.
     Validation class folders are mapped through the model's class names, so a missing or extra
     folder cannot shift labels. Returns top1/top5 (percent), loss, num_images, per_class.
     """
@@ -42,7 +43,8 @@ def evaluate(
     runner = load_runner(model_path, dist.device, precision, backend, channels_last)
     result, info = evaluate_runner(runner, resolve_data(runner.info, data), dist, batch_size=batch_size,
                                    progress=progress, channels_last=channels_last)
-    result.update(checkpoint=str(model_path), model=info.model_name, format=runner.fmt, precision=runner.precision,
+    label = source_label(model_path)
+    result.update(checkpoint=label, model=info.model_name, format=runner.fmt, precision=runner.precision,
                   quantized=info.quantized, img_size=info.img_size, crop_pct=info.crop_pct,
                   interpolation=info.interpolation)
     return result

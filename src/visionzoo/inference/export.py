@@ -22,7 +22,8 @@ from ..core.files import atomic_path
 from ..data.loader import DeviceNormalizer
 from .eval_data import eval_loader, first_batches, resolve_data
 from .model_info import META_KEY, ModelInfo
-from .runtime import load_module, load_runner
+from .model_spec import source_label
+from .runtime import ModelSource, load_module, load_runner
 
 log = logging.getLogger("visionzoo")
 
@@ -123,7 +124,7 @@ def _write(model: nn.Module, info: ModelInfo, fmt: str, path: Path, example: tor
 
 
 def export_model(
-    checkpoint: str | Path,
+    checkpoint: ModelSource,
     fmt: str,
     output: str | Path,
     img_size: int | None = None,
@@ -147,7 +148,7 @@ def export_model(
     model.eval()
     if img_size:
         info.img_size = img_size
-    info.extra["exported_from"] = str(checkpoint)
+    info.extra["exported_from"] = source_label(checkpoint)
     # torch.export specialises sizes 0 and 1, so a dynamic batch needs an example of at least 2
     example_bs = max(batch_size, 2) if dynamic_batch else batch_size
     check_bs = max(example_bs, 4) if dynamic_batch else batch_size

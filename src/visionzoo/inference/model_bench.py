@@ -26,15 +26,14 @@ import torch
 from torch import nn
 
 from ..config import OptimConfig
-from ..core.errors import ConfigError
 from ..core.files import save_figure
 from ..core.precision import autocast
 from ..engine.optim import build_optimizer
 from ..engine.step import sync
-from ..models.factory import create_model
-from ..models.registry import model_cfg_of
 from .model_info import ModelInfo
+from .model_spec import ModelSpec
 from .runtime import (
+    ModelSource,
     OrtModule,
     compile_module,
     detect_format,
@@ -143,18 +142,17 @@ class BenchModel:
         return self.path
 
 
-def bench_model(model: str | None, checkpoint: str | Path | None, num_classes: int | None = None) -> BenchModel:
-    """The model to bench: random weights by name (as timm's benchmark.py), or a checkpoint/exported file."""
-    if checkpoint is not None:
-        fmt = detect_format(checkpoint)
-        if fmt in ("checkpoint", "safetensors"):
-            module, info = load_module(checkpoint)
-            return BenchModel(info, module.eval(), Path(checkpoint), fmt)
-        return BenchModel(load_runner(checkpoint).info, None, Path(checkpoint), fmt)
-    if not model:
-        raise ConfigError("bench needs --model NAME or --checkpoint FILE")
-    module = create_model(model, num_classes=num_classes)
-    return BenchModel(ModelInfo.from_model_cfg(model_cfg_of(module), model), module.eval(), None)
+def bench_model(source: ModelSource) -> BenchModel:
+    """The model to bench: a name with random weights (as timm's benchmark.py) or with weights from a file or
+    the hub (ModelSpec), or a checkpoint/exported file."""
+    if isinstance(source, ModelSpec):
+        module, info = load_module(source)
+        return BenchModel(info, module, None, "weights")
+    fmt = detect_format(source)
+    if fmt in ("checkpoint", "safetensors"):
+        module, info = load_module(source)
+        return BenchModel(info, module.eval(), Path(source), fmt)
+    return BenchModel(load_runner(source).info, None, Path(source), fmt)
 
 
 def _int8_program(bm: BenchModel, img_size: int) -> nn.Module:

@@ -25,7 +25,8 @@ from ..data.datasets import ImageDataset
 from ..data.loader import DeviceNormalizer, make_loader
 from .eval_data import eval_dataset, first_batches
 from .model_info import META_KEY, ModelInfo
-from .runtime import detect_format, load_module, onnx_info
+from .model_spec import ModelSpec, source_label
+from .runtime import ModelSource, detect_format, load_module, onnx_info
 
 log = logging.getLogger("visionzoo")
 
@@ -169,7 +170,7 @@ def _library_messages(package: str) -> Iterator[list[str]]:
 
 
 def quantize(
-    model_path: str | Path,
+    model_path: ModelSource,
     data: DataConfig,
     output: str | Path,
     calib_batches: int = 10,
@@ -177,26 +178,28 @@ def quantize(
     dtype: str = "int8",
     calib_split: str = "train",
 ) -> dict[str, Any]:
-    """Quantise a checkpoint (-> .pt2, PT2E) or an ONNX file (-> .onnx, ORT QDQ); returns a report."""
-    model_path, output = Path(model_path), Path(output)
+    """Quantise a checkpoint or a ModelSpec (-> .pt2, PT2E) or an ONNX file (-> .onnx, ORT QDQ); returns a report."""
+    output = Path(output)
+    label = source_label(model_path)
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype {dtype!r}: choose from {', '.join(DTYPES)}")
-    fmt = detect_format(model_path)
+    fmt = "weights" if isinstance(model_path, ModelSpec) else detect_format(model_path)
     output.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     if fmt == "onnx":
         if output.suffix != ".onnx":
             raise ConfigError(f"--output {output}: quantising an ONNX file writes ONNX; name the output *.onnx")
-        info = onnx_info(model_path)
+        onnx_file = Path(str(model_path))
+        info = onnx_info(onnx_file)
         batches = calibration_batches(info, data, calib_batches, batch_size, calib_split)
         info.quantized = dtype
         info.extra.update(calib_batches=len(batches), calib_batch_size=batch_size, method="onnxruntime QDQ static")
         with atomic_path(output) as tmp:
-            quantize_onnx(model_path, tmp, batches, dtype, info)
+            quantize_onnx(onnx_file, tmp, batches, dtype, info)
     else:
         if dtype != "int8":
             raise ConfigError(
-                f"--dtype {dtype} for {model_path}: PyTorch's x86 quantizer has int8 kernels only; for int16 export "
+                f"--dtype {dtype} for {label}: PyTorch's x86 quantizer has int8 kernels only; for int16 export "
                 "to ONNX first (visionzoo export --format onnx) and quantise that file")
         if output.suffix != ".pt2":
             raise ConfigError(f"--output {output}: a PT2E int8 model is a torch.export program; name the output *.pt2")
@@ -208,6 +211,6 @@ def quantize(
                           method="PT2E X86InductorQuantizer (static, per-channel weights)")
         with atomic_path(output) as tmp:
             torch.export.save(program, str(tmp), extra_files={f"{META_KEY}.json": info.to_json()})
-    return {"output": str(output), "source": str(model_path), "dtype": dtype, "method": info.extra["method"],
+    return {"output": str(output), "source": label, "dtype": dtype, "method": info.extra["method"],
             "calib_batches": len(batches), "calib_images": sum(len(b) for b in batches),
             "seconds": round(time.perf_counter() - t0, 2)}

@@ -16,12 +16,13 @@ import torch
 from torch import nn
 
 from ..core.distributed import resolve_device
-from ..core.errors import ConfigError, ModelFileError
+from ..core.errors import ConfigError, ModelFileError, VisionZooError
 from ..core.precision import autocast, parse_precision, resolve_precision
 from ..models.checkpoint import model_from_checkpoint
 from ..models.factory import create_model
 from ..models.registry import model_cfg_of, model_name_of
 from .model_info import META_KEY, ModelInfo
+from .model_spec import ModelSpec, module_from_spec
 from .pt2_archive import check_pt2
 
 SUFFIX_FORMATS = {
@@ -137,16 +138,22 @@ def _load_errors(path: Path, fmt: str):
     """Any failure to read a model file becomes one ModelFileError naming the file."""
     try:
         yield
-    except ModelFileError:
+    except VisionZooError:  # already one line naming what is wrong
         raise
     except Exception as e:  # protobuf, zip, safetensors, pickle, onnxruntime and state-dict errors alike
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
         raise ModelFileError(f"{path}: cannot load this {fmt} file ({type(e).__name__}: {first})") from None
 
 
-def load_module(path: str | Path) -> tuple[nn.Module, ModelInfo]:
-    """An eager nn.Module (with its info) from a visionzoo checkpoint or a visionzoo safetensors file."""
-    path = Path(path)
+ModelSource = str | Path | ModelSpec  # a visionzoo file, or a model name with weights from anywhere
+
+
+def load_module(source: ModelSource) -> tuple[nn.Module, ModelInfo]:
+    """An eager nn.Module (with its info) from a visionzoo checkpoint or safetensors file, or a ModelSpec."""
+    if isinstance(source, ModelSpec):
+        with _load_errors(Path(source.label), "weights"):
+            return module_from_spec(source)
+    path = Path(source)
     fmt = detect_format(path)
     if fmt in ("checkpoint", "safetensors"):
         with _load_errors(path, fmt):
@@ -223,21 +230,21 @@ def compile_module(module: nn.Module, quantized: bool = False):
 
 
 def load_runner(
-    path: str | Path,
+    source: ModelSource,
     device: str | torch.device = "cpu",
     precision: str = "fp32",
     backend: str = "eager",
     channels_last: bool = False,
 ) -> Runner:
-    """Load any visionzoo model file for inference on `device`.
+    """Load any visionzoo model file, or a model name with its weights (ModelSpec), for inference on `device`.
 
     backend: eager (as stored) or compile (torch.compile; checkpoints and .pt2 only).
     precision: fp16/bf16 run under autocast; ONNX, TorchScript and quantised files run in the precision they
     hold (fp32, or int8 for a quantised file); auto picks for the device (core.precision).
     """
-    path = Path(path)
     device = resolve_device(device)
-    fmt = detect_format(path)
+    path = Path(source.label if isinstance(source, ModelSpec) else source)
+    fmt = "weights" if isinstance(source, ModelSpec) else detect_format(path)
     asked = parse_precision(precision)
     if fmt in ("onnx", "torchscript") and asked not in ("auto", "fp32", "int8"):  # int8: a quantised file
         raise ConfigError(f"--precision {asked}: {path} is a {fmt} file, which runs in the precision it was "
@@ -254,7 +261,7 @@ def load_runner(
         elif fmt == "export":
             fn, info = _load_exported(path, device)
         else:
-            module, info = load_module(path)
+            module, info = load_module(source)
     if module is not None:
         module = module.eval().to(device)
         if channels_last:

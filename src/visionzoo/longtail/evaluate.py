@@ -20,7 +20,8 @@ from ..data.datasets import ImageDataset, list_samples, read_list_file
 from ..data.transforms import eval_transform
 from ..inference.eval_data import resolve_data
 from ..inference.evaluate import evaluate_dataset, evaluate_runner
-from ..inference.runtime import load_runner
+from ..inference.model_spec import source_label
+from ..inference.runtime import ModelSource, load_runner
 from .metrics import (
     FEW,
     MANY,
@@ -32,7 +33,7 @@ from .metrics import (
 
 
 def evaluate_longtail(
-    model_path: str | Path,
+    model_path: ModelSource,
     train_list: str | Path,
     data: DataConfig | None = None,
     open_list: str | Path | None = None,
@@ -66,7 +67,7 @@ def evaluate_longtail(
     correct = np.bincount(labels[pred == labels], minlength=n_cls)
     total = np.bincount(labels, minlength=n_cls)
     result: dict[str, Any] = {
-        "model": info.model_name, "checkpoint": str(model_path), "num_images": len(labels),
+        "model": info.model_name, "checkpoint": source_label(model_path), "num_images": len(labels),
         "top1": 100.0 * float(np.mean(pred == labels)) if len(labels) else 0.0,
         "mean_class_accuracy": float(np.mean([100.0 * c / t for c, t in zip(correct, total) if t])),
         **shot_accuracy(correct.tolist(), total.tolist(), train_counts, many, few),

@@ -68,12 +68,22 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     return strip_prefixes(sd)
 
 
-def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> None:
+def head_size(state_dict: dict[str, torch.Tensor], classifier: str | tuple[str, ...]) -> int | None:
+    """The output size of the classifier (a ModelCfg.classifier path) in a state dict, if it is there."""
+    heads = (classifier,) if isinstance(classifier, str) else tuple(classifier or ())
+    for head in filter(None, heads):
+        weight = state_dict.get(f"{head}.weight")
+        if weight is not None and weight.ndim >= 1:
+            return int(weight.shape[0])
+    return None
+
+
+def load_weights(model: nn.Module, path: str | Path, strict: bool = True, keep_head: bool = False) -> None:
     """Load a local weights file into a model built by create_model.
 
     A classifier of another size than the model's (e.g. 1000-way ImageNet weights into a
-    10-class model) is left at its fresh initialisation and reported; any other missing or
-    unexpected key is an error.
+    10-class model) is left at its fresh initialisation and reported, or with keep_head (inference:
+    the file's classifier is the point) refused; any other missing or unexpected key is an error.
     A model with its own initialisation from other weights (`init_from_state_dict`, e.g. OLTR stage 2
     from a stage-1 checkpoint) takes the state dict itself.
     """
@@ -108,6 +118,9 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> Non
             f"unexpected {result.unexpected_keys[:5]}"
             f"{'...' if len(result.unexpected_keys) > 5 else ''} ({len(result.unexpected_keys)})"
         )
+    if skipped and keep_head:
+        raise ModelFileError(f"{path}: its classifier does not fit the model's ({'; '.join(skipped)}); give the "
+                             "file's class count with --num-classes")
     if skipped:
         log.warning("classifier left freshly initialised (shape differs): %s", "; ".join(skipped))
     log.info("loaded weights from %s", path)

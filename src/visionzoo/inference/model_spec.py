@@ -1,0 +1,102 @@
+"""Models as users have them: a registered or timm name with a weights file of any layout (a bare state
+dict, a torchvision, timm or pytorch/examples checkpoint, safetensors), or with the library's hub weights.
+
+`predict`, `eval`, `export`, `quantize` and `bench` take one (`--model NAME --weights FILE`, `--pretrained`)
+wherever they take a visionzoo file. The head size comes from the weights; class names from `--classes
+FILE`, or ImageNet-1k's (as timm ships them, offline) for a 1000-way head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from ..core.errors import ConfigError, DataError
+from ..models import create_model, get_model_cfg, load_state_dict_file, load_weights, model_cfg_of
+from ..models.weights import head_size
+from .model_info import ModelInfo
+
+IMAGENET_CLASSES = 1000
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model named by the user, with its weights from a file or the hub (not a visionzoo file)."""
+
+    name: str
+    weights: str | None = None
+    pretrained: bool = False
+    classes: str | None = None  # a text file of class names, one per line, in label order
+    num_classes: int | None = None  # the head's size; default: the weights' classifier, else the model's
+
+    @property
+    def label(self) -> str:
+        """How results and messages name the model."""
+        if self.weights:
+            return str(self.weights)
+        return f"{self.name} ({'pretrained' if self.pretrained else 'random'} weights)"
+
+
+def source_label(source: object) -> str:
+    """How results name a model source: a ModelSpec's label, or the file path."""
+    return source.label if isinstance(source, ModelSpec) else str(source)
+
+
+def module_from_spec(spec: ModelSpec) -> tuple[nn.Module, ModelInfo]:
+    """The model in eval mode with its weights, and its ModelInfo (the model's preprocessing, class names)."""
+    num_classes = spec.num_classes
+    if spec.weights and num_classes is None:
+        num_classes = head_size(load_state_dict_file(spec.weights), get_model_cfg(spec.name).classifier)
+    model = create_model(spec.name, num_classes=num_classes, pretrained=spec.pretrained)
+    if spec.weights:
+        load_weights(model, spec.weights, keep_head=True)
+    cfg = model_cfg_of(model)
+    info = ModelInfo.from_model_cfg(cfg, spec.name)
+    info.classes = class_names(spec, cfg.num_classes)
+    info.extra["weights"] = spec.label
+    return model.eval(), info
+
+
+def class_names(spec: ModelSpec, num_classes: int) -> list[str] | None:
+    """--classes FILE, else ImageNet-1k's names for a 1000-way head, else None (class numbers)."""
+    if spec.classes:
+        path = Path(spec.classes)
+        if not path.is_file():
+            raise DataError(f"class names file not found: {path}")
+        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        if len(names) != num_classes:
+            raise DataError(f"{path}: {len(names)} class names for a {num_classes}-class model")
+        return names
+    return imagenet_classes() if num_classes == IMAGENET_CLASSES else None
+
+
+def imagenet_classes() -> list[str]:
+    """ImageNet-1k's class names in label order, from timm's offline copy: each class's first WordNet lemma,
+    with the synset id added where two classes share it (crane the bird and the machine; maillot twice)."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    names = [info.index_to_description(i).split(",")[0].strip() for i in range(IMAGENET_CLASSES)]
+    shared = {n for n in names if names.count(n) > 1}
+    return [f"{n} ({info.index_to_label_name(i)})" if n in shared else n for i, n in enumerate(names)]
+
+
+def spec_or_none(name: str | None, weights: str | None, pretrained: bool, classes: str | None,
+                 num_classes: int | None, file_given: bool) -> ModelSpec | None:
+    """The command line's model: a ModelSpec for --model, None for a visionzoo file (--checkpoint)."""
+    named = [flag for flag, on in (("--weights", weights), ("--pretrained", pretrained), ("--classes", classes),
+                                   ("--num-classes", num_classes)) if on]
+    if name is None:
+        if named:
+            raise ConfigError(f"{named[0]} goes with --model NAME (a visionzoo --checkpoint carries its own)")
+        if not file_given:
+            raise ConfigError("give a model: --checkpoint FILE (a visionzoo file), or --model NAME with --weights "
+                              "FILE or --pretrained")
+        return None
+    if file_given:
+        raise ConfigError("--checkpoint and --model name two models: give one")
+    if weights and pretrained:
+        raise ConfigError("--weights and --pretrained both give the weights: give one")
+    return ModelSpec(name, weights, pretrained, classes, num_classes)
