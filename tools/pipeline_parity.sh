@@ -6,19 +6,7 @@
 set -euo pipefail
 out=${1:-pipeline-parity}; shift || true
 seeds=("${@:-0}")
-root=$(python -c "from visionzoo.data.builtin import materialize; print(materialize('digits'))")
-if [[ ! -d "$out/digits-jpg" ]]; then
-  python - "$root" "$out/digits-jpg" <<'PY'
-import sys
-from pathlib import Path
-from PIL import Image
-src, dst = Path(sys.argv[1]), Path(sys.argv[2])
-for p in src.rglob("*.png"):
-    q = dst / p.relative_to(src).with_suffix(".jpg")
-    q.parent.mkdir(parents=True, exist_ok=True)
-    Image.open(p).convert("RGB").resize((256, 256), Image.Resampling.BICUBIC).save(q, quality=90)
-PY
-fi
+[[ -d "$out/digits-jpg" ]] || python "$(dirname "$0")/make_digits_jpg.py" "$out/digits-jpg"
 for s in "${seeds[@]}"; do
   for d in ${DECODERS:-fast pil}; do
     [[ -f "$out/s$s-$d/summary.json" ]] || visionzoo train --recipe demo --data "$out/digits-jpg" --device cpu \
