@@ -134,6 +134,44 @@ def _aoti(marker):
     return change
 
 
+def _graph_edit(edit):
+    def change(rel, data, extra):
+        if rel == "models/model.json":
+            program = json.loads(data)
+            edit(program)
+            return json.dumps(program).encode()
+        return data
+    return change
+
+
+def _first(program, key):
+    """The first dict in the program holding key (a node's target, a symbolic size)."""
+    stack = [program]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if key in item:
+                return item
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    raise AssertionError(f"no {key} in the program")
+
+
+def _sympy_payload(marker):
+    """sympy.sympify evaluates shape expressions with Python's eval."""
+    def edit(program):
+        _first(program, "expr_str")["expr_str"] = f"__import__('builtins').open({str(marker)!r}, 'w') and s0"
+    return _graph_edit(edit)
+
+
+def _torch_load_call(marker):
+    """A node that calls torch.load on a pickle of the attacker's when the model runs."""
+    def edit(program):
+        _first(program, "target")["target"] = "torch.serialization.load"
+    return _graph_edit(edit)
+
+
 PLACES = {
     "legacy weights (data/weights/model.pt)": _legacy_weights,
     "legacy constants (data/constants/model.pt)": _legacy_constants,
@@ -143,6 +181,8 @@ PLACES = {
                                                       __import__("pickle").dumps(_Payload(m))),
     "sample inputs": _sample_inputs,
     "AOTInductor library": _aoti,
+    "shape expression (sympify)": _sympy_payload,
+    "graph call to torch.load": _torch_load_call,
 }
 
 
@@ -171,6 +211,17 @@ def test_an_old_format_export_archive_is_refused(good_pt2, tmp_path):
         z.writestr("serialized_state_dict.pt", _pickle({"w": _Payload(marker)}))
     with pytest.raises(ModelFileError, match="old.pt2"):
         load_runner(old)
+    assert not marker.exists()
+
+
+def test_a_pt2_whose_zip_readers_disagree_is_refused(good_pt2, tmp_path):
+    """Data in front of the archive, or a second zip directory: what Python's zipfile lists would not be what
+    torch's reader loads."""
+    marker = tmp_path / "PWNED"
+    prefixed = tmp_path / "prefixed.pt2"
+    prefixed.write_bytes(_pickle({"w": _Payload(marker)}) + good_pt2.read_bytes())
+    with pytest.raises(ModelFileError, match="prefixed.pt2"):
+        load_runner(prefixed)
     assert not marker.exists()
 
 
@@ -733,3 +784,75 @@ def test_a_timm_safetensors_file_with_its_class_names(tmp_path, capsys):
     assert "3 class names for a 5-class model" in one_line_error(capsys)
     assert main(["predict", str(img), "--checkpoint", str(weights), "--weights", str(weights)]) == 2
     assert "--model" in one_line_error(capsys)
+
+
+# ------------------------------------------------------------------------------------------------
+# review follow-ups: the lock outlives no killed holder, paths that are not folders, disk errors, mode "I"
+
+
+def test_the_lock_goes_with_a_killed_holder_even_if_its_forked_children_live(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from visionzoo.core.files import FolderLock
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import os, time; from visionzoo.core.files import FolderLock; "
+        f"FolderLock({str(tmp_path)!r}).acquire()\n"
+        "if os.fork() == 0:\n    time.sleep(30); os._exit(0)\n"  # a DataLoader worker, forked with the lock open
+        "print('locked', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(Exception, match=f"pid {holder.pid}"):
+        FolderLock(tmp_path).acquire()
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+    time.sleep(0.2)
+    FolderLock(tmp_path).acquire().release()  # at once: the forked child does not hold it
+
+
+def test_an_output_that_is_a_file_is_a_one_line_error(tmp_path, capsys):
+    where = tmp_path / "notes.txt"
+    where.write_text("not a folder")
+    assert main(["train", "--dummy", "--epochs", "1", "--output", str(where)]) == 2
+    assert str(where) in one_line_error(capsys)
+
+
+def test_a_disk_error_while_replacing_a_file_keeps_the_old_one(tmp_path, monkeypatch):
+    import errno
+    import shutil
+
+    from visionzoo.core.errors import VisionZooError
+    from visionzoo.core.files import atomic_copy
+
+    src, dst = tmp_path / "best.pth", tmp_path / "last.pth"
+    src.write_bytes(b"new")
+    dst.write_bytes(b"old")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copyfile", full)
+    with pytest.raises(VisionZooError, match="previous last.pth is intact"):
+        atomic_copy(src, dst)
+    assert dst.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["best.pth", "last.pth"]
+
+
+def test_a_32_bit_integer_image_within_8_bits_is_kept(tmp_path):
+    import numpy as np
+
+    from visionzoo.data.images import load_rgb
+
+    path = tmp_path / "i32.tif"
+    values = np.arange(64 * 64, dtype=np.int32).reshape(64, 64) % 256
+    Image.fromarray(values, "I").save(path)
+    assert (np.asarray(load_rgb(path))[..., 0] == values).all()
+
+
+def test_model_without_weights_is_refused_outside_bench(tmp_path, capsys):
+    img = tmp_path / "x.png"
+    Image.new("RGB", (40, 40)).save(img)
+    assert main(["predict", str(img), "--model", "resnet18"]) == 2
+    assert "--weights FILE or --pretrained" in one_line_error(capsys)

@@ -162,10 +162,10 @@ def add_model_source_flags(p: argparse.ArgumentParser, several: bool = False, fi
     g.add_argument("--num-classes", type=int, metavar="N", help="head size for --model (default: from --weights)")
 
 
-def model_source(args: argparse.Namespace):
+def model_source(args: argparse.Namespace, random_weights: bool = False):
     """The model the flags of add_model_source_flags name: a file path (or list, with several) or a ModelSpec."""
     from ..inference.model_spec import spec_or_none
 
     spec = spec_or_none(args.model, args.weights, args.pretrained, args.classes, args.num_classes,
-                        bool(args.checkpoint))
+                        bool(args.checkpoint), random_weights)
     return spec if spec is not None else args.checkpoint

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import math
@@ -14,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, ModelFileError
+from .errors import ConfigError, ModelFileError, VisionZooError
 
 
 def _read_umask() -> int:
@@ -31,6 +32,8 @@ def _default_mode(tmp: str | Path) -> None:
     os.chmod(tmp, 0o666 & ~_UMASK)
 
 
+# a write that failed for want of room or a working disk (not a path mistake): one line, the old file kept
+_DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG}
 TEMP_MARK = ".vztmp-"  # in every temp file's name: what remove_stale_temps may delete
 _TEMP_NAME = re.compile(rf"^\..*{re.escape(TEMP_MARK)}[a-z0-9_]{{8}}(\.[A-Za-z0-9]+)?$")
 
@@ -56,6 +59,11 @@ def atomic_path(dst: str | Path) -> Iterator[Path]:
         yield Path(tmp)
         _default_mode(tmp)
         os.replace(tmp, dst)
+    except OSError as e:
+        if e.errno not in _DISK_ERRORS:
+            raise
+        kept = f"the previous {dst.name} is intact" if dst.exists() else "nothing was written"
+        raise VisionZooError(f"cannot write {dst}: {e.strerror}; {kept}") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -123,10 +131,11 @@ def remove_stale_temps(folder: str | Path) -> list[Path]:
 
 
 class FolderLock:
-    """An exclusive lock on a folder (flock on FOLDER/.lock, which records the holder's pid).
+    """An exclusive lock on a folder (a POSIX record lock on FOLDER/.lock, which records the holder's pid).
 
-    It is the kernel's lock, so it is released when the holder exits, however it exits. A second
-    holder is refused with a ConfigError naming the folder and the pid that holds it.
+    It is the kernel's lock, so it is released when the holder exits, however it exits; and a POSIX lock
+    belongs to the process, not to the open file, so forked DataLoader workers do not keep it alive after
+    a kill. A second holder is refused with a ConfigError naming the folder and the pid that holds it.
     """
 
     NAME = ".lock"
@@ -136,11 +145,14 @@ class FolderLock:
         self._fd: int | None = None
 
     def acquire(self) -> FolderLock:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.folder / self.NAME, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.folder / self.NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:  # a file where the folder should be, a read-only parent, ...
+            raise ConfigError(f"{self.what} {self.folder}: cannot use it as a run folder ({e.strerror})") from None
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # EACCES or EAGAIN: another process holds it
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             raise ConfigError(f"{self.what} {self.folder} is in use by another run (pid {holder}); wait for it "
@@ -152,7 +164,8 @@ class FolderLock:
 
     def release(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor releases the flock
+            fcntl.lockf(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
             self._fd = None
 
     def __enter__(self) -> FolderLock:

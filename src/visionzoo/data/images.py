@@ -138,8 +138,11 @@ def _rgb(img: Image.Image) -> Image.Image:
     """RGB, with 16-bit grayscale scaled to 8 bits by its high byte, as Pillow does for 48-bit RGB (its own
     convert("RGB") clips 16-bit values to 255, so all but the darkest pixels turn white)."""
     if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        high = (np.asarray(img).astype(np.int64).clip(0, 65535) >> 8).astype(np.uint8)
-        return Image.fromarray(np.repeat(high[..., None], 3, axis=2), "RGB")
+        values = np.asarray(img).astype(np.int64)
+        # mode "I" is also how older Pillow opens 16-bit PNGs; 32-bit integer images within 0..255 stay as they are
+        shift = 8 if img.mode != "I" or values.max(initial=0) > 255 else 0
+        gray = (values.clip(0, 65535) >> shift).clip(0, 255).astype(np.uint8)
+        return Image.fromarray(np.repeat(gray[..., None], 3, axis=2), "RGB")
     return img.convert("RGB")
 
 

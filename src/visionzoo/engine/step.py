@@ -102,7 +102,7 @@ def train_one_epoch(
         bar.update(1)
         if steps % log_interval == 0 or steps == max_steps:
             loss_avg = sums[0].item() / seen  # the one host sync per interval
-            if not math.isfinite(loss_avg):  # stop before anything of this epoch is saved
+            if _diverged(loss_avg, device):  # stop before anything of this epoch is saved
                 bar.close()
                 raise ConfigError(f"the training loss is {loss_avg} at step {state.global_step} ({desc}): the run "
                                   f"diverged; lower --lr (now {lr_used:.4g}) or set --clip-grad")
@@ -116,6 +116,13 @@ def train_one_epoch(
         t_perf, timed_images = t_start, seen
     return _epoch_stats(sums, seen, skipped, steps, timed_images * world_size / max(t_end - t_perf, 1e-9),
                         t_end - t_start, lr_used)
+
+
+def _diverged(loss: float, device: torch.device) -> bool:
+    """Whether any rank's running loss is NaN or infinite. Every rank asks at the same steps, so all of
+    them stop together (a rank alone would leave the others waiting in the next all-reduce)."""
+    flag = torch.tensor([0.0 if math.isfinite(loss) else 1.0], device=device)
+    return all_reduce_sum(flag).item() > 0
 
 
 def _epoch_stats(sums: torch.Tensor, seen: int, skipped: int, steps: int, images_per_sec: float,

@@ -84,8 +84,9 @@ def imagenet_classes() -> list[str]:
 
 
 def spec_or_none(name: str | None, weights: str | None, pretrained: bool, classes: str | None,
-                 num_classes: int | None, file_given: bool) -> ModelSpec | None:
-    """The command line's model: a ModelSpec for --model, None for a visionzoo file (--checkpoint)."""
+                 num_classes: int | None, file_given: bool, random_weights: bool = False) -> ModelSpec | None:
+    """The command line's model: a ModelSpec for --model, None for a visionzoo file (--checkpoint).
+    random_weights: --model alone is allowed (bench, as timm's benchmark.py); elsewhere it needs weights."""
     named = [flag for flag, on in (("--weights", weights), ("--pretrained", pretrained), ("--classes", classes),
                                    ("--num-classes", num_classes)) if on]
     if name is None:
@@ -99,4 +100,6 @@ def spec_or_none(name: str | None, weights: str | None, pretrained: bool, classe
         raise ConfigError("--checkpoint and --model name two models: give one")
     if weights and pretrained:
         raise ConfigError("--weights and --pretrained both give the weights: give one")
+    if not (weights or pretrained or random_weights):
+        raise ConfigError(f"--model {name} needs its weights: --weights FILE or --pretrained")
     return ModelSpec(name, weights, pretrained, classes, num_classes)

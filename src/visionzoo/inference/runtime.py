@@ -7,6 +7,7 @@ ModelInfo (class names and preprocessing, model_info.py) and the precision it ru
 from __future__ import annotations
 
 import contextlib
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from ..models.factory import create_model
 from ..models.registry import model_cfg_of, model_name_of
 from .model_info import META_KEY, ModelInfo
 from .model_spec import ModelSpec, module_from_spec
-from .pt2_archive import check_pt2
+from .pt2_archive import read_checked_pt2
 
 SUFFIX_FORMATS = {
     ".onnx": "onnx",
@@ -162,15 +163,15 @@ def load_module(source: ModelSource) -> tuple[nn.Module, ModelInfo]:
 
 
 def _load_exported(path: Path, device: torch.device) -> tuple[nn.Module, ModelInfo]:
-    check_pt2(path)
+    data = read_checked_pt2(path)  # torch reads these checked bytes, not the file again
     extra = {f"{META_KEY}.json": ""}
     try:
-        ep = torch.export.load(str(path), extra_files=extra)
+        ep = torch.export.load(io.BytesIO(data), extra_files=extra)
     except RuntimeError:
         # int8 programs use the quantized_decomposed ops, which exist once torchao's PT2E is imported
         import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401
 
-        ep = torch.export.load(str(path), extra_files=extra)
+        ep = torch.export.load(io.BytesIO(data), extra_files=extra)
     if not extra[f"{META_KEY}.json"]:
         raise ModelFileError(f"{path}: no visionzoo metadata (was it written by `visionzoo export`?)")
     return ep.module().to(device), ModelInfo.from_json(extra[f"{META_KEY}.json"], path)
