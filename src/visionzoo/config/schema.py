@@ -36,6 +36,9 @@ class ModelConfig:
     # all | classifier (cRT: backbone frozen, its norm statistics kept) | fixres (classifier trains,
     # the model's final norm layer re-estimates its statistics, everything else frozen in eval mode)
     train_scope: str = "all"
+    drop_path: float | None = None  # stochastic depth rate, for models that take one (timm's drop_path_rate)
+    dropout: float | None = None  # dropout before the classifier, for models that take one
+    raw_weights: bool = False  # a checkpoint with EMA weights: use its raw weights instead (--weights, eval, ...)
 
 
 @dataclass
@@ -49,8 +52,9 @@ class DataConfig:
     dummy_train_size: int = 10240
     dummy_val_size: int = 1024
     dummy_classes: int = 1000
-    img_size: int | None = None  # None: the model's default input size
-    crop_pct: float | None = None  # eval resize = img_size / crop_pct; None: model default
+    img_size: int | None = None  # training crops (and evaluation, unless eval_img_size); None: the model's
+    eval_img_size: int | None = None  # evaluation centre crop; None: img_size (torchvision V2: train 176, eval 224)
+    crop_pct: float | None = None  # eval resize = eval size / crop_pct; None: model default
     interpolation: str | None = None  # bilinear | bicubic | nearest; None: model default
     scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # RandomResizedCrop area
     ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
@@ -75,12 +79,22 @@ class OptimConfig:
     lr_base: float = 0.1  # lr at lr_base_batch images per step
     lr_base_batch: int = 256
     lr_scale: str = "linear"  # linear | sqrt | none
-    momentum: float = 0.9
+    momentum: float = 0.9  # sgd, lars, rmsprop
     nesterov: bool = False
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw, lamb
+    eps: float = 1e-8  # adamw, lamb, rmsprop, lars
     weight_decay: float = 1e-4
+    # no weight decay on 1-d parameters (norm scales and shifts, biases) and on the names a timm model lists
+    # as no_weight_decay (ViT position embeddings and class tokens)
     no_decay_norm_bias: bool = False
+    layer_decay: float | None = None  # layer-wise lr decay (timm models with layer groups: ViT, ConvNeXt, ...)
+    accum_steps: int = 1  # micro-batches per optimizer step: the effective batch is batch_size x accum_steps
     clip_grad: float | None = None  # max global grad norm
     label_smoothing: float = 0.0
+    ema: bool = False  # keep an exponential moving average of the weights (evaluated and saved beside them)
+    ema_decay: float = 0.9998
+    ema_warmup: bool = False  # decay min(ema_decay, (1 + n) / (10 + n)) after n updates, as timm's ModelEmaV3
+    ema_every: int = 1  # optimizer steps between EMA updates
 
 
 @dataclass
@@ -100,11 +114,30 @@ class LongTailConfig:
 
     sampler: str = "instance"  # instance | class_balanced | sqrt | class_aware
     samples_per_class: int = 4  # class_aware: images per class per draw (OLTR stage 2)
-    loss: str = "ce"  # ce | balanced_softmax (logits + log class prior during training)
+    # ce | bce (binary cross-entropy on soft targets, as timm's "ResNet strikes back") | balanced_softmax
+    # (logits + log class prior during training)
+    loss: str = "ce"
     reset_classifier: bool = False  # re-initialise the classifier after loading --weights (cRT)
     head_lr_factor: float = 1.0  # classifier lr = lr * this (OLTR stage 2: 10)
     centroid_weight: float = 0.01  # OLTR (oltr_* models): discriminative centroid loss weight
     centroid_lr_factor: float = 1.0  # OLTR: centroids lr = lr * this
+
+
+@dataclass
+class AugConfig:
+    """Augmentation beyond crop and flip: per-sample policies in the loader, batch mixing on the device."""
+
+    auto_augment: str | None = None  # ta_wide | ra | augmix | imagenet (torchvision's policies)
+    ra_magnitude: int = 9  # RandAugment magnitude (0-30)
+    ra_ops: int = 2  # RandAugment ops per image
+    augmix_severity: int = 3
+    random_erase: float = 0.0  # probability of erasing a rectangle (with the mean colour)
+    mixup: float = 0.0  # mixup alpha (0 = off)
+    cutmix: float = 0.0  # cutmix alpha (0 = off)
+    mixup_prob: float = 1.0  # probability a batch is mixed at all
+    mixup_switch_prob: float = 0.5  # with both on: probability of cutmix rather than mixup
+    mixup_off_epoch: int = 0  # epoch (1-based) from which batches are no longer mixed; 0: never
+    aug_repeats: int = 0  # repeated augmentation: each image N times per epoch, on different ranks (0, 1: off)
 
 
 @dataclass
@@ -114,6 +147,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     sched: SchedConfig = field(default_factory=SchedConfig)
     lt: LongTailConfig = field(default_factory=LongTailConfig)
+    aug: AugConfig = field(default_factory=AugConfig)
     epochs: int = 90
     # global (summed over all processes); small by default so a first run on a laptop-sized data set
     # takes enough steps to learn. Recipes set the seeds' 256.
@@ -138,16 +172,17 @@ class TrainConfig:
     mode: str | None = None
 
 
-SECTIONS = ("model", "data", "optim", "sched", "lt")
+SECTIONS = ("model", "data", "optim", "sched", "lt", "aug")
 CHOICES: dict[str, tuple[str, ...]] = {
-    "opt": ("sgd",),
+    "opt": ("sgd", "adamw", "lamb", "lars", "rmsprop"),
+    "auto_augment": ("ta_wide", "ra", "augmix", "imagenet"),
     "lr_scale": ("linear", "sqrt", "none"),
     "sched": ("linear", "step", "multistep", "cosine", "constant"),
     "precision": ("auto", "fp32", "fp16", "bf16"),
     "device": ("auto", "cpu", "cuda"),
     "interpolation": ("bilinear", "bicubic", "nearest"),
     "sampler": ("instance", "class_balanced", "sqrt", "class_aware"),
-    "loss": ("ce", "balanced_softmax"),
+    "loss": ("ce", "bce", "balanced_softmax"),
     "train_scope": ("all", "classifier", "fixres"),
     "train_crop": ("random_resized", "fixres"),
     "decode": ("fast", "pil", "device"),
@@ -305,6 +340,20 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         ("head_lr_factor", cfg.lt.head_lr_factor > 0, "> 0"),
         ("centroid_weight", cfg.lt.centroid_weight >= 0, ">= 0"),
         ("centroid_lr_factor", cfg.lt.centroid_lr_factor > 0, "> 0"),
+        ("betas", len(cfg.optim.betas) == 2 and all(0 <= b < 1 for b in cfg.optim.betas), "two values in [0, 1)"),
+        ("eps", cfg.optim.eps > 0, "> 0"),
+        ("layer_decay", cfg.optim.layer_decay is None or 0 < cfg.optim.layer_decay <= 1, "(0, 1]"),
+        ("accum_steps", cfg.optim.accum_steps >= 1, ">= 1"),
+        ("ema_decay", 0 < cfg.optim.ema_decay < 1, "(0, 1)"), ("ema_every", cfg.optim.ema_every >= 1, ">= 1"),
+        ("drop_path", cfg.model.drop_path is None or 0 <= cfg.model.drop_path < 1, "[0, 1)"),
+        ("dropout", cfg.model.dropout is None or 0 <= cfg.model.dropout < 1, "[0, 1)"),
+        ("ra_magnitude", 0 <= cfg.aug.ra_magnitude <= 30, "0..30"), ("ra_ops", cfg.aug.ra_ops >= 1, ">= 1"),
+        ("augmix_severity", 1 <= cfg.aug.augmix_severity <= 10, "1..10"),
+        ("random_erase", 0 <= cfg.aug.random_erase <= 1, "0..1"),
+        ("mixup", cfg.aug.mixup >= 0, ">= 0"), ("cutmix", cfg.aug.cutmix >= 0, ">= 0"),
+        ("mixup_prob", 0 <= cfg.aug.mixup_prob <= 1, "0..1"),
+        ("mixup_switch_prob", 0 <= cfg.aug.mixup_switch_prob <= 1, "0..1"),
+        ("mixup_off_epoch", cfg.aug.mixup_off_epoch >= 0, ">= 0"), ("aug_repeats", cfg.aug.aug_repeats >= 0, ">= 0"),
     ]
     _refuse([(name, allowed) for name, ok, allowed in checks if not ok], cfg)
     check_data(cfg.data)
@@ -332,8 +381,10 @@ def _check_finite(cfg: TrainConfig) -> None:
 def check_data(data: DataConfig) -> DataConfig:
     """The data settings every command checks (training, evaluation, export): image size, crop, decode mode."""
     bad = []
-    if data.img_size is not None and not 1 <= data.img_size <= MAX_IMG_SIZE:
-        bad.append(("img_size", f"1..{MAX_IMG_SIZE} px"))
+    for name in ("img_size", "eval_img_size"):
+        size = getattr(data, name)
+        if size is not None and not 1 <= size <= MAX_IMG_SIZE:
+            bad.append((name, f"1..{MAX_IMG_SIZE} px"))
     if data.crop_pct is not None and not 0 < data.crop_pct <= 1.5:
         bad.append(("crop_pct", "(0, 1.5]"))
     _refuse(bad, TrainConfig(data=data))
