@@ -51,7 +51,8 @@ def layer_decay_groups(model: nn.Module, cfg: OptimConfig, lr: float) -> list[di
     from timm.optim import param_groups_layer_decay
 
     groups = param_groups_layer_decay(model, cfg.weight_decay, no_weight_decay_list=no_weight_decay_names(model),
-                                      weight_decay_exclude_1d=cfg.no_decay_norm_bias, layer_decay=cfg.layer_decay or 1.0)
+                                      weight_decay_exclude_1d=cfg.no_decay_norm_bias,
+                                      layer_decay=cfg.layer_decay or 1.0)
     for g in groups:
         g["lr"] = lr * g.get("lr_scale", 1.0)  # LambdaLR scales each group's own initial lr
     return groups
