@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     if args.warmup < 0 or args.iters < 1:
         raise ConfigError(f"--warmup must be >= 0 and --iters >= 1 (got {args.warmup}, {args.iters})")
     device = resolve_device(args.device)
-    bm = bench_model(model_source(args, random_weights=True))
+    bm = bench_model(model_source(args, random_weights=True), args.raw_weights)
     img_size = args.img_size or bm.info.img_size
     print(f"{bm.info.model_name} {args.mode} at {img_size} px on {device}, warm-up {args.warmup}, "
           f"{args.iters} timed iters")

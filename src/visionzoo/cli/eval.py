@@ -75,12 +75,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--plot draws a --sizes sweep or a --longtail evaluation")
     # no data flags: evaluate on the validation split the model was trained with
     result = evaluate(sources[0], data_config(args), args.batch_size, args.device, args.precision,
-                      args.channels_last, args.progress, args.backend)
+                      args.channels_last, args.progress, args.backend, args.raw_weights)
     if not is_main_process():  # under torchrun, rank 0 reports for all
         return 0
     skipped = f"  skipped {result['skipped_images']}" if result["skipped_images"] else ""
     print(f"top-1 {result['top1']:.2f}  top-5 {result['top5']:.2f}  loss {result['loss']:.4f}  "
-          f"images {result['num_images']}{skipped}")
+          f"images {result['num_images']}{skipped}" + ("  (EMA weights)" if result["weights"] == "ema" else ""))
     if args.json:
         write_json(args.json, result)
         print(f"wrote {args.json}")

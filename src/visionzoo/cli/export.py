@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     if data is not None and not (data.data or data.val_list or data.val_root):
         data = None  # only --img-size was given: check on the checkpoint's own data
     r = export_model(model_source(args), args.format, args.output, img_size, args.dynamic_batch, args.opset,
-                     args.batch_size, data, args.atol, args.rtol)
+                     args.batch_size, data, args.atol, args.rtol, args.raw_weights)
     c = r["check"]
     print(f"wrote {r['output']} ({r['bytes'] / 2**20:.1f} MiB, {r['format']}, {r['img_size']} px, "
           f"batch {'dynamic' if r['dynamic_batch'] else args.batch_size})\n"

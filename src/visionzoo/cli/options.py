@@ -160,6 +160,8 @@ def add_model_source_flags(p: argparse.ArgumentParser, several: bool = False, fi
     g.add_argument("--classes", metavar="FILE", help="class names, one per line, for --model (default: ImageNet-1k's "
                                                       "for a 1000-class head, else numbers)")
     g.add_argument("--num-classes", type=int, metavar="N", help="head size for --model (default: from --weights)")
+    g.add_argument("--raw-weights", action="store_true",
+                   help="a checkpoint with EMA weights: use its raw (trained) weights, not the average")
 
 
 def model_source(args: argparse.Namespace, random_weights: bool = False):

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     if args.topk < 1:
         raise ConfigError(f"--topk must be at least 1 (got {args.topk})")
     source = model_source(args)
-    runner = load_runner(source, args.device, args.precision)
+    runner = load_runner(source, args.device, args.precision, raw_weights=args.raw_weights)
     runner.info = with_preprocessing(runner.info, args.img_size)
     results = predict_files(runner, args.images, args.topk, args.batch_size, args.decode)
     for r in results:
@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{r.file}: " + ", ".join(f"{t['class']} {t['prob']:.3f}" for t in r.top))
     if args.json:
         write_json(args.json, {"model": runner.info.model_name, "checkpoint": runner.info.extra.get("weights", source),
+                               "weights": runner.info.extra.get("weights_used", "raw"),
                                "predictions": [asdict(r) for r in results]})
         print(f"wrote {args.json}")
     return 1 if any(r.error for r in results) else 0

@@ -37,10 +37,10 @@ def run(args: argparse.Namespace) -> int:
     source = model_source(args)
     # only the metadata is needed here (where the data is); quantize() loads the model itself
     onnx = isinstance(source, str) and detect_format(source) == "onnx"
-    info = onnx_info(source) if onnx else load_module(source)[1]
+    info = onnx_info(source) if onnx else load_module(source, args.raw_weights)[1]
     data = resolve_data(info, data_config(args))
     report = quantize(source, data, args.output, args.calib_batches, args.batch_size, args.dtype,
-                      args.calib_split)
+                      args.calib_split, args.raw_weights)
     print(f"wrote {report['output']} ({report['dtype']}, {report['method']}, "
           f"{report['calib_images']} calibration images in {report['calib_batches']} batches, {report['seconds']} s)")
     if args.eval:
@@ -48,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
         runs = (("original", source, "eager"),
                 ("quantized", args.output, "compile" if args.output.endswith(".pt2") else "eager"))
         for key, path, backend in runs:
-            r = evaluate(path, data, args.batch_size, "cpu", progress=False, backend=backend)
+            r = evaluate(path, data, args.batch_size, "cpu", progress=False, backend=backend,
+                         raw_weights=args.raw_weights)
             report[key] = {"top1": r["top1"], "top5": r["top5"], "num_images": r["num_images"]}
         o, q = report["original"], report["quantized"]
         report["top1_drop"] = o["top1"] - q["top1"]

@@ -6,6 +6,7 @@ from .schema import (
     CHOICES,
     KEY_ALIASES,
     SECTIONS,
+    AugConfig,
     DataConfig,
     LongTailConfig,
     ModelConfig,
@@ -28,7 +29,7 @@ from .schema import (
 )
 
 __all__ = [
-    "CHOICES", "KEY_ALIASES", "SECTIONS", "ConfigError", "DataConfig", "LongTailConfig", "ModelConfig",
+    "CHOICES", "KEY_ALIASES", "SECTIONS", "AugConfig", "ConfigError", "DataConfig", "LongTailConfig", "ModelConfig",
     "OptimConfig", "Recipe", "SchedConfig", "TrainConfig", "apply_overrides", "check_data", "check_decode", "coerce",
     "field_index", "field_type", "flatten", "from_dict", "get_recipe", "getattr_path", "list_recipes",
     "load_yaml", "save_yaml", "to_dict", "validate",

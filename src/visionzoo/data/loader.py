@@ -14,7 +14,7 @@ from typing import Any, cast
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from ..config import DataConfig
+from ..config import AugConfig, DataConfig
 from ..core.errors import ConfigError, DataError
 from ..models.registry import ModelCfg
 from .datasets import (
@@ -26,7 +26,7 @@ from .datasets import (
 )
 from .device_decode import EncodedBatch, EncodedImage
 from .packed import is_packed, packed_samples
-from .transforms import eval_transform, train_transform
+from .transforms import augment_ops, eval_transform, train_transform
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +87,13 @@ class DataBundle:
     train: Dataset | None
     val: Dataset | None
     classes: list[str]
-    img_size: int
+    img_size: int  # training crops
     crop_pct: float
     interpolation: str
+    eval_img_size: int = 0  # evaluation crops; 0: img_size
+
+    def __post_init__(self) -> None:
+        self.eval_img_size = self.eval_img_size or self.img_size
 
     @property
     def num_classes(self) -> int:
@@ -144,31 +148,36 @@ def build_data(
     classes: list[str] | None = None,
     num_classes: int | None = None,
     seed: int = 0,
+    aug: AugConfig | None = None,
 ) -> DataBundle:
-    """Datasets for the requested splits, with transforms from the model's config unless overridden."""
+    """Datasets for the requested splits, with transforms from the model's config unless overridden; aug adds
+    its per-sample policies (auto-augment, random erasing) to the training transform."""
     img_size = cfg.img_size or model_cfg.input_size
+    eval_size = cfg.eval_img_size or img_size
     crop_pct = cfg.crop_pct or model_cfg.crop_pct
     interp = cfg.interpolation or model_cfg.interpolation
     if cfg.dummy:
         n = num_classes or cfg.dummy_classes
         return DataBundle(DummyDataset(cfg.dummy_train_size, n, img_size, seed) if "train" in splits else None,
-                          DummyDataset(cfg.dummy_val_size, n, img_size, seed + 1) if "val" in splits else None,
-                          [str(i) for i in range(n)], img_size, crop_pct, interp)
+                          DummyDataset(cfg.dummy_val_size, n, eval_size, seed + 1) if "val" in splits else None,
+                          [str(i) for i in range(n)], img_size, crop_pct, interp, eval_size)
     train: Dataset | None = None
     val: Dataset | None = None
     if "train" in splits:
         s = find_samples(cfg, "train", classes, num_classes)
         classes = classes or s.classes
         num_classes = num_classes or s.num_classes
+        policy = augment_ops(aug.auto_augment, aug.ra_magnitude, aug.ra_ops, aug.augmix_severity, aug.random_erase,
+                             model_cfg.mean, interp) if aug is not None else []
         tf = train_transform(img_size, cfg.scale, cfg.ratio, cfg.hflip, cfg.color_jitter, interp, cfg.train_crop,
-                             crop_pct, cfg.decode)
+                             crop_pct, cfg.decode, policy)
         train = ImageDataset(s, tf, cfg.skip_bad_images, replace_bad=True)
     if "val" in splits:
         s = find_samples(cfg, "val", classes, num_classes)
         classes = classes or s.classes
-        val = ImageDataset(s, eval_transform(img_size, crop_pct, interp, cfg.decode), cfg.skip_bad_images)
+        val = ImageDataset(s, eval_transform(eval_size, crop_pct, interp, cfg.decode), cfg.skip_bad_images)
     assert classes is not None
-    return DataBundle(train, val, list(classes), img_size, crop_pct, interp)
+    return DataBundle(train, val, list(classes), img_size, crop_pct, interp, eval_size)
 
 
 def make_loader(

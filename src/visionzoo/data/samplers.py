@@ -67,3 +67,41 @@ class ClassSampler(Sampler):
 
     def __len__(self) -> int:
         return math.ceil(self.size / self.world_size)
+
+
+class RepeatedAugSampler(Sampler):
+    """Repeated augmentation (Hoffer et al. 2020; DeiT, torchvision's V2 recipe), as timm's RepeatAugSampler
+    draws it: each image `repeats` times per epoch, the copies next to each other in one shuffled order that
+    is dealt round-robin to the ranks, so a batch's copies of one image land on different ranks. An epoch
+    keeps the usual length per rank (a multiple of `selected_round` images over all ranks), so it shows
+    each image about once overall, in `repeats` different augmentations.
+
+    Indices come as (index, seed) pairs like SeededSampler's, the seed taken from the position, so the
+    copies of an image get different augmentations and a resumed epoch replays exactly.
+    """
+
+    def __init__(self, size: int, repeats: int = 3, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 selected_round: int = 256):
+        self.size, self.repeats, self.seed = size, repeats, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+        self.num_samples = math.ceil(size * repeats / world_size)
+        self.total = self.num_samples * world_size
+        rounded = size // selected_round * selected_round if selected_round else size
+        self.num_selected = (rounded // world_size) if rounded >= world_size else math.ceil(size / world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.size, generator=g)
+        idx = torch.repeat_interleave(order, self.repeats).tolist()
+        idx += idx[: self.total - len(idx)]  # pad so every rank steps equally often
+        base = (self.seed * 1_000_003 + self.epoch) * 10_000_019
+        positions = range(self.rank, self.total, self.world_size)
+        for _, pos in zip(range(self.num_selected), positions):
+            yield idx[pos], (base + pos) % (2**62)
+
+    def __len__(self) -> int:
+        return self.num_selected

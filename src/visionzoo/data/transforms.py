@@ -50,24 +50,27 @@ def train_transform(
     crop: str = "random_resized",
     crop_pct: float = 0.875,
     decode: str | None = None,
+    policy: Sequence = (),
 ):
     """crop: random_resized (RandomResizedCrop by scale/ratio) or fixres (eval resize by crop_pct, then
     ShiftedCenterCrop: the FixRes fine-tuning transform). decode: fast (fused, the default) or pil (see the
-    module doc)."""
+    module doc). policy: per-sample ops after crop, flip and colour jitter (augment_ops: an auto-augment
+    policy, random erasing), run on the uint8 tensor as on the reference's images."""
     decode = decode or TRAIN_DECODE
     if crop not in ("random_resized", "fixres"):
         raise ValueError(f"unknown train crop {crop!r}")
     jitter = [v2.ColorJitter(color_jitter, color_jitter, color_jitter)] if color_jitter > 0 else []
     mode = "center" if crop == "fixres" else "random_resized"
     if decode == "device":
-        if jitter or (crop == "fixres" and crop_pct > 1.0):
-            raise ConfigError("--decode device crops and flips on the device; it does not run --color-jitter "
-                              "or a fixres crop with crop_pct above 1 (use --decode fast)")
+        if jitter or policy or (crop == "fixres" and crop_pct > 1.0):
+            raise ConfigError("--decode device crops and flips on the device; it does not run --color-jitter, "
+                              "--auto-augment, --random-erase or a fixres crop with crop_pct above 1 (use --decode "
+                              "fast)")
         return DeviceDecodeCrop(img_size, mode, crop_pct, scale, ratio, interpolation, shift=crop == "fixres",
                                 hflip=hflip)
     if decode == "fast" and (crop != "fixres" or crop_pct <= 1.0):  # above 1 the crop pads: plain ops
         return Fused(DecodeCrop(img_size, mode, crop_pct, scale, ratio, interpolation, shift=crop == "fixres",
-                                hflip=hflip), jitter)
+                                hflip=hflip), jitter + list(policy))
     rest = ([v2.RandomHorizontalFlip(hflip)] if hflip > 0 else []) + jitter
     if crop == "fixres":
         ops: list = [v2.Resize(eval_resize_size(img_size, crop_pct), interpolation=INTERP[interpolation],
@@ -75,7 +78,30 @@ def train_transform(
     else:
         ops = [v2.RandomResizedCrop(img_size, scale=tuple(scale), ratio=tuple(ratio),
                                     interpolation=INTERP[interpolation], antialias=True)]
-    return v2.Compose(ops + rest + [v2.PILToTensor()])
+    return v2.Compose(ops + rest + [v2.PILToTensor()] + list(policy))
+
+
+def augment_ops(auto_augment: str | None = None, ra_magnitude: int = 9, ra_ops: int = 2, augmix_severity: int = 3,
+                random_erase: float = 0.0, mean: Sequence[float] = (0.485, 0.456, 0.406),
+                interpolation: str = "bilinear") -> list:
+    """torchvision's v2 policies for --auto-augment (ta_wide: TrivialAugmentWide, ra: RandAugment, augmix: AugMix,
+    imagenet: AutoAugment's ImageNet policy), then RandomErasing. The reference erases after normalisation with
+    zeros, i.e. the mean colour: on the uint8 image the mean colour is what is written."""
+    ops: list = []
+    interp = INTERP[interpolation]
+    if auto_augment == "ta_wide":
+        ops.append(v2.TrivialAugmentWide(interpolation=interp))
+    elif auto_augment == "ra":
+        ops.append(v2.RandAugment(num_ops=ra_ops, magnitude=ra_magnitude, interpolation=interp))
+    elif auto_augment == "augmix":
+        ops.append(v2.AugMix(severity=augmix_severity, interpolation=interp))
+    elif auto_augment == "imagenet":
+        ops.append(v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, interpolation=interp))
+    elif auto_augment is not None:
+        raise ConfigError(f"--auto-augment {auto_augment!r}: choose ta_wide, ra, augmix or imagenet")
+    if random_erase > 0:
+        ops.append(v2.RandomErasing(p=random_erase, value=[round(255 * m) for m in mean]))
+    return ops
 
 
 def eval_transform(img_size: int, crop_pct: float = 0.875, interpolation: str = "bilinear",

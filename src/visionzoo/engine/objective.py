@@ -46,10 +46,13 @@ def build_sampler(cfg: TrainConfig, dataset, dist: DistInfo) -> ClassSampler | N
 
 @dataclass
 class Criterion:
-    """CE on (optionally prior-adjusted) logits, plus OLTR's centroid loss on the model's features.
+    """CE (or BCE, as timm's "ResNet strikes back") on (optionally prior-adjusted) logits, plus OLTR's centroid
+    loss on the model's features.
 
-    Balanced Softmax (Ren et al. 2020) trains on logits + log(class prior), so at test time the
-    plain logits are already balanced. Returns (loss, logits for accuracy).
+    Targets are class indices, or soft labels (B, classes) from mixup/cutmix; label smoothing applies to
+    either (t * (1 - s) + s / classes, as torch's and timm's smoothing). Balanced Softmax (Ren et al. 2020)
+    trains on logits + log(class prior), so at test time the plain logits are already balanced. Returns
+    (loss, logits for accuracy).
     """
 
     label_smoothing: float = 0.0
@@ -57,11 +60,19 @@ class Criterion:
     centroid_loss: DiscCentroidsLoss | None = None
     centroid_weight: float = 0.0
     model: nn.Module | None = None  # the raw OLTR model (its centroids)
+    kind: str = "ce"  # ce | bce
 
     def __call__(self, output, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, feat = output if isinstance(output, tuple) else (output, None)
         adjusted = logits + self.log_prior if self.log_prior is not None else logits
-        loss = F.cross_entropy(adjusted, target, label_smoothing=self.label_smoothing)
+        if self.kind == "ce" and target.ndim == 1:  # class indices: torch's own smoothing
+            loss = F.cross_entropy(adjusted, target, label_smoothing=self.label_smoothing)
+        else:
+            soft = target if target.ndim == 2 else F.one_hot(target, logits.shape[1]).to(logits.dtype)
+            if self.label_smoothing:
+                soft = soft * (1 - self.label_smoothing) + self.label_smoothing / logits.shape[1]
+            loss = (F.binary_cross_entropy_with_logits(adjusted, soft.to(adjusted.dtype)) if self.kind == "bce"
+                    else F.cross_entropy(adjusted, soft.to(adjusted.dtype)))
         if self.centroid_loss is not None and feat is not None and self.centroid_weight > 0:
             assert self.model is not None, "the centroid loss comes with its OLTR model"
             loss = loss + self.centroid_loss(feat, target, self.model.centroids, self.centroid_weight)
@@ -77,8 +88,10 @@ def build_criterion(cfg: TrainConfig, raw_model: nn.Module, dataset, num_classes
                     device: torch.device) -> Criterion:
     prior = log_prior(train_labels(dataset), num_classes, device) if cfg.lt.loss == "balanced_softmax" else None
     oltr = isinstance(raw_model, OLTRResNet)
+    if oltr and (cfg.aug.mixup > 0 or cfg.aug.cutmix > 0):
+        raise ConfigError("--mixup/--cutmix mix the labels OLTR's centroid loss needs whole: not with oltr_* models")
     return Criterion(cfg.optim.label_smoothing, prior, DiscCentroidsLoss() if oltr else None,
-                     cfg.lt.centroid_weight, raw_model if oltr else None)
+                     cfg.lt.centroid_weight, raw_model if oltr else None, "bce" if cfg.lt.loss == "bce" else "ce")
 
 
 def param_groups(model: nn.Module, lt: LongTailConfig, lr: float, weight_decay: float,

@@ -84,6 +84,8 @@ class RunLog:
         if "val_top1" in record:
             parts += [f"val top-1 {record['val_top1']:.2f}", f"top-5 {record['val_top5']:.2f}",
                       f"val loss {record['val_loss']:.4f} ({record['val_num_images']} images)"]
+        if "val_ema_top1" in record:
+            parts.append(f"EMA val top-1 {record['val_ema_top1']:.2f}")
         skipped = record.get("skipped_images", 0) + record.get("val_skipped_images", 0)
         if skipped:
             parts.append(f"skipped {skipped} unreadable images")

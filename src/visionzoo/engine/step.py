@@ -6,6 +6,7 @@ and are read once per log interval.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import time
@@ -21,6 +22,8 @@ from ..core.distributed import all_reduce_sum
 from ..core.errors import ConfigError
 from ..core.precision import autocast
 from ..data.loader import DeviceNormalizer, device_batches
+from .ema import WeightEMA
+from .mixing import BatchMix
 from .objective import Criterion
 from .scope import TrainScope
 
@@ -36,8 +39,12 @@ class StepState:
     precision: str
     clip_grad: float | None
     criterion: Criterion
-    global_step: int = 0
+    global_step: int = 0  # optimizer steps
     scope: TrainScope = field(default_factory=TrainScope)  # which modules run in training mode
+    accum_steps: int = 1  # micro-batches per optimizer step
+    mix: BatchMix | None = None  # mixup / cutmix on the device batch
+    ema: WeightEMA | None = None
+    epoch: int = 0  # 0-based, for mixup_off_epoch
 
 
 def sync(device: torch.device) -> None:
@@ -45,18 +52,43 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def optimizer_step(model: nn.Module, state: StepState, x: torch.Tensor,
-                   target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward, backward (loss-scaled for fp16), optional gradient clipping, update; returns (loss, logits)."""
-    with autocast(state.normalizer.device, state.precision):
-        loss, logits = state.criterion(model(x), target)
-    state.optimizer.zero_grad(set_to_none=True)
-    state.scaler.scale(loss).backward()
+def _no_sync(model: nn.Module) -> contextlib.AbstractContextManager:
+    """DDP's no_sync (through a torch.compile wrapper too): an inner micro-batch skips the all-reduce."""
+    inner = getattr(model, "_orig_mod", model)
+    return inner.no_sync() if isinstance(inner, nn.parallel.DistributedDataParallel) else contextlib.nullcontext()
+
+
+def micro_step(model: nn.Module, state: StepState, x: torch.Tensor, target: torch.Tensor,
+               last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward and backward of one micro-batch (mixed if mixing is on; loss-scaled for fp16, divided by the
+    accumulation steps), gradients all-reduced on the last one only; returns (loss, logits)."""
+    if state.mix is not None:
+        x, target = state.mix(x, target, state.epoch)
+    with contextlib.nullcontext() if last else _no_sync(model):
+        with autocast(state.normalizer.device, state.precision):
+            loss, logits = state.criterion(model(x), target)
+        scaled = loss / state.accum_steps if state.accum_steps > 1 else loss
+        state.scaler.scale(scaled).backward()
+    return loss, logits
+
+
+def apply_update(model: nn.Module, state: StepState) -> None:
+    """Optional gradient clipping, the optimizer step (skipped by the scaler on overflow), the EMA."""
     if state.clip_grad:
         state.scaler.unscale_(state.optimizer)
         nn.utils.clip_grad_norm_(model.parameters(), state.clip_grad)
     state.scaler.step(state.optimizer)
     state.scaler.update()
+    if state.ema is not None:
+        state.ema.update(model)
+
+
+def optimizer_step(model: nn.Module, state: StepState, x: torch.Tensor,
+                   target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One whole optimizer step on one batch (no accumulation); returns (loss, logits)."""
+    state.optimizer.zero_grad(set_to_none=True)
+    loss, logits = micro_step(model, state, x, target, last=True)
+    apply_update(model, state)
     return loss, logits
 
 
@@ -72,33 +104,42 @@ def train_one_epoch(
     desc: str = "train",
     on_log: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """One pass over at most max_steps batches. Returns mean loss, train top-1 and images/s."""
+    """At most max_steps optimizer steps, each over state.accum_steps batches. Returns mean loss, train top-1
+    (against the unmixed labels) and images/s."""
     state.scope.set_mode(model)
     device = state.normalizer.device
     # loss*n and correct stay on the device; image counts are host ints (no per-step copies)
     sums = torch.zeros(2, device=device, dtype=torch.float64)
-    skipped = seen = timed_images = steps = 0
+    skipped = seen = timed_images = steps = micro = 0
     lr_used = state.optimizer.param_groups[0]["lr"]
     t_start = time.perf_counter()
     t_perf = None
     bar = tqdm(total=max_steps, desc=desc, disable=None if progress else True, leave=False, dynamic_ncols=True)
     # islice: no batch beyond max_steps is fetched (or, on CUDA, prefetched into the timed window)
-    for x, target, n_skipped in device_batches(itertools.islice(loader, max_steps), state.normalizer):
+    batches = itertools.islice(loader, max_steps * state.accum_steps)
+    for x, target, n_skipped in device_batches(batches, state.normalizer):
         skipped += n_skipped
-        if steps == perf_warmup_steps:
+        if steps == perf_warmup_steps and micro == 0:
             sync(device)
             t_perf, timed_images = time.perf_counter(), 0
+        if micro == 0:
+            state.optimizer.zero_grad(set_to_none=True)
         # no empty batches here: the training set replaces undecodable images (ImageDataset.replace_bad)
-        loss, logits = optimizer_step(model, state, x, target)
-        lr_used = state.optimizer.param_groups[0]["lr"]
-        state.scheduler.step()
+        loss, logits = micro_step(model, state, x, target, last=micro == state.accum_steps - 1)
         with torch.no_grad():
             sums[0] += loss.detach() * len(target)
             sums[1] += (logits.argmax(1) == target).sum()
-        steps += 1
-        state.global_step += 1
         seen += len(target)
         timed_images += len(target)
+        micro += 1
+        if micro < state.accum_steps:
+            continue
+        micro = 0
+        apply_update(model, state)
+        lr_used = state.optimizer.param_groups[0]["lr"]
+        state.scheduler.step()
+        steps += 1
+        state.global_step += 1
         bar.update(1)
         if steps % log_interval == 0 or steps == max_steps:
             loss_avg = sums[0].item() / seen  # the one host sync per interval

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.distributed as tdist
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from ..config import TrainConfig, save_yaml, to_dict, validate
 from ..core import __version__
@@ -31,9 +31,12 @@ from ..core.errors import ConfigError, ModelFileError
 from ..core.files import FolderLock, atomic_copy, remove_stale_temps
 from ..core.precision import cpu_has_amx, resolve_channels_last, resolve_precision
 from ..data.loader import DataBundle, DeviceNormalizer, build_data, make_loader
+from ..data.samplers import RepeatedAugSampler
 from ..models import Checkpoint, create_model, get_model_cfg, load_weights, model_cfg_of, model_name_of
 from ..models.registry import ModelCfg
+from .ema import WeightEMA
 from .evaluate import evaluate_model
+from .mixing import BatchMix
 from .objective import Objective
 from .optim import build_optimizer, build_scheduler, effective_lr
 from .resume import (
@@ -139,7 +142,7 @@ def build_run(cfg: TrainConfig, dist: DistInfo) -> Run:
     data = _build_data(cfg, model_cfg)
     model, objective, scope = _build_model(cfg, data, dist)
     train_loader, val_loader, steps = _build_loaders(cfg, data, objective, dist)
-    lr = effective_lr(cfg.optim, cfg.batch_size)
+    lr = effective_lr(cfg.optim, cfg.batch_size * cfg.optim.accum_steps)  # the effective batch
     state = _build_state(cfg, model, model_cfg, objective, scope, data, lr, steps, dist.device)
     run = Run(cfg, dist, out, runlog, data, model, objective, scope, train_loader, val_loader, steps, lr, state)
     if ckpt is not None:
@@ -186,7 +189,7 @@ def _resolve_step_settings(cfg: TrainConfig, ckpt: Checkpoint | None, device: to
 def _build_data(cfg: TrainConfig, model_cfg: ModelCfg) -> DataBundle:
     if cfg.data.dummy and cfg.iters and cfg.data.dummy_train_size < cfg.iters * cfg.batch_size:
         cfg.data.dummy_train_size = cfg.iters * cfg.batch_size  # a performance run gets all its steps
-    return build_data(cfg.data, model_cfg, num_classes=cfg.model.num_classes, seed=cfg.seed)
+    return build_data(cfg.data, model_cfg, num_classes=cfg.model.num_classes, seed=cfg.seed, aug=cfg.aug)
 
 
 def _build_model(cfg: TrainConfig, data: DataBundle, dist: DistInfo) -> tuple[nn.Module, Objective, TrainScope]:
@@ -194,9 +197,10 @@ def _build_model(cfg: TrainConfig, data: DataBundle, dist: DistInfo) -> tuple[nn
     num_classes = cfg.model.num_classes or data.num_classes
     if num_classes < data.num_classes:
         raise ConfigError(f"--num-classes {num_classes} but the data has {data.num_classes} classes")
-    model = create_model(cfg.model.model, num_classes=num_classes, pretrained=cfg.model.pretrained)
+    model = create_model(cfg.model.model, num_classes=num_classes, pretrained=cfg.model.pretrained,
+                         drop_path=cfg.model.drop_path, dropout=cfg.model.dropout)
     if cfg.model.weights:
-        load_weights(model, cfg.model.weights)
+        load_weights(model, cfg.model.weights, raw=cfg.model.raw_weights)
     objective = Objective.for_model(cfg, model, num_classes)
     model.to(dist.device)
     if cfg.model.channels_last:
@@ -216,28 +220,42 @@ def _build_loaders(cfg: TrainConfig, data: DataBundle, objective: Objective,
     pin = dist.device.type == "cuda"
     train_set = data.split("train")
     train_loader = make_loader(train_set, per_rank_batch, cfg.data.workers, True, cfg.seed, dist.rank,
-                               dist.world_size, pin, sampler=objective.sampler(train_set, dist),
+                               dist.world_size, pin, sampler=_train_sampler(cfg, objective, train_set, dist),
                                nice=cfg.data.worker_nice)
     val_loader = make_loader(data.split("val"), per_rank_batch, cfg.data.workers, False, cfg.seed, dist.rank,
                              dist.world_size, pin, nice=cfg.data.worker_nice)
-    steps = len(train_loader) if cfg.iters is None else min(cfg.iters, len(train_loader))
-    if cfg.iters is not None and cfg.iters > len(train_loader) and dist.is_main:
-        log.warning("--iters %d is more than the %d batches of one epoch: running %d steps per epoch",
-                    cfg.iters, len(train_loader), steps)
+    available = len(train_loader) // cfg.optim.accum_steps  # optimizer steps in one pass
+    steps = available if cfg.iters is None else min(cfg.iters, available)
+    if cfg.iters is not None and cfg.iters > available and dist.is_main:
+        log.warning("--iters %d is more than the %d steps of one epoch: running %d steps per epoch",
+                    cfg.iters, available, steps)
     if steps == 0:
-        raise ConfigError(f"training set of {len(cast(Sized, train_set))} images is smaller than one batch of "
-                          f"{cfg.batch_size}")
+        raise ConfigError(f"training set of {len(cast(Sized, train_set))} images is smaller than one step of "
+                          f"{cfg.batch_size} x {cfg.optim.accum_steps} (--accum-steps)")
     return train_loader, val_loader, steps
+
+
+def _train_sampler(cfg: TrainConfig, objective: Objective, train_set: Dataset, dist: DistInfo):
+    """The long-tail objective's class-aware sampler, repeated augmentation, or None (SeededSampler)."""
+    sampler = objective.sampler(train_set, dist)
+    if cfg.aug.aug_repeats > 1:
+        if sampler is not None:
+            raise ConfigError("--aug-repeats and --sampler (class-aware sampling) both choose the images: give one")
+        return RepeatedAugSampler(len(cast(Sized, train_set)), cfg.aug.aug_repeats, cfg.seed, dist.rank,
+                                  dist.world_size)
+    return sampler
 
 
 def _build_state(cfg: TrainConfig, model: nn.Module, model_cfg: ModelCfg, objective: Objective, scope: TrainScope,
                  data: DataBundle, lr: float, steps_per_epoch: int, device: torch.device) -> StepState:
     optimizer = build_optimizer(model, cfg.optim, lr, device, objective.param_groups(lr))
+    ema = WeightEMA(model, cfg.optim.ema_decay, cfg.optim.ema_warmup, cfg.optim.ema_every) if cfg.optim.ema else None
     return StepState(
         optimizer, build_scheduler(optimizer, cfg.sched, steps_per_epoch, cfg.epochs),
         torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16"),
         DeviceNormalizer(model_cfg.mean, model_cfg.std, device, bool(cfg.model.channels_last), reuse=True),
         cfg.precision, cfg.optim.clip_grad, objective.criterion(data.train, device), scope=scope,
+        accum_steps=cfg.optim.accum_steps, mix=BatchMix.from_config(cfg.aug, objective.num_classes), ema=ema,
     )
 
 
@@ -250,6 +268,10 @@ def _restore(run: Run, ckpt: Checkpoint, path: Path | None) -> None:
         state.scheduler.load_state_dict(ckpt.scheduler or {})
         if ckpt.scaler and state.scaler.is_enabled():  # an fp32/bf16 run saves an empty scaler state
             state.scaler.load_state_dict(ckpt.scaler)
+        if state.ema is not None:
+            if ckpt.ema is None:
+                raise ValueError("it holds no EMA weights, and this run keeps them (--ema)")
+            state.ema.load_state_dict(ckpt.ema)
     except (RuntimeError, KeyError, ValueError, TypeError) as e:
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise ModelFileError(f"--resume {path}: the checkpoint does not fit this run ({first})") from None
@@ -298,12 +320,15 @@ def fit(run: Run) -> dict[str, Any]:
         summary["last"] = run.resumed_record
     last_eval = None
     for epoch in range(run.start_epoch, cfg.epochs):
-        cast(Any, run.train_loader.sampler).set_epoch(epoch)  # SeededSampler or ClassSampler
+        cast(Any, run.train_loader.sampler).set_epoch(epoch)  # every sampler here takes the epoch
+        run.state.epoch = epoch
         record, evaluation = _run_epoch(run, epoch)
         last_eval = evaluation or last_eval
-        improved = "val_top1" in record and (run.best_top1 is None or record["val_top1"] > run.best_top1)
+        # with EMA the averaged weights are the ones inference uses: they choose best.pth
+        key = "val_ema_top1" if run.state.ema is not None else "val_top1"
+        improved = key in record and (run.best_top1 is None or record[key] > run.best_top1)
         if improved:
-            run.best_top1 = record["val_top1"]
+            run.best_top1 = record[key]
         record["best_top1"] = run.best_top1
         _save_epoch(run, epoch, record, improved)
         summary.update(epochs_run=summary["epochs_run"] + 1, last=record, best_top1=run.best_top1)
@@ -339,6 +364,14 @@ def _run_epoch(run: Run, epoch: int) -> tuple[dict[str, Any], dict[str, Any] | N
     evaluation = evaluate_model(run.model, run.val_loader, run.state.normalizer, run.num_classes, cfg.precision,
                                 run.data.classes, progress, f"eval {epoch + 1}")
     record.update({f"val_{k}": v for k, v in evaluation.items() if k != "per_class"})
+    ema = run.state.ema
+    if ema is not None:  # the averaged weights beside the raw ones; eval.json describes what inference uses
+        if dist.enabled:
+            _sync_buffers(ema.module, [])  # rank 0's averaged statistics on every rank, as saved
+        evaluation = evaluate_model(ema.module, run.val_loader, run.state.normalizer, run.num_classes,
+                                    cfg.precision, run.data.classes, progress, f"eval EMA {epoch + 1}")
+        record.update({f"val_ema_{k}": v for k, v in evaluation.items() if k != "per_class"})
+        evaluation["weights"] = "ema"
     return record, evaluation
 
 
@@ -359,7 +392,8 @@ def _save_epoch(run: Run, epoch: int, record: dict[str, Any], improved: bool) ->
     if run.dist.is_main:
         state = run.state
         ckpt = Checkpoint(
-            model=run.model.state_dict(), optimizer=state.optimizer.state_dict(),
+            model=run.model.state_dict(), ema=state.ema.state_dict() if state.ema is not None else None,
+            optimizer=state.optimizer.state_dict(),
             scheduler=state.scheduler.state_dict(), scaler=state.scaler.state_dict(),
             epoch=epoch + 1, step=state.global_step, best_top1=run.best_top1, rng=rngs,
             config=to_dict(run.cfg), metrics=dict(record), **checkpoint_meta(run.model, run.data),
@@ -379,7 +413,7 @@ def checkpoint_meta(model: nn.Module, data: DataBundle) -> dict[str, Any]:
         "model_name": model_name_of(model),
         "num_classes": model_cfg_of(model).num_classes,
         "classes": data.classes,
-        "img_size": data.img_size,
+        "img_size": data.eval_img_size,  # what eval and predict use: the evaluation size
         "crop_pct": data.crop_pct,
         "interpolation": data.interpolation,
         "visionzoo_version": __version__,

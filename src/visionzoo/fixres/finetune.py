@@ -74,7 +74,8 @@ def finetune_res(cfg: TrainConfig, evaluate_before: bool = True) -> dict[str, An
         # the precision and memory format train will resolve to
         before = evaluate(cfg.model.weights, cfg.data, max(1, cfg.batch_size // dist.world_size), cfg.device,
                           resolve_precision(cfg.precision, dist.device),
-                          resolve_channels_last(cfg.model.channels_last, dist.device), cfg.progress)
+                          resolve_channels_last(cfg.model.channels_last, dist.device), cfg.progress,
+                          raw_weights=cfg.model.raw_weights)
         before.pop("per_class", None)
         log.info("before fine-tuning, at %d px: top-1 %.2f  top-5 %.2f (%d images)", cfg.data.img_size,
                  before["top1"], before["top5"], before["num_images"])

@@ -33,7 +33,7 @@ def eval_dataset(info: ModelInfo, data: DataConfig, split: str = "val") -> tuple
     Class folders are mapped through the model's class names so labels cannot shift. The train split
     is offered too (for int8 calibration), still with the evaluation transform.
     """
-    info = with_preprocessing(info, data.img_size, data.crop_pct, data.interpolation)
+    info = with_preprocessing(info, data.eval_img_size or data.img_size, data.crop_pct, data.interpolation)
     if data.dummy:
         size = data.dummy_val_size if split == "val" else data.dummy_train_size
         ds = DummyDataset(size, info.num_classes, info.img_size, seed=1 if split == "val" else 0)

@@ -30,6 +30,7 @@ def evaluate(
     channels_last: bool = False,
     progress: bool = True,
     backend: str = "eager",
+    raw_weights: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a model file on a validation split; preprocessing defaults to the file's own.
 
@@ -40,11 +41,12 @@ def evaluate(
     folder cannot shift labels. Returns top1/top5 (percent), loss, num_images, per_class.
     """
     dist = init_distributed(device)
-    runner = load_runner(model_path, dist.device, precision, backend, channels_last)
+    runner = load_runner(model_path, dist.device, precision, backend, channels_last, raw_weights)
     result, info = evaluate_runner(runner, resolve_data(runner.info, data), dist, batch_size=batch_size,
                                    progress=progress, channels_last=channels_last)
     label = source_label(model_path)
-    result.update(checkpoint=label, model=info.model_name, format=runner.fmt, precision=runner.precision,
+    result.update(checkpoint=label, model=info.model_name, weights=info.extra.get("weights_used", "raw"),
+                  format=runner.fmt, precision=runner.precision,
                   quantized=info.quantized, img_size=info.img_size, crop_pct=info.crop_pct,
                   interpolation=info.interpolation)
     return result

@@ -134,6 +134,7 @@ def export_model(
     data: DataConfig | None = None,
     atol: float = DEFAULT_ATOL,
     rtol: float = DEFAULT_RTOL,
+    raw_weights: bool = False,
 ) -> dict[str, Any]:
     """Export a checkpoint to fmt at output, self-checked against eager; returns a report dict.
 
@@ -144,7 +145,7 @@ def export_model(
         raise ConfigError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    model, info = load_module(checkpoint)
+    model, info = load_module(checkpoint, raw_weights)
     model.eval()
     if img_size:
         info.img_size = img_size
@@ -165,5 +166,6 @@ def export_model(
             raise ExportCheckError(
                 f"{output}: {fmt} outputs differ from eager by {diff:.3g} "
                 f"(limit {limit:.3g} = {atol} + {rtol} * max|logit|); file not written")
-    return {"output": str(output), "format": fmt, "bytes": output.stat().st_size, "img_size": info.img_size,
+    return {"output": str(output), "format": fmt,
+            "weights": info.extra.get("weights_used", "raw"), "bytes": output.stat().st_size, "img_size": info.img_size,
             "dynamic_batch": dynamic_batch, "opset": opset if fmt == "onnx" else None, "check": result.__dict__}

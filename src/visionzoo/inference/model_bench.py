@@ -142,7 +142,7 @@ class BenchModel:
         return self.path
 
 
-def bench_model(source: ModelSource) -> BenchModel:
+def bench_model(source: ModelSource, raw_weights: bool = False) -> BenchModel:
     """The model to bench: a name with random weights (as timm's benchmark.py) or with weights from a file or
     the hub (ModelSpec), or a checkpoint/exported file."""
     if isinstance(source, ModelSpec):
@@ -150,7 +150,7 @@ def bench_model(source: ModelSource) -> BenchModel:
         return BenchModel(info, module, None, "weights")
     fmt = detect_format(source)
     if fmt in ("checkpoint", "safetensors"):
-        module, info = load_module(source)
+        module, info = load_module(source, raw_weights)
         return BenchModel(info, module.eval(), Path(source), fmt)
     return BenchModel(load_runner(source).info, None, Path(source), fmt)
 

@@ -177,6 +177,7 @@ def quantize(
     batch_size: int = 32,
     dtype: str = "int8",
     calib_split: str = "train",
+    raw_weights: bool = False,
 ) -> dict[str, Any]:
     """Quantise a checkpoint or a ModelSpec (-> .pt2, PT2E) or an ONNX file (-> .onnx, ORT QDQ); returns a report."""
     output = Path(output)
@@ -203,7 +204,7 @@ def quantize(
                 "to ONNX first (visionzoo export --format onnx) and quantise that file")
         if output.suffix != ".pt2":
             raise ConfigError(f"--output {output}: a PT2E int8 model is a torch.export program; name the output *.pt2")
-        model, info = load_module(model_path)
+        model, info = load_module(model_path, raw_weights)
         batches = calibration_batches(info, data, calib_batches, batch_size, calib_split)
         program = quantize_pt2e(model, batches)
         info.quantized = "int8"
@@ -211,6 +212,7 @@ def quantize(
                           method="PT2E X86InductorQuantizer (static, per-channel weights)")
         with atomic_path(output) as tmp:
             torch.export.save(program, str(tmp), extra_files={f"{META_KEY}.json": info.to_json()})
-    return {"output": str(output), "source": label, "dtype": dtype, "method": info.extra["method"],
+    return {"output": str(output), "source": label,
+            "weights": info.extra.get("weights_used", "raw"), "dtype": dtype, "method": info.extra["method"],
             "calib_batches": len(batches), "calib_images": sum(len(b) for b in batches),
             "seconds": round(time.perf_counter() - t0, 2)}

@@ -115,9 +115,11 @@ class Runner:
             return self.fn(x).float()
 
 
-def _read_checkpoint(path: Path) -> tuple[nn.Module, ModelInfo]:
-    model, ckpt = model_from_checkpoint(path)
-    return model, ModelInfo.from_model_cfg(model_cfg_of(model), model_name_of(model), ckpt)
+def _read_checkpoint(path: Path, raw: bool = False) -> tuple[nn.Module, ModelInfo]:
+    model, ckpt = model_from_checkpoint(path, raw)
+    info = ModelInfo.from_model_cfg(model_cfg_of(model), model_name_of(model), ckpt)
+    info.extra["weights_used"] = ckpt.weights_kind(raw)
+    return model, info
 
 
 def _read_safetensors(path: Path) -> tuple[nn.Module, ModelInfo]:
@@ -149,8 +151,9 @@ def _load_errors(path: Path, fmt: str):
 ModelSource = str | Path | ModelSpec  # a visionzoo file, or a model name with weights from anywhere
 
 
-def load_module(source: ModelSource) -> tuple[nn.Module, ModelInfo]:
-    """An eager nn.Module (with its info) from a visionzoo checkpoint or safetensors file, or a ModelSpec."""
+def load_module(source: ModelSource, raw_weights: bool = False) -> tuple[nn.Module, ModelInfo]:
+    """An eager nn.Module (with its info) from a visionzoo checkpoint or safetensors file, or a ModelSpec; a
+    checkpoint with EMA weights gives those unless raw_weights."""
     if isinstance(source, ModelSpec):
         with _load_errors(Path(source.label), "weights"):
             return module_from_spec(source)
@@ -158,7 +161,7 @@ def load_module(source: ModelSource) -> tuple[nn.Module, ModelInfo]:
     fmt = detect_format(path)
     if fmt in ("checkpoint", "safetensors"):
         with _load_errors(path, fmt):
-            return _read_checkpoint(path) if fmt == "checkpoint" else _read_safetensors(path)
+            return _read_checkpoint(path, raw_weights) if fmt == "checkpoint" else _read_safetensors(path)
     raise ModelFileError(f"{path}: a {fmt} file holds no trainable model; give a checkpoint (.pth) or .safetensors")
 
 
@@ -236,6 +239,7 @@ def load_runner(
     precision: str = "fp32",
     backend: str = "eager",
     channels_last: bool = False,
+    raw_weights: bool = False,
 ) -> Runner:
     """Load any visionzoo model file, or a model name with its weights (ModelSpec), for inference on `device`.
 
@@ -262,7 +266,7 @@ def load_runner(
         elif fmt == "export":
             fn, info = _load_exported(path, device)
         else:
-            module, info = load_module(source)
+            module, info = load_module(source, raw_weights)
     if module is not None:
         module = module.eval().to(device)
         if channels_last:

@@ -4,6 +4,7 @@ A checkpoint is a dict saved with torch.save and read back with `weights_only=Tr
 containers only, no code). Its keys, in the order they are written:
 
     model                 the weights (state dict of the unwrapped model)
+    ema                   the exponential moving average of the weights (--ema): what inference uses
     optimizer, scheduler, scaler, epoch, step, best_top1, rng
                           training state for an exact resume; derived files (e.g. tau-norm's) keep only
                           epoch, step and best_top1
@@ -39,12 +40,13 @@ from .weights import strip_prefixes
 
 # what resuming needs beyond the weights and the position (epoch, step, best_top1); derived files drop it
 TRAINING_STATE = ("optimizer", "scheduler", "scaler", "rng")
-OPTIONAL = (*TRAINING_STATE, "tau_norm")  # written only when set
+OPTIONAL = (*TRAINING_STATE, "ema", "tau_norm")  # written only when set
 
 
 @dataclass
 class Checkpoint:
     model: dict[str, torch.Tensor]
+    ema: dict[str, Any] | None = None  # {"state_dict", "steps", "updates"}: the averaged weights (--ema)
     optimizer: dict[str, Any] | None = None
     scheduler: dict[str, Any] | None = None
     scaler: dict[str, Any] | None = None
@@ -109,21 +111,28 @@ class Checkpoint:
         """A copy without optimizer, scheduler, loss-scaler and RNG state (epoch and step stay, as a record)."""
         return dataclasses.replace(self, optimizer=None, scheduler=None, scaler=None, rng=None)  # TRAINING_STATE
 
-    def build_model(self, source: str | Path = "checkpoint") -> nn.Module:
-        """The model this checkpoint was trained as, with its weights loaded."""
+    def weights(self, raw: bool = False) -> dict[str, torch.Tensor]:
+        """The EMA weights where the checkpoint has them (unless raw), else the trained weights."""
+        return self.ema["state_dict"] if self.ema is not None and not raw else self.model
+
+    def weights_kind(self, raw: bool = False) -> str:
+        return "ema" if self.ema is not None and not raw else "raw"
+
+    def build_model(self, source: str | Path = "checkpoint", raw: bool = False) -> nn.Module:
+        """The model this checkpoint was trained as, with its weights loaded (the EMA ones unless raw)."""
         if not self.model_name:
             raise ModelFileError(f"{source} has no model name; build the model and use --weights instead")
         model = create_model(self.model_name, num_classes=self.num_classes)
         try:
-            model.load_state_dict(self.model)
+            model.load_state_dict(self.weights(raw))
         except RuntimeError as e:
             first = str(e).strip().splitlines()[0][:300]
             raise ModelFileError(f"{source}: the weights do not fit {self.model_name} ({first})") from None
         return model
 
 
-def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, Checkpoint]:
-    """Rebuild the model a visionzoo checkpoint was trained as and load its weights."""
+def model_from_checkpoint(path: str | Path, raw: bool = False) -> tuple[nn.Module, Checkpoint]:
+    """Rebuild the model a visionzoo checkpoint was trained as and load its weights (EMA ones unless raw)."""
     ckpt = Checkpoint.load(path)
-    return ckpt.build_model(path), ckpt
+    return ckpt.build_model(path, raw), ckpt
 

@@ -38,26 +38,34 @@ def create_model(
     num_classes: int | None = None,
     pretrained: bool = False,
     weights: str | None = None,
+    drop_path: float | None = None,
+    dropout: float | None = None,
 ) -> nn.Module:
     """Build a model by name.
 
     num_classes: size of the head (default: the model's 1000).
     pretrained: the library's hub weights (torchvision or timm; needs internet or a warm cache).
     weights: a local file (state dict, visionzoo/timm/torchvision checkpoint, or .safetensors).
+    drop_path, dropout: stochastic depth and classifier dropout rates, for models that take them (a model
+    that does not is a ConfigError naming the flag).
     The returned module carries `visionzoo_cfg` (a ModelCfg with num_classes set) and `visionzoo_name`.
     """
     cfg = get_model_cfg(name)
     n = cfg.num_classes if num_classes is None else num_classes
+    options = {k: v for k, v in (("drop_path", drop_path), ("dropout", dropout)) if v is not None}
     builder = registered_builder(name)
     if builder is not None:
         # hub weights come with a 1000-way head: build that, load, then resize
-        model = builder(num_classes=cfg.num_classes if pretrained else n, pretrained=pretrained)
+        model = _with_options(name, options, builder, num_classes=cfg.num_classes if pretrained else n,
+                              pretrained=pretrained)
         if pretrained and n != cfg.num_classes:
             reset_classifier(model, cfg, n)
     else:
         import timm
 
-        model = timm.create_model(name, pretrained=pretrained, num_classes=n)
+        timm_names = {"drop_path": "drop_path_rate", "dropout": "drop_rate"}
+        model = _with_options(name, {timm_names[k]: v for k, v in options.items()}, timm.create_model, name,
+                              pretrained=pretrained, num_classes=n)
         if not cfg.classifier:
             cfg = replace(cfg, classifier=getattr(model, "default_cfg", {}).get("classifier", ""))
     cfg = replace(cfg, num_classes=n)
@@ -66,3 +74,16 @@ def create_model(
     if weights:
         load_weights(model, weights)
     return model
+
+
+def _with_options(name: str, options: dict[str, float], build, *args, **kwargs) -> nn.Module:
+    """build(*args, **kwargs, **options); an option the model's constructor does not take is a ConfigError."""
+    try:
+        return build(*args, **kwargs, **options)
+    except TypeError as e:
+        unknown = [k for k in options if k in str(e)]
+        if not unknown:
+            raise
+        flag = {"drop_path_rate": "--drop-path", "drop_path": "--drop-path", "drop_rate": "--dropout",
+                "dropout": "--dropout"}[unknown[0]]
+        raise ConfigError(f"{flag}: {name} takes no such rate (a model without it, e.g. no stochastic depth)") from None

@@ -8,6 +8,8 @@ fixed AvgPool2d(7) it runs at any input size.
 
 from __future__ import annotations
 
+from typing import Any
+
 import timm
 from torch import nn
 
@@ -15,5 +17,7 @@ from .registry import ModelCfg, register_model
 
 
 @register_model(ModelCfg(classifier="last_linear", interpolation="bilinear", final_norm="layer4.2.bn3"))
-def se_resnext50_32x4d(num_classes: int = 1000, pretrained: bool = False) -> nn.Module:
-    return timm.create_model("legacy_seresnext50_32x4d", pretrained=pretrained, num_classes=num_classes)
+def se_resnext50_32x4d(num_classes: int = 1000, pretrained: bool = False, **options: float) -> nn.Module:
+    timm_names = {"dropout": "drop_rate", "drop_path": "drop_path_rate"}
+    kwargs: dict[str, Any] = {timm_names[k]: v for k, v in options.items()}
+    return timm.create_model("legacy_seresnext50_32x4d", pretrained=pretrained, num_classes=num_classes, **kwargs)

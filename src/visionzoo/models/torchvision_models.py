@@ -38,8 +38,9 @@ SEED_MODELS: dict[str, tuple[ModelCfg, dict]] = {
 
 
 def _builder(name: str, extra: dict):
-    def build(num_classes: int = 1000, pretrained: bool = False) -> nn.Module:
-        kwargs = dict(extra)
+    def build(num_classes: int = 1000, pretrained: bool = False, **options: float) -> nn.Module:
+        # dropout: torchvision's argument of the models that have one (vgg, alexnet, mobilenet_v2, googlenet)
+        kwargs = {**extra, **options}
         if name == "googlenet" and not pretrained:
             kwargs["init_weights"] = True  # torchvision warns unless told; its default is this init
         weights = "DEFAULT" if pretrained else None

@@ -37,7 +37,7 @@ def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return out
 
 
-def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+def load_state_dict_file(path: str | Path, raw: bool = False) -> dict[str, torch.Tensor]:
     """Read a weights file and return a plain, prefix-free state dict."""
     path = Path(path)
     if not path.is_file():
@@ -58,7 +58,9 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
             raise ModelFileError(f"cannot read weights from {path}: {e}") from None
         obj = verify_digest(obj, path)  # a visionzoo checkpoint carries its content digest
         sd = obj
-        if isinstance(obj, dict):
+        if isinstance(obj, dict) and isinstance(obj.get("ema"), dict) and not raw:
+            sd = obj["ema"].get("state_dict")  # a visionzoo checkpoint's EMA weights, unless raw ones are asked
+        elif isinstance(obj, dict):
             for key in ("model", "state_dict", "model_state_dict"):
                 if isinstance(obj.get(key), dict):
                     sd = obj[key]
@@ -78,17 +80,19 @@ def head_size(state_dict: dict[str, torch.Tensor], classifier: str | tuple[str, 
     return None
 
 
-def load_weights(model: nn.Module, path: str | Path, strict: bool = True, keep_head: bool = False) -> None:
+def load_weights(model: nn.Module, path: str | Path, strict: bool = True, keep_head: bool = False,
+                 raw: bool = False) -> None:
     """Load a local weights file into a model built by create_model.
 
     A classifier of another size than the model's (e.g. 1000-way ImageNet weights into a
     10-class model) is left at its fresh initialisation and reported, or with keep_head (inference:
-    the file's classifier is the point) refused; any other missing or unexpected key is an error.
+    the file's classifier is the point) refused; any other missing or unexpected key is an error. A
+    visionzoo checkpoint with EMA weights gives those, unless raw.
     A model with its own initialisation from other weights (`init_from_state_dict`, e.g. OLTR stage 2
     from a stage-1 checkpoint) takes the state dict itself.
     """
     cfg = model_cfg_of(model)
-    sd = load_state_dict_file(path)
+    sd = load_state_dict_file(path, raw)
     init_from = getattr(model, "init_from_state_dict", None)
     if init_from is not None:
         init_from(sd, str(path))
