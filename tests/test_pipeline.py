@@ -107,6 +107,32 @@ def test_bench_data_reports_both_pipelines(tiny_imagefolder, tmp_path, capsys):
     assert main(["bench-data", "--img-size", "32"]) == 2  # no data: one line, no traceback
 
 
+def test_bench_data_baseline_runs_the_same_policy_in_the_reference_order(tiny_imagefolder, tmp_path):
+    import json
+
+    from torchvision.transforms import v2
+
+    from visionzoo.cli import main
+    from visionzoo.config import AugConfig, DataConfig
+    from visionzoo.data.pipeline_bench import torchvision_loader
+
+    aug = AugConfig(auto_augment="ta_wide", random_erase=0.1)
+    tf = torchvision_loader(tiny_imagefolder, "train", 32, 0, 4, DataConfig(), aug=aug).dataset.transform
+    names = [type(t).__name__ for t in tf.transforms]
+    # torchvision's reference presets: crop, flip, policy on the PIL image, to tensor, normalise, then erase
+    assert names == ["RandomResizedCrop", "RandomHorizontalFlip", "TrivialAugmentWide", "PILToTensor", "ToDtype",
+                     "Normalize", "RandomErasing"]
+    assert isinstance(tf.transforms[-1], v2.RandomErasing) and tf.transforms[-1].p == 0.1
+    val = torchvision_loader(tiny_imagefolder, "val", 32, 0, 4, DataConfig(), aug=aug).dataset.transform
+    assert not any(isinstance(t, (v2.TrivialAugmentWide, v2.RandomErasing)) for t in val.transforms)
+    js = tmp_path / "b.json"
+    assert main(["bench-data", "--data", str(tiny_imagefolder), "--img-size", "32", "--workers", "0",
+                 "--batch-size", "4", "--batches", "2", "--warmup", "0", "--baseline", "--json", str(js),
+                 "--no-progress", "--auto-augment", "ta_wide", "--random-erase", "0.1"]) == 0
+    r = json.loads(js.read_text())
+    assert r["visionzoo"]["images"] == r["torchvision"]["images"] == 8
+
+
 # ---------------------------------------------------------------- packed data sets
 
 def test_pack_round_trip_and_training_read_it(tiny_imagefolder, tmp_path):

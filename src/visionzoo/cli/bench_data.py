@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from ..core.files import write_json
-from .options import add_config_flags, data_config
+from .options import add_config_flags, flags_config
 
 
 def add_parser(sub) -> None:
@@ -28,7 +28,8 @@ def add_parser(sub) -> None:
     p.add_argument("--json", metavar="FILE")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     add_config_flags(p, only={"data", "img_size", "crop_pct", "workers", "decode", "scale", "ratio", "hflip",
-                              "interpolation", "worker_nice"})
+                              "interpolation", "worker_nice", "auto_augment", "ra_magnitude", "ra_ops",
+                              "augmix_severity", "random_erase"})
     p.set_defaults(func=run)
 
 
@@ -36,13 +37,14 @@ def run(args: argparse.Namespace) -> int:
     from ..core.errors import ConfigError
     from ..data.pipeline_bench import bench_data
 
-    cfg = data_config(args)
-    if cfg is None or not cfg.data:
+    full = flags_config(args)
+    cfg = full.data
+    if not cfg.data:
         raise ConfigError("bench-data needs --data DIR (an ImageFolder with train/ and val/)")
     if args.batches < 1 or args.warmup < 0 or args.batch_size < 1:
         raise ConfigError("--batches and --batch-size must be >= 1, --warmup >= 0")
     r = bench_data(cfg, args.split, args.batch_size, args.batches, args.warmup, args.device, args.baseline,
-                   args.progress, args.baseline_data, args.normalize)
+                   args.progress, args.baseline_data, args.normalize, full.aug)
     what = "normalised" if args.normalize else "uint8"
     line = (f"{r['split']} {r['img_size']} px, batch {r['batch_size']}, {r['workers']} workers, to {r['device']}: "
             f"visionzoo ({r['decode']} decode, {what}) {r['visionzoo']['images_per_sec']:.1f} images/s")

@@ -104,10 +104,16 @@ DATA_FLAGS = {"data", "val_list", "val_root", "train_list", "train_root", "dummy
               "interpolation", "workers", "skip_bad_images", "decode"}
 
 
+def flags_config(args: argparse.Namespace) -> TrainConfig:
+    """A TrainConfig from the config flags given (defaults elsewhere), its data settings checked."""
+    cfg = apply_overrides(TrainConfig(), nest(cli_overrides(args)), "command line")
+    check_data(cfg.data)
+    return cfg
+
+
 def data_config(args: argparse.Namespace):
     """A DataConfig from the data flags given, or None when none were (use the model's own data)."""
-    overrides = cli_overrides(args)
-    return check_data(apply_overrides(TrainConfig(), nest(overrides), "command line").data) if overrides else None
+    return flags_config(args).data if cli_overrides(args) else None
 
 
 def run_training(fn, cfg: TrainConfig, print_config: bool = False) -> dict[str, Any] | None:

@@ -15,19 +15,23 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from ..config import DataConfig
+from ..config import AugConfig, DataConfig
 from ..core.errors import ConfigError, DataError
 from ..models.registry import ModelCfg
 from .device_decode import EncodedBatch
 from .loader import DeviceNormalizer, build_data, make_loader
+from .transforms import augment_ops
 
 MEAN, STD = ModelCfg.mean, ModelCfg.std
 
 
 def torchvision_loader(root: str | Path, split: str, img_size: int, workers: int, batch_size: int,
-                       cfg: DataConfig | None = None, pin_memory: bool = False) -> DataLoader:
+                       cfg: DataConfig | None = None, pin_memory: bool = False,
+                       aug: AugConfig | None = None) -> DataLoader:
     """The usual pipeline: ImageFolder + transforms.v2 on PIL images, float normalisation in the workers,
-    with cfg's crop settings (scale, ratio, flip, interpolation, crop_pct) so both pipelines do the same work."""
+    with cfg's crop settings (scale, ratio, flip, interpolation, crop_pct) and aug's policy and random erasing,
+    in torchvision's reference order (policy on the PIL image, erasing after normalisation), so both pipelines
+    do the same work."""
     from torchvision.datasets import ImageFolder
     from torchvision.transforms import v2
 
@@ -39,10 +43,15 @@ def torchvision_loader(root: str | Path, split: str, img_size: int, workers: int
         geometry = [v2.RandomResizedCrop(img_size, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio),
                                          interpolation=interp, antialias=True)]
         geometry += [v2.RandomHorizontalFlip(cfg.hflip)] if cfg.hflip > 0 else []
+        if aug is not None:
+            geometry += augment_ops(aug.auto_augment, aug.ra_magnitude, aug.ra_ops, aug.augmix_severity,
+                                    interpolation=cfg.interpolation or ModelCfg.interpolation)
     else:
         geometry = [v2.Resize(int(img_size / (cfg.crop_pct or ModelCfg.crop_pct)), interpolation=interp,
                               antialias=True), v2.CenterCrop(img_size)]
-    tf = v2.Compose([*geometry, v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
+    erase = [v2.RandomErasing(aug.random_erase)] if split == "train" and aug is not None and aug.random_erase else []
+    tf = v2.Compose([*geometry, v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD),
+                     *erase])
     try:
         ds = ImageFolder(str(Path(root) / split), transform=tf)
     except FileNotFoundError as e:  # no split folder, or no class folders or images in it
@@ -51,8 +60,9 @@ def torchvision_loader(root: str | Path, split: str, img_size: int, workers: int
                       pin_memory=pin_memory, persistent_workers=workers > 0)
 
 
-def visionzoo_loader(cfg: DataConfig, split: str, batch_size: int, pin_memory: bool = False) -> DataLoader:
-    data = build_data(cfg, ModelCfg(), splits=(split,))
+def visionzoo_loader(cfg: DataConfig, split: str, batch_size: int, pin_memory: bool = False,
+                     aug: AugConfig | None = None) -> DataLoader:
+    data = build_data(cfg, ModelCfg(), splits=(split,), aug=aug)
     return make_loader(data.split(split), batch_size, cfg.workers, train=split == "train", pin_memory=pin_memory,
                        nice=cfg.worker_nice)
 
@@ -88,7 +98,8 @@ def time_loader(loader: DataLoader, batches: int, warmup: int, device: torch.dev
 
 def bench_data(cfg: DataConfig, split: str = "train", batch_size: int = 64, batches: int = 50, warmup: int = 5,
                device: str = "cpu", baseline: bool = False, progress: bool = False,
-               baseline_data: str | None = None, normalize: bool = True) -> dict[str, Any]:
+               baseline_data: str | None = None, normalize: bool = True,
+               aug: AugConfig | None = None) -> dict[str, Any]:
     """images/s of visionzoo's pipeline (and with baseline, torchvision's on baseline_data or the same
     folder, and the ratio). normalize=False times visionzoo's uint8 batches as delivered, before the
     normalisation that belongs to the device (the baseline always normalises: in its workers)."""
@@ -105,13 +116,13 @@ def bench_data(cfg: DataConfig, split: str = "train", batch_size: int = 64, batc
     decode = cfg.decode or ("fast" if split == "train" else "pil")  # what decode=None means for each split
     result: dict[str, Any] = {"split": split, "img_size": img_size, "workers": cfg.workers, "batch_size": batch_size,
                               "decode": decode, "device": str(dev), "data": cfg.data, "normalized": normalize}
-    loader = visionzoo_loader(cfg, split, batch_size, pin)
+    loader = visionzoo_loader(cfg, split, batch_size, pin, aug)
     normalizer = DeviceNormalizer(MEAN, STD, dev, reuse=True) if normalize else None
     result["visionzoo"] = time_loader(loader, batches, warmup, dev, normalizer, progress)
     if baseline:
         result["baseline_data"] = baseline_data
         assert baseline_data is not None
-        ref = torchvision_loader(baseline_data, split, img_size, cfg.workers, batch_size, cfg, pin)
+        ref = torchvision_loader(baseline_data, split, img_size, cfg.workers, batch_size, cfg, pin, aug)
         result["torchvision"] = time_loader(ref, batches, warmup, dev, None, progress)
         result["ratio"] = result["visionzoo"]["images_per_sec"] / result["torchvision"]["images_per_sec"]
     return result
