@@ -822,10 +822,11 @@ def test_an_output_that_is_a_file_is_a_one_line_error(tmp_path, capsys):
 
 def test_a_disk_error_while_replacing_a_file_keeps_the_old_one(tmp_path, monkeypatch):
     import errno
+    import os
     import shutil
 
     from visionzoo.core.errors import VisionZooError
-    from visionzoo.core.files import atomic_copy
+    from visionzoo.core.files import atomic_copy, atomic_path
 
     src, dst = tmp_path / "best.pth", tmp_path / "last.pth"
     src.write_bytes(b"new")
@@ -834,10 +835,21 @@ def test_a_disk_error_while_replacing_a_file_keeps_the_old_one(tmp_path, monkeyp
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(shutil, "copyfile", full)
-    with pytest.raises(VisionZooError, match="previous last.pth is intact"):
-        atomic_copy(src, dst)
-    assert dst.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["best.pth", "last.pth"]
+    def no_links(*args, **kwargs):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    for link in (full, no_links):  # a full disk on the hard link, or on the copy it falls back to
+        monkeypatch.setattr(os, "link", link)
+        monkeypatch.setattr(shutil, "copyfile", full)
+        with pytest.raises(VisionZooError, match="previous last.pth is intact"):
+            atomic_copy(src, dst)
+        assert dst.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["best.pth", "last.pth"]
+    monkeypatch.undo()
+    atomic_copy(src, dst)  # linked: replacing src later (by rename, as every write here) leaves dst as it was
+    assert dst.read_bytes() == b"new" and dst.stat().st_ino == src.stat().st_ino
+    with atomic_path(src) as tmp:
+        tmp.write_bytes(b"newer")
+    assert (src.read_bytes(), dst.read_bytes()) == (b"newer", b"new")
 
 
 def test_a_32_bit_integer_image_within_8_bits_is_kept(tmp_path):

@@ -118,7 +118,7 @@ def test_bench_data_baseline_runs_the_same_policy_in_the_reference_order(tiny_im
 
     aug = AugConfig(auto_augment="ta_wide", random_erase=0.1)
     tf = torchvision_loader(tiny_imagefolder, "train", 32, 0, 4, DataConfig(), aug=aug).dataset.transform
-    names = [type(t).__name__ for t in tf.transforms]
+    names = [type(t).__name__ for t in tf.transforms]  # torchvision's own classes, not visionzoo's wrappers
     # torchvision's reference presets: crop, flip, policy on the PIL image, to tensor, normalise, then erase
     assert names == ["RandomResizedCrop", "RandomHorizontalFlip", "TrivialAugmentWide", "PILToTensor", "ToDtype",
                      "Normalize", "RandomErasing"]

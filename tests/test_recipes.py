@@ -175,6 +175,7 @@ def test_repeated_augmentation_sampler_is_timms_and_spreads_copies_over_ranks():
                                                  ("augmix", "AugMix", {"severity": 4}),
                                                  ("imagenet", "AutoAugment", {})])
 def test_policies_are_torchvisions_on_the_fast_pipeline(policy, cls, params, tmp_path):
+    import numpy as np
     from PIL import Image
     from torchvision.transforms import v2
 
@@ -182,22 +183,32 @@ def test_policies_are_torchvisions_on_the_fast_pipeline(policy, cls, params, tmp
     from visionzoo.data.transforms import augment_ops, train_transform
 
     ops = augment_ops(policy, ra_magnitude=7, ra_ops=3, augmix_severity=4, random_erase=0.5)
-    assert [type(o).__name__ for o in ops] == [cls, "RandomErasing"]
+    assert [type(o.op if hasattr(o, "op") else o).__name__ for o in ops] == [cls, "RandomErasing"]
+    op = ops[0].op
     for name, value in params.items():
-        assert getattr(ops[0], name) == value
+        assert getattr(op, name) == value
     if policy == "imagenet":
-        assert ops[0].policy == v2.AutoAugmentPolicy.IMAGENET
+        assert op.policy == v2.AutoAugmentPolicy.IMAGENET
     assert ops[1].value == [124, 116, 104]  # the mean colour: zero after normalisation, as the reference erases
     img = tmp_path / "x.jpg"
     Image.radial_gradient("L").convert("RGB").resize((120, 90)).save(img, quality=95)
     fused = train_transform(48, decode="fast", policy=ops)
     plain = train_transform(48, decode="fast")
-    for seed in range(3):  # the crop's draws, then the policy's, as torchvision would draw them
+    changed = 0
+    for seed in range(6):  # the crop's draws, then the policy's and the erasing's, as torchvision would draw them
         torch.manual_seed(seed)
         got = fused(read_file(img))
         torch.manual_seed(seed)
-        expected = v2.Compose(ops)(plain(read_file(img)))
-        assert torch.equal(got, expected)
+        crop = plain(read_file(img))
+        # the reference scripts' order: the policy on the PIL image (AugMix: on the tensor), then erasing
+        if policy == "augmix":
+            expected = op(crop)
+        else:
+            expected = torch.from_numpy(np.array(op(Image.fromarray(crop.permute(1, 2, 0).numpy())))).permute(2, 0, 1)
+        expected = ops[1](expected)
+        assert got.is_contiguous() and torch.equal(got, expected)
+        changed += not torch.equal(got, crop)
+    assert changed >= 3  # the policy and the erasing did act
 
 
 # ------------------------------------------------------------------------------------------------
@@ -267,6 +278,7 @@ def test_torchrun_with_repeated_augmentation_ema_and_mixup_counts_every_val_imag
     assert proc.returncode == 0, proc.stderr[-3000:]
     (row,) = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"epoch"' in x]
     assert row["val_num_images"] == row["val_ema_num_images"] == 355 and row["steps"] == 3
+    assert "global batch 64 (32 x 2 accumulated) over 2 process(es)" in (out / "train.log").read_text()
 
 
 def test_inference_uses_a_checkpoints_ema_weights_unless_raw(digits_data, tmp_path, capsys):

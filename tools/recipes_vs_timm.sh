@@ -17,11 +17,12 @@ timm_train=${TIMM_TRAIN:?set TIMM_TRAIN to the path of train.py from pytorch-ima
 epochs=${EPOCHS:-15}; seeds=${SEEDS:-0 1 2}; recipes=${RECIPES:-modern seed}; workers=${WORKERS:-2}
 mkdir -p "$out"
 data=$(cd "$data" && pwd); out=$(cd "$out" && pwd)
+classes=$(find "$data/train" -mindepth 1 -maxdepth 1 -type d | wc -l)  # timm builds 1000 outputs unless told
 common_vz=(--data "$data" --model resnet18 --img-size 64 --crop-pct 0.875 --interpolation bilinear --batch-size 64
            --epochs "$epochs" --workers "$workers" --device cpu --precision fp32 --no-progress --color-jitter 0)
-common_timm=(--data-dir "$data" --train-split train --val-split val --model resnet18 --img-size 64 --crop-pct 0.875
-             --train-interpolation bilinear --interpolation bilinear -b 64 --epochs "$epochs" --workers "$workers"
-             --device cpu --color-jitter 0 --checkpoint-hist 1 --log-interval 50)
+common_timm=(--data-dir "$data" --train-split train --val-split val --model resnet18 --num-classes "$classes"
+             --img-size 64 --crop-pct 0.875 --train-interpolation bilinear --interpolation bilinear -b 64
+             --epochs "$epochs" --workers "$workers" --device cpu --color-jitter 0 --checkpoint-hist 1 --log-interval 50)
 modern_vz=(--opt adamw --lr 1e-3 --weight-decay 0.05 --no-decay-norm-bias --sched cosine --warmup-epochs 2
            --warmup-start-factor 0.01 --label-smoothing 0.1 --mixup 0.2 --cutmix 1.0 --auto-augment ra
            --ra-magnitude 9 --ra-ops 2 --random-erase 0.25 --ema --ema-decay 0.99 --ema-warmup)

@@ -97,8 +97,17 @@ def atomic_save(obj: Any, path: str | Path) -> None:
 
 
 def atomic_copy(src: str | Path, dst: str | Path) -> None:
+    """dst becomes a copy of src, atomically. Where the file system allows, a hard link: our files are only
+    ever replaced by a rename, never rewritten in place, so the two names stay independent (a run's 180 MB
+    best.pth -> last.pth costs nothing instead of a third of a second). Else a byte copy."""
     with atomic_path(dst) as tmp:
-        shutil.copyfile(src, tmp)
+        os.unlink(tmp)  # the random name stays ours: link wants it free
+        try:
+            os.link(src, tmp)
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK, errno.EACCES):
+                raise
+            shutil.copyfile(src, tmp)
 
 
 def json_safe(v: Any) -> Any:

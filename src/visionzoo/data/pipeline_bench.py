@@ -44,8 +44,9 @@ def torchvision_loader(root: str | Path, split: str, img_size: int, workers: int
                                          interpolation=interp, antialias=True)]
         geometry += [v2.RandomHorizontalFlip(cfg.hflip)] if cfg.hflip > 0 else []
         if aug is not None:
-            geometry += augment_ops(aug.auto_augment, aug.ra_magnitude, aug.ra_ops, aug.augmix_severity,
-                                    interpolation=cfg.interpolation or ModelCfg.interpolation)
+            policy = augment_ops(aug.auto_augment, aug.ra_magnitude, aug.ra_ops, aug.augmix_severity,
+                                 interpolation=cfg.interpolation or ModelCfg.interpolation)
+            geometry += [p.op for p in policy]  # torchvision's own transform, on the PIL image
     else:
         geometry = [v2.Resize(int(img_size / (cfg.crop_pct or ModelCfg.crop_pct)), interpolation=interp,
                               antialias=True), v2.CenterCrop(img_size)]

@@ -14,7 +14,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from torchvision.transforms import v2
 
 from ..core.errors import ConfigError
@@ -81,6 +83,28 @@ def train_transform(
     return v2.Compose(ops + rest + [v2.PILToTensor()] + list(policy))
 
 
+class PolicyOp:
+    """A v2 auto-augment policy for the uint8 CHW tensors of the pipelines here (a Pillow image passes as it
+    is). TrivialAugment, RandAugment and AutoAugment run on a Pillow image: Pillow's ops are 4-5x faster than
+    torch's tensor kernels at 224 px (0.14 against 0.6-0.8 ms for TrivialAugmentWide), and the reference
+    scripts apply them to Pillow images too. AugMix works on tensors either way: it gets a contiguous one.
+    The policy draws the same torch random numbers on either input."""
+
+    def __init__(self, op: v2.Transform, on_pil: bool):
+        self.op, self.on_pil = op, on_pil
+
+    def __call__(self, x):
+        if isinstance(x, Image.Image):
+            return self.op(x)
+        if not self.on_pil:
+            return self.op(x.contiguous())
+        hwc = x.permute(1, 2, 0).contiguous()  # no copy for the fused crop's output: its memory is HWC
+        return torch.from_numpy(np.array(self.op(Image.fromarray(hwc.numpy())))).permute(2, 0, 1)
+
+    def __repr__(self) -> str:
+        return f"PolicyOp({self.op!r}, on_pil={self.on_pil})"
+
+
 def augment_ops(auto_augment: str | None = None, ra_magnitude: int = 9, ra_ops: int = 2, augmix_severity: int = 3,
                 random_erase: float = 0.0, mean: Sequence[float] = (0.485, 0.456, 0.406),
                 interpolation: str = "bilinear") -> list:
@@ -90,13 +114,13 @@ def augment_ops(auto_augment: str | None = None, ra_magnitude: int = 9, ra_ops: 
     ops: list = []
     interp = INTERP[interpolation]
     if auto_augment == "ta_wide":
-        ops.append(v2.TrivialAugmentWide(interpolation=interp))
+        ops.append(PolicyOp(v2.TrivialAugmentWide(interpolation=interp), on_pil=True))
     elif auto_augment == "ra":
-        ops.append(v2.RandAugment(num_ops=ra_ops, magnitude=ra_magnitude, interpolation=interp))
+        ops.append(PolicyOp(v2.RandAugment(num_ops=ra_ops, magnitude=ra_magnitude, interpolation=interp), True))
     elif auto_augment == "augmix":
-        ops.append(v2.AugMix(severity=augmix_severity, interpolation=interp))
+        ops.append(PolicyOp(v2.AugMix(severity=augmix_severity, interpolation=interp), on_pil=False))
     elif auto_augment == "imagenet":
-        ops.append(v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, interpolation=interp))
+        ops.append(PolicyOp(v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, interpolation=interp), on_pil=True))
     elif auto_augment is not None:
         raise ConfigError(f"--auto-augment {auto_augment!r}: choose ta_wide, ra, augmix or imagenet")
     if random_erase > 0:

@@ -302,11 +302,12 @@ def _announce(run: Run) -> None:
     if not dist.is_main:
         return
     save_yaml(cfg, run.out / "config.yaml")
+    accum = cfg.optim.accum_steps  # the logged batch is the effective one, as the lr rule uses
     log.info(
-        "model %s (%d classes) | data: %d train / %d val images, %d px | global batch %d over %d process(es), "
+        "model %s (%d classes) | data: %d train / %d val images, %d px | global batch %d%s over %d process(es), "
         "lr %.4g | %d steps/epoch x %d epochs | device %s%s | output %s",
         cfg.model.model, run.num_classes, len(cast(Sized, data.train)), len(cast(Sized, data.val)), data.img_size,
-        cfg.batch_size,
+        cfg.batch_size * accum, f" ({cfg.batch_size} x {accum} accumulated)" if accum > 1 else "",
         dist.world_size, run.lr, run.steps_per_epoch, cfg.epochs, dist.device,
         f", amp {cfg.precision}" if cfg.precision != "fp32" else "", run.out,
     )
