@@ -588,7 +588,7 @@ def test_an_empty_class_folder_is_a_warning_naming_it(tiny_imagefolder, tmp_path
 def test_abbreviated_flags_are_refused(argv, capsys):
     with pytest.raises(SystemExit) as info:
         main(argv)
-    assert info.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
+    assert info.value.code == 2 and "unrecognized argument" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------------

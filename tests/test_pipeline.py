@@ -243,7 +243,7 @@ def test_device_decode_names_a_bad_file_and_refuses_what_it_cannot_do(photo, tmp
     in_memory = eval_transform(64, decode="device")(Image.open(photo).convert("RGB"))  # no file: worker decodes
     assert in_memory.data is None and in_memory.pixels.shape == (3, 64, 64)
     cfg = apply_overrides(TrainConfig(), {"data": {"decode": "device", "skip_bad_images": True}}, "test")
-    with pytest.raises(ConfigError, match="skip-bad-images"):
+    with pytest.raises(ConfigError, match="skip_bad_images"):
         validate(cfg)
     from visionzoo.cli import main
 

@@ -3,53 +3,40 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import re
 import sys
+from collections.abc import Iterable
+from typing import Any, NoReturn
 
+from ..config import flag_names, suggest
 from ..core.errors import VisionZooError
-from . import (
-    bench,
-    bench_data,
-    demo,
-    export,
-    finetune_res,
-    infer,
-    make_lt,
-    metric,
-    models,
-    pack,
-    predict,
-    preprocess,
-    quantize,
-    recipes,
-    tau_norm,
-    train,
-    valprep,
-)
-from . import eval as eval_cmd
 
-COMMANDS = {
-    "train": train,
-    "eval": eval_cmd,
-    "demo": demo,
-    "recipes": recipes,
-    "models": models,
-    "valprep": valprep,
-    "predict": predict,
-    "bench": bench,
-    "bench-data": bench_data,
-    "export": export,
-    "quantize": quantize,
-    "preprocess": preprocess,
-    "infer": infer,
-    "metric": metric,
-    "make-lt": make_lt,
-    "pack": pack,
-    "tau-norm": tau_norm,
-    "finetune-res": finetune_res,
+# command -> (its module in this package, its line in `visionzoo --help`). Only the command that runs (or
+# shows its own help) is imported: the rest of the listing needs no module, so no torch.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("train", "train a classifier"),
+    "eval": ("eval", "evaluate a checkpoint or exported model"),
+    "demo": ("demo", "train + evaluate on the built-in digits data set"),
+    "recipes": ("recipes", "list recipes"),
+    "models": ("models", "list models"),
+    "valprep": ("valprep", "flat val folder + label file -> class folders"),
+    "predict": ("predict", "top-k classes for image files"),
+    "bench": ("bench", "throughput/latency benchmark"),
+    "bench-data": ("bench_data", "input-pipeline throughput (vs torchvision with --baseline)"),
+    "export": ("export", "export a checkpoint for deployment"),
+    "quantize": ("quantize", "int8/int16 post-training quantisation"),
+    "preprocess": ("preprocess", "images -> preprocessed binary files"),
+    "infer": ("infer", "model over preprocessed files -> logits dumps"),
+    "metric": ("metric", "accuracy of dumped logits"),
+    "make-lt": ("make_lt", "long-tailed lists (+ open set) from an ImageFolder"),
+    "pack": ("pack", "pack an ImageFolder or list-file data set into shard files for fast loading"),
+    "tau-norm": ("tau_norm", "tau-normalise a classifier (long-tail)"),
+    "finetune-res": ("finetune_res", "FixRes: fine-tune a checkpoint at the test resolution"),
 }
+SIGPIPE_EXIT = 141  # 128 + SIGPIPE: what a shell reports for a command whose reader went away (`| head`)
 
 
 def setup_logging() -> None:
@@ -65,33 +52,92 @@ def setup_logging() -> None:
 
 
 class Parser(argparse.ArgumentParser):
-    """No abbreviations: `predict --model X` must not be read as --model-file X, nor `--epoch` as --epochs."""
+    """No abbreviations: `predict --model X` must not be read as --model-file X, nor `--epoch` as --epochs.
 
-    def __init__(self, *args, **kwargs) -> None:
+    A usage error is one line, `visionzoo train: error: ...`, said by the command's own parser; a misspelt
+    flag or command comes with its close matches (`did you mean --sched?`).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+        self.commands: dict[str, argparse.ArgumentParser] = {}  # set on the top-level parser
+
+    def parse_known_args(self, args: Iterable[str] | None = None, namespace: Any = None) -> tuple[Any, list[str]]:
+        if self.commands:
+            given = list(sys.argv[1:] if args is None else args)
+            word = next((a for a in given if not a.startswith("-")), None)
+            if word is None and not {"-h", "--help"} & set(given):
+                self.error(f"a command is required: {', '.join(self.commands)} (see `visionzoo --help`)")
+            if word is not None and word not in self.commands:
+                close = suggest(word, self.commands)
+                self.error(f"unknown command {word!r}" + (f"; did you mean {' or '.join(close)}?" if close else
+                                                          f"; commands: {', '.join(self.commands)}"))
+        return super().parse_known_args(args, namespace)
+
+    def parse_args(self, args: Iterable[str] | None = None, namespace: Any = None) -> Any:
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:  # said by the command's parser, which knows the flags the user meant
+            where = self.commands.get(getattr(ns, "command", ""), self)
+            where.error(unrecognized(extras, where))
+        return ns
+
+    def error(self, message: str) -> NoReturn:
+        # no usage block in front: train's would be 60 lines of flags burying the one that matters
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="visionzoo", description=__doc__)
+def unrecognized(extras: list[str], parser: argparse.ArgumentParser) -> str:
+    """`unrecognized argument --lr-scheduler; did you mean --sched?` for the first unknown flag (a stray word
+    when there is none)."""
+    flag = next((e.split("=", 1)[0] for e in extras if e.startswith("-")), None)
+    if flag is None:
+        return f"unrecognized argument {extras[0]!r}; see `{parser.prog} --help`"
+    known = [s for action in parser._actions for s in action.option_strings if s.startswith("--")]
+    close = suggest(flag, known)
+    hint = f"did you mean {' or '.join(close)}?" if close else f"see `{parser.prog} --help`"
+    return f"unrecognized argument {flag}; {hint}"
+
+
+def build_parser(full: Iterable[str] | None = None) -> Parser:
+    """The parser of every command; with `full`, only those commands' modules are imported and their flags
+    added (the others are a name and a help line)."""
+    wanted = set(COMMANDS if full is None else full)
+    parser = Parser(prog="visionzoo", description="Train, evaluate, benchmark and export image classifiers. "
+                    "`visionzoo COMMAND --help` lists a command's flags.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
-    for module in COMMANDS.values():
-        module.add_parser(sub)
+    for name, (module, summary) in COMMANDS.items():
+        if name in wanted:
+            importlib.import_module(f"{__name__}.{module}").add_parser(sub)
+        else:
+            sub.add_parser(name, help=summary)
+    parser.commands = dict(sub.choices)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; a user error (VisionZooError) is one line on stderr and exit status 2 for usage
-    errors (flags, config), 1 for failures (data, images, model files). Anything else is a bug: traceback."""
+    errors (flags, config), 1 for failures (data, images, model files). Anything else is a bug: traceback.
+    Output cut short by its reader (`visionzoo models | head -1`) ends quietly with status 141."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     setup_logging()
-    args = build_parser().parse_args(argv)
+    command = argv[0] if argv and argv[0] in COMMANDS else None
     try:
-        return int(args.func(args) or 0)
-    except VisionZooError as e:
-        print(f"visionzoo {args.command}: error: {one_line(e)}", file=sys.stderr)
-        return e.exit_code
-    finally:
-        _leave_process_group()
+        args = build_parser([command] if command else []).parse_args(argv)
+        try:
+            with flag_names():  # config errors name the flags the user typed, not the fields
+                code = int(args.func(args) or 0)
+            sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at interpreter exit
+            return code
+        except VisionZooError as e:
+            print(f"visionzoo {args.command}: error: {one_line(e)}", file=sys.stderr)
+            return e.exit_code
+        finally:
+            _leave_process_group()
+    except BrokenPipeError:
+        # as the Python docs advise: point stdout at devnull so the flush at exit cannot raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return SIGPIPE_EXIT
 
 
 def one_line(e: BaseException) -> str:

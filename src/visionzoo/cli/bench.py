@@ -39,9 +39,13 @@ def _precision(text: str) -> str:
     return ALIASES.get(text.strip().lower(), text.strip().lower())  # none = fp32, as everywhere
 
 
+# inference.model_bench's names, repeated here so `bench --help` needs no torch (a test keeps them equal)
+BACKENDS = ("eager", "compile", "torchscript", "onnxruntime", "tensorrt")
+MODES = ("infer", "train")
+
+
 def add_parser(sub) -> None:
     from ..core.precision import PRECISIONS
-    from ..inference.model_bench import BACKENDS, MODES
 
     p = sub.add_parser("bench", help="throughput/latency benchmark", description=__doc__)
     add_model_source_flags(p)  # --model NAME alone: random weights, as timm's benchmark.py

@@ -1,5 +1,6 @@
-"""visionzoo eval: top-1/top-5, loss and per-class accuracy of a model file on a validation split.
+"""visionzoo eval: top-1/top-5, loss and per-class precision/recall/F1 of a model file on a validation split.
 
+With few classes the per-class table is printed; --confusion writes the confusion matrix as CSV and PNG.
 The model file is a visionzoo checkpoint or anything `visionzoo export` / `quantize` wrote
 (.onnx via onnxruntime, .pt2, .ts, .safetensors).
 """
@@ -9,7 +10,6 @@ from __future__ import annotations
 import argparse
 
 from ..config.schema import MAX_IMG_SIZE
-from ..core.distributed import is_main_process
 from ..core.errors import ConfigError
 from ..core.files import write_json
 from .options import (
@@ -27,7 +27,11 @@ def add_parser(sub) -> None:
     add_model_source_flags(p, several=True, file_help="visionzoo checkpoint (.pth) or exported file (.onnx, .pt2, "
                            ".ts, .safetensors); with --sizes, repeat it to compare files (e.g. before and after "
                            "finetune-res)")
-    p.add_argument("--json", metavar="FILE", help="write top1, top5, loss, num_images and per-class accuracy")
+    p.add_argument("--json", metavar="FILE",
+                   help="write top1, top5, loss, num_images, per-class accuracy/precision/recall/F1 and the "
+                   "confusion matrix")
+    p.add_argument("--confusion", metavar="PREFIX",
+                   help="write the confusion matrix to PREFIX.csv and a heatmap to PREFIX.png")
     p.add_argument("--sizes", metavar="S,S,...", type=_sizes,
                    help="test-resolution sweep: top-1 at each size (the file's crop ratio), table + --json/--plot")
     p.add_argument("--plot", metavar="FILE.png",
@@ -60,11 +64,25 @@ def _sizes(text: str) -> list[int]:
     return sorted(set(sizes))
 
 
+# the per-class table is printed up to this many classes; beyond, it is in --json and --confusion
+TABLE_MAX_CLASSES = 20
+
+
 def run(args: argparse.Namespace) -> int:
+    # heavy imports (torch, numpy) only once a command runs, so `visionzoo eval --help` stays quick
+    import numpy as np
+
+    from ..core.distributed import is_main_process
+    from ..core.extras import require
     from ..inference.evaluate import evaluate
+    from ..inference.reports import per_class_table, write_confusion
 
     source = model_source(args)
     sources = source if isinstance(source, list) else [source]
+    if args.confusion and (args.sizes or args.longtail):
+        raise ConfigError("--confusion is for a plain evaluation, not --sizes or --longtail")
+    if args.plot or args.confusion:  # before a long evaluation, not after it
+        require("matplotlib", "plots", "--plot" if args.plot else "--confusion")
     if args.sizes:
         return _run_sizes(args, sources)
     if len(sources) > 1:
@@ -78,16 +96,37 @@ def run(args: argparse.Namespace) -> int:
                       args.channels_last, args.progress, args.backend, args.raw_weights)
     if not is_main_process():  # under torchrun, rank 0 reports for all
         return 0
-    skipped = f"  skipped {result['skipped_images']}" if result["skipped_images"] else ""
-    print(f"top-1 {result['top1']:.2f}  top-5 {result['top5']:.2f}  loss {result['loss']:.4f}  "
-          f"images {result['num_images']}{skipped}" + ("  (EMA weights)" if result["weights"] == "ema" else ""))
+    print(summary_line(result))
+    if len(result["per_class"]) <= TABLE_MAX_CLASSES:
+        print(per_class_table(_table_rows(result)))
+    if args.confusion:
+        for path in write_confusion(np.asarray(result["confusion_matrix"]),
+                                    [row["class"] for row in result["per_class"]], args.confusion):
+            print(f"wrote {path}")
     if args.json:
         write_json(args.json, result)
         print(f"wrote {args.json}")
     return 0
 
 
+def summary_line(result: dict) -> str:
+    """top-1 (and top-5 where it means something: with 5 classes or fewer every image is a top-5 hit), loss,
+    image count."""
+    top5 = f"  top-5 {result['top5']:.2f}" if len(result["per_class"]) > 5 else ""
+    skipped = f"  skipped {result['skipped_images']}" if result["skipped_images"] else ""
+    ema = "  (EMA weights)" if result["weights"] == "ema" else ""
+    return (f"top-1 {result['top1']:.2f}{top5}  loss {result['loss']:.4f}  images {result['num_images']}"
+            f"{skipped}{ema}")
+
+
+def _table_rows(result: dict) -> list[dict]:
+    """per_class rows as per_class_table wants them (support is the number of true images of the class)."""
+    return [{"class": r["class"], "support": r["total"], "precision": r["precision"], "recall": r["recall"],
+             "f1": r["f1"]} for r in result["per_class"]]
+
+
 def _run_sizes(args: argparse.Namespace, sources: list) -> int:
+    from ..core.distributed import is_main_process
     from ..fixres import evaluate_sizes, plot_sizes, sizes_table
 
     if args.longtail:
@@ -108,6 +147,7 @@ def _run_sizes(args: argparse.Namespace, sources: list) -> int:
 
 def _run_longtail(args: argparse.Namespace, source) -> int:
     from ..config import TrainConfig, apply_overrides
+    from ..core.distributed import is_main_process
     from ..inference.eval_data import resolve_data
     from ..inference.runtime import load_runner
     from ..longtail.evaluate import evaluate_longtail, plot_per_class

@@ -12,10 +12,14 @@ import argparse
 
 from .options import add_config_flags, add_model_source_flags, data_config, model_source
 
+# inference.export's formats and defaults, repeated here so `export --help` needs no torch (a test keeps them
+# equal)
+FORMATS = ("onnx", "torchscript", "export", "safetensors")
+DEFAULT_OPSET = 18
+DEFAULT_ATOL = DEFAULT_RTOL = 1e-4
+
 
 def add_parser(sub) -> None:
-    from ..inference.export import DEFAULT_ATOL, DEFAULT_OPSET, DEFAULT_RTOL, FORMATS
-
     p = sub.add_parser("export", help="export a checkpoint for deployment", description=__doc__)
     add_model_source_flags(p, file_help="visionzoo checkpoint (.pth) or .safetensors to export")
     p.add_argument("--format", required=True, choices=list(FORMATS))

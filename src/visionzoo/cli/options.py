@@ -8,12 +8,15 @@ from typing import Any
 
 from ..config import (
     CHOICES,
+    SECTIONS,
     TrainConfig,
     apply_overrides,
     check_data,
     coerce,
+    field_help,
     field_index,
     field_type,
+    getattr_path,
     load_yaml,
     to_dict,
 )
@@ -31,34 +34,81 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _remember(namespace: argparse.Namespace, dest: str, option_string: str | None) -> None:
+    typed = dict(getattr(namespace, "cfg_flags", {}))
+    typed[dest] = option_string
+    namespace.cfg_flags = typed
+
+
 class _StoreNamed(argparse.Action):
     """Store the value and remember which spelling was typed (--amp or --precision), so an error about
     the value names the flag the user wrote."""
 
     def __call__(self, parser, namespace, values, option_string=None):
         setattr(namespace, self.dest, values)
-        typed = dict(getattr(namespace, "cfg_flags", {}))
-        typed[self.dest] = option_string
-        namespace.cfg_flags = typed
+        _remember(namespace, self.dest, option_string)
+
+
+class _Switch(argparse.Action):
+    """A boolean field's two flags: --x / --no-x, and for a field named no_x (no_decay_norm_bias) --no-x (true)
+    and --x (false), where argparse's BooleanOptionalAction would offer --no-no-x."""
+
+    def __init__(self, option_strings: list[str], dest: str, true_flag: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+        self.true_flag = true_flag
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, option_string == self.true_flag)
+
+
+def shown(value: Any) -> str:
+    """A default as its flag would take it: none, on/off, comma lists, short floats."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return ",".join(shown(v) for v in value)
+    return str(value)
+
+
+def _metavar(name: str, tp: Any) -> str:
+    if typing.get_origin(tp) is list:
+        return "N,N,..." if typing.get_args(tp)[0] is int else "X,X"
+    return {int: "N", float: "X"}.get(tp, name.upper())
+
+
+def config_flag_help(path: str, default: Any) -> str:
+    """The field's help line (config/schema.py, the one source) and its default, escaped for argparse."""
+    return f"{field_help(path)} [default: {shown(default)}]".replace("%", "%%")
 
 
 def add_config_flags(parser: argparse.ArgumentParser, only: set[str] | None = None) -> None:
-    """Add one flag per config field (or per field in `only`); unset flags stay out of args."""
+    """Add one flag per config field (or per field in `only`), grouped by section, each with its help and
+    default from the schema; unset flags stay out of args."""
+    defaults = TrainConfig()
     groups: dict[str, argparse._ArgumentGroup] = {}
     for name, path in field_index().items():
         if name in SKIP or (only is not None and name not in only):
             continue
         section = path.split(".")[0] if "." in path else "run"
-        group = groups.setdefault(section, parser.add_argument_group(f"{section} options"))
+        if section not in groups:
+            about = type(getattr(defaults, section)).__doc__ if section in SECTIONS else "The run's own settings."
+            groups[section] = parser.add_argument_group(f"{section} options", (about or "").split("\n")[0])
         tp = field_type(path)
         base = typing.get_args(tp)[0] if type(None) in typing.get_args(tp) else tp
-        kwargs: dict[str, Any] = {"dest": f"cfg__{name}", "default": argparse.SUPPRESS}
+        kwargs: dict[str, Any] = {"dest": f"cfg__{name}", "default": argparse.SUPPRESS,
+                                  "help": config_flag_help(path, getattr_path(defaults, path))}
         if base is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        else:
-            kwargs["metavar"] = "|".join(CHOICES[name]) if name in CHOICES else name.upper()
-            kwargs["action"] = _StoreNamed
-        group.add_argument(_flag(name), *ALIASES.get(name, []), **kwargs)
+            # a field named no_x is switched on by --no-x; its opposite is --x (not --no-no-x)
+            flags = [_flag(name), "--" + name[3:].replace("_", "-")] if name.startswith("no_") else \
+                [_flag(name), "--no-" + name.replace("_", "-")]
+            groups[section].add_argument(*flags, action=_Switch, true_flag=flags[0], **kwargs)
+            continue
+        kwargs["metavar"] = "|".join(CHOICES[name]) if name in CHOICES else _metavar(name, base)
+        groups[section].add_argument(_flag(name), *ALIASES.get(name, []), action=_StoreNamed, **kwargs)
 
 
 def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -136,7 +186,7 @@ def run_training(fn, cfg: TrainConfig, print_config: bool = False) -> dict[str, 
 def precision_word(text: str) -> str:
     """argparse type for --precision: the one vocabulary (core.precision), aliases included."""
     try:
-        return parse_precision(text)
+        return parse_precision(text, what="--precision")
     except ConfigError as e:
         raise argparse.ArgumentTypeError(str(e).removeprefix("--precision: ")) from None
 

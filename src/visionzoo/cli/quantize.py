@@ -31,7 +31,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..inference.eval_data import resolve_data
     from ..inference.evaluate import evaluate
-    from ..inference.quantize import quantize
+    from ..inference.quantize import quantize, quiet_libraries
     from ..inference.runtime import detect_format, load_module, onnx_info
 
     source = model_source(args)
@@ -39,8 +39,10 @@ def run(args: argparse.Namespace) -> int:
     onnx = isinstance(source, str) and detect_format(source) == "onnx"
     info = onnx_info(source) if onnx else load_module(source, args.raw_weights)[1]
     data = resolve_data(info, data_config(args))
-    report = quantize(source, data, args.output, args.calib_batches, args.batch_size, args.dtype,
-                      args.calib_split, args.raw_weights)
+    # torch/torchao/onnxruntime notes about their internals are not the user's business; errors still show
+    with quiet_libraries():
+        report = quantize(source, data, args.output, args.calib_batches, args.batch_size, args.dtype,
+                          args.calib_split, args.raw_weights)
     print(f"wrote {report['output']} ({report['dtype']}, {report['method']}, "
           f"{report['calib_images']} calibration images in {report['calib_batches']} batches, {report['seconds']} s)")
     if args.eval:
@@ -48,8 +50,9 @@ def run(args: argparse.Namespace) -> int:
         runs = (("original", source, "eager"),
                 ("quantized", args.output, "compile" if args.output.endswith(".pt2") else "eager"))
         for key, path, backend in runs:
-            r = evaluate(path, data, args.batch_size, "cpu", progress=False, backend=backend,
-                         raw_weights=args.raw_weights)
+            with quiet_libraries():  # inductor's int8 compile logs about CUDA and its caches
+                r = evaluate(path, data, args.batch_size, "cpu", progress=False, backend=backend,
+                             raw_weights=args.raw_weights)
             report[key] = {"top1": r["top1"], "top5": r["top5"], "num_images": r["num_images"]}
         o, q = report["original"], report["quantized"]
         report["top1_drop"] = o["top1"] - q["top1"]

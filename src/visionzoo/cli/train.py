@@ -1,4 +1,8 @@
-"""visionzoo train: train a model from a recipe, a YAML config and/or flags."""
+"""visionzoo train: train a model from a recipe, a YAML config and/or flags.
+
+Layers, each overriding the one before: the defaults shown below < --recipe (and its --mode) < --config YAML
+< flags. `visionzoo train --recipe NAME --print-config` shows what a recipe sets.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +13,22 @@ from .options import add_config_flags, resolve_config, run_training
 
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train a classifier", description=__doc__,
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--recipe", help="recipe name (see `visionzoo recipes`)")
-    p.add_argument("--mode", help="recipe mode, e.g. full, full_amp, perf (default: the recipe's)")
-    p.add_argument("--config", metavar="FILE", help="YAML config (e.g. a run's config.yaml); flags override it")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+                       usage="visionzoo train [--recipe NAME [--mode MODE]] [--config FILE] [--FLAG VALUE ...]",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipe", metavar="NAME", help="recipe name (see `visionzoo recipes`) [default: none]")
+    p.add_argument("--mode", help="recipe mode, e.g. full, full_amp, perf [default: the recipe's]")
+    p.add_argument("--config", metavar="FILE",
+                   help="YAML config (e.g. a run's config.yaml); flags override it [default: none]")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit [default: off]")
     add_config_flags(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.trainer import train
+    def train(cfg):  # imported here: --print-config needs no torch
+        from ..engine.trainer import train
+
+        return train(cfg)
 
     summary = run_training(train, resolve_config(args), args.print_config)
     if summary and summary.get("checkpoint"):

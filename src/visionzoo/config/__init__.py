@@ -17,13 +17,18 @@ from .schema import (
     check_data,
     check_decode,
     coerce,
+    default_workers,
+    field_help,
     field_index,
     field_type,
+    flag_names,
     flatten,
     from_dict,
     getattr_path,
     load_yaml,
     save_yaml,
+    spelled,
+    suggest,
     to_dict,
     validate,
 )
@@ -31,6 +36,6 @@ from .schema import (
 __all__ = [
     "CHOICES", "KEY_ALIASES", "SECTIONS", "AugConfig", "ConfigError", "DataConfig", "LongTailConfig", "ModelConfig",
     "OptimConfig", "Recipe", "SchedConfig", "TrainConfig", "apply_overrides", "check_data", "check_decode", "coerce",
-    "field_index", "field_type", "flatten", "from_dict", "get_recipe", "getattr_path", "list_recipes",
-    "load_yaml", "save_yaml", "to_dict", "validate",
+    "default_workers", "field_help", "field_index", "field_type", "flag_names", "flatten", "from_dict", "get_recipe",
+    "getattr_path", "list_recipes", "load_yaml", "save_yaml", "spelled", "suggest", "to_dict", "validate",
 ]

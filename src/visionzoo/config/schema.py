@@ -4,15 +4,25 @@ A run is described by one `TrainConfig` made of small sections. Values are layer
 dataclass defaults < recipe YAML < recipe mode < user YAML (--config) < command-line flags.
 Every field is a command-line flag (`--batch-size`, `--lr`, ...), unknown keys are an error,
 and the resolved config is written next to every run and inside every checkpoint.
+
+Each field carries its one-line help (`setting(default, "help")`): `visionzoo train --help` is generated
+from it, so the schema is the one place a setting is described.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import copy
 import dataclasses
 import difflib
+import functools
 import math
+import numbers
+import os
 import types
 import typing
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,152 +34,195 @@ from ..core.files import atomic_path
 from ..core.precision import parse_precision
 
 
-@dataclass
-class ModelConfig:
-    model: str = "resnet18"
-    num_classes: int | None = None  # None: taken from the data set
-    pretrained: bool = False  # the library's hub weights (needs internet)
-    weights: str | None = None  # local state dict / checkpoint / safetensors file
-    sync_bn: bool = False
-    channels_last: bool | None = None  # None: on for CUDA devices, off on CPUs (core.precision)
-    compile: bool = False
-    # all | classifier (cRT: backbone frozen, its norm statistics kept) | fixres (classifier trains,
-    # the model's final norm layer re-estimates its statistics, everything else frozen in eval mode)
-    train_scope: str = "all"
-    drop_path: float | None = None  # stochastic depth rate, for models that take one (timm's drop_path_rate)
-    dropout: float | None = None  # dropout before the classifier, for models that take one
-    raw_weights: bool = False  # a checkpoint with EMA weights: use its raw weights instead (--weights, eval, ...)
+def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory: Callable[[], Any] | None = None) -> Any:
+    """A config field with its one-line help text (the source of the command line's --help)."""
+    assert help, "every config field needs a help text"
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def default_workers() -> int:
+    """min(4, the CPUs this process may run on): more loader processes than CPUs only contend (and torch warns)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))  # a container's or taskset's share, not the machine's count
+    except AttributeError:  # macOS, Windows
+        cpus = os.cpu_count() or 1
+    return max(1, min(4, cpus))
+
+
+class _Checked:
+    """Types and choices checked when a section is built: `TrainConfig(model="resnet18")` fails here, naming the
+    field, instead of with an AttributeError deep in a run."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass
-class DataConfig:
-    data: str | None = None  # ImageFolder root with train/ and val/, or list-file root
-    train_list: str | None = None  # "relative/path label" lines
-    val_list: str | None = None
-    train_root: str | None = None  # where train_list paths start (default: found under --data)
-    val_root: str | None = None  # e.g. a flat ILSVRC2012 val folder
-    dummy: bool = False  # synthetic data for performance runs
-    dummy_train_size: int = 10240
-    dummy_val_size: int = 1024
-    dummy_classes: int = 1000
-    img_size: int | None = None  # training crops (and evaluation, unless eval_img_size); None: the model's
-    eval_img_size: int | None = None  # evaluation centre crop; None: img_size (torchvision V2: train 176, eval 224)
-    crop_pct: float | None = None  # eval resize = eval size / crop_pct; None: model default
-    interpolation: str | None = None  # bilinear | bicubic | nearest; None: model default
-    scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # RandomResizedCrop area
-    ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
-    hflip: float = 0.5
-    color_jitter: float = 0.0  # brightness/contrast/saturation strength, 0 = off
-    # random_resized: RandomResizedCrop (--scale, --ratio); fixres: the test-time resize and centre
-    # crop with a random horizontal shift of the crop (FixRes fine-tuning at the test resolution)
-    train_crop: str = "random_resized"
+class ModelConfig(_Checked):
+    """The network: its architecture, weights and which parts train."""
+
+    model: str = setting("resnet18", "registered or timm model name (see `visionzoo models`)")
+    num_classes: int | None = setting(None, "classifier size; none: the data set's class count")
+    pretrained: bool = setting(False, "start from the library's hub weights (needs internet)")
+    weights: str | None = setting(None, "start from a local state dict, checkpoint or .safetensors file")
+    sync_bn: bool = setting(False, "synchronise batch-norm statistics across GPUs (multi-GPU runs)")
+    channels_last: bool | None = setting(None, "NHWC memory layout; none: on for CUDA devices, off on CPUs")
+    compile: bool = setting(False, "run the model through torch.compile")
+    # classifier is cRT (backbone frozen, its norm statistics kept); fixres trains the classifier while the
+    # final norm layer re-estimates its statistics, everything else frozen in eval mode
+    train_scope: str = setting("all", "what trains: all | classifier (cRT) | fixres (classifier + final norm)")
+    drop_path: float | None = setting(None, "stochastic depth rate, for models that take one (timm's drop_path_rate)")
+    dropout: float | None = setting(None, "dropout before the classifier, for models that take one")
+    raw_weights: bool = setting(False, "a checkpoint with EMA weights: load its raw weights, not the average")
+
+
+@dataclass
+class DataConfig(_Checked):
+    """Where images come from and how they become batches."""
+
+    data: str | None = setting(None, "ImageFolder root with train/ and val/, a list-file root, a pack or "
+                                     "builtin:digits")
+    train_list: str | None = setting(None, "training list file: 'relative/path label' lines")
+    val_list: str | None = setting(None, "validation list file: 'relative/path label' lines")
+    train_root: str | None = setting(None, "where train_list paths start; none: found under data")
+    val_root: str | None = setting(None, "where val_list paths start, e.g. a flat ILSVRC2012 val folder")
+    dummy: bool = setting(False, "synthetic images instead of a data set (performance runs)")
+    dummy_train_size: int = setting(10240, "synthetic training images")
+    dummy_val_size: int = setting(1024, "synthetic validation images")
+    dummy_classes: int = setting(1000, "synthetic classes")
+    img_size: int | None = setting(None, "training crop size in px (and evaluation's, unless eval_img_size); "
+                                         "none: the model's")
+    eval_img_size: int | None = setting(None, "evaluation centre crop in px; none: img_size")
+    crop_pct: float | None = setting(None, "evaluation resize = eval size / crop_pct; none: the model's")
+    interpolation: str | None = setting(None, "resize filter; none: the model's")
+    scale: list[float] = setting(help="RandomResizedCrop area range (min,max)", factory=lambda: [0.08, 1.0])
+    ratio: list[float] = setting(help="RandomResizedCrop aspect-ratio range (min,max)", factory=lambda: [3 / 4, 4 / 3])
+    hflip: float = setting(0.5, "probability of a horizontal flip")
+    color_jitter: float = setting(0.0, "brightness/contrast/saturation jitter strength; 0: off")
+    # fixres: the test-time resize and centre crop with a random horizontal shift of the crop (FixRes
+    # fine-tuning at the test resolution)
+    train_crop: str = setting("random_resized", "training crop: RandomResizedCrop (scale, ratio) or FixRes' "
+                                                "shifted test crop")
     # fast: decode fused with the crop (JPEG DCT scaling, one resample); pil: full decode + torchvision v2 ops,
     # the reference pixels published accuracies assume; device: JPEGs decoded on the training device (nvJPEG on
-    # CUDA), crop and flip there too. None: fast for training crops, pil for every evaluation (val, eval, predict)
-    decode: str | None = None
-    workers: int = 4
-    worker_nice: int = 19  # loader workers' CPU priority (0-19): at 19 they use what the step leaves idle
-    skip_bad_images: bool = False
+    # CUDA), crop and flip there too
+    decode: str | None = setting(None, "JPEG decoding: fused with the crop, PIL, or on the device; none: fast "
+                                       "for training, pil for evaluation")
+    workers: int = setting(help="loader processes per rank; default min(4, CPUs available)", factory=default_workers)
+    worker_nice: int = setting(19, "loader processes' CPU priority (0-19): at 19 they use what the step leaves idle")
+    skip_bad_images: bool = setting(False, "replace unreadable images with another one instead of stopping")
 
 
 @dataclass
-class OptimConfig:
-    opt: str = "sgd"
-    lr: float | None = None  # absolute lr; None: lr_base scaled to the global batch size
-    lr_base: float = 0.1  # lr at lr_base_batch images per step
-    lr_base_batch: int = 256
-    lr_scale: str = "linear"  # linear | sqrt | none
-    momentum: float = 0.9  # sgd, lars, rmsprop
-    nesterov: bool = False
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw, lamb
-    eps: float = 1e-8  # adamw, lamb, rmsprop, lars
-    weight_decay: float = 1e-4
-    # no weight decay on 1-d parameters (norm scales and shifts, biases) and on the names a timm model lists
-    # as no_weight_decay (ViT position embeddings and class tokens)
-    no_decay_norm_bias: bool = False
-    layer_decay: float | None = None  # layer-wise lr decay (timm models with layer groups: ViT, ConvNeXt, ...)
-    accum_steps: int = 1  # micro-batches per optimizer step: the effective batch is batch_size x accum_steps
-    clip_grad: float | None = None  # max global grad norm
-    label_smoothing: float = 0.0
-    ema: bool = False  # keep an exponential moving average of the weights (evaluated and saved beside them)
-    ema_decay: float = 0.9998
-    ema_warmup: bool = False  # decay min(ema_decay, (1 + n) / (10 + n)) after n updates, as timm's ModelEmaV3
-    ema_every: int = 1  # optimizer steps between EMA updates
+class OptimConfig(_Checked):
+    """The optimizer, learning rate, weight decay and weight averaging."""
+
+    opt: str = setting("sgd", "optimizer")
+    lr: float | None = setting(None, "absolute learning rate; none: lr_base scaled to the global batch size")
+    lr_base: float = setting(0.1, "learning rate at lr_base_batch images per step")
+    lr_base_batch: int = setting(256, "the batch size lr_base is given for")
+    lr_scale: str = setting("linear", "how lr_base scales with the batch size")
+    momentum: float = setting(0.9, "momentum (sgd, lars, rmsprop)")
+    nesterov: bool = setting(False, "Nesterov momentum (sgd)")
+    betas: list[float] = setting(help="Adam betas (adamw, lamb)", factory=lambda: [0.9, 0.999])
+    eps: float = setting(1e-8, "denominator epsilon (adamw, lamb, rmsprop, lars)")
+    weight_decay: float = setting(1e-4, "weight decay")
+    # also the names a timm model lists as no_weight_decay (ViT position embeddings and class tokens)
+    no_decay_norm_bias: bool = setting(False, "no weight decay on 1-d parameters (norm scales and shifts, biases)")
+    layer_decay: float | None = setting(None, "layer-wise lr decay (timm models with layer groups: ViT, ConvNeXt, "
+                                              "...)")
+    accum_steps: int = setting(1, "micro-batches per optimizer step: the effective batch is batch_size x this")
+    clip_grad: float | None = setting(None, "max global gradient norm; none: no clipping")
+    label_smoothing: float = setting(0.0, "label smoothing of the targets")
+    ema: bool = setting(False, "keep an exponential moving average of the weights (evaluated and saved beside "
+                               "them)")
+    ema_decay: float = setting(0.9998, "EMA decay per update")
+    ema_warmup: bool = setting(False, "EMA decay min(ema_decay, (1 + n) / (10 + n)) after n updates (timm's "
+                                      "ModelEmaV3)")
+    ema_every: int = setting(1, "optimizer steps between EMA updates")
 
 
 @dataclass
-class SchedConfig:
-    sched: str = "linear"  # linear | step | multistep | cosine | constant
-    warmup_epochs: float = 0.0
-    warmup_start_factor: float = 0.01  # lr multiplier at step 0 of warm-up
-    step_size: int = 30  # epochs, for sched=step
-    milestones: list[int] = field(default_factory=lambda: [30, 60, 90])  # epochs, multistep
-    gamma: float = 0.1
-    min_lr_factor: float = 0.0  # final lr / peak lr for linear and cosine
+class SchedConfig(_Checked):
+    """The learning-rate schedule, per step."""
+
+    sched: str = setting("linear", "learning-rate schedule after warm-up")
+    warmup_epochs: float = setting(0.0, "linear warm-up length in epochs (fractions allowed)")
+    warmup_start_factor: float = setting(0.01, "lr multiplier at the first warm-up step")
+    step_size: int = setting(30, "epochs between decays (sched step)")
+    milestones: list[int] = setting(help="epochs at which the lr decays (sched multistep)",
+                                    factory=lambda: [30, 60, 90])
+    gamma: float = setting(0.1, "lr multiplier at each decay (step, multistep)")
+    min_lr_factor: float = setting(0.0, "final lr / peak lr (linear, cosine)")
 
 
 @dataclass
-class LongTailConfig:
+class LongTailConfig(_Checked):
     """Long-tail training: sampling, loss, classifier re-training; OLTR stage 2 is the oltr_* models."""
 
-    sampler: str = "instance"  # instance | class_balanced | sqrt | class_aware
-    samples_per_class: int = 4  # class_aware: images per class per draw (OLTR stage 2)
-    # ce | bce (binary cross-entropy on soft targets, as timm's "ResNet strikes back") | balanced_softmax
-    # (logits + log class prior during training)
-    loss: str = "ce"
-    reset_classifier: bool = False  # re-initialise the classifier after loading --weights (cRT)
-    head_lr_factor: float = 1.0  # classifier lr = lr * this (OLTR stage 2: 10)
-    centroid_weight: float = 0.01  # OLTR (oltr_* models): discriminative centroid loss weight
-    centroid_lr_factor: float = 1.0  # OLTR: centroids lr = lr * this
+    sampler: str = setting("instance", "training sampler: per image, class-balanced, square-root or class-aware")
+    samples_per_class: int = setting(4, "images per class per draw (sampler class_aware, OLTR stage 2)")
+    # bce is binary cross-entropy on soft targets, as timm's "ResNet strikes back"; balanced_softmax adds the
+    # log class prior to the logits during training
+    loss: str = setting("ce", "training loss")
+    reset_classifier: bool = setting(False, "re-initialise the classifier after loading weights (cRT)")
+    head_lr_factor: float = setting(1.0, "classifier lr = lr x this (OLTR stage 2: 10)")
+    centroid_weight: float = setting(0.01, "discriminative centroid loss weight (oltr_* models)")
+    centroid_lr_factor: float = setting(1.0, "centroids' lr = lr x this (oltr_* models)")
 
 
 @dataclass
-class AugConfig:
+class AugConfig(_Checked):
     """Augmentation beyond crop and flip: per-sample policies in the loader, batch mixing on the device."""
 
-    auto_augment: str | None = None  # ta_wide | ra | augmix | imagenet (torchvision's policies)
-    ra_magnitude: int = 9  # RandAugment magnitude (0-30)
-    ra_ops: int = 2  # RandAugment ops per image
-    augmix_severity: int = 3
-    random_erase: float = 0.0  # probability of erasing a rectangle (with the mean colour)
-    mixup: float = 0.0  # mixup alpha (0 = off)
-    cutmix: float = 0.0  # cutmix alpha (0 = off)
-    mixup_prob: float = 1.0  # probability a batch is mixed at all
-    mixup_switch_prob: float = 0.5  # with both on: probability of cutmix rather than mixup
-    mixup_off_epoch: int = 0  # epoch (1-based) from which batches are no longer mixed; 0: never
-    aug_repeats: int = 0  # repeated augmentation: each image N times per epoch, on different ranks (0, 1: off)
+    auto_augment: str | None = setting(None, "torchvision auto-augment policy; none: off")
+    ra_magnitude: int = setting(9, "RandAugment magnitude (0-30)")
+    ra_ops: int = setting(2, "RandAugment operations per image")
+    augmix_severity: int = setting(3, "AugMix severity (1-10)")
+    random_erase: float = setting(0.0, "probability of erasing a rectangle (with the mean colour)")
+    mixup: float = setting(0.0, "mixup alpha; 0: off")
+    cutmix: float = setting(0.0, "cutmix alpha; 0: off")
+    mixup_prob: float = setting(1.0, "probability a batch is mixed at all")
+    mixup_switch_prob: float = setting(0.5, "with mixup and cutmix both on: probability of cutmix")
+    mixup_off_epoch: int = setting(0, "epoch (1-based) from which batches are no longer mixed; 0: never")
+    aug_repeats: int = setting(0, "repeated augmentation: each image N times per epoch on different ranks; 0, 1: "
+                                  "off")
 
 
 @dataclass
-class TrainConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    sched: SchedConfig = field(default_factory=SchedConfig)
-    lt: LongTailConfig = field(default_factory=LongTailConfig)
-    aug: AugConfig = field(default_factory=AugConfig)
-    epochs: int = 90
-    # global (summed over all processes); small by default so a first run on a laptop-sized data set
-    # takes enough steps to learn. Recipes set the seeds' 256.
-    batch_size: int = 64
-    iters: int | None = None  # cap on steps per epoch (performance runs)
-    # auto: bf16 autocast on CUDA devices that support it (fp16 on older ones), fp32 on CPUs
-    # (core.precision); the older key `amp` and the value `none` (fp32) are still read
-    precision: str = "auto"  # auto | fp32 | fp16 | bf16
-    device: str = "auto"  # auto | cpu | cuda
-    seed: int = 0
-    deterministic: bool = False
-    output: str | None = None  # run folder; None: runs/<model>-<time>
-    resume: str | None = None  # PATH or "auto" (OUTPUT/last.pth)
-    eval_every: int = 1  # epochs between evaluations; 0 = never
-    eval_start: int = 1  # first epoch (1-based) that is evaluated
-    target_top1: float | None = None  # stop once val top-1 (percent) reaches this
-    log_interval: int = 20  # steps between loss read-outs (the only host syncs)
-    perf_warmup_steps: int = 5  # steps per epoch left out of images/s
-    progress: bool = True
-    tensorboard: bool = False
-    recipe: str | None = None  # recorded: the recipe and mode the run came from
-    mode: str | None = None
+class TrainConfig(_Checked):
+    """A whole run: the sections, and the run's own settings."""
+
+    model: ModelConfig = setting(help="the network", factory=ModelConfig)
+    data: DataConfig = setting(help="the data and its pipeline", factory=DataConfig)
+    optim: OptimConfig = setting(help="the optimizer", factory=OptimConfig)
+    sched: SchedConfig = setting(help="the learning-rate schedule", factory=SchedConfig)
+    lt: LongTailConfig = setting(help="long-tail training", factory=LongTailConfig)
+    aug: AugConfig = setting(help="augmentation", factory=AugConfig)
+    epochs: int = setting(90, "epochs to train")
+    # small by default so a first run on a laptop-sized data set takes enough steps to learn; recipes set the
+    # seeds' 256
+    batch_size: int = setting(64, "global batch size (summed over all processes)")
+    iters: int | None = setting(None, "cap on steps per epoch (performance runs); none: the whole epoch")
+    # the older key `amp` and the value `none` (fp32) are still read
+    precision: str = setting("auto", "autocast precision; auto: bf16 on CUDA devices that support it (fp16 on "
+                                     "older ones), fp32 on CPUs")
+    device: str = setting("auto", "where to train; auto: CUDA when available")
+    seed: int = setting(0, "random seed (model init, sampling, augmentation)")
+    deterministic: bool = setting(False, "deterministic kernels (slower; bitwise repeatable runs)")
+    output: str | None = setting(None, "run folder; none: runs/<model>-<time>")
+    resume: str | None = setting(None, "continue from a checkpoint PATH, or auto: OUTPUT/last.pth if there is one")
+    eval_every: int = setting(1, "epochs between evaluations; 0: never")
+    eval_start: int = setting(1, "first epoch (1-based) that is evaluated")
+    target_top1: float | None = setting(None, "stop once validation top-1 (percent) reaches this")
+    log_interval: int = setting(20, "steps between loss read-outs (the only host syncs)")
+    perf_warmup_steps: int = setting(5, "steps per epoch left out of images/s")
+    progress: bool = setting(True, "progress bars")
+    tensorboard: bool = setting(False, "write TensorBoard event files to the run folder")
+    recipe: str | None = setting(None, "the recipe the run came from (recorded)")
+    mode: str | None = setting(None, "the recipe mode the run came from (recorded)")
 
 
 SECTIONS = ("model", "data", "optim", "sched", "lt", "aug")
@@ -189,9 +242,112 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 # older names of fields, still read from YAML files, checkpoints' saved configs and the command line
 KEY_ALIASES = {"amp": "precision"}
+# ints that only mean something from 1 up: refused as soon as a section is built (validate() checks the rest)
+_AT_LEAST_1 = {"epochs", "batch_size", "iters", "log_interval", "eval_start", "step_size", "lr_base_batch",
+               "num_classes", "samples_per_class", "accum_steps", "ema_every", "ra_ops"}
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+_LIST_WORDS = {int: "integers", float: "numbers", str: "strings"}
 
 
-def _hints(cls: type) -> dict[str, Any]:
+def check_fields(section: Any) -> None:
+    """Check (and normalise: paths to str, ints to float where a float is asked) a section's fields; ConfigError
+    naming the field. Run when a section is built; apply_overrides copies without it (its values are coerced)."""
+    hints = _hints(section.__class__)
+    for f in dataclasses.fields(section):
+        tp, value = hints[f.name], getattr(section, f.name)
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            if not isinstance(value, tp):
+                raise ConfigError(_wrong_section(f.name, tp, value))
+            continue
+        setattr(section, f.name, _checked_value(value, tp, f.name))
+
+
+def _wrong_section(name: str, cls: type, value: Any) -> str:
+    fix = (f"to set {name}.{name} use TrainConfig({name}={cls.__name__}({name}=...)) or "
+           f"visionzoo.train({name}={value!r})" if isinstance(value, str) and name in _hints(cls)
+           else f"use TrainConfig({name}={cls.__name__}(...)) or visionzoo.train(field=value, ...)")
+    got = f"{type(value).__name__} {value!r}" if len(repr(value)) <= 60 else f"a {type(value).__name__}"
+    article = "an" if cls.__name__[0] in "AEIOU" else "a"
+    return f"{name}: expected {article} {cls.__name__}, got {got}; {fix}"
+
+
+def _checked_value(value: Any, tp: Any, name: str) -> Any:
+    if name == "precision":  # one vocabulary with its aliases (none = fp32)
+        return parse_precision(value, CHOICES[name], name)
+    base, optional = _unwrap_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{name}: may not be None")
+    if typing.get_origin(base) is list:
+        if isinstance(value, list | tuple):
+            (item_tp,) = typing.get_args(base)
+            return [_checked_value(v, item_tp, name) for v in value]
+        ok = False
+    elif base is bool:
+        ok = isinstance(value, bool)
+    elif base is int:
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        value = int(value) if ok else value
+    elif base is float:
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    else:
+        value = os.fspath(value) if isinstance(value, os.PathLike) else value  # a Path for a path field is fine
+        ok = isinstance(value, str)
+        if ok and name in CHOICES and value not in CHOICES[name]:
+            raise ConfigError(f"{name}: {value!r} is not one of {', '.join(CHOICES[name])}")
+    if not ok:
+        words = (f"a list of {_LIST_WORDS[typing.get_args(base)[0]]}" if typing.get_origin(base) is list
+                 else _TYPE_WORDS[base])
+        raise ConfigError(f"{name}: expected {words}{' or None' if optional else ''}, got {type(value).__name__} "
+                          f"{value!r}")
+    if name in _AT_LEAST_1 and value < 1:
+        raise ConfigError(f"{name} = {value!r} is out of range (>= 1)")
+    return value
+
+
+# True while the command line runs a command: messages then name settings as flags (--train-scope), as the user
+# typed them; the library's callers (visionzoo.train, a notebook) know them as fields (train_scope)
+_FLAG_NAMES: contextvars.ContextVar[bool] = contextvars.ContextVar("visionzoo_flag_names", default=False)
+
+
+@contextlib.contextmanager
+def flag_names() -> Iterator[None]:
+    """Within it, config errors name settings by their command-line flags; the CLI runs each command inside."""
+    token = _FLAG_NAMES.set(True)
+    try:
+        yield
+    finally:
+        _FLAG_NAMES.reset(token)
+
+
+def spelled(name: str, value: Any = dataclasses.MISSING) -> str:
+    """A setting (with a value) as the caller writes it: `--train-scope fixres` on the command line,
+    `train_scope='fixres'` in Python."""
+    if _FLAG_NAMES.get():
+        flag = "--" + name.replace("_", "-")
+        return flag if value is dataclasses.MISSING else f"{flag} {value}"
+    return name if value is dataclasses.MISSING else f"{name}={value!r}"
+
+
+def suggest(word: str, known: Iterable[str], n: int = 3) -> list[str]:
+    """The known names closest to a misspelt one, best first: difflib's, and names whose last part the word
+    contains or is part of (--lr-scheduler -> --sched), which difflib's ratio alone ranks too low."""
+    known = list(known)
+
+    def leaf(name: str) -> str:  # "optim.lr_base" -> "lr_base", "--lr-base" -> "lr-base"
+        return name.rsplit(".", 1)[-1].lstrip("-")
+
+    stem = leaf(word)
+    contained = {k for k in known if min(len(leaf(k)), len(stem)) >= 4 and (leaf(k) in stem or stem in leaf(k))}
+    candidates = contained | set(difflib.get_close_matches(word, known, n=n))
+    score = {k: difflib.SequenceMatcher(None, word, k).ratio() + (0.2 if k in contained else 0) for k in candidates}
+    return sorted(candidates, key=lambda k: (-score[k], k))[:n]
+
+
+@functools.cache  # every section built checks its fields against these
+def _hints(cls: Any) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
@@ -250,7 +406,7 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
 
 
 def _unknown(key: str, known: list[str], source: str) -> ConfigError:
-    close = difflib.get_close_matches(key, known, n=3)
+    close = suggest(key, known)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     return ConfigError(f"{source}: unknown config key {key!r}{hint}")
 
@@ -275,6 +431,15 @@ def field_type(path: str) -> Any:
     for p in parts[:-1]:
         cls = _hints(cls)[p]
     return _hints(cls)[parts[-1]]
+
+
+def field_help(path: str) -> str:
+    """The one-line help of the field at a dotted path ('optim.lr'), as written in its setting()."""
+    parts = path.split(".")
+    cls: Any = TrainConfig
+    for p in parts[:-1]:
+        cls = _hints(cls)[p]
+    return next(f for f in dataclasses.fields(cls) if f.name == parts[-1]).metadata["help"]
 
 
 def flatten(overrides: dict[str, Any], source: str) -> dict[str, Any]:
@@ -302,9 +467,10 @@ def flatten(overrides: dict[str, Any], source: str) -> dict[str, Any]:
 
 def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any], source: str) -> TrainConfig:
     """Return a copy of cfg with overrides (nested or flat keys) applied and type-checked."""
-    cfg = dataclasses.replace(
-        cfg, **{s: dataclasses.replace(getattr(cfg, s)) for s in SECTIONS}
-    )
+    # copies that skip __post_init__: a value set by an earlier layer is checked by validate(), in one place
+    cfg = copy.copy(cfg)
+    for s in SECTIONS:
+        setattr(cfg, s, copy.copy(getattr(cfg, s)))
     for path, value in flatten(overrides, source).items():
         parent, _, name = path.rpartition(".")
         target = getattr_path(cfg, parent) if parent else cfg
@@ -358,7 +524,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _refuse([(name, allowed) for name, ok, allowed in checks if not ok], cfg)
     check_data(cfg.data)
     if cfg.model.train_scope != "all" and not (cfg.model.weights or cfg.model.pretrained or cfg.resume):
-        raise ConfigError(f"--train-scope {cfg.model.train_scope} fine-tunes a trained model: pass --init-from CKPT")
+        scope = spelled("train_scope", cfg.model.train_scope)
+        source = "pass --init-from CKPT" if _FLAG_NAMES.get() else "set weights (a checkpoint), pretrained or resume"
+        raise ConfigError(f"{scope} fine-tunes a trained model: {source}")
     return cfg
 
 
@@ -395,11 +563,12 @@ def check_decode(data: DataConfig) -> DataConfig:
     """What decode='device' cannot do, as a ConfigError: the batch decodes after the workers could have
     replaced a bad file or jittered colours, and its centre crop does not pad (crop_pct above 1)."""
     if data.decode == "device":
-        clash = [flag for flag, on in (("--skip-bad-images", data.skip_bad_images),
-                                       ("--color-jitter", data.color_jitter > 0),
-                                       ("--crop-pct above 1", (data.crop_pct or 0) > 1)) if on]
+        clash = [what for what, on in ((spelled("skip_bad_images"), data.skip_bad_images),
+                                       (spelled("color_jitter"), data.color_jitter > 0),
+                                       (f"{spelled('crop_pct')} above 1", (data.crop_pct or 0) > 1)) if on]
         if clash:
-            raise ConfigError(f"data.decode = 'device' does not combine with {', '.join(clash)} (use --decode fast)")
+            raise ConfigError(f"data.decode = 'device' does not combine with {', '.join(clash)} "
+                              f"(use {spelled('decode', 'fast')})")
     return data
 
 

@@ -26,8 +26,9 @@ ALIASES = {"none": "fp32", "null": "fp32", "": "fp32", "float32": "fp32", "float
            "bfloat16": "bf16"}
 
 
-def parse_precision(value: Any, allowed: tuple[str, ...] = (AUTO, *PRECISIONS), what: str = "--precision") -> str:
-    """A precision word (aliases mapped: None and 'none' are fp32); ConfigError naming `what` otherwise."""
+def parse_precision(value: Any, allowed: tuple[str, ...] = (AUTO, *PRECISIONS), what: str = "precision") -> str:
+    """A precision word (aliases mapped: None and 'none' are fp32); ConfigError naming `what` otherwise (the
+    field by default: the command line passes its flag)."""
     word = "fp32" if value is None else ALIASES.get(str(value).lower(), str(value).lower())
     if word not in allowed:
         raise ConfigError(f"{what}: {value!r} is not one of {', '.join(allowed)}")

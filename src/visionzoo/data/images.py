@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,15 @@ try:  # libjpeg-turbo with strict errors and DCT scaling; Pillow decodes when it
 except ImportError:  # pragma: no cover - a dependency, but the fallback keeps decoding correct
     simplejpeg = None
 
+# "<_io.BytesIO object at 0x7f...>": what Pillow puts in its messages for an image opened from memory
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
+def _reason(e: BaseException) -> str:
+    """Why Pillow failed, for an error that already names the file: never an object repr, never the path twice."""
+    if isinstance(e, Image.UnidentifiedImageError):
+        return "not an image format Pillow reads"
+    return f"{type(e).__name__}: {_OBJECT_REPR.sub('the file', str(e))}"
 
 
 @dataclass
@@ -59,7 +69,7 @@ class EncodedFile:
         try:
             img = Image.open(io.BytesIO(self.data))
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            raise BadImageError(f"{self.name}: cannot decode image ({type(e).__name__}: {e})") from None
+            raise BadImageError(f"{self.name}: cannot decode image ({_reason(e)})") from None
         img.filename = self.name  # for error messages downstream
         return img
 
@@ -76,7 +86,7 @@ def open_image(path: str | Path) -> Image.Image:
     try:
         return Image.open(path)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise BadImageError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
+        raise BadImageError(f"{path}: cannot decode image ({_reason(e)})") from None
 
 
 def _dct_factor(w: int, h: int, min_size: tuple[int, int]) -> int:
@@ -130,8 +140,8 @@ def _decode(img: Image.Image, min_size: tuple[int, int] | None, turbo: bool) -> 
             img.load()
             return _rgb(img)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        name = getattr(img, "filename", "image")
-        raise BadImageError(f"{name}: cannot decode image ({type(e).__name__}: {e})") from None
+        name = getattr(img, "filename", "") or "image"  # "" for an image opened from memory
+        raise BadImageError(f"{name}: cannot decode image ({_reason(e)})") from None
 
 
 def _rgb(img: Image.Image) -> Image.Image:

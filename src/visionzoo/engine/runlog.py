@@ -1,23 +1,40 @@
-"""Run outputs on rank 0: train.log, metrics.jsonl (appended and flushed per line), summary.json,
-optional TensorBoard. Other ranks get a disabled RunLog that writes nothing."""
+"""Run outputs on rank 0: train.log, metrics.jsonl (appended and flushed per line), summary.csv and
+curves.png (one row / point per epoch, derived from metrics.jsonl's epoch lines), summary.json, optional
+TensorBoard. Other ranks get a disabled RunLog that writes nothing."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 from ..core.errors import ConfigError
-from ..core.files import atomic_path, json_safe, write_json
+from ..core.files import atomic_path, json_safe, save_figure, write_json
 
 log = logging.getLogger("visionzoo")
+
+
+# summary.csv's columns, as timm's summary.csv: (column, epoch record key); val_top5 and val_ema_top1 only
+# where they mean something (more than 5 classes, --ema)
+CSV_COLUMNS = (("epoch", "epoch"), ("train_loss", "train_loss"), ("train_top1", "train_top1"),
+               ("val_loss", "val_loss"), ("val_top1", "val_top1"), ("val_top5", "val_top5"),
+               ("val_ema_top1", "val_ema_top1"), ("lr", "lr"), ("epoch_time_s", "epoch_time"),
+               ("images_per_sec", "images_per_sec"))
+PLOT_EVERY_S = 60.0  # curves.png is redrawn after an epoch at most this often (and always at the end)
 
 
 class RunLog:
     def __init__(self, out: Path, enabled: bool = True, tensorboard: bool = False):
         self.out, self.enabled, self.tb = Path(out), enabled, None
         self._handler: logging.Handler | None = None
+        # set once the model is built: top-5 is shown only with more than 5 classes (it is 100 otherwise)
+        self.num_classes: int | None = None
+        self._plotted_at = time.monotonic()
+        self._plots_missing = False
         if not enabled:
             return
         writer = _summary_writer_class() if tensorboard else None  # before anything is written
@@ -82,14 +99,63 @@ class RunLog:
                  f"train top-1 {record['train_top1']:.2f}", f"{record['images_per_sec']:.1f} img/s",
                  f"lr {record['lr']:.4g}"]
         if "val_top1" in record:
-            parts += [f"val top-1 {record['val_top1']:.2f}", f"top-5 {record['val_top5']:.2f}",
-                      f"val loss {record['val_loss']:.4f} ({record['val_num_images']} images)"]
+            parts.append(f"val top-1 {record['val_top1']:.2f}")
+            if self.top5:
+                parts.append(f"top-5 {record['val_top5']:.2f}")
+            parts.append(f"val loss {record['val_loss']:.4f} ({record['val_num_images']} images)")
         if "val_ema_top1" in record:
             parts.append(f"EMA val top-1 {record['val_ema_top1']:.2f}")
         skipped = record.get("skipped_images", 0) + record.get("val_skipped_images", 0)
         if skipped:
             parts.append(f"skipped {skipped} unreadable images")
         log.info(" | ".join(parts))
+        self.reports(plot=time.monotonic() - self._plotted_at >= PLOT_EVERY_S)
+
+    @property
+    def top5(self) -> bool:
+        return self.num_classes is None or self.num_classes > 5
+
+    def epoch_rows(self) -> list[dict[str, Any]]:
+        """metrics.jsonl's epoch lines (one per finished epoch: resuming repairs the file)."""
+        path = self.out / "metrics.jsonl"
+        if not path.exists():
+            return []
+        rows = []
+        for line in path.read_text().splitlines():
+            if '"epoch"' not in line:  # most lines are step lines: no JSON parse for them
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if row.get("type") == "epoch":
+                rows.append(row)
+        return rows
+
+    def reports(self, plot: bool = True) -> None:
+        """summary.csv (always; atomically, so a crash leaves the previous one) and curves.png (when plot)."""
+        if not self.enabled:
+            return
+        rows = self.epoch_rows()
+        with atomic_path(self.out / "summary.csv") as tmp:
+            tmp.write_text(summary_csv(rows, self.top5))
+        if plot and rows:
+            self._plotted_at = time.monotonic()
+            self._plot(rows)
+
+    def _plot(self, rows: list[dict[str, Any]]) -> None:
+        if self._plots_missing:
+            return
+        try:
+            fig = curves_figure(rows, self.top5)
+        except ImportError:
+            self._plots_missing = True  # said once per run
+            log.info("curves.png skipped: matplotlib is not installed (pip install 'visionzoo[plots]')")
+            return
+        except Exception as e:  # a drawing is no reason to lose the run: summary.csv holds the same numbers
+            log.warning("curves.png not drawn (%s: %s)", type(e).__name__, e)
+            return
+        save_figure(fig, self.out / "curves.png")
 
     def finish(self, summary: dict[str, Any], last_eval: dict[str, Any] | None) -> None:
         if not self.enabled:
@@ -97,8 +163,10 @@ class RunLog:
         if last_eval is not None:
             write_json(self.out / "eval.json", last_eval)
         write_json(self.out / "summary.json", summary)
-        log.info("results in %s (metrics.jsonl, summary.json, config.yaml, last.pth%s)",
-                 self.out, ", best.pth" if (self.out / "best.pth").exists() else "")
+        self.reports(plot=True)
+        made = [n for n in ("summary.csv", "curves.png", "best.pth") if (self.out / n).exists()]
+        log.info("results in %s (metrics.jsonl, summary.json, config.yaml%s, last.pth)",
+                 self.out, "".join(f", {n}" for n in made))
         self.close()
 
     def close(self) -> None:
@@ -119,3 +187,87 @@ def _summary_writer_class():
     except ImportError:
         raise ConfigError("--tensorboard needs the tensorboard package: pip install 'visionzoo[tensorboard]'") from None
     return SummaryWriter
+
+
+def summary_csv(rows: list[dict[str, Any]], top5: bool = True) -> str:
+    """One line per epoch; a value the epoch lacks (no evaluation that epoch) is left empty."""
+    present = {k for row in rows for k, v in row.items() if v is not None}
+    columns = [(name, key) for name, key in CSV_COLUMNS
+               if name in ("epoch", "train_loss", "train_top1", "lr", "epoch_time_s", "images_per_sec")
+               or (key in present and (top5 or key != "val_top5"))]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow([name for name, _ in columns])
+    for row in rows:
+        writer.writerow([_csv_value(row.get(key)) for _, key in columns])
+    return buf.getvalue()
+
+
+def _csv_value(v: Any) -> str:
+    if v is None:
+        return ""
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
+def curves_figure(rows: list[dict[str, Any]], top5: bool = True) -> Any:
+    """Loss, accuracy and learning rate per epoch, on the Agg canvas (no pyplot: the caller's backend is
+    left alone). ImportError without matplotlib."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(13, 3.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    loss_ax, acc_ax, lr_ax = fig.subplots(1, 3)
+    epochs = [r["epoch"] for r in rows]
+    marker = "o" if len(rows) <= 40 else None  # a point per epoch while they can be told apart
+
+    def series(ax: Any, key: str, label: str, **style: Any) -> None:
+        # only the epochs that have the value: an epoch without evaluation is no gap and no zero
+        points = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, label=label, marker=marker, markersize=4, **style)
+
+    # one colour per source in every panel: train blue, val orange, EMA green
+    series(loss_ax, "train_loss", "train", color="C0")
+    series(loss_ax, "val_loss", "val", color="C1")
+    series(acc_ax, "train_top1", "train top-1", color="C0")
+    series(acc_ax, "val_top1", "val top-1", color="C1")
+    if top5:
+        series(acc_ax, "val_top5", "val top-5", color="C1", linestyle="--")
+    series(acc_ax, "val_ema_top1", "val top-1 (EMA)", color="C2")
+    series(lr_ax, "lr", "lr", color="C0")
+    losses = [r[k] for r in rows for k in ("train_loss", "val_loss") if isinstance(r.get(k), (int, float))]
+    if losses and min(losses) > 0 and max(losses) / min(losses) > 20:  # one early spike would flatten the rest
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+        loss_ax.set_yscale("log")
+        loss_ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        loss_ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 0.5, 1, 2, not 10^0
+        loss_ax.yaxis.set_minor_formatter(NullFormatter())
+    ticks = _epoch_ticks(epochs)
+    for ax, title in ((loss_ax, "loss"), (acc_ax, "accuracy (%)"), (lr_ax, "learning rate")):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.set_xticks(ticks)
+        if len(epochs) < 3:  # one or two points would sit on the frame's edges
+            ax.set_xlim(epochs[0] - 0.5, epochs[-1] + 0.5)
+        ax.grid(alpha=0.3)
+        if len(ax.get_lines()) > 1:  # a legend only where there is more than one line to tell apart
+            ax.legend(fontsize="small")
+    lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    return fig
+
+
+def _epoch_ticks(epochs: list[int], most: int = 12) -> list[int]:
+    """Integer ticks at measured epochs only: all of them while few, else the first epoch and the measured
+    multiples of a round step (1, 2, 5, 10, 20, 25, 50, ...) that gives at most `most` ticks."""
+    if len(epochs) <= most:
+        return list(epochs)
+    span = epochs[-1] - epochs[0]
+    step = next(s * 10**k for k in range(12) for s in (1, 2, 2.5, 5)
+                if float(s * 10**k).is_integer() and span / (s * 10**k) < most - 1)
+    ticks = [e for e in epochs if e % step == 0]
+    if ticks and ticks[0] - epochs[0] > step / 2:  # the first epoch too, unless it would crowd the next
+        ticks.insert(0, epochs[0])
+    return ticks or [epochs[0], epochs[-1]]

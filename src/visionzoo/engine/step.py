@@ -114,10 +114,16 @@ def train_one_epoch(
     lr_used = state.optimizer.param_groups[0]["lr"]
     t_start = time.perf_counter()
     t_perf = None
-    bar = tqdm(total=max_steps, desc=desc, disable=None if progress else True, leave=False, dynamic_ncols=True)
+    # drawn (on a terminal) before the first batch is asked for: starting the loader's workers and filling
+    # their queues can take a while, and the bar says so meanwhile
+    bar = progress_bar(max_steps, desc, progress)
+    t_log, seen_log, steps_log = t_start, 0, 0  # the last read-out, for images/s and the ETA
     # islice: no batch beyond max_steps is fetched (or, on CUDA, prefetched into the timed window)
     batches = itertools.islice(loader, max_steps * state.accum_steps)
     for x, target, n_skipped in device_batches(batches, state.normalizer):
+        if seen == 0:  # the first read-out's rate starts at the first batch, not at the workers' start
+            t_log = time.perf_counter()
+            bar.set_postfix_str("", refresh=False)
         skipped += n_skipped
         if steps == perf_warmup_steps and micro == 0:
             sync(device)
@@ -147,7 +153,12 @@ def train_one_epoch(
                 bar.close()
                 raise ConfigError(f"the training loss is {loss_avg} at step {state.global_step} ({desc}): the run "
                                   f"diverged; lower --lr (now {lr_used:.4g}) or set --clip-grad")
-            bar.set_postfix(loss=f"{loss_avg:.4f}", lr=f"{lr_used:.4g}")
+            if not bar.disable:  # the clock is read after the sync above, so the rate counts finished work
+                now = time.perf_counter()
+                rate = (seen - seen_log) * world_size / max(now - t_log, 1e-9)
+                eta = (max_steps - steps) * (now - t_log) / max(steps - steps_log, 1)
+                bar.set_postfix_str(progress_text(loss_avg, lr_used, rate, eta))
+                t_log, seen_log, steps_log = now, seen, steps
             if on_log:
                 on_log({"step": state.global_step, "loss": loss_avg, "lr": lr_used})
     bar.close()
@@ -157,6 +168,29 @@ def train_one_epoch(
         t_perf, timed_images = t_start, seen
     return _epoch_stats(sums, seen, skipped, steps, timed_images * world_size / max(t_end - t_perf, 1e-9),
                         t_end - t_start, lr_used)
+
+
+# the bar's postfix is ours (progress_text), so the bar itself shows steps and elapsed time only
+BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
+WAITING = "loading data, starting workers..."
+
+
+def progress_bar(total: int, desc: str, progress: bool) -> tqdm:
+    """The epoch's bar on a terminal (stderr a TTY); disabled when not, or without progress."""
+    return tqdm(total=total, desc=desc, disable=None if progress else True, leave=False, dynamic_ncols=True,
+                bar_format=BAR_FORMAT, postfix=WAITING)
+
+
+def progress_text(loss: float, lr: float, images_per_sec: float, eta_s: float) -> str:
+    """The bar's read-out at a log interval, e.g. "loss 2.2874, lr 0.01307, 121 img/s, ETA 0:14"."""
+    return f"loss {loss:.4f}, lr {lr:.4g}, {images_per_sec:.0f} img/s, ETA {format_duration(eta_s)}"
+
+
+def format_duration(seconds: float) -> str:
+    """H:MM:SS, or M:SS under an hour."""
+    s = max(0, round(seconds))
+    h, rest = divmod(s, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
 
 
 def _diverged(loss: float, device: torch.device) -> bool:

@@ -23,6 +23,7 @@ import torch
 import torch.distributed as tdist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 from ..config import TrainConfig, save_yaml, to_dict, validate
 from ..core import __version__
@@ -139,9 +140,17 @@ def build_run(cfg: TrainConfig, dist: DistInfo) -> Run:
     ckpt = load_resume(resume) if resume is not None else None
     runlog = RunLog(out, enabled=dist.is_main, tensorboard=cfg.tensorboard)
     _resolve_step_settings(cfg, ckpt, dist.device)
-    data = _build_data(cfg, model_cfg)
-    model, objective, scope = _build_model(cfg, data, dist)
-    train_loader, val_loader, steps = _build_loaders(cfg, data, objective, dist)
+    # a terminal gets a line at once (reading the data and building the model can take a while); no
+    # line when not a terminal, where the log lines say what happens
+    status = tqdm(total=0, desc="preparing data and model...", bar_format="{desc}", leave=False,
+                  disable=None if cfg.progress and dist.is_main else True)
+    try:
+        data = _build_data(cfg, model_cfg)
+        model, objective, scope = _build_model(cfg, data, dist)
+        train_loader, val_loader, steps = _build_loaders(cfg, data, objective, dist)
+    finally:
+        status.close()
+    runlog.num_classes = objective.num_classes
     lr = effective_lr(cfg.optim, cfg.batch_size * cfg.optim.accum_steps)  # the effective batch
     state = _build_state(cfg, model, model_cfg, objective, scope, data, lr, steps, dist.device)
     run = Run(cfg, dist, out, runlog, data, model, objective, scope, train_loader, val_loader, steps, lr, state)
@@ -386,8 +395,11 @@ def _should_eval(cfg: TrainConfig, epoch: int) -> bool:
 def _save_epoch(run: Run, epoch: int, record: dict[str, Any], improved: bool) -> None:
     """best.pth (when top-1 improved) and last.pth, then the epoch's metrics line, on rank 0.
 
-    best.pth is written before last.pth records the new best: a kill in between resumes from the previous
-    epoch, which runs again; the metrics line comes last, and resuming restores it from last.pth.
+    best.pth holds what inference needs (weights, EMA weights, classes, preprocessing, config), last.pth
+    also what resuming needs (optimizer, scheduler, loss scale, RNG): for resnet18 with SGD momentum that is
+    45 MB against 90 MB. best.pth is written before last.pth records the new best: a kill in between
+    resumes from the previous epoch, which runs again; the metrics line comes last, and resuming restores
+    it from last.pth.
     """
     rngs = gather_rng(run.dist)
     if run.dist.is_main:
@@ -400,10 +412,8 @@ def _save_epoch(run: Run, epoch: int, record: dict[str, Any], improved: bool) ->
             config=to_dict(run.cfg), metrics=dict(record), **checkpoint_meta(run.model, run.data),
         )
         if improved:
-            ckpt.save(run.out / "best.pth")
-            atomic_copy(run.out / "best.pth", run.out / "last.pth")
-        else:
-            ckpt.save(run.out / "last.pth")
+            ckpt.without_training_state().save(run.out / "best.pth")
+        ckpt.save(run.out / "last.pth")
         run.runlog.epoch(record)
     barrier()
 
@@ -423,7 +433,9 @@ def checkpoint_meta(model: nn.Module, data: DataBundle) -> dict[str, Any]:
 
 def _finish(run: Run, summary: dict[str, Any], last_eval: dict[str, Any] | None) -> None:
     out = run.out
-    if (out / "last.pth").exists():  # the OLTR seed's name for the weights at the end of a stage
+    # the OLTR seed's name for the weights at the end of a stage (--init-from runs/s1/final_model_checkpoint.pth):
+    # a hard link to last.pth, no bytes on disk (a copy only where the file system has no links)
+    if (out / "last.pth").exists():
         atomic_copy(out / "last.pth", out / "final_model_checkpoint.pth")
     summary["checkpoint"] = str(out / ("best.pth" if (out / "best.pth").exists() else "last.pth"))
     run.runlog.finish(summary, last_eval)

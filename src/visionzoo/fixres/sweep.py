@@ -80,9 +80,9 @@ def _label(m: dict[str, Any]) -> str:
 
 def plot_sizes(result: dict[str, Any], path: str | Path, title: str | None = None) -> None:
     """Top-1 against test size, one line per model file; its train size and best size marked."""
-    import matplotlib
+    from ..core.extras import require
 
-    matplotlib.use("Agg")
+    require("matplotlib", "plots", "the size sweep plot").use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2))

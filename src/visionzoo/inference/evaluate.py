@@ -18,12 +18,13 @@ from ..engine.evaluate import evaluate_model
 from .eval_data import eval_loader, loader_for, resolve_data
 from .model_info import ModelInfo
 from .model_spec import source_label
+from .reports import confusion_matrix, per_class_metrics
 from .runtime import ModelSource, Runner, load_runner
 
 
 def evaluate(
     model_path: ModelSource,
-    data: DataConfig | None = None,
+    data: DataConfig | str | None = None,
     batch_size: int = 256,
     device: str = "auto",
     precision: str = "fp32",
@@ -36,20 +37,36 @@ def evaluate(
 
     model_path: a visionzoo checkpoint or any file `visionzoo export`/`quantize` wrote (.onnx, .pt2,
     .ts, .safetensors), or a ModelSpec (a model name with weights from anywhere). data: where the split is;
-    None uses the data the model was trained with.
+    None uses the data the model was trained with; a string is a data set path (an ImageFolder root with
+    val/, `builtin:digits`, a pack) read with the model's own preprocessing.
     Validation class folders are mapped through the model's class names, so a missing or extra
-    folder cannot shift labels. Returns top1/top5 (percent), loss, num_images, per_class.
+    folder cannot shift labels. Returns top1/top5 (percent), loss, num_images, per_class (each with
+    precision/recall/F1 in percent) and confusion_matrix ([true][predicted] counts).
     """
+    if isinstance(data, str):
+        data = DataConfig(data=data)
     dist = init_distributed(device)
     runner = load_runner(model_path, dist.device, precision, backend, channels_last, raw_weights)
     result, info = evaluate_runner(runner, resolve_data(runner.info, data), dist, batch_size=batch_size,
-                                   progress=progress, channels_last=channels_last)
+                                   progress=progress, channels_last=channels_last, collect=True)
+    add_class_report(result)
     label = source_label(model_path)
     result.update(checkpoint=label, model=info.model_name, weights=info.extra.get("weights_used", "raw"),
                   format=runner.fmt, precision=runner.precision,
                   quantized=info.quantized, img_size=info.img_size, crop_pct=info.crop_pct,
                   interpolation=info.interpolation)
     return result
+
+
+def add_class_report(result: dict[str, Any]) -> None:
+    """Turn evaluate_model's collected outputs into the confusion matrix and per-class precision/recall/F1
+    (merged into result["per_class"]); the per-image arrays are dropped, as JSON has no use for them."""
+    outputs = result.pop("outputs")
+    names = [row["class"] for row in result["per_class"]]
+    cm = confusion_matrix(outputs["label"], outputs["pred"], len(names))
+    for row, metrics in zip(result["per_class"], per_class_metrics(cm, names)):
+        row.update(precision=metrics["precision"], recall=metrics["recall"], f1=metrics["f1"])
+    result["confusion_matrix"] = cm.tolist()
 
 
 def evaluate_runner(runner: Runner, data: DataConfig, dist: DistInfo, split: str = "val", batch_size: int = 256,

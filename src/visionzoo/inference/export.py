@@ -18,6 +18,7 @@ from torch import nn
 
 from ..config import DataConfig
 from ..core.errors import ConfigError, DataError, ModelFileError
+from ..core.extras import require
 from ..core.files import atomic_path
 from ..data.loader import DeviceNormalizer
 from .eval_data import eval_loader, first_batches, resolve_data
@@ -98,9 +99,9 @@ def _write(model: nn.Module, info: ModelInfo, fmt: str, path: Path, example: tor
         ep = torch.export.export(model, (example,), dynamic_shapes=shapes)
         torch.export.save(ep, str(path), extra_files={f"{META_KEY}.json": meta})
     elif fmt == "onnx":
-        import onnx
-
+        onnx = require("onnx", "export", "ONNX export")
         if opset >= DYNAMO_MIN_OPSET:
+            require("onnxscript", "export", "ONNX export")  # torch's dynamo exporter builds the graph with it
             with _quiet("onnxscript", "torch.onnx", "onnx_ir"):  # their optimiser logs every pass at INFO
                 torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["logits"],
                                   dynamic_shapes=({0: "batch"},) if dynamic_batch else None, opset_version=opset,

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..config import OptimConfig
+from ..core.extras import require
 from ..core.files import save_figure
 from ..core.precision import autocast
 from ..engine.optim import build_optimizer
@@ -275,7 +276,7 @@ def _onnxruntime(t: BenchTarget) -> Factory:
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
-        raise Unavailable("onnxruntime is not installed (pip install onnxruntime)") from None
+        raise Unavailable("onnxruntime is not installed (pip install 'visionzoo[export]')") from None
     if t.precision not in ("fp32", "int8"):
         raise Unavailable(f"onnxruntime runs fp32 or int8 files; {t.precision} needs a converted ONNX file")
     session = OrtModule(_onnx_file(t.bm, t.img_size, t.precision, t.workdir), t.device)
@@ -451,8 +452,7 @@ def rows_as_dicts(rows: list[BenchRow]) -> list[dict[str, Any]]:
 
 def plot(rows: list[BenchRow], path: str | Path, title: str) -> None:
     """Throughput and p50 latency (p90-p99 as error bars) against batch size, one line per group."""
-    import matplotlib
-
+    matplotlib = require("matplotlib", "plots", "the bench plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import torch
 
-from ..core.errors import BadImageError
+from ..core.errors import BadImageError, ConfigError
 from ..data.loader import DeviceNormalizer
 from ..data.transforms import eval_transform, transform_file
-from .runtime import Runner
+from .runtime import ModelSource, Runner, load_runner
 
 
 @dataclass
@@ -67,3 +67,18 @@ def predict_files(runner: Runner, paths: list[str | Path], topk: int = 5, batch_
             top = [{"class": info.class_name(c), "index": c, "prob": p} for c, p in zip(idx[j], probs[j])]
             results.append(Prediction(str(path), top))
     return results
+
+
+def predict(model: ModelSource, images: list[str | Path] | str | Path, topk: int = 5, device: str = "auto",
+            precision: str = "fp32", batch_size: int = 32, decode: str | None = None,
+            raw_weights: bool = False) -> list[dict[str, Any]]:
+    """The library's `visionzoo.predict`: top-k classes for image files, as plain dicts in input order:
+    {"file", "top": [{"class", "index", "prob"}, ...], "error"} (error names an undecodable file, else None).
+
+    model: a checkpoint or exported file, or a ModelSpec (a model name with weights from anywhere)."""
+    if topk < 1:
+        raise ConfigError(f"topk must be at least 1 (got {topk})")
+    paths = [images] if isinstance(images, (str, Path)) else list(images)
+    runner = load_runner(model, device, precision, raw_weights=raw_weights)
+    return [{"file": r.file, "top": r.top, "error": r.error}
+            for r in predict_files(runner, paths, topk, batch_size, decode)]

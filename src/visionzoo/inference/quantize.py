@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import torch
 
 from ..config import DataConfig
 from ..core.errors import ConfigError, DataError
+from ..core.extras import require
 from ..core.files import atomic_path
 from ..data.datasets import ImageDataset
 from ..data.loader import DeviceNormalizer, make_loader
@@ -31,6 +34,36 @@ from .runtime import ModelSource, detect_format, load_module, onnx_info
 log = logging.getLogger("visionzoo")
 
 DTYPES = ("int8", "int16")
+
+# the libraries quantisation drives; what they log below ERROR is about their own internals
+LIBRARY_LOGGERS = ("torch", "torchao", "onnxruntime", "onnx", "onnxscript", "onnx_ir")
+
+
+@contextlib.contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """While torch, torchao and ONNX Runtime quantise or run a quantised model: their warnings and log
+    records below ERROR stay out of the output (e.g. torch's "No CUDA runtime is found" when inductor
+    compiles on a CPU machine). visionzoo's own log lines and every exception still come through;
+    visionzoo itself never warns through the warnings module, so all warnings here are the libraries'."""
+    saved = {name: logging.getLogger(name).level for name in LIBRARY_LOGGERS}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in LIBRARY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
+        _ort_severity(3)  # onnxruntime's C++ logger writes to stderr itself: errors only
+        try:
+            yield
+        finally:
+            for name, level in saved.items():
+                logging.getLogger(name).setLevel(level)
+            _ort_severity(2)  # onnxruntime's default (warnings); it has no getter to save the old one
+
+
+def _ort_severity(level: int) -> None:
+    """onnxruntime's default logger severity, if onnxruntime is loaded (never imported just for this)."""
+    ort = sys.modules.get("onnxruntime")
+    if ort is not None and hasattr(ort, "set_default_logger_severity"):
+        ort.set_default_logger_severity(level)
 
 
 def calibration_batches(info: ModelInfo, data: DataConfig, n: int, batch_size: int, split: str,
@@ -63,6 +96,7 @@ def calibration_batches(info: ModelInfo, data: DataConfig, n: int, batch_size: i
 
 def quantize_pt2e(model: torch.nn.Module, batches: list[torch.Tensor]) -> torch.export.ExportedProgram:
     """int8 static PT2E quantisation for x86 (oneDNN via inductor); returns a dynamic-batch program."""
+    require("torchao", "quantize", "PT2E int8 quantisation")
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
         X86InductorQuantizer,
@@ -109,8 +143,8 @@ class _Reader:
 
 
 def quantize_onnx(path: Path, output: Path, batches: list[torch.Tensor], dtype: str, info: ModelInfo) -> None:
-    import onnx
-    import onnxruntime as ort
+    onnx = require("onnx", "quantize", "ONNX quantisation")
+    ort = require("onnxruntime", "quantize", "ONNX quantisation")
     from onnxruntime.quantization import (
         QuantFormat,
         QuantType,

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..core.distributed import resolve_device
 from ..core.errors import ConfigError, ModelFileError, VisionZooError
+from ..core.extras import require
 from ..core.precision import autocast, parse_precision, resolve_precision
 from ..models.checkpoint import model_from_checkpoint
 from ..models.factory import create_model
@@ -51,8 +52,7 @@ class OrtModule:
     """An onnxruntime session called like a module: float tensor in, logits tensor out (same device)."""
 
     def __init__(self, path: str | Path, device: torch.device):
-        import onnxruntime as ort
-
+        ort = require("onnxruntime", "export", "running an ONNX file")
         opts = ort.SessionOptions()
         providers: list[Any] = ["CPUExecutionProvider"]
         if device.type == "cuda":
@@ -172,8 +172,7 @@ def _load_exported(path: Path, device: torch.device) -> tuple[nn.Module, ModelIn
         ep = torch.export.load(io.BytesIO(data), extra_files=extra)
     except RuntimeError:
         # int8 programs use the quantized_decomposed ops, which exist once torchao's PT2E is imported
-        import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401
-
+        require("torchao.quantization.pt2e.quantize_pt2e", "quantize", "an int8 .pt2 program")
         ep = torch.export.load(io.BytesIO(data), extra_files=extra)
     if not extra[f"{META_KEY}.json"]:
         raise ModelFileError(f"{path}: no visionzoo metadata (was it written by `visionzoo export`?)")
@@ -194,8 +193,7 @@ def _load_torchscript(path: Path, device: torch.device) -> tuple[Any, ModelInfo]
 
 
 def onnx_info(path: str | Path) -> ModelInfo:
-    import onnx
-
+    onnx = require("onnx", "export", "reading an ONNX file")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf's DecodeError and friends
@@ -227,8 +225,7 @@ def compile_module(module: nn.Module, quantized: bool = False):
     if quantized:
         # registers torchao's x86 inductor passes that lower q/dq patterns to oneDNN int8 kernels;
         # without them inductor compiles the reference fp32 q/dq graph
-        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer  # noqa: F401
-
+        require("torchao.quantization.pt2e.quantizer.x86_inductor_quantizer", "quantize", "an int8 .pt2 program")
         return _FrozenCompiled(module)
     return torch.compile(module)
 

@@ -98,9 +98,9 @@ def evaluate_longtail(
 
 def plot_per_class(result: dict[str, Any], path: str | Path) -> None:
     """Per-class accuracy against training-set class size (log scale), coloured by shot group."""
-    import matplotlib
+    from ..core.extras import require
 
-    matplotlib.use("Agg")
+    require("matplotlib", "plots", "the per-class plot").use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2))

@@ -1,0 +1,115 @@
+"""Per-class evaluation reports: the confusion matrix, precision/recall/F1 per class, a plain-text table,
+and the matrix as CSV and as a heatmap PNG.
+
+Rows of a confusion matrix are the true class, columns the predicted one. Precision, recall and F1 are in
+percent, like every accuracy visionzoo reports; a ratio with nothing to divide by (a class never
+predicted, or absent from the data) counts as 0.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.extras import require
+from ..core.files import atomic_path, save_figure
+
+# up to this many classes the heatmap writes each cell's count; beyond, the digits would overlap
+ANNOTATE_MAX = 30
+
+
+def confusion_matrix(targets: Any, preds: Any, num_classes: int) -> np.ndarray:
+    """[true, pred] counts (int64) over the images whose target is a class (open-set -1 labels are left out)."""
+    t = np.asarray(targets, dtype=np.int64).ravel()
+    p = np.asarray(preds, dtype=np.int64).ravel()
+    if t.shape != p.shape:
+        raise ValueError(f"{t.size} targets but {p.size} predictions")
+    known = t >= 0
+    t, p = t[known], p[known]
+    # bincount over the flattened [true, pred] index: one pass, no Python loop
+    flat = np.bincount(t * num_classes + p, minlength=num_classes * num_classes)
+    return flat[: num_classes * num_classes].reshape(num_classes, num_classes).astype(np.int64)
+
+
+def per_class_metrics(cm: np.ndarray, classes: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per class: class, support (true images), precision, recall and F1 in percent (0 where undefined)."""
+    cm = np.asarray(cm, dtype=np.float64)
+    tp = np.diag(cm)
+    support, predicted = cm.sum(axis=1), cm.sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):  # 0/0 becomes 0 below, as documented
+        precision = np.where(predicted > 0, tp / predicted, 0.0)
+        recall = np.where(support > 0, tp / support, 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    return [{"class": str(classes[i]), "support": int(support[i]), "precision": 100.0 * float(precision[i]),
+             "recall": 100.0 * float(recall[i]), "f1": 100.0 * float(f1[i])} for i in range(len(cm))]
+
+
+def per_class_table(rows: Sequence[dict[str, Any]]) -> str:
+    """rows of per_class_metrics as an aligned plain-text table (class names left, numbers right)."""
+    head = ("class", "support", "precision", "recall", "f1")
+    body = [(str(r["class"]), str(r["support"]), f"{r['precision']:.2f}", f"{r['recall']:.2f}", f"{r['f1']:.2f}")
+            for r in rows]
+    widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join([cells[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:])]).rstrip()
+
+    return "\n".join([line(head)] + [line(r) for r in body])
+
+
+def write_confusion(cm: np.ndarray, classes: Sequence[str], prefix: str | Path) -> list[Path]:
+    """PREFIX.csv (first row the predicted class names, first column the true ones) and PREFIX.png (a heatmap);
+    both written atomically. Returns the two paths."""
+    cm = np.asarray(cm, dtype=np.int64)
+    names = [str(c) for c in classes]
+    csv_path, png_path = Path(f"{prefix}.csv"), Path(f"{prefix}.png")
+    with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["true \\ predicted", *names])
+        for name, row in zip(names, cm.tolist()):
+            w.writerow([name, *row])
+    _plot_confusion(cm, names, png_path)
+    return [csv_path, png_path]
+
+
+def _plot_confusion(cm: np.ndarray, names: list[str], path: Path) -> None:
+    matplotlib = require("matplotlib", "plots", "the confusion matrix plot")
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    n = len(names)
+    side = min(20.0, max(4.5, 0.45 * n + 2.5))  # cells stay legible up to ~40 classes, then the figure caps
+    fig, ax = plt.subplots(figsize=(side + 1.2, side))
+    try:
+        image = ax.imshow(cm, cmap="Blues", interpolation="nearest", vmin=0)
+        bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, shrink=0.8, label="images")
+        bar.locator = MaxNLocator(integer=True)  # counts: no 0.5-image ticks on a small matrix
+        bar.update_ticks()
+        # tick labels only while they fit; past that the matrix is read from the CSV
+        if n <= 60:
+            longest = max(map(len, names), default=0)
+            # short names fit level; longer ones slant, and past 15 classes stand upright so they never overlap
+            rotation = 0 if longest <= 3 else 45 if n <= 15 else 90
+            size = 10 if n <= 15 else 8  # cells stay >= 0.3 in (see side): 8 pt fits
+            ax.set_xticks(range(n), names, rotation=rotation, fontsize=size, rotation_mode="anchor",
+                          ha="center" if rotation == 0 else "right", va="top" if rotation != 90 else "center")
+            ax.set_yticks(range(n), names, fontsize=size)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        if n <= ANNOTATE_MAX:
+            # dark text on light cells, white on dark ones, so every count stays readable
+            threshold = cm.max() / 2 if cm.size and cm.max() > 0 else 0.5
+            for i in range(n):
+                for j in range(n):
+                    ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=9 if n <= 15 else 7,
+                            color="white" if cm[i, j] > threshold else "black")
+        ax.set_title(f"confusion matrix ({int(cm.sum())} images)")
+        fig.tight_layout()
+        save_figure(fig, path)
+    finally:
+        plt.close(fig)
