@@ -1,4 +1,5 @@
-"""visionzoo export: write a checkpoint as TorchScript, torch.export (.pt2), ONNX or safetensors.
+"""visionzoo export: write a checkpoint as TorchScript, torch.export (.pt2), ONNX or safetensors, or as a
+Hugging Face hub folder (config.json, model.safetensors) that timm loads as local-dir:FOLDER.
 
 The file takes a normalised float NCHW batch and returns logits; class names and preprocessing
 travel inside it, so eval/predict/bench/infer accept it in place of the checkpoint. Every export
@@ -14,7 +15,7 @@ from .options import add_config_flags, add_model_source_flags, data_config, mode
 
 # inference.export's formats and defaults, repeated here so `export --help` needs no torch (a test keeps them
 # equal)
-FORMATS = ("onnx", "torchscript", "export", "safetensors")
+FORMATS = ("onnx", "torchscript", "export", "safetensors", "hub")
 DEFAULT_OPSET = 18
 DEFAULT_ATOL = DEFAULT_RTOL = 1e-4
 
@@ -23,7 +24,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("export", help="export a checkpoint for deployment", description=__doc__)
     add_model_source_flags(p, file_help="visionzoo checkpoint (.pth) or .safetensors to export")
     p.add_argument("--format", required=True, choices=list(FORMATS))
-    p.add_argument("--output", required=True, metavar="FILE")
+    p.add_argument("--output", required=True, metavar="PATH", help="the file to write; a folder for --format hub")
     p.add_argument("--dynamic-batch", action="store_true", help="any batch size (else fixed at --batch-size)")
     p.add_argument("--batch-size", type=int, default=1, help="the fixed batch size without --dynamic-batch")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset")

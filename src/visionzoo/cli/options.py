@@ -209,7 +209,8 @@ def add_model_source_flags(p: argparse.ArgumentParser, several: bool = False, fi
     g.add_argument("--checkpoint", "--model-file", dest="checkpoint", action="append" if several else "store",
                    metavar="FILE", help=file_help or "visionzoo checkpoint (.pth) or exported file (.onnx, .pt2, .ts, "
                                                      ".safetensors)")
-    g.add_argument("--model", metavar="NAME", help="registered or timm model name, with --weights or --pretrained")
+    g.add_argument("--model", metavar="NAME", help="registered or timm model name, with --weights or --pretrained; "
+                                                   "or local-dir:DIR / hf-hub:ORG/NAME (a timm hub folder or repo)")
     g.add_argument("--weights", metavar="FILE", help="bare state dict, torchvision/timm/pytorch checkpoint or "
                                                       ".safetensors, for --model (DDP/compile prefixes stripped)")
     g.add_argument("--pretrained", action="store_true", help="--model with the library's hub weights (internet)")

@@ -1,7 +1,8 @@
-"""Offline model files (the seeds' "offline model"): TorchScript, torch.export, ONNX, safetensors.
+"""Offline model files (the seeds' "offline model"): TorchScript, torch.export, ONNX, safetensors, and the
+Hugging Face hub folder timm reads (hub.py).
 
-Every export is written to a temp file, checked against the eager model on a real batch, and only
-then renamed into place: a file that does not reproduce the model is never left behind.
+Every export is written to a temp file (a temp folder for hub), checked against the eager model on a real
+batch, and only then renamed into place: a file that does not reproduce the model is never left behind.
 """
 
 from __future__ import annotations
@@ -22,13 +23,15 @@ from ..core.extras import require
 from ..core.files import atomic_path
 from ..data.loader import DeviceNormalizer
 from .eval_data import eval_loader, first_batches, resolve_data
+from .hub import atomic_folder, hub_bytes, load_hub, timm_equivalent, write_hub
 from .model_info import META_KEY, ModelInfo
 from .model_spec import source_label
 from .runtime import ModelSource, load_module, load_runner
 
 log = logging.getLogger("visionzoo")
 
-FORMATS = {"onnx": ".onnx", "torchscript": ".ts", "export": ".pt2", "safetensors": ".safetensors"}
+# format -> suffix of the file it writes; hub writes a folder (config.json, model.safetensors)
+FORMATS = {"onnx": ".onnx", "torchscript": ".ts", "export": ".pt2", "safetensors": ".safetensors", "hub": ""}
 DEFAULT_OPSET = 18
 DYNAMO_MIN_OPSET = 18  # torch.onnx's torch.export-based exporter writes opset 18 and newer
 # fp32 vs fp32 on another runtime: differences come from kernel order only
@@ -140,7 +143,8 @@ def export_model(
     """Export a checkpoint to fmt at output, self-checked against eager; returns a report dict.
 
     The exported model takes a normalised float NCHW batch (mean/std are in its metadata) and
-    returns logits. Without dynamic_batch the batch size is fixed at batch_size.
+    returns logits. Without dynamic_batch the batch size is fixed at batch_size. hub: output is a folder
+    (config.json, model.safetensors) that timm loads as `local-dir:FOLDER`; any batch size.
     """
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
@@ -151,22 +155,37 @@ def export_model(
     if img_size:
         info.img_size = img_size
     info.extra["exported_from"] = source_label(checkpoint)
+    # hub: timm's twin of the model, found before any work (an architecture timm lacks is refused here); an
+    # eager module, so any batch size
+    timm_model = timm_equivalent(model, info.model_name) if fmt == "hub" else None
+    dynamic_batch = dynamic_batch or timm_model is not None
     # torch.export specialises sizes 0 and 1, so a dynamic batch needs an example of at least 2
     example_bs = max(batch_size, 2) if dynamic_batch else batch_size
     check_bs = max(example_bs, 4) if dynamic_batch else batch_size
     check, source = sample_input(info, data, check_bs)
     with torch.no_grad():
         reference = model(check)
-    with atomic_path(output) as tmp:
-        _write(model, info, fmt, tmp, check[:example_bs], dynamic_batch, opset)
-        got = load_runner(tmp, "cpu")(check)
+
+    def checked(got: torch.Tensor) -> CheckResult:
         diff, limit = compare(reference, got, atol, rtol)
         agreement = (got.argmax(1) == reference.argmax(1)).float().mean().item()
-        result = CheckResult(diff, limit, check_bs, source, agreement)
         if diff > limit:
             raise ExportCheckError(
                 f"{output}: {fmt} outputs differ from eager by {diff:.3g} "
                 f"(limit {limit:.3g} = {atol} + {rtol} * max|logit|); file not written")
+        return CheckResult(diff, limit, check_bs, source, agreement)
+
+    if timm_model is not None:
+        with atomic_folder(output) as tmp:
+            write_hub(timm_model, info, tmp)
+            with torch.no_grad():  # loaded as timm loads it: what users of the folder get
+                result = checked(load_hub(tmp)(check))
+        size = hub_bytes(output)
+    else:
+        with atomic_path(output) as tmp:
+            _write(model, info, fmt, tmp, check[:example_bs], dynamic_batch, opset)
+            result = checked(load_runner(tmp, "cpu")(check))
+        size = output.stat().st_size
     return {"output": str(output), "format": fmt,
-            "weights": info.extra.get("weights_used", "raw"), "bytes": output.stat().st_size, "img_size": info.img_size,
+            "weights": info.extra.get("weights_used", "raw"), "bytes": size, "img_size": info.img_size,
             "dynamic_batch": dynamic_batch, "opset": opset if fmt == "onnx" else None, "check": result.__dict__}

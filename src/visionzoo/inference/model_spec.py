@@ -4,6 +4,10 @@ dict, a torchvision, timm or pytorch/examples checkpoint, safetensors), or with 
 `predict`, `eval`, `export`, `quantize` and `bench` take one (`--model NAME --weights FILE`, `--pretrained`)
 wherever they take a visionzoo file. The head size comes from the weights; class names from `--classes
 FILE`, or ImageNet-1k's (as timm ships them, offline) for a 1000-way head.
+
+timm's hub names need no weights flag: `--model local-dir:DIR` (a folder `visionzoo export --format hub`
+writes) and `--model hf-hub:ORG/NAME` (the network) carry weights, preprocessing and class names
+(config.json's `label_names`), all read by timm.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from pathlib import Path
 from torch import nn
 
 from ..core.errors import ConfigError, DataError
-from ..models import create_model, get_model_cfg, load_state_dict_file, load_weights, model_cfg_of
+from ..models import create_model, get_model_cfg, is_hub_name, load_state_dict_file, load_weights, model_cfg_of
 from ..models.weights import head_size
 from .model_info import ModelInfo
 
@@ -36,6 +40,8 @@ class ModelSpec:
         """How results and messages name the model."""
         if self.weights:
             return str(self.weights)
+        if is_hub_name(self.name):  # the name says where the weights are
+            return self.name
         return f"{self.name} ({'pretrained' if self.pretrained else 'random'} weights)"
 
 
@@ -54,13 +60,14 @@ def module_from_spec(spec: ModelSpec) -> tuple[nn.Module, ModelInfo]:
         load_weights(model, spec.weights, keep_head=True)
     cfg = model_cfg_of(model)
     info = ModelInfo.from_model_cfg(cfg, spec.name)
-    info.classes = class_names(spec, cfg.num_classes)
+    info.classes = class_names(spec, cfg.num_classes, cfg.label_names)
     info.extra["weights"] = spec.label
     return model.eval(), info
 
 
-def class_names(spec: ModelSpec, num_classes: int) -> list[str] | None:
-    """--classes FILE, else ImageNet-1k's names for a 1000-way head, else None (class numbers)."""
+def class_names(spec: ModelSpec, num_classes: int, label_names: tuple[str, ...] | None = None) -> list[str] | None:
+    """--classes FILE, else the model's own label_names (a hub config's), else ImageNet-1k's names for a
+    1000-way head, else None (class numbers)."""
     if spec.classes:
         path = Path(spec.classes)
         if not path.is_file():
@@ -69,7 +76,19 @@ def class_names(spec: ModelSpec, num_classes: int) -> list[str] | None:
         if len(names) != num_classes:
             raise DataError(f"{path}: {len(names)} class names for a {num_classes}-class model")
         return names
+    if label_names and len(label_names) == num_classes:
+        # timm's own ImageNet models list synset ids (n01440764): the readable names say more
+        if num_classes == IMAGENET_CLASSES and list(label_names) == imagenet_synsets():
+            return imagenet_classes()
+        return list(label_names)
     return imagenet_classes() if num_classes == IMAGENET_CLASSES else None
+
+
+def imagenet_synsets() -> list[str]:
+    """ImageNet-1k's WordNet ids in label order (timm's offline copy)."""
+    from timm.data import ImageNetInfo
+
+    return list(ImageNetInfo().label_names())
 
 
 def imagenet_classes() -> list[str]:
@@ -98,6 +117,11 @@ def spec_or_none(name: str | None, weights: str | None, pretrained: bool, classe
         return None
     if file_given:
         raise ConfigError("--checkpoint and --model name two models: give one")
+    if is_hub_name(name):
+        if weights:
+            raise ConfigError(f"--weights: --model {name} carries its own weights (config.json and model.safetensors)")
+        # the hub names are timm's pretrained models: their weights come with the name
+        return ModelSpec(name, None, True, classes, num_classes)
     if weights and pretrained:
         raise ConfigError("--weights and --pretrained both give the weights: give one")
     if not (weights or pretrained or random_weights):

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
 
 from torch import nn
 
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, VisionZooError
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,8 @@ class ModelCfg:
     # the norm layer right before pooling, whose statistics FixRes fine-tuning re-estimates at the new
     # test size (ResNets); None: only the classifier adapts
     final_norm: str | None = None
+    # class names in label order, where the model's own config has them (a hub folder's label_names)
+    label_names: tuple[str, ...] | None = None
 
 
 Builder = Callable[..., nn.Module]
@@ -67,13 +71,55 @@ class UnknownModelError(ConfigError):
     """No registered or timm model has this name; the message lists close matches."""
 
 
+# timm's model-name schemes: a folder in the hub layout (config.json, model.safetensors) or a hub repository
+HUB_SCHEMES = ("local-dir", "hf-hub")
+
+
+def is_hub_name(name: str) -> bool:
+    """local-dir:DIR or hf-hub:ORG/NAME: a model whose architecture, weights and preprocessing come from its
+    config.json, read by timm."""
+    scheme, sep, rest = name.partition(":")
+    return bool(sep and rest) and scheme.lower() in HUB_SCHEMES
+
+
+def _hub_cfg(name: str) -> ModelCfg:
+    """The ModelCfg of a hub-layout model, from its config.json (hf-hub: downloaded, so the network)."""
+    import timm
+    from timm.models._hub import load_model_config_from_hf, load_model_config_from_path
+
+    scheme, _, ident = name.partition(":")
+    try:
+        if scheme.lower() == "local-dir":
+            if not (Path(ident) / "config.json").is_file():
+                raise ConfigError(f"--model {name}: no config.json in {ident} (write one with "
+                                  "`visionzoo export --format hub`)")
+            pcfg, arch, _ = load_model_config_from_path(ident)
+        else:
+            pcfg, arch, _ = load_model_config_from_hf(ident)
+    except VisionZooError:
+        raise
+    except Exception as e:  # bad JSON, missing keys, no network, no such repository: all the user's to fix
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise ConfigError(f"--model {name}: cannot read its config.json ({type(e).__name__}: {first})") from None
+    if not timm.is_model(arch):
+        raise ConfigError(f"--model {name}: its config.json names architecture {arch!r}, which this timm lacks")
+    labels = pcfg.get("label_names")
+    cfg = _cfg_from_pretrained(pcfg)
+    return replace(cfg, label_names=tuple(str(n) for n in labels) if isinstance(labels, list | tuple) else None)
+
+
 def _timm_cfg(name: str) -> ModelCfg:
     import timm
 
     pcfg = timm.models.get_pretrained_cfg(name)
     if pcfg is None:
         return ModelCfg(source="timm", classifier="")
-    d = pcfg.to_dict()
+    return _cfg_from_pretrained(pcfg.to_dict())
+
+
+def _cfg_from_pretrained(d: dict[str, Any]) -> ModelCfg:
+    """A ModelCfg from a timm pretrained_cfg dict."""
+    classifier = d.get("classifier")
     return ModelCfg(
         input_size=int(d.get("input_size", (3, 224, 224))[-1]),
         crop_pct=float(d.get("crop_pct", 0.875)),
@@ -81,7 +127,7 @@ def _timm_cfg(name: str) -> ModelCfg:
         mean=tuple(d.get("mean", ModelCfg.mean)),
         std=tuple(d.get("std", ModelCfg.std)),
         num_classes=int(d.get("num_classes", 1000)),
-        classifier=d.get("classifier") if isinstance(d.get("classifier"), str) else "",
+        classifier=classifier if isinstance(classifier, str) else "",
         source="timm",
     )
 
@@ -95,6 +141,8 @@ def registered_builder(name: str) -> Builder | None:
 def get_model_cfg(name: str) -> ModelCfg:
     if name in _REGISTRY:
         return _REGISTRY[name][1]
+    if is_hub_name(name):
+        return _hub_cfg(name)
     import timm
 
     if timm.is_model(name):

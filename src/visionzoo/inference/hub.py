@@ -1,0 +1,145 @@
+"""The Hugging Face hub layout timm reads: a folder holding config.json and model.safetensors.
+
+`visionzoo export --format hub` writes one; `timm.create_model("local-dir:DIR", pretrained=True)` (and
+visionzoo's `--model local-dir:DIR`) loads it, as does `hf-hub:ORG/NAME` once the folder is uploaded.
+The weights must be a timm architecture's, under timm's parameter names: a model visionzoo built through
+timm is one already; visionzoo's torchvision ResNets have timm twins with the same parameter names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..core.errors import ConfigError, ModelFileError
+from ..core.files import TEMP_MARK
+from .model_info import ModelInfo
+
+CONFIG, WEIGHTS = "config.json", "model.safetensors"
+HUB_FILES = (CONFIG, WEIGHTS)
+# visionzoo's torchvision ResNets -> timm's: same modules, same parameter names, same forward (the export
+# check compares the logits of every file it writes)
+TORCHVISION_AS_TIMM = {n: n for n in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")}
+# pretrained_cfg keys describing timm's own weights rather than these: the source, and test-time advice
+# visionzoo did not evaluate with
+_DROPPED = ("url", "file", "hf_hub_id", "hf_hub_filename", "source", "state_dict", "tag", "test_input_size",
+            "test_crop_pct", "test_pool_size", "label_offset", "label_names", "label_descriptions", "paper_ids",
+            "notes", "origin_url", "license")
+
+
+def timm_equivalent(model: nn.Module, name: str) -> nn.Module:
+    """model as a timm model with the same weights (model itself where timm built it); a ModelFileError
+    naming the architecture where timm has none that takes these weights."""
+    import timm
+    import torchvision
+
+    cfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(cfg, dict) and timm.is_model(cfg.get("architecture") or ""):
+        return model  # built by timm (timm names, se_resnext50_32x4d's legacy_seresnext50_32x4d): as it is
+    arch = TORCHVISION_AS_TIMM.get(name)
+    # a subclass (OLTR's ResNet) adds modules timm's resnet lacks
+    if arch is None or type(model) is not torchvision.models.ResNet:
+        raise ModelFileError(
+            f"--format hub needs an architecture timm has; found {name} ({type(model).__module__}."
+            f"{type(model).__name__}), which timm lacks (timm models, se_resnext50_32x4d and torchvision's "
+            f"{'/'.join(TORCHVISION_AS_TIMM)} export)")
+    fc = model.fc
+    assert isinstance(fc, nn.Linear)
+    twin = timm.create_model(arch, num_classes=fc.out_features)
+    twin.load_state_dict(model.state_dict())  # strict: every name and shape must match
+    return twin.eval()
+
+
+def hub_config(model: nn.Module, info: ModelInfo) -> dict[str, Any]:
+    """config.json for a timm model: the keys timm's save_config_for_hf writes, with visionzoo's preprocessing
+    and class names (timm's load_model_config_from_path/_from_hf read them)."""
+    pcfg = {k: v for k, v in dict(getattr(model, "pretrained_cfg", {})).items()
+            if k not in _DROPPED and (v is not None or k in ("first_conv", "classifier"))}
+    size = info.img_size
+    if tuple(pcfg.get("input_size", (3, size, size))[1:]) != (size, size):
+        pcfg.pop("pool_size", None)  # the source's final feature-map size: another one at this input size
+    num_classes = int(getattr(model, "num_classes", info.num_classes))
+    pcfg.update(
+        input_size=[3, size, size],
+        interpolation=info.interpolation,
+        crop_pct=info.crop_pct,
+        crop_mode="center",  # visionzoo's evaluation: shorter side to size / crop_pct, then the centre square
+        mean=list(info.mean),
+        std=list(info.std),
+        num_classes=num_classes,
+        custom_load=False,  # a plain state dict under the model's own names
+    )
+    config: dict[str, Any] = {"architecture": pcfg.pop("architecture"), "num_classes": num_classes}
+    num_features = getattr(model, "num_features", None)
+    if isinstance(num_features, int):
+        config["num_features"] = num_features
+    pool = getattr(model, "global_pool", None)
+    pool_type = getattr(pool, "pool_type", pool)  # SelectAdaptivePool2d or the string some models keep
+    if isinstance(pool_type, str) and pool_type:
+        config["global_pool"] = pool_type
+    if info.classes and len(info.classes) == num_classes:
+        config["label_names"] = list(info.classes)
+    config["pretrained_cfg"] = pcfg
+    # timm ignores other top-level keys: where the weights came from, for people reading the file
+    config["visionzoo"] = {k: v for k, v in (("model_name", info.model_name),
+                                             ("exported_from", info.extra.get("exported_from")),
+                                             ("weights", info.extra.get("weights_used"))) if v is not None}
+    return config
+
+
+def write_hub(model: nn.Module, info: ModelInfo, folder: Path) -> None:
+    """folder/config.json and folder/model.safetensors for a timm model (see timm_equivalent)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS), metadata={"format": "pt"})  # the hub's convention for torch weights
+    (folder / CONFIG).write_text(json.dumps(hub_config(model, info), indent=2) + "\n")
+
+
+def load_hub(folder: str | Path) -> nn.Module:
+    """The model in a hub-layout folder, loaded as timm loads it (`local-dir:`), in eval mode."""
+    import timm
+
+    return timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+
+
+def hub_bytes(folder: Path) -> int:
+    return sum((folder / f).stat().st_size for f in HUB_FILES)
+
+
+@contextlib.contextmanager
+def atomic_folder(dst: Path) -> Iterator[Path]:
+    """A temp folder beside dst to write the hub files into; on success it becomes dst (a new folder) or its
+    files replace dst's one by one (an existing folder keeps its other files). On error dst is as it was."""
+    if dst.exists() and not dst.is_dir():
+        raise ConfigError(f"--output {dst}: a file; --format hub writes a folder")
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}{TEMP_MARK}", dir=dst.parent))
+    except OSError as e:
+        raise ConfigError(f"cannot write {dst}: {e.strerror} ({dst.parent})") from None
+    try:
+        yield tmp
+        mask = os.umask(0)
+        os.umask(mask)
+        # mkdtemp's 0700 (and safetensors' 0600): the modes a plain mkdir and open() would give
+        os.chmod(tmp, 0o777 & ~mask)
+        for name in HUB_FILES:
+            os.chmod(tmp / name, 0o666 & ~mask)
+        if dst.exists():
+            for name in HUB_FILES:
+                os.replace(tmp / name, dst / name)
+        else:
+            os.replace(tmp, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
