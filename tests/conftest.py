@@ -68,6 +68,19 @@ def write_tiny_imagefolder(root: Path, seed: int = 0) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_ckpt(tiny_imagefolder, tmp_path_factory) -> Path:
+    """best.pth of resnet18 trained one epoch on the 3-class tiny ImageFolder at 32 px (seconds on a CPU).
+    Read-only: shared by the whole session."""
+    from visionzoo.cli import main
+
+    out = tmp_path_factory.mktemp("tiny-run") / "run"
+    assert main(["train", "--model", "resnet18", "--data", str(tiny_imagefolder), "--img-size", "32",
+                 "--epochs", "1", "--batch-size", "16", "--workers", "0", "--device", "cpu", "--seed", "0",
+                 "--output", str(out), "--no-progress"]) == 0
+    return out / "best.pth"
+
+
+@pytest.fixture(scope="session")
 def tiny_imagefolder(tmp_path_factory) -> Path:
     """Path DATA with DATA/train/<class>/* (12 per class) and DATA/val/<class>/* (4 per class).
 

@@ -103,16 +103,6 @@ def test_raw_weights_flag_exports_the_trained_weights_and_a_second_export_replac
     assert (out / "README.md").read_text() == "kept"  # an existing folder keeps files that are not ours
 
 
-@pytest.fixture(scope="module")
-def tiny_ckpt(tiny_imagefolder, tmp_path_factory) -> Path:
-    """resnet18 trained one epoch on the 3-class tiny ImageFolder at 32 px (seconds on a CPU)."""
-    out = tmp_path_factory.mktemp("tiny-run") / "run"
-    assert main(["train", "--model", "resnet18", "--data", str(tiny_imagefolder), "--img-size", "32",
-                 "--epochs", "1", "--batch-size", "16", "--workers", "0", "--device", "cpu", "--seed", "0",
-                 "--output", str(out), "--no-progress"]) == 0
-    return out / "best.pth"
-
-
 def test_eval_and_predict_take_the_folder_as_model_local_dir(tiny_ckpt, tiny_imagefolder, tmp_path, capsys):
     out = tmp_path / "hub"
     assert main(["export", "--checkpoint", str(tiny_ckpt), "--format", "hub", "--output", str(out)]) == 0

@@ -79,16 +79,6 @@ def test_top5_is_shown_only_with_more_than_five_classes():
     assert "top-5 100.00" in many
 
 
-@pytest.fixture(scope="module")
-def tiny_ckpt(tiny_imagefolder, tmp_path_factory) -> Path:
-    """resnet18 trained one epoch on the 3-class tiny ImageFolder at 32 px (seconds on a CPU)."""
-    out = tmp_path_factory.mktemp("tiny-run") / "run"
-    assert main(["train", "--model", "resnet18", "--data", str(tiny_imagefolder), "--img-size", "32",
-                 "--epochs", "1", "--batch-size", "16", "--workers", "0", "--device", "cpu", "--seed", "0",
-                 "--output", str(out), "--no-progress"]) == 0
-    return out / "best.pth"
-
-
 def test_eval_prints_table_and_writes_confusion_and_per_class_json(tiny_ckpt, tmp_path, capsys):
     report, prefix = tmp_path / "eval.json", tmp_path / "out" / "confusion"
     prefix.parent.mkdir()
