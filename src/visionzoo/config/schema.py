@@ -82,12 +82,16 @@ class ModelConfig(_Checked):
 class DataConfig(_Checked):
     """Where images come from and how they become batches."""
 
-    data: str | None = setting(None, "ImageFolder root with train/ and val/, a list-file root, a pack or "
-                                     "builtin:digits")
+    data: str | None = setting(None, "ImageFolder root with train/ and val/, a list-file root, a pack, "
+                                     "builtin:digits, a Hugging Face dataset (save_to_disk folder, parquet "
+                                     "folder or hf:NAME)")
     train_list: str | None = setting(None, "training list file: 'relative/path label' lines")
     val_list: str | None = setting(None, "validation list file: 'relative/path label' lines")
     train_root: str | None = setting(None, "where train_list paths start; none: found under data")
     val_root: str | None = setting(None, "where val_list paths start, e.g. a flat ILSVRC2012 val folder")
+    image_column: str | None = setting(None, "Hugging Face data: the image column; none: the first Image feature")
+    label_column: str | None = setting(None, "Hugging Face data: the label column; none: the first ClassLabel "
+                                             "feature")
     dummy: bool = setting(False, "synthetic images instead of a data set (performance runs)")
     dummy_train_size: int = setting(10240, "synthetic training images")
     dummy_val_size: int = setting(1024, "synthetic validation images")

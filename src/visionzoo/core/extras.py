@@ -16,6 +16,7 @@ EXTRAS = {
     "export": ("onnx", "onnxscript", "onnxruntime"),
     "quantize": ("torchao", "onnx", "onnxruntime"),
     "plots": ("matplotlib",),
+    "hf": ("datasets",),
 }
 
 

@@ -1,7 +1,8 @@
 """Data sets as (path, label) sample lists behind one Dataset class.
 
 Sources: ImageFolder trees, list files of `relative/path label` lines, flat folders read through
-such a list (ILSVRC2012 validation + label file), and synthetic data. Labels are never inferred
+such a list (ILSVRC2012 validation + label file), and synthetic data; packs (packed.py) and Hugging Face
+datasets (hf.py) are Samples whose `store` holds the encoded images. Labels are never inferred
 from position alone: a validation split is mapped through the training split's class names, and a
 class folder that is not among them is an error.
 """

@@ -25,6 +25,7 @@ from .datasets import (
     list_samples,
 )
 from .device_decode import EncodedBatch, EncodedImage
+from .hf import hf_samples, is_hf
 from .packed import is_packed, packed_samples
 from .transforms import augment_ops, eval_transform, train_transform
 
@@ -120,6 +121,10 @@ def _data_root(cfg: DataConfig) -> Path | None:
 def find_samples(cfg: DataConfig, split: str, classes: list[str] | None = None,
                  num_classes: int | None = None) -> Samples:
     """Samples of one split from --data / --train-list / --val-list / --train-root / --val-root."""
+    if is_hf(cfg.data) and not (cfg.train_list or cfg.val_list):
+        assert cfg.data is not None
+        return hf_samples(cfg.data, "train" if split == "train" else "val", classes, cfg.image_column,
+                          cfg.label_column)
     root = _data_root(cfg)
     if root is not None and is_packed(root) and not (cfg.train_list or cfg.val_list):
         return packed_samples(root, split, classes)

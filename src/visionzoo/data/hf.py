@@ -1,0 +1,138 @@
+"""Hugging Face datasets as --data: a `DatasetDict.save_to_disk` folder, a folder of parquet files, or `hf:NAME`.
+
+The image column is read undecoded (`datasets.Image(decode=False)`): rows carry the encoded bytes, which go
+to the transforms as an `EncodedFile` exactly as a file's or a pack entry's would, so the fused JPEG decoder,
+per-sample seeding and --skip-bad-images behave as for every other source. Class names come from the label
+column's `ClassLabel` feature.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import DataError
+from ..core.extras import require
+from .datasets import Samples
+from .images import EncodedFile, read_file
+
+PREFIX = "hf:"
+# the validation split's names, in order of preference (HF's own convention first)
+VAL_SPLITS = ("validation", "val")
+
+
+def _parquet_files(root: Path) -> dict[str, list[str]]:
+    """split -> parquet files: ROOT/<split>-*.parquet, ROOT/<split>.parquet, ROOT/<split>/*.parquet, or the
+    hub's ROOT/data/<split>-*.parquet layout."""
+    found: dict[str, list[str]] = {}
+    for split in ("train", *VAL_SPLITS):
+        for base in (root, root / "data"):
+            files = sorted({*base.glob(f"{split}-*.parquet"), *base.glob(f"{split}.parquet"),
+                            *base.glob(f"{split}/*.parquet")})
+            if files:
+                found[split] = [str(f) for f in files]
+                break
+    return found
+
+
+def is_hf(data: str | None) -> bool:
+    """Whether --data names a Hugging Face dataset (checked without importing datasets)."""
+    if not data:
+        return False
+    if data.startswith(PREFIX):
+        return True
+    root = Path(data)
+    return root.is_dir() and ((root / "dataset_dict.json").is_file() or bool(_parquet_files(root)))
+
+
+@functools.lru_cache(maxsize=4)  # train and val come from one load (parquet conversion, hub resolution)
+def _load(data: str) -> Any:
+    datasets = require("datasets", "hf", f"--data {data} (a Hugging Face dataset)")
+    if data.startswith(PREFIX):
+        return datasets.load_dataset(data[len(PREFIX):])  # the hub or a local loading script: needs network
+    root = Path(data)
+    if (root / "dataset_dict.json").is_file():
+        return datasets.load_from_disk(str(root))
+    return datasets.load_dataset("parquet", data_files=_parquet_files(root))
+
+
+def _split(dd: Any, data: str, split: str) -> Any:
+    names = ("train",) if split == "train" else VAL_SPLITS
+    for name in names:
+        if name in dd:
+            return dd[name]
+    raise DataError(f"{data}: no {' or '.join(names)} split (it has {', '.join(dd) or 'none'})")
+
+
+def _column(ds: Any, data: str, given: str | None, flag: str, kind: Any, what: str) -> str:
+    """The named column, or the first one whose feature is of type kind."""
+    columns = list(ds.features)
+    if given is not None:
+        if given not in ds.features:
+            raise DataError(f"{data}: no column {given!r} for {flag} (columns: {', '.join(columns)})")
+        return given
+    for name, feature in ds.features.items():
+        if isinstance(feature, kind):
+            return name
+    raise DataError(f"{data}: no {what} column; name one with {flag} (columns: {', '.join(columns)})")
+
+
+class HFStore:
+    """One split's undecoded image column; the `store` of its Samples (like packed.PackedStore).
+
+    Picklable: a dataset loaded from disk or the cache pickles as a reference to its memory-mapped arrow
+    files, so loader workers share them."""
+
+    def __init__(self, ds: Any, column: str, source: str):
+        self.ds, self.column, self.source = ds, column, source
+
+    def subset(self, indices: Sequence[int]) -> HFStore:
+        return HFStore(self.ds.select(list(indices)), self.column, self.source)
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def encoded(self, i: int) -> EncodedFile:
+        cell = self.ds[int(i)][self.column]
+        path = cell.get("path")
+        if cell.get("bytes") is None:  # stored as a path only (e.g. a dataset built from local files)
+            if not path:
+                return EncodedFile(b"", f"{self.source}[{i}]")  # neither bytes nor path: a bad image
+            return read_file(path)
+        return EncodedFile(cell["bytes"], f"{self.source}[{i}]" + (f" ({path})" if path else ""))
+
+    def open(self, i: int):
+        """The image's header only, like images.open_image; errors name the row."""
+        return self.encoded(i).open()
+
+
+def hf_samples(data: str, split: str, classes: Sequence[str] | None = None, image_column: str | None = None,
+               label_column: str | None = None) -> Samples:
+    """Samples of one split; labels are remapped by name when classes (e.g. a model's) are given."""
+    datasets = require("datasets", "hf", f"--data {data} (a Hugging Face dataset)")
+    ds = _split(_load(data), data, split)
+    img_col = _column(ds, data, image_column, "--image-column", datasets.Image, "Image")
+    lab_col = _column(ds, data, label_column, "--label-column", datasets.ClassLabel, "ClassLabel")
+    feature = ds.features[lab_col]
+    labels = ds[lab_col]
+    if isinstance(feature, datasets.ClassLabel):
+        own = list(feature.names)
+    elif isinstance(feature, datasets.Value) and feature.dtype.startswith(("int", "uint")):
+        own = [str(i) for i in range(max(labels, default=-1) + 1)]  # plain integers: the numbers are the names
+    else:
+        raise DataError(f"{data}: label column {lab_col!r} is {feature}, not a ClassLabel or integer column")
+    if not isinstance(ds.features[img_col], datasets.Image):
+        raise DataError(f"{data}: image column {img_col!r} is {ds.features[img_col]}, not an Image feature")
+    source = f"{data}[{ds.split or split}]"
+    if classes is not None and list(classes) != own:
+        index = {c: i for i, c in enumerate(classes)}
+        unknown = sorted({own[label] for label in set(labels) if label >= 0} - set(index))
+        if unknown:
+            raise DataError(f"{data}: classes {unknown[:5]} are not among the {len(classes)} given classes")
+        labels = [index[own[label]] if label >= 0 else label for label in labels]
+    # only the image column, undecoded: a row read is then one bytes cell, and the transforms decode it
+    images = ds.select_columns([img_col]).cast_column(img_col, datasets.Image(decode=False))
+    items = [(f"{source}[{i}]", int(label)) for i, label in enumerate(labels)]
+    return Samples(items, list(classes or own), store=HFStore(images, img_col, source))
