@@ -470,8 +470,12 @@ def plot(rows: list[BenchRow], path: str | Path, title: str) -> None:
         p50 = np.array([r.p50_ms for r in g])
         err = [np.zeros_like(p50), np.array([r.p99_ms for r in g]) - p50]
         ax2.errorbar(bs, p50, yerr=err, marker="o", capsize=3, label=f"{backend} {precision}", color=line.get_color())
+    measured = sorted({r.batch_size for g in groups.values() for r in g})
     for ax, ylabel in ((ax1, "images/s (★ best batch)"), (ax2, "latency p50 ms (bar to p99)")):
         ax.set_xscale("log", base=2)
+        # ticks at the measured batch sizes, written as numbers (not 2^k), and no minor ticks between them
+        ax.set_xticks(measured, [str(b) for b in measured])
+        ax.minorticks_off()
         ax.set_xlabel("batch size")
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)

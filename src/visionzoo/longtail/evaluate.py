@@ -108,17 +108,29 @@ def plot_per_class(result: dict[str, Any], path: str | Path) -> None:
     for group, colour in colours.items():
         rows = [r for r in result["per_class"] if r["group"] == group and r["top1"] is not None]
         mean = result.get(f"{group}_shot")
-        label = f"{group} ({len(rows)} classes" + (f", mean {mean:.1f}%)" if mean is not None else ")")
+        if not rows:  # no empty legend entries
+            continue
+        label = f"{group} ({len(rows)} class{'es' if len(rows) != 1 else ''}" + (
+            f", mean {mean:.1f}%)" if mean is not None else ")")
         ax.scatter([max(r["train_images"], 1) for r in rows], [r["top1"] for r in rows], s=18, c=colour, label=label)
-    for x in (result["few_threshold"], result["many_threshold"]):
+    for x, name in ((result["few_threshold"], "few | medium"), (result["many_threshold"], "medium | many")):
         ax.axvline(x, color="grey", linestyle=":", linewidth=1)
+        ax.annotate(f"{name} ({x})", (x, 1.0), xycoords=("data", "axes fraction"), xytext=(0, 2),
+                    textcoords="offset points", ha="center", va="bottom", fontsize=7, color="grey")
     ax.set_xscale("log")
+    # plain numbers on the log axis (2, 5, 10, 20, 50, 100, ...), not 10^k
+    from matplotlib.ticker import LogLocator, ScalarFormatter
+
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())
     ax.set_xlabel("training images of the class")
     ax.set_ylabel("class top-1 (%)")
+    ax.set_ylim(-3, 103)  # the whole percent range, so plots of two runs compare at a glance
     title = f"{result['model']}: top-1 {result['top1']:.1f}%"
     if "open_set" in result:
         title += f", open-set F {result['open_set']['f_measure']:.1f}"
-    ax.set_title(title)
+    ax.set_title(title, pad=14)  # room for the threshold labels
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
