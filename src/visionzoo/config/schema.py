@@ -225,6 +225,8 @@ class TrainConfig(_Checked):
     perf_warmup_steps: int = setting(5, "steps per epoch left out of images/s")
     progress: bool = setting(True, "progress bars")
     tensorboard: bool = setting(False, "write TensorBoard event files to the run folder")
+    mlflow: bool = setting(False, "log config, metrics and summary to MLflow (MLFLOW_TRACKING_URI, "
+                                  "MLFLOW_EXPERIMENT_NAME)")
     recipe: str | None = setting(None, "the recipe the run came from (recorded)")
     mode: str | None = setting(None, "the recipe mode the run came from (recorded)")
 

@@ -17,6 +17,7 @@ EXTRAS = {
     "quantize": ("torchao", "onnx", "onnxruntime"),
     "plots": ("matplotlib",),
     "hf": ("datasets",),
+    "mlflow": ("mlflow-skinny",),
 }
 
 

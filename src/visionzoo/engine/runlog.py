@@ -1,6 +1,6 @@
 """Run outputs on rank 0: train.log, metrics.jsonl (appended and flushed per line), summary.csv and
 curves.png (one row / point per epoch, derived from metrics.jsonl's epoch lines), summary.json, optional
-TensorBoard. Other ranks get a disabled RunLog that writes nothing."""
+TensorBoard and MLflow (engine/tracking.py). Other ranks get a disabled RunLog that writes nothing."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Any
 
 from ..core.errors import ConfigError
 from ..core.files import atomic_path, json_safe, save_figure, write_json
+from .tracking import MlflowTracker, numeric
 
 log = logging.getLogger("visionzoo")
 
@@ -28,8 +29,9 @@ PLOT_EVERY_S = 60.0  # curves.png is redrawn after an epoch at most this often (
 
 
 class RunLog:
-    def __init__(self, out: Path, enabled: bool = True, tensorboard: bool = False):
+    def __init__(self, out: Path, enabled: bool = True, tensorboard: bool = False, mlflow: bool = False):
         self.out, self.enabled, self.tb = Path(out), enabled, None
+        self.mlflow: MlflowTracker | None = None
         self._handler: logging.Handler | None = None
         # set once the model is built: top-5 is shown only with more than 5 classes (it is 100 otherwise)
         self.num_classes: int | None = None
@@ -38,6 +40,9 @@ class RunLog:
         if not enabled:
             return
         writer = _summary_writer_class() if tensorboard else None  # before anything is written
+        # mlflow is imported here (a missing package stops the run before anything is written); the MLflow
+        # run itself starts in track_config, once the config is resolved
+        self.mlflow = MlflowTracker(self.out) if mlflow else None
         self.out.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(self.out / "train.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -48,6 +53,11 @@ class RunLog:
         self._handler = handler
         if writer is not None:
             self.tb = writer(str(self.out / "tensorboard"))
+
+    def track_config(self, config: dict[str, Any]) -> None:
+        """Start the MLflow run (with --mlflow) with the resolved config as its params."""
+        if self.enabled and self.mlflow is not None:
+            self.mlflow.start(config)
 
     def repair(self, epoch: int, step: int, record: dict[str, Any] | None) -> None:
         """metrics.jsonl as of a checkpoint at (epoch, step): lines after it go (the interrupted epoch's step
@@ -85,6 +95,8 @@ class RunLog:
             for k, v in values.items():
                 if k != "step" and isinstance(v, (int, float)):
                     self.tb.add_scalar(f"{kind}/{k}", v, values["step"])
+        if self.mlflow is not None:
+            self.mlflow.metrics({f"{kind}/{k}": v for k, v in numeric(values, ("step",)).items()}, values["step"])
 
     def epoch(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -95,6 +107,8 @@ class RunLog:
                 if isinstance(v, (int, float)) and k not in ("epoch", "step"):
                     self.tb.add_scalar(f"epoch/{k}", v, record["epoch"])
             self.tb.flush()
+        if self.mlflow is not None:
+            self.mlflow.metrics(numeric(record, ("epoch", "step")), record["epoch"])
         parts = [f"epoch {record['epoch']}", f"loss {record['train_loss']:.4f}",
                  f"train top-1 {record['train_top1']:.2f}", f"{record['images_per_sec']:.1f} img/s",
                  f"lr {record['lr']:.4g}"]
@@ -164,13 +178,23 @@ class RunLog:
             write_json(self.out / "eval.json", last_eval)
         write_json(self.out / "summary.json", summary)
         self.reports(plot=True)
+        if self.mlflow is not None:
+            # the summary's numbers the last epoch line did not already log (epochs_run; best_top1 after a
+            # resume that ran no epoch), at the last epoch's step
+            last = summary.get("last") or {}
+            values = {k: v for k, v in numeric(summary).items() if last.get(k) != v}
+            self.mlflow.metrics(values, int(last.get("epoch", summary.get("epochs_run", 0))))
+            self.mlflow.artifacts(self.out / "summary.json", self.out / "config.yaml")
         made = [n for n in ("summary.csv", "curves.png", "best.pth") if (self.out / n).exists()]
         log.info("results in %s (metrics.jsonl, summary.json, config.yaml%s, last.pth)",
                  self.out, "".join(f", {n}" for n in made))
         self.close()
 
-    def close(self) -> None:
-        """Detach train.log (and close TensorBoard); safe to call again, and after a failed run."""
+    def close(self, status: str = "FINISHED") -> None:
+        """Detach train.log (and close TensorBoard; end the MLflow run with status: FINISHED, FAILED or
+        KILLED); safe to call again, and after a failed run."""
+        if self.mlflow is not None:
+            self.mlflow.end(status)
         if not self.enabled or self._handler is None:
             return
         if self.tb is not None:

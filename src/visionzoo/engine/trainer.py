@@ -105,6 +105,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         raise
     try:
         return fit(run)
+    except BaseException as e:
+        # the MLflow run records how the training run ended (a no-op without --mlflow)
+        run.runlog.close("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
     finally:
         run.runlog.close()
         if lock is not None:
@@ -138,7 +142,7 @@ def build_run(cfg: TrainConfig, dist: DistInfo) -> Run:
     out = Path(cfg.output or ".")
     resume = resume_path(cfg, out)
     ckpt = load_resume(resume) if resume is not None else None
-    runlog = RunLog(out, enabled=dist.is_main, tensorboard=cfg.tensorboard)
+    runlog = RunLog(out, enabled=dist.is_main, tensorboard=cfg.tensorboard, mlflow=cfg.mlflow)
     _resolve_step_settings(cfg, ckpt, dist.device)
     # a terminal gets a line at once (reading the data and building the model can take a while); no
     # line when not a terminal, where the log lines say what happens
@@ -311,6 +315,7 @@ def _announce(run: Run) -> None:
     if not dist.is_main:
         return
     save_yaml(cfg, run.out / "config.yaml")
+    run.runlog.track_config(to_dict(cfg))
     accum = cfg.optim.accum_steps  # the logged batch is the effective one, as the lr rule uses
     log.info(
         "model %s (%d classes) | data: %d train / %d val images, %d px | global batch %d%s over %d process(es), "
