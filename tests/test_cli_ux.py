@@ -305,3 +305,16 @@ def test_api_trains_with_keyword_settings(digits_data, tmp_path):
     assert visionzoo.train(cfg)["epochs_run"] == 1
     assert to_dict(cfg) == before  # the run worked on a copy
     assert set(field_index()) >= {"lr", "img_size", "output"}
+
+
+def test_library_layers_name_fields_and_the_cli_names_flags():
+    """An error raised below the config layer (here: the data layer's policy choice) names the field in Python
+    and the flag when the command line is being served."""
+    from visionzoo.config.schema import flag_names
+    from visionzoo.core.errors import ConfigError
+    from visionzoo.data.transforms import augment_ops
+
+    with pytest.raises(ConfigError, match=r"^auto_augment='bogus': choose ta_wide"):
+        augment_ops("bogus")
+    with flag_names(), pytest.raises(ConfigError, match=r"^--auto-augment bogus: choose ta_wide"):
+        augment_ops("bogus")

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from ..config import spelled
 from ..core.errors import ConfigError
 from .crops import INTERP, DecodeCrop, ShiftedCenterCrop, eval_resize_size
 from .device_decode import DeviceDecodeCrop
@@ -122,7 +123,7 @@ def augment_ops(auto_augment: str | None = None, ra_magnitude: int = 9, ra_ops: 
     elif auto_augment == "imagenet":
         ops.append(PolicyOp(v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, interpolation=interp), on_pil=True))
     elif auto_augment is not None:
-        raise ConfigError(f"--auto-augment {auto_augment!r}: choose ta_wide, ra, augmix or imagenet")
+        raise ConfigError(f"{spelled('auto_augment', auto_augment)}: choose ta_wide, ra, augmix or imagenet")
     if random_erase > 0:
         ops.append(v2.RandomErasing(p=random_erase, value=[round(255 * m) for m in mean]))
     return ops

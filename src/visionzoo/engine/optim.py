@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from ..config import OptimConfig, SchedConfig
+from ..config import OptimConfig, SchedConfig, spelled
 from ..core.errors import ConfigError
 
 
@@ -46,7 +46,7 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: bool
 def layer_decay_groups(model: nn.Module, cfg: OptimConfig, lr: float) -> list[dict]:
     """timm's layer-wise lr decay groups (lr x layer_decay ** (depth - layer)), each with its own lr."""
     if not hasattr(model, "group_matcher"):
-        raise ConfigError(f"--layer-decay needs a model with layer groups (timm's ViTs, ConvNeXts, ...); "
+        raise ConfigError(f"{spelled('layer_decay')} needs a model with layer groups (timm's ViTs, ConvNeXts, ...); "
                           f"{getattr(model, 'visionzoo_name', type(model).__name__)} has none")
     from timm.optim import param_groups_layer_decay
 
@@ -83,7 +83,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float, device: torch
         return Lamb(groups, lr=lr, betas=betas, eps=cfg.eps)
     if cfg.opt == "lars":
         return Lars(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov, eps=cfg.eps)
-    raise ConfigError(f"--opt {cfg.opt!r}: choose sgd, adamw, lamb, lars or rmsprop")
+    raise ConfigError(f"{spelled('opt', cfg.opt)}: choose sgd, adamw, lamb, lars or rmsprop")
 
 
 def lr_factor(step: int, cfg: SchedConfig, steps_per_epoch: int, epochs: int) -> float:

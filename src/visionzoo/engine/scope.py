@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from ..config import spelled
 from ..core.errors import ConfigError
 from ..models.oltr import OLTRResNet
 from ..models.registry import model_cfg_of
@@ -51,10 +52,10 @@ def final_norm(model: nn.Module) -> nn.Module | None:
     try:
         module = model.get_submodule(name)
     except AttributeError:
-        raise ConfigError(f"--train-scope fixres: {model.visionzoo_name}'s config names final_norm {name!r}, "
-                          "which the model lacks") from None
+        raise ConfigError(f"{spelled('train_scope', 'fixres')}: {model.visionzoo_name}'s config names final_norm "
+                          f"{name!r}, which the model lacks") from None
     if not isinstance(module, nn.modules.batchnorm._BatchNorm):
-        raise ConfigError(f"--train-scope fixres: {model.visionzoo_name}'s final_norm {name!r} is "
+        raise ConfigError(f"{spelled('train_scope', 'fixres')}: {model.visionzoo_name}'s final_norm {name!r} is "
                           f"{type(module).__name__}, not a BatchNorm")
     return module
 
@@ -71,7 +72,8 @@ def apply_train_scope(model: nn.Module, scope: str) -> TrainScope:
         return TrainScope()
     heads = classifier_prefixes(model)
     if not heads:
-        raise ConfigError(f"--train-scope {scope}: {model.visionzoo_name} has no known classifier to train on its own")
+        raise ConfigError(f"{spelled('train_scope', scope)}: {model.visionzoo_name} has no known classifier to train "
+                          "on its own")
     for name, p in model.named_parameters():
         p.requires_grad_(name.startswith(heads))
     if scope == "classifier":

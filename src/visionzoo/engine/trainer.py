@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ..config import TrainConfig, save_yaml, to_dict, validate
+from ..config import TrainConfig, save_yaml, spelled, to_dict, validate
 from ..core import __version__
 from ..core.distributed import DistInfo, barrier, broadcast_object, init_distributed
 from ..core.errors import ConfigError, ModelFileError
@@ -87,9 +87,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     dist = init_distributed(cfg.device)
     _setup_determinism(cfg, dist)
     if cfg.batch_size % dist.world_size:
-        raise ConfigError(f"--batch-size {cfg.batch_size} (global) is not divisible by {dist.world_size} processes")
+        raise ConfigError(f"{spelled('batch_size', cfg.batch_size)} (global) is not divisible by {dist.world_size} "
+                          "processes")
     if cfg.model.sync_bn and dist.enabled and dist.device.type == "cpu":
-        raise ConfigError("--sync-bn needs GPUs: torch's SyncBatchNorm does not run on CPU processes")
+        raise ConfigError(f"{spelled('sync_bn')} needs GPUs: torch's SyncBatchNorm does not run on CPU processes")
     get_model_cfg(cfg.model.model)  # a bad name fails before any folder is made
     out = Path(broadcast_object(str(_output_dir(cfg))))
     cfg.output = str(out)
@@ -209,7 +210,7 @@ def _build_model(cfg: TrainConfig, data: DataBundle, dist: DistInfo) -> tuple[nn
     """The model with its initial weights, on the device, and the parts of it that train."""
     num_classes = cfg.model.num_classes or data.num_classes
     if num_classes < data.num_classes:
-        raise ConfigError(f"--num-classes {num_classes} but the data has {data.num_classes} classes")
+        raise ConfigError(f"{spelled('num_classes', num_classes)} but the data has {data.num_classes} classes")
     model = create_model(cfg.model.model, num_classes=num_classes, pretrained=cfg.model.pretrained,
                          drop_path=cfg.model.drop_path, dropout=cfg.model.dropout)
     if cfg.model.weights:
