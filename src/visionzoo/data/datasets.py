@@ -94,6 +94,19 @@ def image_folder(root: str | Path, classes: Sequence[str] | None = None) -> Samp
     return Samples(items, list(classes))
 
 
+def remap_labels(labels: list[int], own: Sequence[str], classes: Sequence[str] | None, source: object) -> list[int]:
+    """Labels of a store with its own class list (a pack, a Hugging Face dataset) in the order of `classes` (a
+    model's or the training split's), matched by name; -1 (an open-set image, no class) stays -1. A class the
+    store has and `classes` lacks is an error naming source."""
+    if classes is None or list(classes) == list(own):
+        return labels
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted({own[label] for label in set(labels) if label >= 0} - set(index))
+    if unknown:
+        raise DataError(f"{source}: classes {unknown[:5]} are not among the {len(classes)} given classes")
+    return [index[own[label]] if label >= 0 else label for label in labels]
+
+
 def read_list_file(path: str | Path) -> list[tuple[str, int]]:
     """Parse `relative/path label` lines (spaces in paths allowed: the label is the last field)."""
     path = Path(path)

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..core.errors import DataError
 from ..core.extras import require
-from .datasets import Samples
+from .datasets import Samples, remap_labels
 from .images import EncodedFile, read_file
 
 PREFIX = "hf:"
@@ -126,12 +126,7 @@ def hf_samples(data: str, split: str, classes: Sequence[str] | None = None, imag
     if not isinstance(ds.features[img_col], datasets.Image):
         raise DataError(f"{data}: image column {img_col!r} is {ds.features[img_col]}, not an Image feature")
     source = f"{data}[{ds.split or split}]"
-    if classes is not None and list(classes) != own:
-        index = {c: i for i, c in enumerate(classes)}
-        unknown = sorted({own[label] for label in set(labels) if label >= 0} - set(index))
-        if unknown:
-            raise DataError(f"{data}: classes {unknown[:5]} are not among the {len(classes)} given classes")
-        labels = [index[own[label]] if label >= 0 else label for label in labels]
+    labels = remap_labels(labels, own, classes, data)
     # only the image column, undecoded: a row read is then one bytes cell, and the transforms decode it
     images = ds.select_columns([img_col]).cast_column(img_col, datasets.Image(decode=False))
     items = [(f"{source}[{i}]", int(label)) for i, label in enumerate(labels)]

@@ -23,7 +23,7 @@ from PIL import Image
 
 from ..core.errors import BadImageError, ConfigError, DataError
 from ..core.files import write_json
-from .datasets import Samples, folder_classes, image_folder, list_samples
+from .datasets import Samples, folder_classes, image_folder, list_samples, remap_labels
 from .images import EncodedFile, decode_rgb, read_file
 
 FORMAT = "visionzoo-pack-1"
@@ -89,13 +89,7 @@ def packed_samples(root: str | Path, split: str, classes: list[str] | None = Non
     pack_classes = (root / "classes.txt").read_text().split("\n")[:-1]
     store = PackedStore(root / split)
     labels = store.labels.tolist()
-    if classes is not None and list(classes) != pack_classes:
-        index = {c: i for i, c in enumerate(classes)}
-        unknown = sorted({pack_classes[label] for label in set(labels) if label >= 0} - set(index))
-        if unknown:
-            raise DataError(f"{root}: classes {unknown[:5]} are not among the {len(classes)} given classes")
-        # -1: an open-set image of a packed list (no class); it stays -1
-        labels = [index[pack_classes[label]] if label >= 0 else label for label in labels]
+    labels = remap_labels(labels, pack_classes, classes, root)  # -1, an open-set image of a packed list, stays
     names = store.names.tolist()
     return Samples(list(zip(names, labels)), list(classes or pack_classes), store=store)
 
