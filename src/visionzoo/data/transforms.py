@@ -81,7 +81,10 @@ def train_transform(
     else:
         ops = [v2.RandomResizedCrop(img_size, scale=tuple(scale), ratio=tuple(ratio),
                                     interpolation=INTERP[interpolation], antialias=True)]
-    return v2.Compose(ops + rest + [v2.PILToTensor()] + list(policy))
+    # Pillow policies (PolicyOp on_pil) before the tensor conversion, as the reference scripts run them; the
+    # rest (AugMix, random erasing) after it, in the given order
+    on_pil = [p for p in policy if isinstance(p, PolicyOp) and p.on_pil]
+    return v2.Compose(ops + rest + on_pil + [v2.PILToTensor()] + [p for p in policy if p not in on_pil])
 
 
 class PolicyOp:

@@ -37,6 +37,7 @@ class RunLog:
         self.num_classes: int | None = None
         self._plotted_at = time.monotonic()
         self._plots_missing = False
+        self._epoch_rows: list[dict[str, Any]] | None = None  # epoch_rows(): read once, then appended to
         if not enabled:
             return
         writer = _summary_writer_class() if tensorboard else None  # before anything is written
@@ -83,9 +84,11 @@ class RunLog:
         with atomic_path(path) as tmp:
             tmp.write_text("".join(f"{line}\n" for line in kept))
 
-    def _append(self, record: dict[str, Any]) -> None:
+    def _append(self, record: dict[str, Any]) -> dict[str, Any]:
+        line = {k: json_safe(v) for k, v in record.items()}
         with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps({k: json_safe(v) for k, v in record.items()}) + "\n")
+            f.write(json.dumps(line) + "\n")
+        return line
 
     def scalars(self, kind: str, values: dict[str, Any]) -> None:
         if not self.enabled:
@@ -101,7 +104,9 @@ class RunLog:
     def epoch(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        self._append({"type": "epoch", **record})
+        line = self._append({"type": "epoch", **record})
+        if self._epoch_rows is not None:
+            self._epoch_rows.append(line)  # as the file holds it (json_safe), so a resumed run reads the same
         if self.tb is not None:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and k not in ("epoch", "step"):
@@ -130,7 +135,13 @@ class RunLog:
         return self.num_classes is None or self.num_classes > 5
 
     def epoch_rows(self) -> list[dict[str, Any]]:
-        """metrics.jsonl's epoch lines (one per finished epoch: resuming repairs the file)."""
+        """metrics.jsonl's epoch lines (one per finished epoch: resuming repairs the file), read from the file
+        once (the epochs of a resumed run's earlier part) and kept up to date by epoch() after that."""
+        if self._epoch_rows is None:
+            self._epoch_rows = self._read_epoch_rows()
+        return self._epoch_rows
+
+    def _read_epoch_rows(self) -> list[dict[str, Any]]:
         path = self.out / "metrics.jsonl"
         if not path.exists():
             return []
