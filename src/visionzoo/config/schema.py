@@ -89,6 +89,14 @@ class DataConfig(_Checked):
     val_list: str | None = setting(None, "validation list file: 'relative/path label' lines")
     train_root: str | None = setting(None, "where train_list paths start; none: found under data")
     val_root: str | None = setting(None, "where val_list paths start, e.g. a flat ILSVRC2012 val folder")
+    # WebDataset shards read in order (a pack's, or any URLs with a pack.json beside them): http(s)://, s3://,
+    # gs:// through fsspec, pipe:COMMAND, local paths; several patterns are joined with '::' as webdataset does
+    train_urls: str | None = setting(None, "stream training shards from these URLs, e.g. "
+                                           "'https://host/pack/train-{000000..000099}.tar'")
+    val_urls: str | None = setting(None, "stream validation shards from these URLs")
+    pack_info: str | None = setting(None, "the pack.json of streamed shards (shard sizes, classes); none: beside "
+                                          "the first URL")
+    shuffle_buffer: int = setting(2000, "streamed training samples held and drawn from at random")
     image_column: str | None = setting(None, "Hugging Face data: the image column; none: the first Image feature")
     label_column: str | None = setting(None, "Hugging Face data: the label column; none: the first ClassLabel "
                                              "feature")
@@ -227,6 +235,8 @@ class TrainConfig(_Checked):
     tensorboard: bool = setting(False, "write TensorBoard event files to the run folder")
     mlflow: bool = setting(False, "log config, metrics and summary to MLflow (MLFLOW_TRACKING_URI, "
                                   "MLFLOW_EXPERIMENT_NAME)")
+    wandb: bool = setting(False, "log config, metrics and summary to Weights & Biases (WANDB_PROJECT, WANDB_MODE, "
+                                 "WANDB_DIR)")
     recipe: str | None = setting(None, "the recipe the run came from (recorded)")
     mode: str | None = setting(None, "the recipe mode the run came from (recorded)")
 
@@ -250,7 +260,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 KEY_ALIASES = {"amp": "precision"}
 # ints that only mean something from 1 up: refused as soon as a section is built (validate() checks the rest)
 _AT_LEAST_1 = {"epochs", "batch_size", "iters", "log_interval", "eval_start", "step_size", "lr_base_batch",
-               "num_classes", "samples_per_class", "accum_steps", "ema_every", "ra_ops"}
+               "num_classes", "samples_per_class", "accum_steps", "ema_every", "ra_ops", "shuffle_buffer"}
 _TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 _LIST_WORDS = {int: "integers", float: "numbers", str: "strings"}
 

@@ -18,6 +18,10 @@ EXTRAS = {
     "plots": ("matplotlib",),
     "hf": ("datasets",),
     "mlflow": ("mlflow-skinny",),
+    "wandb": ("wandb",),
+    "hub": ("huggingface_hub",),
+    "stream": ("braceexpand", "fsspec", "aiohttp"),
+    "webdataset": ("webdataset",),
 }
 
 
