@@ -1,9 +1,12 @@
-"""`export --format hub`: the Hugging Face hub folder timm reads, and `--model local-dir:DIR` reading it back."""
+"""`export --format hub`: the Hugging Face hub folder timm reads, `--model local-dir:DIR` reading it back, and
+`--push-to-hub` uploading it (to a fake HfApi: no network here)."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import timm
@@ -153,3 +156,103 @@ def test_local_dir_needs_a_config_and_no_weights_flag(tmp_path, capsys):
     assert main(["predict", "--model", f"local-dir:{tmp_path / 'nowhere'}", str(image)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no config.json in" in err and "nowhere" in err
+
+
+# --- export --push-to-hub: a fake HfApi (the hub cannot be reached from the tests) ------------------------------
+
+class FakeHfApi:
+    """What push_hub calls of huggingface_hub.HfApi; records the calls and what the uploaded folder held."""
+
+    calls: list[tuple[str, Any]] = []
+    fail: Exception | None = None
+
+    def create_repo(self, repo_id: str, **kwargs: Any) -> str:
+        FakeHfApi.calls.append(("create_repo", (repo_id, kwargs)))
+        return f"https://huggingface.co/{repo_id}"  # as HfApi's RepoUrl reads as a str
+
+    def upload_folder(self, *, repo_id: str, folder_path: str, **kwargs: Any) -> None:
+        if FakeHfApi.fail is not None:
+            raise FakeHfApi.fail
+        files = {p.name: p.read_bytes() for p in Path(folder_path).iterdir()}
+        FakeHfApi.calls.append(("upload_folder", (repo_id, folder_path, files, kwargs)))
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
+    monkeypatch.setattr(FakeHfApi, "calls", [])
+    monkeypatch.setattr(FakeHfApi, "fail", None)
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")  # the login check: a token is there
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # anything that still tried the network would fail at once
+    return FakeHfApi.calls
+
+
+def test_push_to_hub_uploads_the_checked_folder(fake_hub, tmp_path, capsys):
+    ckpt, _, _ = save_ckpt(tmp_path / "r18.pth", "resnet18")
+    out = tmp_path / "hub"
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "hub", "--output", str(out),
+                 "--push-to-hub", "me/r18-test", "--private", "--commit-message", "first weights"]) == 0
+    printed = capsys.readouterr().out
+    assert "check vs eager" in printed
+    assert printed.splitlines()[-1] == (f"pushed {out} to https://huggingface.co/me/r18-test "
+                                        "(load it with --model hf-hub:me/r18-test)")
+    (kind, (repo_id, created)), (kind2, (repo_id2, folder, files, uploaded)) = fake_hub
+    assert (kind, kind2) == ("create_repo", "upload_folder")
+    assert repo_id == repo_id2 == "me/r18-test"
+    assert created == {"repo_type": "model", "exist_ok": True, "private": True}
+    assert folder == str(out) and uploaded == {"repo_type": "model", "commit_message": "first weights"}
+    # what went up is the folder export wrote and checked
+    assert sorted(files) == ["config.json", "model.safetensors"]
+    assert files["model.safetensors"] == (out / "model.safetensors").read_bytes()
+    assert json.loads(files["config.json"])["architecture"] == "resnet18"
+
+
+def test_push_to_hub_defaults_and_a_failed_upload_is_one_line(fake_hub, tmp_path, capsys):
+    ckpt, _, _ = save_ckpt(tmp_path / "r18.pth", "resnet18")
+    out = tmp_path / "hub"
+    FakeHfApi.fail = RuntimeError("401 Client Error: Unauthorized for url\nmore detail")
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "hub", "--output", str(out),
+                 "--push-to-hub", "r18-test"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "--push-to-hub r18-test: upload failed (RuntimeError: 401 Client Error: Unauthorized for url)" in err
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]  # written, kept
+    # no --private: the hub's default visibility; the default commit message
+    assert fake_hub[0] == ("create_repo", ("r18-test", {"repo_type": "model", "exist_ok": True, "private": None}))
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--format", "onnx", "--push-to-hub", "me/x"], "--push-to-hub uploads a hub folder: it needs --format hub, "
+                                                    "not --format onnx"),
+    (["--format", "hub", "--private"], "--private needs --push-to-hub REPO"),
+    (["--format", "hub", "--commit-message", "m"], "--commit-message needs --push-to-hub REPO"),
+    (["--format", "hub", "--push-to-hub", "me/bad--name"], "--push-to-hub 'me/bad--name': "),
+])
+def test_push_to_hub_usage_errors_are_one_line_before_any_work(flags, message, fake_hub, tmp_path, capsys):
+    out = tmp_path / "out"
+    # the checkpoint is never read: the flags are refused first
+    assert main(["export", "--checkpoint", str(tmp_path / "missing.pth"), "--output", str(out), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("visionzoo export: error: ") and message in err
+    assert not out.exists() and fake_hub == []
+
+
+def test_push_to_hub_needs_a_login_and_the_package(fake_hub, tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)  # not logged in
+    args = ["export", "--checkpoint", str(tmp_path / "missing.pth"), "--format", "hub", "--output",
+            str(tmp_path / "out"), "--push-to-hub", "me/x"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("visionzoo export: error: --push-to-hub needs a Hugging Face login: `hf auth login` "
+                   "(`huggingface-cli login` before huggingface_hub 1.0) or HF_TOKEN")
+
+    for name in [m for m in sys.modules if m == "huggingface_hub" or m.startswith("huggingface_hub.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # `import huggingface_hub` fails: not installed
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == "visionzoo export: error: --push-to-hub needs huggingface_hub: pip install 'visionzoo[hub]'"
+    assert not (tmp_path / "out").exists()

@@ -1,5 +1,6 @@
 """visionzoo export: write a checkpoint as TorchScript, torch.export (.pt2), ONNX or safetensors, or as a
-Hugging Face hub folder (config.json, model.safetensors) that timm loads as local-dir:FOLDER.
+Hugging Face hub folder (config.json, model.safetensors) that timm loads as local-dir:FOLDER, and with
+--push-to-hub ORG/NAME uploads to the hub (then `--model hf-hub:ORG/NAME` loads it anywhere).
 
 The file takes a normalised float NCHW batch and returns logits; class names and preprocessing
 travel inside it, so eval/predict/bench/infer accept it in place of the checkpoint. Every export
@@ -10,6 +11,7 @@ model; beyond --atol + --rtol * max|logit| it fails and writes nothing.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from .options import add_config_flags, add_model_source_flags, data_config, model_source
 
@@ -30,13 +32,30 @@ def add_parser(sub) -> None:
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset")
     p.add_argument("--atol", type=float, default=DEFAULT_ATOL)
     p.add_argument("--rtol", type=float, default=DEFAULT_RTOL)
+    p.add_argument("--push-to-hub", metavar="REPO", help="with --format hub: upload the checked folder to the "
+                   "Hugging Face model repo REPO (ORG/NAME or NAME; created if missing); needs a login "
+                   "(hf auth login, or HF_TOKEN)")
+    p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
+    p.add_argument("--commit-message", metavar="TEXT", help="with --push-to-hub: the upload's commit message")
     add_config_flags(p, only={"data", "val_list", "val_root", "img_size"})
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..inference.export import export_model
+    from ..core.errors import ConfigError
 
+    if args.push_to_hub is None:
+        given = [f for f, v in (("--private", args.private), ("--commit-message", args.commit_message)) if v]
+        if given:
+            raise ConfigError(f"{given[0]} needs --push-to-hub REPO")
+    elif args.format != "hub":
+        raise ConfigError(f"--push-to-hub uploads a hub folder: it needs --format hub, not --format {args.format}")
+
+    from ..inference.export import export_model
+    from ..inference.hub import hub_client, push_hub
+
+    # the package, the repo id and the login are checked before the export, which can take a while
+    api = hub_client(args.push_to_hub) if args.push_to_hub is not None else None
     data = data_config(args)
     img_size = data.img_size if data else None
     if data is not None and not (data.data or data.val_list or data.val_root):
@@ -47,5 +66,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {r['output']} ({r['bytes'] / 2**20:.1f} MiB, {r['format']}, {r['img_size']} px, "
           f"batch {'dynamic' if r['dynamic_batch'] else args.batch_size})\n"
           f"check vs eager on {c['batch_size']} {c['input']} images: max |diff| {c['max_abs_diff']:.2e} "
-          f"(limit {c['limit']:.2e}), top-1 agreement {100 * c['top1_agreement']:.1f}%")
+          f"(limit {c['limit']:.2e}), top-1 agreement {100 * c['top1_agreement']:.1f}%", flush=True)
+    if api is not None:
+        url, repo_id = push_hub(api, Path(r["output"]), args.push_to_hub, args.private, args.commit_message)
+        print(f"pushed {r['output']} to {url} (load it with --model hf-hub:{repo_id})")
     return 0

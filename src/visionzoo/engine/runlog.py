@@ -1,6 +1,7 @@
 """Run outputs on rank 0: train.log, metrics.jsonl (appended and flushed per line), summary.csv and
 curves.png (one row / point per epoch, derived from metrics.jsonl's epoch lines), summary.json, optional
-TensorBoard and MLflow (engine/tracking.py). Other ranks get a disabled RunLog that writes nothing."""
+TensorBoard, MLflow (engine/tracking.py) and Weights & Biases (engine/tracking_wandb.py). Other ranks get a
+disabled RunLog that writes nothing."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 from ..core.errors import ConfigError
 from ..core.files import atomic_path, json_safe, save_figure, write_json
 from .tracking import MlflowTracker, numeric
+from .tracking_wandb import WandbTracker
 
 log = logging.getLogger("visionzoo")
 
@@ -29,9 +31,11 @@ PLOT_EVERY_S = 60.0  # curves.png is redrawn after an epoch at most this often (
 
 
 class RunLog:
-    def __init__(self, out: Path, enabled: bool = True, tensorboard: bool = False, mlflow: bool = False):
+    def __init__(self, out: Path, enabled: bool = True, tensorboard: bool = False, mlflow: bool = False,
+                 wandb: bool = False):
         self.out, self.enabled, self.tb = Path(out), enabled, None
         self.mlflow: MlflowTracker | None = None
+        self.wandb: WandbTracker | None = None
         self._handler: logging.Handler | None = None
         # set once the model is built: top-5 is shown only with more than 5 classes (it is 100 otherwise)
         self.num_classes: int | None = None
@@ -41,9 +45,10 @@ class RunLog:
         if not enabled:
             return
         writer = _summary_writer_class() if tensorboard else None  # before anything is written
-        # mlflow is imported here (a missing package stops the run before anything is written); the MLflow
-        # run itself starts in track_config, once the config is resolved
+        # mlflow and wandb are imported here (a missing package stops the run before anything is written);
+        # their runs start in track_config, once the config is resolved
         self.mlflow = MlflowTracker(self.out) if mlflow else None
+        self.wandb = WandbTracker(self.out) if wandb else None
         self.out.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(self.out / "train.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -56,9 +61,12 @@ class RunLog:
             self.tb = writer(str(self.out / "tensorboard"))
 
     def track_config(self, config: dict[str, Any]) -> None:
-        """Start the MLflow run (with --mlflow) with the resolved config as its params."""
+        """Start the MLflow run (with --mlflow) with the resolved config as its params, and the W&B run (with
+        --wandb) with it as its config."""
         if self.enabled and self.mlflow is not None:
             self.mlflow.start(config)
+        if self.enabled and self.wandb is not None:
+            self.wandb.start(config)
 
     def repair(self, epoch: int, step: int, record: dict[str, Any] | None) -> None:
         """metrics.jsonl as of a checkpoint at (epoch, step): lines after it go (the interrupted epoch's step
@@ -100,6 +108,8 @@ class RunLog:
                     self.tb.add_scalar(f"{kind}/{k}", v, values["step"])
         if self.mlflow is not None:
             self.mlflow.metrics({f"{kind}/{k}": v for k, v in numeric(values, ("step",)).items()}, values["step"])
+        if self.wandb is not None:
+            self.wandb.scalars(kind, numeric(values, ("step",)), values["step"])
 
     def epoch(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -114,6 +124,8 @@ class RunLog:
             self.tb.flush()
         if self.mlflow is not None:
             self.mlflow.metrics(numeric(record, ("epoch", "step")), record["epoch"])
+        if self.wandb is not None:
+            self.wandb.epoch(numeric(record, ("epoch", "step")), record["epoch"])
         parts = [f"epoch {record['epoch']}", f"loss {record['train_loss']:.4f}",
                  f"train top-1 {record['train_top1']:.2f}", f"{record['images_per_sec']:.1f} img/s",
                  f"lr {record['lr']:.4g}"]
@@ -196,16 +208,21 @@ class RunLog:
             values = {k: v for k, v in numeric(summary).items() if last.get(k) != v}
             self.mlflow.metrics(values, int(last.get("epoch", summary.get("epochs_run", 0))))
             self.mlflow.artifacts(self.out / "summary.json", self.out / "config.yaml")
+        if self.wandb is not None:
+            self.wandb.summary(numeric(summary))  # all of them: W&B's summary is a dict, not a metric series
+            self.wandb.files(self.out / "summary.json", self.out / "config.yaml")
         made = [n for n in ("summary.csv", "curves.png", "best.pth") if (self.out / n).exists()]
         log.info("results in %s (metrics.jsonl, summary.json, config.yaml%s, last.pth)",
                  self.out, "".join(f", {n}" for n in made))
         self.close()
 
     def close(self, status: str = "FINISHED") -> None:
-        """Detach train.log (and close TensorBoard; end the MLflow run with status: FINISHED, FAILED or
-        KILLED); safe to call again, and after a failed run."""
+        """Detach train.log (and close TensorBoard; end the MLflow and W&B runs with status: FINISHED, FAILED
+        or KILLED); safe to call again, and after a failed run."""
         if self.mlflow is not None:
             self.mlflow.end(status)
+        if self.wandb is not None:
+            self.wandb.end(status)
         if not self.enabled or self._handler is None:
             return
         if self.tb is not None:

@@ -143,7 +143,7 @@ def build_run(cfg: TrainConfig, dist: DistInfo) -> Run:
     out = Path(cfg.output or ".")
     resume = resume_path(cfg, out)
     ckpt = load_resume(resume) if resume is not None else None
-    runlog = RunLog(out, enabled=dist.is_main, tensorboard=cfg.tensorboard, mlflow=cfg.mlflow)
+    runlog = RunLog(out, enabled=dist.is_main, tensorboard=cfg.tensorboard, mlflow=cfg.mlflow, wandb=cfg.wandb)
     _resolve_step_settings(cfg, ckpt, dist.device)
     # a terminal gets a line at once (reading the data and building the model can take a while); no
     # line when not a terminal, where the log lines say what happens

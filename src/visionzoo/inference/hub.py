@@ -1,7 +1,8 @@
 """The Hugging Face hub layout timm reads: a folder holding config.json and model.safetensors.
 
 `visionzoo export --format hub` writes one; `timm.create_model("local-dir:DIR", pretrained=True)` (and
-visionzoo's `--model local-dir:DIR`) loads it, as does `hf-hub:ORG/NAME` once the folder is uploaded.
+visionzoo's `--model local-dir:DIR`) loads it, as does `hf-hub:ORG/NAME` once the folder is uploaded
+(`export --push-to-hub ORG/NAME`: hub_client, push_hub).
 The weights must be a timm architecture's, under timm's parameter names: a model visionzoo built through
 timm is one already; visionzoo's torchvision ResNets have timm twins with the same parameter names.
 """
@@ -18,11 +19,14 @@ from typing import Any
 
 from torch import nn
 
-from ..core.errors import ConfigError, ModelFileError
+from ..core.errors import ConfigError, ModelFileError, VisionZooError
+from ..core.extras import require
 from ..core.files import TEMP_MARK
 from .model_info import ModelInfo
 
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
+DEFAULT_COMMIT_MESSAGE = "Upload a visionzoo export (visionzoo export --format hub)"
+LOGIN_HINT = "`hf auth login` (`huggingface-cli login` before huggingface_hub 1.0) or HF_TOKEN"
 HUB_FILES = (CONFIG, WEIGHTS)
 # visionzoo's torchvision ResNets -> timm's: same modules, same parameter names, same forward (the export
 # check compares the logits of every file it writes)
@@ -143,3 +147,41 @@ def atomic_folder(dst: Path) -> Iterator[Path]:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
+
+
+def hub_client(repo_id: str) -> Any:
+    """The HfApi that `--push-to-hub repo_id` uploads with, checked before any export work: the package (the
+    hub extra), a well-formed repo id and a login (HF_TOKEN or the saved token, as huggingface_hub finds
+    them); each is a one-line error naming the flag."""
+    hf = require("huggingface_hub", "hub", "--push-to-hub")
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except ValueError as e:  # HFValidationError
+        raise ConfigError(f"--push-to-hub {repo_id!r}: {_first_line(e)} (expected NAME or ORG/NAME)") from None
+    if not hf.get_token():
+        # without a token create_repo fails only after the export: say so now, and how to log in
+        raise ConfigError(f"--push-to-hub needs a Hugging Face login: {LOGIN_HINT}")
+    return hf.HfApi()
+
+
+def push_hub(api: Any, folder: Path, repo_id: str, private: bool = False,
+             commit_message: str | None = None) -> tuple[str, str]:
+    """Upload folder (all of it: a model card README.md put there goes too) to the model repo repo_id in one
+    commit, creating the repo if missing; returns the repo's URL and full id (ORG/NAME: a NAME alone is the
+    user's). A failure is one line; the folder stays."""
+    try:
+        # private=None: the hub's default (public, or the organisation's); an existing repo keeps its visibility
+        url = api.create_repo(repo_id, repo_type="model", exist_ok=True, private=True if private else None)
+        api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
+                          commit_message=commit_message or DEFAULT_COMMIT_MESSAGE)
+    except Exception as e:  # HTTP errors (401/403: the token; 404; network): the library's own first line
+        raise VisionZooError(f"--push-to-hub {repo_id}: upload failed ({type(e).__name__}: {_first_line(e)}); "
+                             f"{folder} is written and kept: push it again once that is fixed") from None
+    # create_repo's RepoUrl: the repo's address on the endpoint used, and its full id
+    return (str(url) if url else f"https://huggingface.co/{repo_id}"), str(getattr(url, "repo_id", None) or repo_id)
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

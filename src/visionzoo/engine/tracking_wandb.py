@@ -1,0 +1,107 @@
+"""Weights & Biases tracking for `train --wandb` (rank 0, through RunLog), beside MLflow's (tracking.py): the
+resolved config as the run's config, the epoch records as `epoch/*` (x-axis `epoch`), the log-interval scalars
+as `train_step/*` (x-axis `global_step`), the summary's numbers in the run summary, summary.json and
+config.yaml as run files.
+
+The project is WANDB_PROJECT or "visionzoo"; the run is named after the run folder and keeps its local files
+under RUN_FOLDER/wandb/ unless WANDB_DIR says where. Online or offline is wandb's own choice (WANDB_MODE,
+`wandb login` / WANDB_API_KEY); an offline run is uploaded later with `wandb sync`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import ConfigError
+from ..core.extras import require
+
+log = logging.getLogger("visionzoo")
+
+DEFAULT_PROJECT = "visionzoo"
+# the run's end status (RunLog.close) -> wandb's exit code: 0 is a finished run, any other a failed one; 255 for
+# Ctrl-C, as wandb's own exit hook records it
+EXIT_CODES = {"FINISHED": 0, "FAILED": 1, "KILLED": 255}
+
+
+def require_wandb() -> Any:
+    """The wandb module, or the one-line MissingExtraError naming the extra (checked before the run starts)."""
+    return require("wandb", "wandb", "--wandb")
+
+
+class WandbTracker:
+    """One W&B run. A logging call that fails mid-run is warned about once and tracking stops: a W&B hiccup
+    is no reason to lose the training run (metrics.jsonl holds the same numbers)."""
+
+    def __init__(self, out: Path):
+        self._wandb = require_wandb()
+        self.out = Path(out)
+        self._run: Any = None
+
+    def start(self, config: dict[str, Any]) -> None:
+        """Create the run with the resolved config; a run that cannot start (no API key, no server) stops the
+        training run here, before training, in one line."""
+        project = os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT
+        try:
+            run = self._wandb.init(
+                project=project, name=self.out.name, config=config,
+                # the run's files beside its other outputs, unless the user put them elsewhere
+                dir=None if os.environ.get("WANDB_DIR") else str(self.out),
+                # a run of its own: a caller's active wandb run (a notebook's) is neither finished nor reused,
+                # and wandb.run / wandb.log stay theirs
+                reinit="create_new")
+        except Exception as e:
+            message = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ConfigError(f"--wandb: cannot start a run in project {project}: {message}") from None
+        self._run = run
+        # W&B wants one increasing step across all log calls; epochs and global steps are two x-axes, so
+        # each family of metrics gets its own step metric instead of wandb's implicit step
+        self._call("define_metric", "epoch")
+        self._call("define_metric", "global_step")
+        self._call("define_metric", "epoch/*", step_metric="epoch")
+        self._call("define_metric", "train_step/*", step_metric="global_step")
+        mode = "offline" if getattr(run, "offline", False) else "online"
+        log.info("W&B run %s (project %s, %s) in %s", run.id, project, mode, run.dir)
+
+    def scalars(self, kind: str, values: dict[str, float], step: int) -> None:
+        """The log-interval read-outs (kind: train_step) at their global step."""
+        if values:
+            self._call("log", {"global_step": step, **{f"{kind}/{k}": v for k, v in values.items()}})
+
+    def epoch(self, values: dict[str, float], epoch: int) -> None:
+        if values:
+            self._call("log", {"epoch": epoch, **{f"epoch/{k}": v for k, v in values.items()}})
+
+    def summary(self, values: dict[str, float]) -> None:
+        """summary.json's numbers (best_top1, epochs_run, ...) as the run's summary."""
+        if values:
+            self._call("summary.update", values)
+
+    def files(self, *paths: Path) -> None:
+        for path in paths:
+            if path.exists():
+                # base_path: saved under its own name, not under the run folder's path
+                self._call("save", str(path), base_path=str(path.parent), policy="now")
+
+    def end(self, status: str = "FINISHED") -> None:
+        """Finish the run as finished (FINISHED) or failed (FAILED, KILLED); safe to call again."""
+        if self._run is None:
+            return
+        self._call("finish", exit_code=EXIT_CODES.get(status, 1))
+        self._run = None
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> None:
+        if self._run is None:
+            return
+        try:
+            target = self._run
+            for name in method.split("."):  # "summary.update": a method of the run's summary
+                target = getattr(target, name)
+            target(*args, **kwargs)
+        except Exception as e:
+            # the run is not finished here (that could fail the same way): wandb's exit hook ends it
+            log.warning("W&B logging stopped (%s: %s); metrics.jsonl has the run's numbers",
+                        type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+            self._run = None
