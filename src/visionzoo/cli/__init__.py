@@ -32,7 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "infer": ("infer", "model over preprocessed files -> logits dumps"),
     "metric": ("metric", "accuracy of dumped logits"),
     "make-lt": ("make_lt", "long-tailed lists (+ open set) from an ImageFolder"),
-    "pack": ("pack", "pack an ImageFolder or list-file data set into shard files for fast loading"),
+    "pack": ("pack", "pack an ImageFolder or list-file data set into WebDataset shards for fast loading"),
     "tau-norm": ("tau_norm", "tau-normalise a classifier (long-tail)"),
     "finetune-res": ("finetune_res", "FixRes: fine-tune a checkpoint at the test resolution"),
 }

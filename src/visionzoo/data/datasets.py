@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
@@ -212,16 +213,23 @@ class ImageDataset(Dataset):
         return (out, label, 1) if replaced else (out, label)
 
     def _decode_and_transform(self, index: int, seed: int | None):
-        # fused transforms (transforms.Fused) decode the file themselves, at the scale they need
-        fused = getattr(self.transform, "takes_encoded_file", False)
-        with torch.random.fork_rng(devices=[], enabled=seed is not None):
-            if seed is not None:
-                # the CPU generator only: torch.manual_seed also queues lazy seeding of every accelerator
-                # backend, recording a stack trace each time (~0.5 ms a sample)
-                torch.default_generator.manual_seed(seed)
-            if fused:
-                return self.transform(self.samples.encoded(index))
-            return self.transform(decode_rgb(self.samples.open(index), turbo=False))
+        if getattr(self.transform, "takes_encoded_file", False):
+            return seeded_transform(self.transform, self.samples.encoded(index), seed)
+        return seeded_transform(self.transform, self.samples.open(index), seed)
+
+
+def seeded_transform(transform: Callable, image: EncodedFile | Image.Image, seed: int | None):
+    """transform(image) with the CPU generator seeded by seed (and restored after). Fused transforms
+    (transforms.Fused) take the file's bytes and decode at the scale they need; the others get RGB pixels."""
+    fused = getattr(transform, "takes_encoded_file", False)
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            # the CPU generator only: torch.manual_seed also queues lazy seeding of every accelerator
+            # backend, recording a stack trace each time (~0.5 ms a sample)
+            torch.default_generator.manual_seed(seed)
+        if fused:
+            return transform(image)
+        return transform(decode_rgb(image.open() if isinstance(image, EncodedFile) else image, turbo=False))
 
 
 class DummyDataset(Dataset):

@@ -6,6 +6,7 @@ import functools
 import logging
 import math
 import os
+import posixpath
 from collections.abc import Iterable, Iterator, Sized
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from .datasets import (
 from .device_decode import EncodedBatch, EncodedImage
 from .hf import hf_samples, is_hf
 from .packed import is_packed, packed_samples
+from .streaming import ShardStream, StreamSource, expand_urls, info_url_for, is_url, pack_split_source, stream_source
 from .transforms import augment_ops, eval_transform, train_transform
 
 log = logging.getLogger(__name__)
@@ -111,6 +113,9 @@ class DataBundle:
 def _data_root(cfg: DataConfig) -> Path | None:
     if cfg.data is None:
         return None
+    if is_url(cfg.data):
+        raise ConfigError(f"--data {cfg.data}: shards at a URL are streamed for training (train --data URL or "
+                          "--train-urls/--val-urls); this command reads local data only")
     if cfg.data.startswith("builtin:"):
         from .builtin import materialize
 
@@ -169,20 +174,70 @@ def build_data(
     train: Dataset | None = None
     val: Dataset | None = None
     if "train" in splits:
-        s = find_samples(cfg, "train", classes, num_classes)
-        classes = classes or s.classes
-        num_classes = num_classes or s.num_classes
         policy = augment_ops(aug.auto_augment, aug.ra_magnitude, aug.ra_ops, aug.augmix_severity, aug.random_erase,
                              model_cfg.mean, interp) if aug is not None else []
         tf = train_transform(img_size, cfg.scale, cfg.ratio, cfg.hflip, cfg.color_jitter, interp, cfg.train_crop,
                              crop_pct, cfg.decode, policy)
-        train = ImageDataset(s, tf, cfg.skip_bad_images, replace_bad=True)
+        streamed = stream_split(cfg, "train")
+        if streamed is not None:
+            train = ShardStream(streamed, tf, True, seed, cfg.shuffle_buffer, cfg.skip_bad_images, classes)
+            classes = train.classes
+        else:
+            s = find_samples(cfg, "train", classes, num_classes)
+            classes = classes or s.classes
+            num_classes = num_classes or s.num_classes
+            train = ImageDataset(s, tf, cfg.skip_bad_images, replace_bad=True)
     if "val" in splits:
-        s = find_samples(cfg, "val", classes, num_classes)
-        classes = classes or s.classes
-        val = ImageDataset(s, eval_transform(eval_size, crop_pct, interp, cfg.decode), cfg.skip_bad_images)
+        tf = eval_transform(eval_size, crop_pct, interp, cfg.decode)
+        streamed = stream_split(cfg, "val")
+        if streamed is not None:
+            val = ShardStream(streamed, tf, False, seed, skip_bad=cfg.skip_bad_images, classes=classes)
+            classes = val.classes
+        else:
+            s = find_samples(cfg, "val", classes, num_classes)
+            classes = classes or s.classes
+            val = ImageDataset(s, tf, cfg.skip_bad_images)
     assert classes is not None
     return DataBundle(train, val, list(classes), img_size, crop_pct, interp, eval_size)
+
+
+def stream_split(cfg: DataConfig, split: str) -> StreamSource | None:
+    """The streamed shards of a split, or None when the split comes from local data.
+
+    train: --train-urls, or the pack at --data URL. val: --val-urls; the pack at --data URL; or, when only
+    --train-urls is given (no local --data or --val-list), the val shards of the pack beside the train shards."""
+    urls = cfg.train_urls if split == "train" else cfg.val_urls
+    flag = "--train-urls" if split == "train" else "--val-urls"
+    if urls:
+        return stream_source(expand_urls(urls, flag), cfg.pack_info, split)
+    if is_url(cfg.data):
+        assert cfg.data is not None
+        if cfg.data.startswith("pipe:"):
+            raise ConfigError(f"--data {cfg.data}: a pipe: command streams one shard; give --train-urls 'pipe:...'")
+        source = pack_split_source(cfg.data, split)
+        if source is None:
+            raise DataError(f"{cfg.data}: the pack has no {split} split")
+        return source
+    if split == "val" and cfg.train_urls and not (cfg.data or cfg.val_list or cfg.val_root):
+        info = cfg.pack_info or info_url_for(expand_urls(cfg.train_urls))
+        source = pack_split_source(posixpath.dirname(info) or ".", "val")
+        if source is None:
+            raise ConfigError(f"{info} lists no val split: give --val-urls, --data DIR or --val-list")
+        return source
+    return None
+
+
+def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
+    """The epoch that orders (and seeds) the loader's next pass: its sampler's, or a streamed dataset's."""
+    if isinstance(loader.dataset, ShardStream):
+        loader.dataset.set_epoch(epoch)
+    else:
+        cast(Any, loader.sampler).set_epoch(epoch)  # every sampler here takes the epoch
+
+
+def dataset_size(dataset: Dataset) -> int:
+    """Images in the whole split (a streamed split's len() is one rank's share)."""
+    return dataset.size if isinstance(dataset, ShardStream) else len(cast(Sized, dataset))
 
 
 def make_loader(
@@ -204,6 +259,15 @@ def make_loader(
     development machine: 237-243 images/s end to end against 221-223 at 0); they still get every idle
     cycle, so a loader-bound run loses nothing.
     """
+    worker_init = functools.partial(_lower_priority, nice) if workers > 0 and nice > 0 else None
+    if isinstance(dataset, ShardStream):
+        if sampler is not None:
+            raise ConfigError("streamed shards are read in order: class-aware sampling (--sampler) and repeated "
+                              "augmentation (--aug-repeats) need random-access data (--data DIR or a local pack)")
+        return DataLoader(dataset.for_rank(rank, world_size, batch_size, workers), batch_size=batch_size,
+                          num_workers=workers, collate_fn=collate_skipping, pin_memory=pin_memory, drop_last=train,
+                          persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
+                          worker_init_fn=worker_init)
     if sampler is None:
         sampler = SeededSampler(len(cast(Sized, dataset)), shuffle=train, seed=seed, rank=rank, world_size=world_size,
                                 pad=train)
@@ -219,7 +283,7 @@ def make_loader(
         # a private generator: worker seeding must not consume the global RNG (exact resume)
         generator=torch.Generator().manual_seed(seed),
         prefetch_factor=4 if workers > 0 else None,
-        worker_init_fn=functools.partial(_lower_priority, nice) if workers > 0 and nice > 0 else None,
+        worker_init_fn=worker_init,
     )
 
 

@@ -1,11 +1,20 @@
-"""Packed data sets (`visionzoo pack`): images re-encoded with their longer side capped, in large shard
-files with an index, read with random access by any number of workers and ranks.
+"""Packed data sets (`visionzoo pack`): WebDataset tar shards with a sidecar index for random access.
 
-Layout of OUT: pack.json (format, settings, counts; written last, so its presence marks a complete pack),
-classes.txt, and per split `<split>/shard-NNNNN.bin` (encoded images back to back) with `<split>/index.npz`
-(shard, offset, length, label per image, and the source file names). Shards are memory-mapped per
-process, so workers share the page cache and nothing is copied until an image is decoded. The format is
-numpy's and the images are ordinary JPEG/PNG files: no extra dependency, readable without visionzoo.
+Layout of OUT (flat, so that brace patterns such as `OUT/train-{000000..000009}.tar` name a split's shards):
+- `<split>-NNNNNN.tar`: WebDataset shards. Each sample is two members, `KEY.cls` (the label as decimal text;
+  -1 for an open-set image of a packed list) and `KEY.jpg` (the image, longer side capped at --max-size). The
+  `webdataset` library and `tar` read them as they are.
+- `<split>.index.npz`: the sidecar index, numpy arrays per sample in shard order: shard, start (the byte offset
+  of the sample's first tar header), offset and length (the image's bytes inside the tar), label, key and the
+  source name. visionzoo's random-access loader memory-maps the shards and slices images out by it, so workers
+  share the page cache and nothing is copied until an image is decoded.
+- `classes.json`: the class names in label order.
+- `pack.json`: format, settings, and per split the sample count and each shard's name and sample count (what a
+  streaming reader needs to split an epoch exactly across ranks and workers); written last, so its presence
+  marks a complete pack.
+
+The older format (visionzoo-pack-1: `.bin` shards + index.npz per split folder) is converted, bytes unchanged, by
+`visionzoo pack --data OLD --output NEW`; reading it for training is a one-line error saying so.
 """
 
 from __future__ import annotations
@@ -14,6 +23,9 @@ import io
 import json
 import mmap
 import os
+import re
+import tarfile
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -26,30 +38,52 @@ from ..core.files import write_json
 from .datasets import Samples, folder_classes, image_folder, list_samples, remap_labels
 from .images import EncodedFile, decode_rgb, read_file
 
-FORMAT = "visionzoo-pack-1"
+FORMAT = "visionzoo-wds-1"
+OLD_FORMAT = "visionzoo-pack-1"
 PACK_FILE = "pack.json"
+CLASSES_FILE = "classes.json"
+IMAGE_EXT = "jpg"
+
+
+def shard_name(split: str, number: int) -> str:
+    return f"{split}-{number:06d}.tar"
+
+
+def index_name(split: str) -> str:
+    return f"{split}.index.npz"
+
+
+def pack_format(root: str | Path | None) -> str | None:
+    """The format named by root/pack.json, or None when root holds no pack."""
+    if root is None or not (Path(root) / PACK_FILE).is_file():
+        return None
+    try:
+        return str(json.loads((Path(root) / PACK_FILE).read_text()).get("format"))
+    except (OSError, ValueError, AttributeError) as e:
+        raise DataError(f"{Path(root) / PACK_FILE}: not a readable pack description ({e})") from None
 
 
 def is_packed(root: str | Path | None) -> bool:
-    return root is not None and (Path(root) / PACK_FILE).is_file()
+    return pack_format(root) is not None
 
 
 class PackedStore:
     """One split's shards and index; picklable (each process maps the shards itself, lazily)."""
 
-    def __init__(self, split_dir: str | Path):
-        self.split_dir = Path(split_dir)
-        index = np.load(self.split_dir / "index.npz")
-        self.shard, self.offset, self.length = index["shard"], index["offset"], index["length"]
-        self.labels, self.names = index["label"], index["name"]
+    def __init__(self, root: str | Path, split: str):
+        self.root, self.split = Path(root), split
+        with np.load(self.root / index_name(split)) as index:
+            self.shard, self.offset, self.length = index["shard"], index["offset"], index["length"]
+            self.labels, self.keys = index["label"], index["key"]
+            self.names = np.char.decode(index["name"], "utf-8")
         self._maps: dict[int, mmap.mmap] = {}
 
     def subset(self, indices) -> PackedStore:
         """A store of these entries only, in this order (same shard files)."""
         idx = np.asarray(indices, dtype=np.int64)
         sub = object.__new__(PackedStore)
-        sub.split_dir, sub._maps = self.split_dir, {}
-        for name in ("shard", "offset", "length", "labels", "names"):
+        sub.root, sub.split, sub._maps = self.root, self.split, {}
+        for name in ("shard", "offset", "length", "labels", "keys", "names"):
             setattr(sub, name, getattr(self, name)[idx])
         return sub
 
@@ -62,36 +96,52 @@ class PackedStore:
     def read(self, i: int) -> bytes:
         s = int(self.shard[i])
         if s not in self._maps:
-            with open(self.split_dir / f"shard-{s:05d}.bin", "rb") as f:
+            with open(self.root / shard_name(self.split, s), "rb") as f:
                 self._maps[s] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         start = int(self.offset[i])
         return self._maps[s][start:start + int(self.length[i])]
 
     def encoded(self, i: int) -> EncodedFile:
-        """The entry's bytes, named after the pack and the source file for error messages."""
-        return EncodedFile(self.read(i), f"{self.split_dir}[{i}] ({self.names[i]})")
+        """The entry's bytes, named after its shard, key and source file for error messages."""
+        shard = shard_name(self.split, int(self.shard[i]))
+        return EncodedFile(self.read(i), f"{self.root / shard}:{self.keys[i].decode()} ({self.names[i]})")
 
     def open(self, i: int) -> Image.Image:
         """The image's header only, like images.open_image; errors name the packed entry."""
         return self.encoded(i).open()
 
 
+def read_pack_meta(root: str | Path) -> dict[str, Any]:
+    """pack.json of a pack in the current format; the old format and foreign files are one-line errors."""
+    root = Path(root)
+    fmt = pack_format(root)
+    if fmt == OLD_FORMAT:
+        raise DataError(f"{root} is a pack in the old format ({OLD_FORMAT}); convert it once (the images are "
+                        f"copied, not re-encoded): visionzoo pack --data {root} --output NEW_FOLDER")
+    if fmt != FORMAT:
+        raise DataError(f"{root / PACK_FILE}: unknown pack format {fmt!r} (expected {FORMAT})")
+    return json.loads((root / PACK_FILE).read_text())
+
+
 def packed_samples(root: str | Path, split: str, classes: list[str] | None = None) -> Samples:
     """Samples of one split of a pack; labels are remapped when classes (e.g. a model's) are given."""
     root = Path(root)
-    meta = json.loads((root / PACK_FILE).read_text())
-    if meta.get("format") != FORMAT:
-        raise DataError(f"{root / PACK_FILE}: unknown pack format {meta.get('format')!r} (expected {FORMAT})")
-    if not (root / split / "index.npz").is_file():
+    meta = read_pack_meta(root)
+    if split not in meta["splits"] or not (root / index_name(split)).is_file():
         raise DataError(f"{root}: the pack has no {split} split (it holds {', '.join(meta['splits'])})")
-    if not (root / "classes.txt").is_file():
-        raise DataError(f"{root}: the pack has no classes.txt (an incomplete copy?); pack it again")
-    pack_classes = (root / "classes.txt").read_text().split("\n")[:-1]
-    store = PackedStore(root / split)
-    labels = store.labels.tolist()
-    labels = remap_labels(labels, pack_classes, classes, root)  # -1, an open-set image of a packed list, stays
-    names = store.names.tolist()
-    return Samples(list(zip(names, labels)), list(classes or pack_classes), store=store)
+    pack_classes = read_classes(root)
+    store = PackedStore(root, split)
+    labels = remap_labels(store.labels.tolist(), pack_classes, classes, root)  # -1 (open set) stays -1
+    return Samples(list(zip(store.names.tolist(), labels)), list(classes or pack_classes), store=store)
+
+
+def read_classes(root: Path) -> list[str]:
+    if not (root / CLASSES_FILE).is_file():
+        raise DataError(f"{root}: the pack has no {CLASSES_FILE} (an incomplete copy?); pack it again")
+    return [str(c) for c in json.loads((root / CLASSES_FILE).read_text())]
+
+
+# ------------------------------------------------------------------------------------------------ writing
 
 
 def _capped(size: tuple[int, int], max_size: int) -> tuple[int, int]:
@@ -124,46 +174,155 @@ def _encode_or_error(args: tuple[str, int, int]) -> bytes | str:
         return str(e)
 
 
+def sample_key(name: str) -> str:
+    """A WebDataset key from a source name: no extension, and no dots (webdataset splits a member's name at
+    the first dot of its last path part); '..' and unusual characters become '_'."""
+    stem = os.path.splitext(name.replace("\\", "/"))[0]
+    return re.sub(r"[^\w/-]", "_", stem).strip("/") or "_"
+
+
+class ShardWriter:
+    """Writes one split's samples into tar shards (`<split>-NNNNNN.tar.tmp`, renamed when the split is complete)
+    and collects the index. Members are written reproducibly: mtime 0, owner root, mode 0444."""
+
+    def __init__(self, out: Path, split: str, shard_bytes: int, shard_images: int | None = None):
+        self.out, self.split = out, split
+        self.shard_bytes, self.shard_images = shard_bytes, shard_images
+        self.cols: dict[str, list] = {k: [] for k in ("shard", "start", "offset", "length", "label", "key", "name")}
+        self.counts: list[int] = []
+        self.keys: set[str] = set()
+        self.bytes = 0
+        self._tar: tarfile.TarFile | None = None
+
+    def _open_next(self) -> tarfile.TarFile:
+        if self._tar is not None:
+            self._tar.close()
+        self.counts.append(0)
+        path = self.out / f"{shard_name(self.split, len(self.counts) - 1)}.tmp"
+        self._tar = tarfile.open(path, "w", format=tarfile.PAX_FORMAT)
+        return self._tar
+
+    def _member(self, tar: tarfile.TarFile, name: str, data: bytes) -> int:
+        """Add one member; returns the offset of its data in the tar."""
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode, info.uname, info.gname = len(data), 0, 0o444, "root", "root"
+        tar.addfile(info, io.BytesIO(data))
+        return tar.offset - tarfile.BLOCKSIZE * -(-len(data) // tarfile.BLOCKSIZE)
+
+    def add(self, name: str, label: int, image: bytes) -> None:
+        tar = self._tar
+        full = tar is not None and self.counts[-1] > 0 and (
+            tar.offset + len(image) > self.shard_bytes
+            or (self.shard_images is not None and self.counts[-1] >= self.shard_images))
+        if tar is None or full:
+            tar = self._open_next()
+        key = sample_key(name)
+        if key in self.keys:  # e.g. a.jpg and a.png, or names that differ only in characters made '_'
+            key = f"{key}_{len(self.cols['key'])}"
+        self.keys.add(key)
+        start = tar.offset
+        self._member(tar, f"{key}.cls", str(label).encode())
+        offset = self._member(tar, f"{key}.{IMAGE_EXT}", image)
+        for k, v in (("shard", len(self.counts) - 1), ("start", start), ("offset", offset), ("length", len(image)),
+                     ("label", label), ("key", key.encode()), ("name", name.encode())):
+            self.cols[k].append(v)
+        self.counts[-1] += 1
+        self.bytes += len(image)
+
+    def close(self, complete: bool) -> dict[str, Any]:
+        """Finish the split: rename its shards into place and write the index (complete), or remove them."""
+        if self._tar is not None:
+            self._tar.close()
+        tmp = [self.out / f"{shard_name(self.split, s)}.tmp" for s in range(len(self.counts))]
+        if not complete:
+            for t in tmp:
+                t.unlink(missing_ok=True)
+            return {}
+        for t in tmp:
+            os.replace(t, t.with_suffix(""))
+        c = self.cols
+        np.savez(self.out / index_name(self.split), shard=np.array(c["shard"], np.int32),
+                 start=np.array(c["start"], np.int64), offset=np.array(c["offset"], np.int64),
+                 length=np.array(c["length"], np.int64), label=np.array(c["label"], np.int32),
+                 key=np.array(c["key"], dtype=bytes), name=np.array(c["name"], dtype=bytes))
+        files = [{"name": shard_name(self.split, s), "samples": n} for s, n in enumerate(self.counts)]
+        return {"images": len(c["label"]), "shards": len(files), "files": files, "bytes": self.bytes}
+
+
 def pack(data: str | Path, output: str | Path, max_size: int = 256, quality: int = 90,
          shard_bytes: int = 256 * 2**20, workers: int = 2, skip_bad: bool = False,
-         progress: bool = True, lists: dict[str, str | Path] | None = None) -> dict[str, Any]:
+         progress: bool = True, lists: dict[str, str | Path] | None = None,
+         shard_images: int | None = None) -> dict[str, Any]:
     """Pack an ImageFolder (DATA/train/<class>/..., DATA/val/<class>/...) into OUTPUT; returns pack.json.
 
     lists: {split: list file} packs those splits from `relative/path label` lists under DATA instead (e.g.
     ImageNet-LT's); the class names come from a classes.txt beside the first list (`visionzoo make-lt`
     writes one) or are the label numbers, and open-set entries (label -1) keep their -1.
+    DATA may also be a pack in the old format: its images are copied into shards as they are.
+    shard_images caps the samples per shard (smaller shards split an epoch more evenly when streaming).
     """
     data, out = Path(data), Path(output)
     if max_size < 16 or not 1 <= quality <= 100:
         raise ConfigError(f"--max-size {max_size} (>= 16) or --quality {quality} (1-100) out of range")
+    if shard_bytes < 1 or (shard_images is not None and shard_images < 1):
+        raise ConfigError("--shard-mb and --shard-images must be >= 1")
     if is_packed(out):
         raise ConfigError(f"--output {out} already holds a pack: remove it or choose another --output")
+    if pack_format(data) == OLD_FORMAT:
+        return _convert_old(data, out, shard_bytes, shard_images, progress)
+    if pack_format(data) is not None:
+        raise ConfigError(f"--data {data} is a pack already ({pack_format(data)}); give the image folder it came from")
     sources = _split_samples(data, lists)
     classes = next(iter(sources.values())).classes
     out.mkdir(parents=True, exist_ok=True)
     counts: dict[str, Any] = {}
-    try:
-        with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
-            for split, samples in sources.items():
-                counts[split] = _pack_split(pool, samples, data, out / split, max_size, quality, shard_bytes,
-                                            skip_bad, progress)
-    except BaseException:
-        for tmp in out.glob("*/shard-*.bin.tmp"):  # an interrupted pack leaves no half-written shards
-            tmp.unlink()
-        raise
-    (out / "classes.txt").write_text("".join(f"{c}\n" for c in classes))
-    meta = {"format": FORMAT, "source": str(data), "max_size": max_size, "quality": quality, "splits": list(sources),
-            "classes": len(classes), **counts}
+    with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+        for split, samples in sources.items():
+            jobs = ((p, max_size, quality) for p, _ in samples.items)
+            blobs = pool.map(_encode_or_error, jobs, chunksize=16)
+            entries = ((os.path.relpath(p, data), y, b) for (p, y), b in zip(samples.items, blobs))
+            counts[split] = _write_split(entries, len(samples.items), out, split, shard_bytes, shard_images,
+                                         skip_bad, progress)
+    meta = {"format": FORMAT, "source": str(data), "max_size": max_size, "quality": quality,
+            "splits": list(sources), "classes": len(classes), **counts}
+    return _finish(out, classes, meta)
+
+
+def _finish(out: Path, classes: list[str], meta: dict[str, Any]) -> dict[str, Any]:
+    write_json(out / CLASSES_FILE, list(classes))
     write_json(out / PACK_FILE, meta)  # last: a pack without pack.json is incomplete
     return meta
+
+
+def _write_split(entries: Iterable[tuple[str, int, bytes | str]], total: int, out: Path, split: str,
+                 shard_bytes: int, shard_images: int | None, skip_bad: bool, progress: bool) -> dict[str, Any]:
+    """(name, label, image bytes or an error message) entries into the split's shards and index."""
+    from tqdm import tqdm
+
+    writer = ShardWriter(out, split, shard_bytes, shard_images)
+    skipped: list[str] = []
+    complete = False
+    try:
+        for name, label, blob in tqdm(entries, total=total, desc=split, disable=None if progress else True,
+                                      leave=False):
+            if isinstance(blob, str):
+                if not skip_bad:
+                    raise BadImageError(blob)
+                skipped.append(blob)
+                continue
+            writer.add(name, label, blob)
+        complete = True
+    finally:  # an interrupted pack leaves no half-written shards
+        result = writer.close(complete)
+    return {**result, "skipped": len(skipped), "skipped_files": skipped[:20]}
 
 
 def _split_samples(data: Path, lists: dict[str, str | Path] | None) -> dict[str, Samples]:
     """The splits to pack, each with the same class list: DATA's train/ and val/ folders, or the lists."""
     if lists:
-        bad = [s for s in lists if not s or "/" in s or s.startswith(".")]
+        bad = [s for s in lists if not s or "/" in s or s.startswith(".") or not re.fullmatch(r"[\w-]+", s)]
         if bad:
-            raise ConfigError(f"--list {bad[0]!r}=...: a split name is a plain folder name (train, val, test, ...)")
+            raise ConfigError(f"--list {bad[0]!r}=...: a split name is a plain word (train, val, test, ...)")
         out: dict[str, Samples] = {}
         classes = num_classes = None
         for split, path in lists.items():
@@ -178,41 +337,39 @@ def _split_samples(data: Path, lists: dict[str, str | Path] | None) -> dict[str,
     return {s: image_folder(data / s, classes) for s in splits}
 
 
-def _pack_split(pool, samples: Samples, data: Path, split_dir: Path, max_size: int, quality: int,
-                shard_bytes: int, skip_bad: bool, progress: bool) -> dict[str, Any]:
-    """One split into split_dir: shards written as .tmp and renamed at the end, then index.npz."""
-    from tqdm import tqdm
-
-    split_dir.mkdir(exist_ok=True)
-    cols: dict[str, list] = {k: [] for k in ("shard", "offset", "length", "label", "name")}
-    shard, offset, skipped, total_bytes = 0, 0, [], 0
-    f = open(split_dir / f"shard-{shard:05d}.bin.tmp", "wb")
+def _old_entries(root: Path, split: str) -> Iterator[tuple[str, int, bytes]]:
+    """The images of an old-format split (split/shard-NNNNN.bin + split/index.npz), in index order."""
+    with np.load(root / split / "index.npz") as index:
+        shard, offset, length = index["shard"], index["offset"], index["length"]
+        labels, names = index["label"], index["name"]
+    maps: dict[int, mmap.mmap] = {}
     try:
-        jobs = ((p, max_size, quality) for p, _ in samples.items)
-        results = pool.map(_encode_or_error, jobs, chunksize=16)
-        for (path, label), blob in tqdm(zip(samples.items, results), total=len(samples.items),
-                                        desc=split_dir.name, disable=None if progress else True, leave=False):
-            if isinstance(blob, str):
-                if not skip_bad:
-                    raise BadImageError(blob)
-                skipped.append(blob)
-                continue
-            if offset and offset + len(blob) > shard_bytes:
-                f.close()
-                shard, offset = shard + 1, 0
-                f = open(split_dir / f"shard-{shard:05d}.bin.tmp", "wb")
-            f.write(blob)
-            for k, v in (("shard", shard), ("offset", offset), ("length", len(blob)), ("label", label),
-                         ("name", os.path.relpath(path, data))):
-                cols[k].append(v)
-            offset += len(blob)
-            total_bytes += len(blob)
+        for i in range(len(labels)):
+            s = int(shard[i])
+            if s not in maps:
+                with open(root / split / f"shard-{s:05d}.bin", "rb") as f:
+                    maps[s] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            yield str(names[i]), int(labels[i]), maps[s][int(offset[i]):int(offset[i]) + int(length[i])]
     finally:
-        f.close()
-    for s in range(shard + 1):
-        os.replace(split_dir / f"shard-{s:05d}.bin.tmp", split_dir / f"shard-{s:05d}.bin")
-    np.savez(split_dir / "index.npz", shard=np.array(cols["shard"], np.int32),
-             offset=np.array(cols["offset"], np.int64), length=np.array(cols["length"], np.int64),
-             label=np.array(cols["label"], np.int32), name=np.array(cols["name"]))
-    return {"images": len(cols["label"]), "shards": shard + 1, "bytes": total_bytes, "skipped": len(skipped),
-            "skipped_files": skipped[:20]}
+        for m in maps.values():
+            m.close()
+
+
+def _convert_old(old: Path, out: Path, shard_bytes: int, shard_images: int | None,
+                 progress: bool) -> dict[str, Any]:
+    """An old-format pack rewritten as WebDataset shards with the same image bytes, labels and names."""
+    meta = json.loads((old / PACK_FILE).read_text())
+    classes_txt = old / "classes.txt"
+    if not classes_txt.is_file():
+        raise DataError(f"{old}: the old pack has no classes.txt (an incomplete copy?)")
+    classes = classes_txt.read_text().split("\n")[:-1]
+    out.mkdir(parents=True, exist_ok=True)
+    counts = {}
+    for split in meta["splits"]:
+        entries = _old_entries(old, split)
+        counts[split] = _write_split(entries, int(meta[split]["images"]), out, split, shard_bytes, shard_images,
+                                     False, progress)
+    new = {"format": FORMAT, "source": meta.get("source", str(old)), "converted_from": str(old),
+           "max_size": meta.get("max_size"), "quality": meta.get("quality"), "splits": list(meta["splits"]),
+           "classes": len(classes), **counts}
+    return _finish(out, classes, new)

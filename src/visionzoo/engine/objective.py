@@ -33,7 +33,8 @@ log = logging.getLogger("visionzoo")
 def train_labels(dataset) -> list[int]:
     samples = getattr(dataset, "samples", None)
     if samples is None or not samples.items:
-        raise DataError("class-aware sampling and balanced losses need a real training set (not --dummy)")
+        raise DataError("class-aware sampling and balanced losses need the labels of a random-access training set "
+                        "(not --dummy or streamed shards)")
     return samples.targets()
 
 

@@ -1,0 +1,392 @@
+"""Streamed WebDataset shards (`--train-urls`, `--val-urls`, `--data URL`): sequential reads, a seeded shuffle
+buffer, and an epoch split exactly across ranks and loader workers.
+
+URLs: local paths, `file://`, `http(s)://`, `s3://`, `gs://` (through fsspec; s3 and gs also need s3fs or gcsfs)
+and `pipe:COMMAND` (the command's standard output is the shard, as in webdataset). Brace patterns
+(`train-{000000..000099}.tar`) expand with braceexpand; several patterns are joined with `::`.
+
+The epoch's rule (what makes "each sample read once per epoch" hold on many nodes):
+1. The shards' order is shuffled per epoch (training), seeded by (seed, epoch): all ranks agree on it without
+   talking. Their sample counts come from the pack.json beside the shards (`visionzoo pack` writes it).
+2. That order, as one sequence of N samples, is cut into one contiguous range per rank. Training ranges are
+   equal, ceil(N / world) samples, the last ones wrapping around to the epoch's first samples (at most
+   world - 1 repeats, as torch's DistributedSampler pads); evaluation ranges are N // world or one more,
+   with no repeats.
+3. Training keeps the whole batches of a rank's range (drop_last, as for folders); the batches are dealt to
+   the loader workers in contiguous runs, so each worker streams its own part of the sequence.
+4. A worker whose run starts inside a shard reads that shard from its beginning and skips to its first sample
+   (a non-seekable stream cannot jump); at most one shard a worker an epoch is read in part twice.
+Every rank computes the same plan, so each step count is equal across ranks and each sample is read once an
+epoch across all processes (apart from the wrap-around and the dropped partial batch). A sample's augmentation
+seed is that of its index in the pack, as for random access.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import posixpath
+import random
+import re
+import subprocess
+import tarfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import IO, Any, cast
+
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from ..core.errors import BadImageError, ConfigError, DataError
+from ..core.extras import require
+from .datasets import remap_labels, seeded_transform
+from .images import EncodedFile
+from .packed import CLASSES_FILE, FORMAT, OLD_FORMAT, PACK_FILE
+
+URL_SCHEMES = ("http://", "https://", "s3://", "gs://", "gcs://", "file://", "pipe:")
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+_SHARD_NAME = re.compile(r"([^/\s'\"]+\.tar)(?:\s|$|['\"?#])")
+
+
+def is_url(spec: str | None) -> bool:
+    return spec is not None and spec.startswith(URL_SCHEMES)
+
+
+def expand_urls(spec: str, flag: str = "--train-urls") -> list[str]:
+    """'a-{000..002}.tar::b.tar' -> ['a-000.tar', 'a-001.tar', 'a-002.tar', 'b.tar']."""
+    braceexpand = require("braceexpand", "stream", flag)
+    urls = [u for part in spec.split("::") if part.strip() for u in braceexpand.braceexpand(part.strip())]
+    if not urls:
+        raise ConfigError(f"{flag} {spec!r}: no URLs")
+    return urls
+
+
+def open_url(url: str) -> IO[bytes]:
+    """A readable binary stream of the URL (see the module's list of schemes)."""
+    if url.startswith("pipe:"):
+        return cast(IO[bytes], _PipeStream(url))
+    path = url[len("file://"):] if url.startswith("file://") else url
+    if not url.startswith(URL_SCHEMES) or url.startswith("file://"):
+        try:
+            return open(path, "rb")
+        except OSError as e:
+            raise DataError(f"{url}: cannot open ({e.strerror or e})") from None
+    fsspec = require("fsspec", "stream", "streaming shards")
+    # block_size 0: one streaming GET for an http(s) shard, instead of many range requests
+    kwargs = {"block_size": 0} if url.startswith(("http://", "https://")) else {}
+    try:
+        return fsspec.open(url, "rb", **kwargs).open()
+    except ImportError as e:  # s3fs / gcsfs: fsspec names the package
+        raise ConfigError(f"{url}: {e}") from None
+    except (OSError, ValueError) as e:
+        raise DataError(f"{url}: cannot open ({e})") from None
+
+
+class _PipeStream:
+    """The standard output of `pipe:COMMAND`; a failing command is a DataError naming it, once read to the end."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.proc = subprocess.Popen(url[len("pipe:"):], shell=True, stdout=subprocess.PIPE)  # noqa: S602 (the user's command)
+        assert self.proc.stdout is not None
+        self.stdout = self.proc.stdout
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.stdout.read(n)
+        if not data and (n is None or n != 0):
+            self._check()
+        return data
+
+    def _check(self) -> None:
+        code = self.proc.wait()
+        if code != 0:
+            raise DataError(f"{self.url}: the command exited with status {code}")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:  # stopped early (a partial read): not the command's failure
+            self.proc.kill()
+        self.stdout.close()
+        self.proc.wait()
+
+    def __enter__(self) -> _PipeStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_url(url: str) -> bytes:
+    with open_url(url) as f:
+        return f.read()
+
+
+def shard_name_of(url: str) -> str:
+    """The shard's file name in a URL or pipe command (the last `*.tar` word)."""
+    found = _SHARD_NAME.findall(url + " ")
+    if not found:
+        raise DataError(f"{url}: no shard file name (*.tar) in the URL")
+    return found[-1]
+
+
+def info_url_for(urls: list[str]) -> str:
+    """Where pack.json lies when --pack-info does not say: beside the first shard."""
+    first = urls[0]
+    if first.startswith("pipe:"):
+        raise ConfigError(f"{first}: a pipe: URL has no folder to find pack.json in; give --pack-info URL")
+    return posixpath.join(posixpath.dirname(first), PACK_FILE)
+
+
+@dataclass
+class StreamSource:
+    """A split's shard URLs with their sample counts, in pack order, and the pack's classes."""
+
+    urls: list[str]
+    counts: list[int]
+    firsts: list[int]  # each shard's first sample's index in the pack's split (augmentation seeds)
+    classes: list[str]
+    info: str  # the pack.json it came from (for messages)
+
+    @property
+    def size(self) -> int:
+        return sum(self.counts)
+
+
+def read_pack_info(info_url: str) -> dict[str, Any]:
+    try:
+        meta = json.loads(read_url(info_url))
+    except ValueError as e:
+        raise DataError(f"{info_url}: not a pack description ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        fmt = meta.get("format") if isinstance(meta, dict) else None
+        hint = " (convert it with visionzoo pack --data OLD --output NEW)" if fmt == OLD_FORMAT else ""
+        raise DataError(f"{info_url}: format {fmt!r}, not a pack of WebDataset shards ({FORMAT}){hint}")
+    return meta
+
+
+def stream_source(urls: list[str], info_url: str | None, split_hint: str) -> StreamSource:
+    """Counts and classes for these shard URLs from the pack.json beside them (or info_url)."""
+    info_url = info_url or info_url_for(urls)
+    meta = read_pack_info(info_url)
+    by_name: dict[str, tuple[int, int]] = {}
+    for split in meta["splits"]:
+        first = 0
+        for f in meta[split]["files"]:
+            by_name[f["name"]] = (int(f["samples"]), first)
+            first += int(f["samples"])
+    counts, firsts = [], []
+    for url in urls:
+        name = shard_name_of(url)
+        if name not in by_name:
+            raise DataError(f"{url}: shard {name} is not among those {info_url} lists")
+        counts.append(by_name[name][0])
+        firsts.append(by_name[name][1])
+    classes_url = posixpath.join(posixpath.dirname(info_url), CLASSES_FILE)
+    try:
+        classes = [str(c) for c in json.loads(read_url(classes_url))]
+    except ValueError as e:
+        raise DataError(f"{classes_url}: not a JSON list of class names ({e})") from None
+    if sum(counts) == 0:
+        raise DataError(f"{info_url}: the {split_hint} shards hold no samples")
+    return StreamSource(urls, counts, firsts, classes, info_url)
+
+
+def pack_split_source(base: str, split: str) -> StreamSource | None:
+    """The split of the pack at URL base (`--data URL`), or None when the pack has no such split."""
+    info_url = posixpath.join(base.rstrip("/"), PACK_FILE)
+    meta = read_pack_info(info_url)
+    if split not in meta["splits"]:
+        return None
+    urls = [posixpath.join(base.rstrip("/"), f["name"]) for f in meta[split]["files"]]
+    return stream_source(urls, info_url, split)
+
+
+# ------------------------------------------------------------------------------------------------ the plan
+
+
+@dataclass(frozen=True)
+class Segment:
+    shard: int  # index into the source's URLs
+    skip: int  # samples of the shard before the first one read
+    take: int
+
+
+def _rank_range(n: int, rank: int, world: int, pad: bool) -> tuple[int, int]:
+    """[start, stop) of this rank in the epoch's sequence; stop may pass n (wrap-around) when pad."""
+    if pad:
+        per = math.ceil(n / world)
+        return rank * per, rank * per + per
+    base, extra = divmod(n, world)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (rank < extra)
+
+
+def epoch_plan(counts: list[int], epoch: int, seed: int, shuffle: bool, rank: int, world: int, batch: int,
+               drop_last: bool, worker: int, workers: int) -> list[Segment]:
+    """The segments of shards this (rank, worker) reads this epoch, in order (see the module's rule)."""
+    order = list(range(len(counts)))
+    if shuffle:
+        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        order = torch.randperm(len(counts), generator=g).tolist()
+    n = sum(counts)
+    start, stop = _rank_range(n, rank, world, pad=drop_last)
+    length = stop - start
+    if drop_last:
+        length -= length % batch
+    batches = math.ceil(length / batch)
+    b0, b1 = worker * batches // workers, (worker + 1) * batches // workers
+    lo, hi = start + b0 * batch, start + min(b1 * batch, length)
+    segments: list[Segment] = []
+    pos = lo
+    while pos < hi:  # walk the shard order from the epoch position pos (mod n), shard by shard
+        offset = pos % n
+        for shard in order:
+            if offset < counts[shard]:
+                take = min(counts[shard] - offset, hi - pos)
+                segments.append(Segment(shard, offset, take))
+                pos += take
+                break
+            offset -= counts[shard]
+    return segments
+
+
+def samples_in_plan(n: int, rank: int, world: int, batch: int, drop_last: bool) -> int:
+    start, stop = _rank_range(n, rank, world, pad=drop_last)
+    length = stop - start
+    return length - length % batch if drop_last else length
+
+
+# ------------------------------------------------------------------------------------------------ reading
+
+
+def _key_and_ext(name: str) -> tuple[str, str]:
+    """webdataset's rule: the key runs up to the first dot of the member's last path part."""
+    folder, _, base = name.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), ext.lower() if dot else ""
+
+
+def tar_samples(url: str, skip: int = 0, take: int | None = None) -> Iterator[tuple[str, bytes, int]]:
+    """(key, image bytes, label) of a shard's samples, after the first `skip`, at most `take` of them."""
+    seen = 0
+    current: str | None = None
+    parts: dict[str, bytes] = {}
+
+    def finished() -> tuple[str, bytes, int]:
+        image = next((parts[e] for e in IMAGE_EXTS if e in parts), None)
+        if image is None or "cls" not in parts:
+            raise DataError(f"{url}: sample {current!r} lacks {'an image' if image is None else 'a .cls label'} "
+                            f"(has {', '.join(sorted(parts)) or 'nothing'})")
+        try:
+            label = int(parts["cls"])
+        except ValueError:
+            raise DataError(f"{url}: sample {current!r} has a .cls that is not an integer") from None
+        return current or "", image, label
+
+    with open_url(url) as f:
+        try:
+            tar = tarfile.open(fileobj=f, mode="r|")
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, ext = _key_and_ext(member.name)
+                if key != current:
+                    if current is not None:
+                        if seen >= skip:
+                            yield finished()
+                        seen += 1
+                        if take is not None and seen >= skip + take:
+                            return
+                    current, parts = key, {}
+                if seen < skip:  # not needed: let tarfile skip the data
+                    continue
+                data = tar.extractfile(member)
+                if data is not None:
+                    parts[ext] = data.read()
+            if current is not None and seen >= skip and (take is None or seen < skip + take):
+                yield finished()
+        except tarfile.TarError as e:
+            raise DataError(f"{url}: not a readable tar shard ({e})") from None
+
+
+def _shuffled(items: Iterator[Any], size: int, rng: random.Random) -> Iterator[Any]:
+    """A shuffle buffer: hold up to size items, hand out a random one as each new one arrives."""
+    buf: list[Any] = []
+    for item in items:
+        buf.append(item)
+        if len(buf) >= size:
+            i = rng.randrange(len(buf))
+            buf[i], buf[-1] = buf[-1], buf[i]
+            yield buf.pop()
+    rng.shuffle(buf)
+    yield from buf
+
+
+class ShardStream(IterableDataset):
+    """One split's streamed shards as a loader's dataset: decoded, transformed (image, label) items.
+
+    make_loader calls for_rank() with the rank, world size, per-rank batch and workers; the trainer calls
+    set_epoch() before each epoch (a shared value, so persistent workers see it). len() is this rank's sample
+    count for the epoch. keys=True yields (key, label) instead of images (for checks of the plan)."""
+
+    def __init__(self, source: StreamSource, transform: Callable, train: bool, seed: int = 0,
+                 shuffle_buffer: int = 2000, skip_bad: bool = False, classes: list[str] | None = None):
+        self.source, self.transform, self.train = source, transform, train
+        self.seed, self.shuffle_buffer, self.skip_bad = seed, shuffle_buffer, skip_bad
+        own = source.classes
+        self.label_map = remap_labels(list(range(len(own))), own, classes, source.info)
+        self.classes = list(classes or own)
+        self.rank, self.world, self.batch, self.workers = 0, 1, 1, 0
+        self.keys = False
+        self._epoch = multiprocessing.get_context().RawValue("q", 0)
+
+    def for_rank(self, rank: int, world: int, batch: int, workers: int) -> ShardStream:
+        self.rank, self.world, self.batch, self.workers = rank, world, batch, workers
+        return self
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch.value = epoch
+
+    def __len__(self) -> int:
+        return samples_in_plan(self.source.size, self.rank, self.world, self.batch, self.train)
+
+    @property
+    def size(self) -> int:
+        """Samples in the whole split (all ranks)."""
+        return self.source.size
+
+    def __iter__(self) -> Iterator[Any]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        epoch = int(self._epoch.value)
+        plan = epoch_plan(self.source.counts, epoch, self.seed, self.train, self.rank, self.world, self.batch,
+                          self.train, worker, workers)
+        items = self._read(plan)
+        if self.train and self.shuffle_buffer > 1:
+            rng = random.Random(((self.seed * 1_000_003 + epoch) * 1009 + self.rank) * 1009 + worker)
+            items = _shuffled(items, self.shuffle_buffer, rng)
+        base = (self.seed * 1_000_003 + epoch) * 10_000_019  # as SeededSampler: the pack index's seed
+        for key, image, label, index in items:
+            label = self.label_map[label] if label >= 0 else label
+            if self.keys:
+                yield key, label
+                continue
+            try:
+                yield seeded_transform(self.transform, EncodedFile(image, key), (base + index) % (2**62)), label
+            except BadImageError:
+                if not self.skip_bad:
+                    raise
+                yield None  # dropped and counted by collate_skipping; the batch count stays the same
+
+    def _read(self, plan: list[Segment]) -> Iterator[tuple[str, bytes, int, int]]:
+        src = self.source
+        for seg in plan:
+            url = src.urls[seg.shard]
+            n = 0
+            for n, (key, image, label) in enumerate(tar_samples(url, seg.skip, seg.take), 1):
+                if not -1 <= label < len(src.classes):
+                    raise DataError(f"{url}: sample {key!r} has label {label}, outside 0..{len(src.classes) - 1}")
+                yield f"{url}:{key}", image, label, src.firsts[seg.shard] + seg.skip + n - 1
+            if n != seg.take:
+                raise DataError(f"{url}: {seg.skip + n} samples where {src.info} says "
+                                f"{src.counts[seg.shard]}; the shard and its pack.json differ")
