@@ -31,7 +31,7 @@ from ..core.distributed import DistInfo, barrier, broadcast_object, init_distrib
 from ..core.errors import ConfigError, ModelFileError
 from ..core.files import FolderLock, atomic_copy, remove_stale_temps
 from ..core.precision import cpu_has_amx, resolve_channels_last, resolve_precision
-from ..data.loader import DataBundle, DeviceNormalizer, build_data, make_loader
+from ..data.loader import DataBundle, DeviceNormalizer, build_data, dataset_size, make_loader, set_loader_epoch
 from ..data.samplers import RepeatedAugSampler
 from ..models import Checkpoint, create_model, get_model_cfg, load_weights, model_cfg_of, model_name_of
 from ..models.registry import ModelCfg
@@ -244,8 +244,8 @@ def _build_loaders(cfg: TrainConfig, data: DataBundle, objective: Objective,
         log.warning("--iters %d is more than the %d steps of one epoch: running %d steps per epoch",
                     cfg.iters, available, steps)
     if steps == 0:
-        raise ConfigError(f"training set of {len(cast(Sized, train_set))} images is smaller than one step of "
-                          f"{cfg.batch_size} x {cfg.optim.accum_steps} (--accum-steps)")
+        raise ConfigError(f"training set of {len(cast(Sized, train_set))} images (on this rank) is smaller than "
+                          f"one step of {cfg.batch_size} x {cfg.optim.accum_steps} (--accum-steps)")
     return train_loader, val_loader, steps
 
 
@@ -321,7 +321,8 @@ def _announce(run: Run) -> None:
     log.info(
         "model %s (%d classes) | data: %d train / %d val images, %d px | global batch %d%s over %d process(es), "
         "lr %.4g | %d steps/epoch x %d epochs | device %s%s | output %s",
-        cfg.model.model, run.num_classes, len(cast(Sized, data.train)), len(cast(Sized, data.val)), data.img_size,
+        cfg.model.model, run.num_classes, dataset_size(data.split("train")), dataset_size(data.split("val")),
+        data.img_size,
         cfg.batch_size * accum, f" ({cfg.batch_size} x {accum} accumulated)" if accum > 1 else "",
         dist.world_size, run.lr, run.steps_per_epoch, cfg.epochs, dist.device,
         f", amp {cfg.precision}" if cfg.precision != "fp32" else "", run.out,
@@ -336,7 +337,7 @@ def fit(run: Run) -> dict[str, Any]:
         summary["last"] = run.resumed_record
     last_eval = None
     for epoch in range(run.start_epoch, cfg.epochs):
-        cast(Any, run.train_loader.sampler).set_epoch(epoch)  # every sampler here takes the epoch
+        set_loader_epoch(run.train_loader, epoch)
         run.state.epoch = epoch
         record, evaluation = _run_epoch(run, epoch)
         last_eval = evaluation or last_eval
