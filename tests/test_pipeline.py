@@ -344,3 +344,23 @@ def test_pack_list_file_splits_with_open_set_entries(tiny_imagefolder, tmp_path,
     assert "SPLIT=FILE" in capsys.readouterr().err
     assert main(["pack", "--data", str(tiny_imagefolder), "--output", str(tmp_path / "p3"),
                  "--list", f"../x={lists / 'train.txt'}"]) == 2
+
+
+def test_fused_crops_stack_into_a_channels_last_batch_as_they_are(tiny_imagefolder):
+    """The fused crop's samples keep their HWC memory; the loader stacks them into a channels-last batch
+    (plain copies, no transpose in the workers) holding the same pixels as a stack of CHW copies."""
+    from visionzoo.config import DataConfig
+    from visionzoo.data.datasets import ImageDataset
+    from visionzoo.data.loader import find_samples, make_loader, stack_images
+
+    ds = ImageDataset(find_samples(DataConfig(data=str(tiny_imagefolder)), "train"), train_transform(24))
+    samples = [ds[(i, 100 + i)][0] for i in range(0, 36, 5)]  # JPEGs and PNGs
+    assert all(s.permute(1, 2, 0).is_contiguous() and not s.is_contiguous() for s in samples)
+    batch = stack_images(samples)
+    assert batch.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(batch, torch.stack([s.contiguous() for s in samples]))
+    batches = [next(iter(make_loader(ds, 8, w, True, seed=3)))[0] for w in (0, 2)]  # 2: shared-memory buffer
+    assert all(b.is_contiguous(memory_format=torch.channels_last) for b in batches)
+    assert torch.equal(*batches)
+    eval_like = [s.contiguous() for s in samples]  # CHW samples (the eval transforms) stack as before
+    assert stack_images(eval_like).is_contiguous()

@@ -17,8 +17,8 @@ import argparse
 def add_parser(sub) -> None:
     p = sub.add_parser("pack", help="pack an ImageFolder or list-file data set into WebDataset shards for fast loading",
                        description=__doc__)
-    p.add_argument("--data", required=True, help="ImageFolder root with train/<class>/ and/or val/<class>/, "
-                   "or the folder a --list's paths start from")
+    p.add_argument("--data", required=True, help="ImageFolder root with train/<class>/ and/or val/<class>/ "
+                   "(or builtin:digits), or the folder a --list's paths start from")
     p.add_argument("--list", dest="lists", action="append", default=[], metavar="SPLIT=FILE",
                    help="pack SPLIT from a 'relative/path label' list (repeat: --list train=A.txt --list val=B.txt)")
     p.add_argument("--output", required=True)

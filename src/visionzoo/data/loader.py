@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
 
 from ..config import AugConfig, DataConfig
 from ..core.errors import ConfigError, DataError
@@ -81,8 +81,25 @@ def collate_skipping(batch: list[Any]) -> tuple[torch.Tensor | EncodedBatch, tor
         return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), skipped
     if isinstance(good[0][0], EncodedImage):  # decode="device": the device decodes the batch
         return EncodedBatch([b[0] for b in good]), torch.tensor([b[1] for b in good]), skipped
-    images, labels = default_collate([b[:2] for b in good])
-    return images, labels, skipped
+    labels = torch.tensor([b[1] for b in good])
+    return stack_images([b[0] for b in good]), labels, skipped
+
+
+def stack_images(images: list[torch.Tensor]) -> torch.Tensor:
+    """One NCHW batch of equally sized samples. Samples whose memory is HWC (the fused training crop's output)
+    are copied as they are into an NHWC buffer, returned as its channels-last NCHW view: a channels-last model
+    takes it as it is, and DeviceNormalizer changes the layout in the pass that converts to float anyway. In a
+    loader worker the buffer is shared memory, so the batch reaches the main process without a copy (as
+    default_collate does)."""
+    first = images[0]
+    if first.ndim != 3 or not all(t.shape == first.shape and t.permute(1, 2, 0).is_contiguous() for t in images):
+        return default_collate(images)
+    c, h, w = first.shape
+    out = None
+    if get_worker_info() is not None:
+        storage = first._typed_storage()._new_shared(len(images) * first.numel(), device=first.device)
+        out = first.new(storage).resize_(len(images), h, w, c)
+    return torch.stack([t.permute(1, 2, 0) for t in images], 0, out=out).permute(0, 3, 1, 2)
 
 
 @dataclass

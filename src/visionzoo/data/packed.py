@@ -253,7 +253,8 @@ def pack(data: str | Path, output: str | Path, max_size: int = 256, quality: int
          shard_bytes: int = 256 * 2**20, workers: int = 2, skip_bad: bool = False,
          progress: bool = True, lists: dict[str, str | Path] | None = None,
          shard_images: int | None = None) -> dict[str, Any]:
-    """Pack an ImageFolder (DATA/train/<class>/..., DATA/val/<class>/...) into OUTPUT; returns pack.json.
+    """Pack an ImageFolder (DATA/train/<class>/..., DATA/val/<class>/...; or builtin:digits) into OUTPUT;
+    returns pack.json.
 
     lists: {split: list file} packs those splits from `relative/path label` lists under DATA instead (e.g.
     ImageNet-LT's); the class names come from a classes.txt beside the first list (`visionzoo make-lt`
@@ -261,6 +262,10 @@ def pack(data: str | Path, output: str | Path, max_size: int = 256, quality: int
     DATA may also be a pack in the old format: its images are copied into shards as they are.
     shard_images caps the samples per shard (smaller shards split an epoch more evenly when streaming).
     """
+    if str(data).startswith("builtin:"):
+        from .builtin import materialize
+
+        data = materialize(str(data).split(":", 1)[1])
     data, out = Path(data), Path(output)
     if max_size < 16 or not 1 <= quality <= 100:
         raise ConfigError(f"--max-size {max_size} (>= 16) or --quality {quality} (1-100) out of range")
