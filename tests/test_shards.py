@@ -22,6 +22,7 @@ from PIL import Image
 
 from visionzoo.cli import main
 from visionzoo.config import DataConfig
+from visionzoo.core.errors import BadImageError
 from visionzoo.data.loader import build_data, make_loader, set_loader_epoch
 from visionzoo.data.packed import packed_samples
 from visionzoo.data.streaming import ShardStream, epoch_plan, samples_in_plan
@@ -142,8 +143,10 @@ def test_an_old_pack_is_refused_with_the_command_that_converts_it(jpeg_folder, t
     assert "converted from" in capsys.readouterr().out
     converted = packed_samples(new, "train")
     files = sorted((jpeg_folder / "train").rglob("*.jpg"))
-    assert [n for n, _ in converted.items] == [str(p.relative_to(jpeg_folder)) for p in files]
-    assert all(converted.store.read(i) == p.read_bytes() for i, p in enumerate(files))
+    names = [n for n, _ in converted.items]
+    assert sorted(names) == [str(p.relative_to(jpeg_folder)) for p in files]  # in a seeded random order (train)
+    assert names != sorted(names)
+    assert all(converted.store.read(i) == (jpeg_folder / n).read_bytes() for i, n in enumerate(names))
 
 
 # ------------------------------------------------------------------------------------------------ streaming
@@ -160,18 +163,24 @@ def test_the_epoch_plan_reads_each_sample_once(world, workers, batch):
             for rank in range(world):
                 got = 0
                 for worker in range(workers):
+                    took = 0
                     for seg in epoch_plan(counts, epoch, 7, drop_last, rank, world, batch, drop_last, worker, workers):
                         assert 0 <= seg.skip and seg.skip + seg.take <= counts[seg.shard]
                         read.update(int(firsts[seg.shard]) + seg.skip + k for k in range(seg.take))
-                        got += seg.take
+                        took += seg.take
+                    # whole batches per worker (only the last worker of an evaluation may end with a partial one),
+                    # so the loader yields the same number of batches on every rank
+                    assert took % batch == 0 or (not drop_last and worker == workers - 1)
+                    got += took
                 assert got == samples_in_plan(n, rank, world, batch, drop_last)
             if not drop_last:  # evaluation: every sample exactly once
                 assert read == Counter(range(n))
-            else:  # training: equal whole batches per rank; repeats only from the wrap-around, none twice
-                assert max(read.values()) == 1 or world * -(-n // world) > n
+            else:  # training: equal whole batches per rank; repeats only from the wrap-around
+                padding = world * -(-n // world) - n
+                assert max(read.values()) <= 2 and sum(v - 1 for v in read.values()) <= padding
                 per_rank = samples_in_plan(n, 0, world, batch, True)
                 assert all(samples_in_plan(n, r, world, batch, True) == per_rank for r in range(world))
-                assert sum(read.values()) == world * per_rank
+                assert per_rank % batch == 0 and sum(read.values()) == world * per_rank
                 assert n - len(read) < world * batch  # only partial batches are left out
 
 
@@ -197,7 +206,7 @@ def test_streamed_keys_cover_the_split_and_augment_as_random_access(pack_dir, ht
             set_loader_epoch(loader, epoch)
             keys = [k for batch in loader for k in batch[0]]
             orders.append(keys)
-            assert len(keys) == len(set(keys)) == len(ds) == (36 if loader_train else 15)
+            assert len(keys) == len(set(keys)) == len(loader.dataset) == (36 if loader_train else 15)
         assert orders[0] != orders[1] if loader_train else orders[0] == orders[1]
     # the same image gets the same augmentation draws streamed or read at random (seeded by its pack index)
     train.keys = False
@@ -321,3 +330,44 @@ def test_pack_refuses_a_pack_as_its_source(pack_dir, tmp_path, capsys):
     assert main(["pack", "--data", str(pack_dir), "--output", str(tmp_path / "x"), "--no-progress"]) == 2
     assert "is a pack already" in capsys.readouterr().err
     shutil.rmtree(tmp_path / "x", ignore_errors=True)
+
+
+def _broken_copy(pack_dir: Path, name: str, index: int | None = 3) -> tuple[Path, str]:
+    """A copy of the pack beside it (so the HTTP fixture serves it) whose train image `index` is garbage of the
+    same length (the tar stays valid); returns the copy and the broken sample's key."""
+    copy = pack_dir.parent / name
+    if not copy.exists():
+        shutil.copytree(pack_dir, copy)
+    if index is None:
+        return copy, ""
+    if not (copy / "broken").exists():
+        (copy / "broken").touch()
+        with np.load(copy / "train.index.npz") as idx:
+            shard, offset, length = int(idx["shard"][index]), int(idx["offset"][index]), int(idx["length"][index])
+        with open(copy / f"train-{shard:06d}.tar", "r+b") as f:
+            f.seek(offset)
+            f.write(b"\xff\xd8" + b"\x00" * (length - 2))
+    return copy, np.load(copy / "train.index.npz")["key"][index].decode()
+
+
+def test_streamed_training_replaces_a_bad_image_and_keeps_full_batches(pack_dir, http_root):
+    _, key = _broken_copy(pack_dir, "broken")
+    url = http_root.rsplit("/", 1)[0] + "/broken"
+    data = build_data(_stream_config(url, skip_bad_images=True), get_model_cfg("resnet10"), seed=1)
+    loader = make_loader(data.split("train"), 4, 2, True, seed=1)
+    batches = list(loader)
+    assert len(batches) == len(loader) == 9 and all(len(b[1]) == 4 for b in batches)
+    assert sum(b[2] for b in batches) == 1  # the one stand-in, counted as a skipped image
+    strict = build_data(_stream_config(url), get_model_cfg("resnet10"), seed=1)
+    with pytest.raises(BadImageError, match=key):
+        list(make_loader(strict.split("train"), 4, 0, True, seed=1))
+
+
+def test_a_shard_missing_on_the_server_is_one_line_naming_it(pack_dir, http_root, tmp_path, capsys):
+    copy, _ = _broken_copy(pack_dir, "gone", None)
+    (copy / "train-000002.tar").unlink(missing_ok=True)
+    url = http_root.rsplit("/", 1)[0] + "/gone"
+    rc = main(["train", "--model", "resnet10", "--data", url, "--img-size", "16", "--epochs", "1", "--workers", "0",
+               "--batch-size", "4", "--device", "cpu", "--output", str(tmp_path / "r"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and "gone/train-000002.tar" in err[0]

@@ -121,7 +121,8 @@ class DecodeCrop:
                 antialias=self.interp_mode != "nearest", recompute_scale_factor=False)[0]
         left = shifted_left(nw, self.size, self.shift)
         top = int(round((nh - self.size) / 2.0))
-        return resized[:, top:top + self.size, left:left + self.size]
+        # a copy: a view would keep the whole resized image alive until the batch is stacked
+        return resized[:, top:top + self.size, left:left + self.size].contiguous()
 
 
 def _decode(img, size: tuple[int, int], min_size: tuple[int, int]):

@@ -28,6 +28,7 @@ from .datasets import (
 from .device_decode import EncodedBatch, EncodedImage
 from .hf import hf_samples, is_hf
 from .packed import is_packed, packed_samples
+from .samplers import order_generator, sample_seed
 from .streaming import ShardStream, StreamSource, expand_urls, info_url_for, is_url, pack_split_source, stream_source
 from .transforms import augment_ops, eval_transform, train_transform
 
@@ -53,8 +54,7 @@ class SeededSampler(Sampler):
 
     def _indices(self) -> list[int]:
         if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            idx = torch.randperm(self.size, generator=g).tolist()
+            idx = torch.randperm(self.size, generator=order_generator(self.seed, self.epoch)).tolist()
         else:
             idx = list(range(self.size))
         if self.pad and self.world_size > 1:
@@ -63,9 +63,8 @@ class SeededSampler(Sampler):
         return idx[self.rank :: self.world_size]
 
     def __iter__(self):
-        base = (self.seed * 1_000_003 + self.epoch) * 10_000_019
         for i in self._indices():
-            yield i, (base + i) % (2**62)
+            yield i, sample_seed(self.seed, self.epoch, i)
 
     def __len__(self) -> int:
         if self.pad:
@@ -92,7 +91,8 @@ def stack_images(images: list[torch.Tensor]) -> torch.Tensor:
     loader worker the buffer is shared memory, so the batch reaches the main process without a copy (as
     default_collate does)."""
     first = images[0]
-    if first.ndim != 3 or not all(t.shape == first.shape and t.permute(1, 2, 0).is_contiguous() for t in images):
+    if not isinstance(first, torch.Tensor) or first.ndim != 3 or not all(
+            t.shape == first.shape and t.permute(1, 2, 0).is_contiguous() for t in images):
         return default_collate(images)
     c, h, w = first.shape
     out = None

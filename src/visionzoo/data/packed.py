@@ -43,6 +43,7 @@ OLD_FORMAT = "visionzoo-pack-1"
 PACK_FILE = "pack.json"
 CLASSES_FILE = "classes.json"
 IMAGE_EXT = "jpg"
+SHUFFLE_SEED = 0
 
 
 def shard_name(split: str, number: int) -> str:
@@ -178,7 +179,8 @@ def sample_key(name: str) -> str:
     """A WebDataset key from a source name: no extension, and no dots (webdataset splits a member's name at
     the first dot of its last path part); '..' and unusual characters become '_'."""
     stem = os.path.splitext(name.replace("\\", "/"))[0]
-    return re.sub(r"[^\w/-]", "_", stem).strip("/") or "_"
+    key = re.sub(r"[^\w/-]", "_", stem).strip("/") or "_"
+    return f"x{key}" if key.startswith("__") else key  # webdataset skips `__...` names as its own metadata
 
 
 class ShardWriter:
@@ -216,9 +218,10 @@ class ShardWriter:
             or (self.shard_images is not None and self.counts[-1] >= self.shard_images))
         if tar is None or full:
             tar = self._open_next()
-        key = sample_key(name)
-        if key in self.keys:  # e.g. a.jpg and a.png, or names that differ only in characters made '_'
-            key = f"{key}_{len(self.cols['key'])}"
+        key = base = sample_key(name)
+        while key in self.keys:  # e.g. a.jpg and a.png, or names that differ only in characters made '_'
+            key = f"{base}_{len(self.cols['key'])}_{len(self.keys)}"
+            base = key
         self.keys.add(key)
         start = tar.offset
         self._member(tar, f"{key}.cls", str(label).encode())
@@ -261,6 +264,8 @@ def pack(data: str | Path, output: str | Path, max_size: int = 256, quality: int
     writes one) or are the label numbers, and open-set entries (label -1) keep their -1.
     DATA may also be a pack in the old format: its images are copied into shards as they are.
     shard_images caps the samples per shard (smaller shards split an epoch more evenly when streaming).
+    The train split is written in a random order (seed SHUFFLE_SEED): a streaming reader's shuffle buffer then
+    mixes every class, where a class-by-class order would give batches of one or two classes.
     """
     if str(data).startswith("builtin:"):
         from .builtin import materialize
@@ -283,14 +288,23 @@ def pack(data: str | Path, output: str | Path, max_size: int = 256, quality: int
     counts: dict[str, Any] = {}
     with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
         for split, samples in sources.items():
-            jobs = ((p, max_size, quality) for p, _ in samples.items)
+            items = [samples.items[i] for i in _pack_order(split, len(samples.items))]
+            jobs = ((p, max_size, quality) for p, _ in items)
             blobs = pool.map(_encode_or_error, jobs, chunksize=16)
-            entries = ((os.path.relpath(p, data), y, b) for (p, y), b in zip(samples.items, blobs))
-            counts[split] = _write_split(entries, len(samples.items), out, split, shard_bytes, shard_images,
+            entries = ((os.path.relpath(p, data), y, b) for (p, y), b in zip(items, blobs))
+            counts[split] = _write_split(entries, len(items), out, split, shard_bytes, shard_images,
                                          skip_bad, progress)
     meta = {"format": FORMAT, "source": str(data), "max_size": max_size, "quality": quality,
-            "splits": list(sources), "classes": len(classes), **counts}
+            "splits": list(sources), "classes": len(classes), "shuffled": {"splits": ["train"], "seed": SHUFFLE_SEED},
+            **counts}
     return _finish(out, classes, meta)
+
+
+def _pack_order(split: str, n: int) -> list[int]:
+    """The order a split is written in: seeded random for train, as listed for the others."""
+    if split != "train":
+        return list(range(n))
+    return np.random.default_rng(SHUFFLE_SEED).permutation(n).tolist()
 
 
 def _finish(out: Path, classes: list[str], meta: dict[str, Any]) -> dict[str, Any]:
@@ -343,13 +357,13 @@ def _split_samples(data: Path, lists: dict[str, str | Path] | None) -> dict[str,
 
 
 def _old_entries(root: Path, split: str) -> Iterator[tuple[str, int, bytes]]:
-    """The images of an old-format split (split/shard-NNNNN.bin + split/index.npz), in index order."""
+    """The images of an old-format split (split/shard-NNNNN.bin + split/index.npz), in _pack_order."""
     with np.load(root / split / "index.npz") as index:
         shard, offset, length = index["shard"], index["offset"], index["length"]
         labels, names = index["label"], index["name"]
     maps: dict[int, mmap.mmap] = {}
     try:
-        for i in range(len(labels)):
+        for i in _pack_order(split, len(labels)):
             s = int(shard[i])
             if s not in maps:
                 with open(root / split / f"shard-{s:05d}.bin", "rb") as f:
@@ -376,5 +390,5 @@ def _convert_old(old: Path, out: Path, shard_bytes: int, shard_images: int | Non
                                      False, progress)
     new = {"format": FORMAT, "source": meta.get("source", str(old)), "converted_from": str(old),
            "max_size": meta.get("max_size"), "quality": meta.get("quality"), "splits": list(meta["splits"]),
-           "classes": len(classes), **counts}
+           "classes": len(classes), "shuffled": {"splits": ["train"], "seed": SHUFFLE_SEED}, **counts}
     return _finish(out, classes, new)

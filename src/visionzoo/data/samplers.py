@@ -20,6 +20,17 @@ from torch.utils.data import Sampler
 MODES = ("class_balanced", "sqrt", "class_aware")
 
 
+def order_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator that draws an epoch's order (every sampler, and the streamed shards' order)."""
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of position or pack index `index` in an epoch: a function of these alone, so
+    augmentation does not depend on workers, ranks or resuming."""
+    return ((seed * 1_000_003 + epoch) * 10_000_019 + index) % (2**62)
+
+
 class ClassSampler(Sampler):
     def __init__(self, labels: Sequence[int], mode: str, samples_per_class: int = 4, seed: int = 0,
                  rank: int = 0, world_size: int = 1):
@@ -57,13 +68,11 @@ class ClassSampler(Sampler):
         return [int(classes[c][i]) for c, i in zip(picked.tolist(), within.tolist())]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        idx = self._global_indices(g)
+        idx = self._global_indices(order_generator(self.seed, self.epoch))
         total = math.ceil(len(idx) / self.world_size) * self.world_size
         idx = (idx * 2)[:total]  # pad so every rank steps equally often
-        base = (self.seed * 1_000_003 + self.epoch) * 10_000_019
         for pos in range(self.rank, total, self.world_size):
-            yield idx[pos], (base + pos) % (2**62)
+            yield idx[pos], sample_seed(self.seed, self.epoch, pos)
 
     def __len__(self) -> int:
         return math.ceil(self.size / self.world_size)
@@ -94,14 +103,12 @@ class RepeatedAugSampler(Sampler):
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        order = torch.randperm(self.size, generator=g)
+        order = torch.randperm(self.size, generator=order_generator(self.seed, self.epoch))
         idx = torch.repeat_interleave(order, self.repeats).tolist()
         idx += idx[: self.total - len(idx)]  # pad so every rank steps equally often
-        base = (self.seed * 1_000_003 + self.epoch) * 10_000_019
         positions = range(self.rank, self.total, self.world_size)
         for _, pos in zip(range(self.num_selected), positions):
-            yield idx[pos], (base + pos) % (2**62)
+            yield idx[pos], sample_seed(self.seed, self.epoch, pos)
 
     def __len__(self) -> int:
         return self.num_selected

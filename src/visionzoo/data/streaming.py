@@ -18,17 +18,23 @@ The epoch's rule (what makes "each sample read once per epoch" hold on many node
    (a non-seekable stream cannot jump); at most one shard a worker an epoch is read in part twice.
 Every rank computes the same plan, so each step count is equal across ranks and each sample is read once an
 epoch across all processes (apart from the wrap-around and the dropped partial batch). A sample's augmentation
-seed is that of its index in the pack, as for random access.
+seed is that of its index in the pack, as for random access; the order of an epoch depends on (seed, epoch) and
+also on the world size and the number of workers (a resumed run replays it with the same settings).
+The shuffle buffer holds encoded images: --shuffle-buffer 2000 ImageNet JPEGs are ~220 MB per loader worker.
+`visionzoo pack` writes training splits in a seeded random order, so that a buffer mixes all classes.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import multiprocessing
+import os
 import posixpath
 import random
 import re
+import signal
 import subprocess
 import tarfile
 from collections.abc import Callable, Iterator
@@ -43,10 +49,12 @@ from ..core.extras import require
 from .datasets import remap_labels, seeded_transform
 from .images import EncodedFile
 from .packed import CLASSES_FILE, FORMAT, OLD_FORMAT, PACK_FILE
+from .samplers import order_generator, sample_seed
 
 URL_SCHEMES = ("http://", "https://", "s3://", "gs://", "gcs://", "file://", "pipe:")
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 _SHARD_NAME = re.compile(r"([^/\s'\"]+\.tar)(?:\s|$|['\"?#])")
+_PLAIN_NAME = re.compile(r"[\w.-]+\.tar")  # a shard named in a pack.json: a file beside it, nothing else
 
 
 def is_url(spec: str | None) -> bool:
@@ -79,8 +87,8 @@ def open_url(url: str) -> IO[bytes]:
         return fsspec.open(url, "rb", **kwargs).open()
     except ImportError as e:  # s3fs / gcsfs: fsspec names the package
         raise ConfigError(f"{url}: {e}") from None
-    except (OSError, ValueError) as e:
-        raise DataError(f"{url}: cannot open ({e})") from None
+    except Exception as e:  # noqa: BLE001 - 404s are OSErrors, but a 403 or 5xx is the HTTP client's own error
+        raise DataError(f"{url}: cannot open ({type(e).__name__}: {e})") from None
 
 
 class _PipeStream:
@@ -88,26 +96,28 @@ class _PipeStream:
 
     def __init__(self, url: str):
         self.url = url
-        self.proc = subprocess.Popen(url[len("pipe:"):], shell=True, stdout=subprocess.PIPE)  # noqa: S602 (the user's command)
+        # its own process group: stopping early stops every process of a pipeline (curl ... | ...), not the shell
+        self.proc = subprocess.Popen(url[len("pipe:"):], shell=True, stdout=subprocess.PIPE,  # noqa: S602
+                                     start_new_session=True)  # (the user's own command, as in webdataset)
         assert self.proc.stdout is not None
         self.stdout = self.proc.stdout
 
     def read(self, n: int = -1) -> bytes:
-        data = self.stdout.read(n)
-        if not data and (n is None or n != 0):
-            self._check()
-        return data
-
-    def _check(self) -> None:
-        code = self.proc.wait()
-        if code != 0:
-            raise DataError(f"{self.url}: the command exited with status {code}")
+        return self.stdout.read(n)
 
     def close(self) -> None:
-        if self.proc.poll() is None:  # stopped early (a partial read): not the command's failure
-            self.proc.kill()
+        """Stop the command if it is still writing (a partial read, or tar's end marker before its EOF: not the
+        command's failure); a command that ended by itself with a non-zero status is a DataError."""
+        stopped = self.proc.poll() is None
+        if stopped:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
         self.stdout.close()
-        self.proc.wait()
+        code = self.proc.wait()
+        if not stopped and code != 0:
+            raise DataError(f"{self.url}: the command exited with status {code}")
 
     def __enter__(self) -> _PipeStream:
         return self
@@ -172,6 +182,8 @@ def stream_source(urls: list[str], info_url: str | None, split_hint: str) -> Str
     for split in meta["splits"]:
         first = 0
         for f in meta[split]["files"]:
+            if not _PLAIN_NAME.fullmatch(str(f["name"])):
+                raise DataError(f"{info_url}: shard name {f['name']!r} is not a plain *.tar file name")
             by_name[f["name"]] = (int(f["samples"]), first)
             first += int(f["samples"])
     counts, firsts = [], []
@@ -197,7 +209,7 @@ def pack_split_source(base: str, split: str) -> StreamSource | None:
     meta = read_pack_info(info_url)
     if split not in meta["splits"]:
         return None
-    urls = [posixpath.join(base.rstrip("/"), f["name"]) for f in meta[split]["files"]]
+    urls = [posixpath.join(base.rstrip("/"), str(f["name"])) for f in meta[split]["files"]]
     return stream_source(urls, info_url, split)
 
 
@@ -226,8 +238,7 @@ def epoch_plan(counts: list[int], epoch: int, seed: int, shuffle: bool, rank: in
     """The segments of shards this (rank, worker) reads this epoch, in order (see the module's rule)."""
     order = list(range(len(counts)))
     if shuffle:
-        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        order = torch.randperm(len(counts), generator=g).tolist()
+        order = torch.randperm(len(counts), generator=order_generator(seed, epoch)).tolist()
     n = sum(counts)
     start, stop = _rank_range(n, rank, world, pad=drop_last)
     length = stop - start
@@ -259,11 +270,14 @@ def samples_in_plan(n: int, rank: int, world: int, batch: int, drop_last: bool) 
 # ------------------------------------------------------------------------------------------------ reading
 
 
-def _key_and_ext(name: str) -> tuple[str, str]:
-    """webdataset's rule: the key runs up to the first dot of the member's last path part."""
+def _key_and_ext(name: str) -> tuple[str, str] | None:
+    """webdataset's rule: the key runs up to the first dot of the member's last path part; members without an
+    extension and webdataset's own `__...__` entries are not sample parts (None), as webdataset skips them."""
     folder, _, base = name.rpartition("/")
     stem, dot, ext = base.partition(".")
-    return (f"{folder}/{stem}" if folder else stem), ext.lower() if dot else ""
+    if not dot or not stem or name.startswith("__"):
+        return None
+    return (f"{folder}/{stem}" if folder else stem), ext.lower()
 
 
 def tar_samples(url: str, skip: int = 0, take: int | None = None) -> Iterator[tuple[str, bytes, int]]:
@@ -287,9 +301,10 @@ def tar_samples(url: str, skip: int = 0, take: int | None = None) -> Iterator[tu
         try:
             tar = tarfile.open(fileobj=f, mode="r|")
             for member in tar:
-                if not member.isfile():
+                parsed = _key_and_ext(member.name) if member.isfile() else None
+                if parsed is None:
                     continue
-                key, ext = _key_and_ext(member.name)
+                key, ext = parsed
                 if key != current:
                     if current is not None:
                         if seen >= skip:
@@ -307,6 +322,10 @@ def tar_samples(url: str, skip: int = 0, take: int | None = None) -> Iterator[tu
                 yield finished()
         except tarfile.TarError as e:
             raise DataError(f"{url}: not a readable tar shard ({e})") from None
+        except (DataError, GeneratorExit):
+            raise
+        except Exception as e:  # noqa: BLE001 - a connection lost mid-shard: the HTTP client's or the OS's error
+            raise DataError(f"{url}: reading failed ({type(e).__name__}: {e})") from None
 
 
 def _shuffled(items: Iterator[Any], size: int, rng: random.Random) -> Iterator[Any]:
@@ -341,8 +360,10 @@ class ShardStream(IterableDataset):
         self._epoch = multiprocessing.get_context().RawValue("q", 0)
 
     def for_rank(self, rank: int, world: int, batch: int, workers: int) -> ShardStream:
-        self.rank, self.world, self.batch, self.workers = rank, world, batch, workers
-        return self
+        """A copy for one loader (the epoch value stays shared with this one)."""
+        out = copy.copy(self)
+        out.rank, out.world, out.batch, out.workers = rank, world, batch, workers
+        return out
 
     def set_epoch(self, epoch: int) -> None:
         self._epoch.value = epoch
@@ -363,20 +384,47 @@ class ShardStream(IterableDataset):
                           self.train, worker, workers)
         items = self._read(plan)
         if self.train and self.shuffle_buffer > 1:
-            rng = random.Random(((self.seed * 1_000_003 + epoch) * 1009 + self.rank) * 1009 + worker)
+            rng = random.Random(sample_seed(self.seed, epoch, self.rank * 1009 + worker))
             items = _shuffled(items, self.shuffle_buffer, rng)
-        base = (self.seed * 1_000_003 + epoch) * 10_000_019  # as SeededSampler: the pack index's seed
-        for key, image, label, index in items:
-            label = self.label_map[label] if label >= 0 else label
+        last_good: tuple[str, bytes, int, int] | None = None
+        owed = 0  # training: undecodable samples that a decodable one still has to stand in for
+        for item in items:
+            key, image, label, index = item
+            label = self._mapped(label)
             if self.keys:
                 yield key, label
                 continue
             try:
-                yield seeded_transform(self.transform, EncodedFile(image, key), (base + index) % (2**62)), label
+                out = seeded_transform(self.transform, EncodedFile(image, key), sample_seed(self.seed, epoch, index))
             except BadImageError:
                 if not self.skip_bad:
                     raise
-                yield None  # dropped and counted by collate_skipping; the batch count stays the same
+                if not self.train:
+                    yield None  # dropped and counted by collate_skipping (evaluation counts what it could read)
+                    continue
+                owed += 1
+                if last_good is None:
+                    continue
+                out, label = self._stand_in(last_good, epoch), self._mapped(last_good[2])
+                owed -= 1
+                yield out, label, 1
+                continue
+            yield out, label
+            last_good = item
+            while owed:  # bad samples before the first good one of this worker's stream
+                owed -= 1
+                yield self._stand_in(item, epoch), label, 1
+        if owed:
+            raise BadImageError(f"{self.source.info}: no decodable image in this worker's part of the epoch")
+
+    def _mapped(self, label: int) -> int:
+        return self.label_map[label] if label >= 0 else label  # -1: an open-set image, no class
+
+    def _stand_in(self, item: tuple[str, bytes, int, int], epoch: int) -> Any:
+        """A decodable sample again, in place of an undecodable one (training, --skip-bad-images): batches keep
+        their size, so every rank runs the same steps and BatchNorm never sees a batch of one."""
+        key, image, _, index = item
+        return seeded_transform(self.transform, EncodedFile(image, key), sample_seed(self.seed, epoch, index))
 
     def _read(self, plan: list[Segment]) -> Iterator[tuple[str, bytes, int, int]]:
         src = self.source
