@@ -206,7 +206,9 @@ def test_policies_are_torchvisions_on_the_fast_pipeline(policy, cls, params, tmp
         else:
             expected = torch.from_numpy(np.array(op(Image.fromarray(crop.permute(1, 2, 0).numpy())))).permute(2, 0, 1)
         expected = ops[1](expected)
-        assert got.is_contiguous() and torch.equal(got, expected)
+        assert torch.equal(got, expected)
+        # stacked as it is: the Pillow policies hand back HWC memory (a channels-last batch), AugMix CHW
+        assert got.permute(1, 2, 0).is_contiguous() if policy != "augmix" else got.is_contiguous()
         changed += not torch.equal(got, crop)
     assert changed >= 3  # the policy and the erasing did act
 

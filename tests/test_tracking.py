@@ -71,15 +71,16 @@ def test_mlflow_records_the_run(tiny_imagefolder, tmp_path, monkeypatch):
     assert {"summary.json", "config.yaml"} <= artifacts
 
 
-def test_mlflow_without_the_package(tiny_imagefolder, tmp_path, monkeypatch, capsys):
-    for name in [m for m in sys.modules if m == "mlflow" or m.startswith("mlflow.")]:
+@pytest.mark.parametrize("package", ["mlflow", "wandb"])
+def test_a_tracker_without_its_package(package, tiny_imagefolder, tmp_path, monkeypatch, capsys):
+    for name in [m for m in sys.modules if m == package or m.startswith(f"{package}.")]:
         monkeypatch.delitem(sys.modules, name)
-    monkeypatch.setitem(sys.modules, "mlflow", None)  # `import mlflow` now fails as if not installed
-    out = tmp_path / "no-mlflow"
-    rc = main(_train_args(tiny_imagefolder, out))
+    monkeypatch.setitem(sys.modules, package, None)  # `import <package>` now fails as if not installed
+    out = tmp_path / f"no-{package}"
+    rc = main([a if a != "--mlflow" else f"--{package}" for a in _train_args(tiny_imagefolder, out)])
     err = capsys.readouterr().err.strip()
     assert rc != 0 and len(err.splitlines()) == 1
-    assert err.endswith("--mlflow needs mlflow: pip install 'visionzoo[mlflow]'")
+    assert err.endswith(f"--{package} needs {package}: pip install 'visionzoo[{package}]'")
     assert not (out / "metrics.jsonl").exists() and not (out / "last.pth").exists()  # refused before training
 
 
@@ -285,13 +286,3 @@ def test_wandb_run_that_cannot_start_is_one_line(fake_wandb, tmp_path, monkeypat
                             "Use `wandb login` to log in.")
 
 
-def test_wandb_without_the_package(tiny_imagefolder, tmp_path, monkeypatch, capsys):
-    for name in [m for m in sys.modules if m == "wandb" or m.startswith("wandb.")]:
-        monkeypatch.delitem(sys.modules, name)
-    monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` now fails as if not installed
-    out = tmp_path / "no-wandb"
-    rc = main(_wandb_args(tiny_imagefolder, out))
-    err = capsys.readouterr().err.strip()
-    assert rc != 0 and len(err.splitlines()) == 1
-    assert err.endswith("--wandb needs wandb: pip install 'visionzoo[wandb]'")
-    assert not out.exists()  # refused before anything was written
