@@ -183,6 +183,7 @@ def test_fixres_scope_and_sweep_refuse_bad_combinations(source, digits_data, tin
     assert "classes differ" in capsys.readouterr().err and not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow
 def test_finetune_res_under_torchrun(source, tmp_path):
     import os
     import subprocess

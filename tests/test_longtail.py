@@ -269,6 +269,7 @@ def test_crt_and_tau_norm(stage1, lt_data, tmp_path):
     assert not w["fc.bias"].any()
 
 
+@pytest.mark.slow
 def test_oltr_stage2_under_torchrun_matches_one_process(stage1, lt_data, tmp_path):
     root, lt = lt_data
     args = ["train", "--data", str(root), "--train-list", str(lt / "train.txt"), "--val-list", str(lt / "val.txt"),
@@ -291,6 +292,7 @@ def test_oltr_stage2_under_torchrun_matches_one_process(stage1, lt_data, tmp_pat
     assert e2[-1]["val_num_images"] == e1[-1]["val_num_images"] == 80
 
 
+@pytest.mark.slow
 def test_longtail_evaluation_under_torchrun_matches_one_process(stage1, lt_data, tmp_path):
     """eval --longtail runs through the one evaluation path: sharded over ranks, every image counted once."""
     root, lt = lt_data

@@ -266,6 +266,7 @@ def test_a_modern_run_resumes_bitwise_weights_and_ema_alike(digits_data, tmp_pat
     assert a["img_size"] == 24  # the evaluation size is what inference uses
 
 
+@pytest.mark.slow
 def test_torchrun_with_repeated_augmentation_ema_and_mixup_counts_every_val_image_once(digits_data, tmp_path):
     import os
     import subprocess
