@@ -155,7 +155,7 @@ def _run_longtail(args: argparse.Namespace, source) -> int:
 
     # the flags given refine the data the model was trained with (its train list gives the shot groups)
     info = load_runner(source).info
-    base = resolve_data(info, None) if (info.extra.get("data") or {}).get("data") else TrainConfig().data
+    base = resolve_data(info, None, source) if (info.extra.get("data") or {}).get("data") else TrainConfig().data
     data = apply_overrides(TrainConfig(data=base), nest(cli_overrides(args)), "command line").data
     if not data.train_list:
         raise ConfigError("--longtail needs --train-list (the training list whose class sizes define the shot groups)")

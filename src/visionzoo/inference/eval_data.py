@@ -3,28 +3,86 @@
 from __future__ import annotations
 
 import os
-from dataclasses import fields
+import re
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..config import DataConfig
+from ..config import DataConfig, spelled
 from ..core.errors import DataError
 from ..data.datasets import DummyDataset, ImageDataset
 from ..data.loader import DeviceNormalizer, find_samples, make_loader
 from ..data.transforms import eval_transform
 from .model_info import ModelInfo, with_preprocessing
 
+# the recorded data keys that are paths, each with what its flag takes (for the hint to pass it)
+PATH_KEYS = {"data": "DIR", "val_list": "FILE", "val_root": "DIR", "train_list": "FILE", "train_root": "DIR"}
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")  # builtin:, hf:, pipe:, s3://, http://: not a plain path
 
-def resolve_data(info: ModelInfo, data: DataConfig | None) -> DataConfig:
-    """The given data config, or the data the model was trained with (recorded in its file)."""
+
+def resolve_data(info: ModelInfo, data: DataConfig | None, source: object = None) -> DataConfig:
+    """The given data config, or the data the model was trained with (recorded in its file).
+
+    A relative path recorded there meant something in the folder training ran in; with source (the model
+    file) it is looked up there first (the run folder minus the recorded relative output, e.g.
+    /proj for /proj/runs/x/best.pth trained with --output runs/x), then in the run folder itself, then here.
+    A path found nowhere is a DataError that says to pass the flag, instead of a bare "not a folder".
+    """
     if data is not None:
         return data
     saved = info.extra.get("data") or {}
     if not saved.get("data") and not saved.get("dummy") and not saved.get("val_list"):
-        raise DataError(f"{info.model_name}: the model file records no data set; pass --data DIR")
+        raise DataError(f"{info.model_name}: the model file records no data set; pass {_flag_hint('data')}")
     known = {f.name for f in fields(DataConfig)}
-    return DataConfig(**{k: v for k, v in saved.items() if k in known})
+    cfg = DataConfig(**{k: v for k, v in saved.items() if k in known})
+    if cfg.dummy:
+        return cfg
+    label = str(source) if isinstance(source, (str, Path)) else info.model_name
+    bases = training_dirs(source, info.extra.get("trained_output"))
+    found: dict[str, Any] = {}
+    for key in PATH_KEYS:
+        value = getattr(cfg, key)
+        if not value or not _plain_relative(value):
+            continue
+        hit = next((base / value for base in bases if (base / value).exists()), None)
+        if hit is not None:
+            found[key] = str(hit)
+        elif not Path(value).exists() and not _under_data_root(key, value, found.get("data") or cfg.data):
+            raise DataError(f"{label} records its {key} as {value!r} (relative to where it was trained), not "
+                            f"found from here: pass {_flag_hint(key)}")
+    return replace(cfg, **found) if found else cfg
+
+
+def training_dirs(source: object, output: object) -> list[Path]:
+    """Where a model file's relative data paths may start: the folder training ran in (the run folder with the
+    recorded relative --output taken off its end) and the run folder itself; none for a model that is no file."""
+    if not isinstance(source, (str, Path)):
+        return []
+    run_dir = Path(os.path.abspath(source)).parent  # abspath: the path as the user sees it, links not followed
+    dirs = []
+    if isinstance(output, str) and output and not Path(output).is_absolute():
+        parts = Path(os.path.normpath(output)).parts
+        if ".." not in parts and parts != (".",) and run_dir.parts[-len(parts):] == parts:
+            dirs.append(Path(*run_dir.parts[: -len(parts)]))
+    return [*dirs, run_dir] if run_dir not in dirs else dirs
+
+
+def _plain_relative(value: str) -> bool:
+    return not Path(value).is_absolute() and not _SCHEME.match(value) and "::" not in value
+
+
+def _under_data_root(key: str, value: str, root: str | None) -> bool:
+    """A list file may be named relative to the data root (find_samples looks there too)."""
+    return key.endswith("_list") and root is not None and (Path(root) / value).exists()
+
+
+def _flag_hint(key: str) -> str:
+    """`--data DIR` on the command line, `data=DIR` in Python."""
+    name = spelled(key)
+    return f"{name} {PATH_KEYS[key]}" if name.startswith("--") else f"{name}={PATH_KEYS[key]}"
 
 
 def eval_dataset(info: ModelInfo, data: DataConfig, split: str = "val") -> tuple[Dataset, list[str], ModelInfo]:

@@ -47,7 +47,7 @@ def evaluate(
         data = DataConfig(data=data)
     dist = init_distributed(device)
     runner = load_runner(model_path, dist.device, precision, backend, channels_last, raw_weights)
-    result, info = evaluate_runner(runner, resolve_data(runner.info, data), dist, batch_size=batch_size,
+    result, info = evaluate_runner(runner, resolve_data(runner.info, data, model_path), dist, batch_size=batch_size,
                                    progress=progress, channels_last=channels_last, collect=True)
     add_class_report(result)
     label = source_label(model_path)

@@ -57,10 +57,12 @@ def compare(reference: torch.Tensor, got: torch.Tensor, atol: float, rtol: float
     return diff, atol + rtol * reference.abs().max().item()
 
 
-def sample_input(info: ModelInfo, data: DataConfig | None, batch_size: int, seed: int = 0) -> tuple[torch.Tensor, str]:
-    """A normalised batch of real images from the model's data, or random pixels if it has none here."""
+def sample_input(info: ModelInfo, data: DataConfig | None, batch_size: int, seed: int = 0,
+                 source: object = None) -> tuple[torch.Tensor, str]:
+    """A normalised batch of real images from the model's data, or random pixels if it has none here.
+    source: the model file, where the model's relative data paths start (eval_data.resolve_data)."""
     try:
-        loader, _, _ = eval_loader(info, replace(resolve_data(info, data), workers=0), "val", batch_size)
+        loader, _, _ = eval_loader(info, replace(resolve_data(info, data, source), workers=0), "val", batch_size)
         batches = first_batches(loader, DeviceNormalizer(info.mean, info.std, torch.device("cpu")), 1)
         if batches and len(batches[0]) == batch_size:
             return batches[0], "real"
@@ -162,7 +164,7 @@ def export_model(
     # torch.export specialises sizes 0 and 1, so a dynamic batch needs an example of at least 2
     example_bs = max(batch_size, 2) if dynamic_batch else batch_size
     check_bs = max(example_bs, 4) if dynamic_batch else batch_size
-    check, source = sample_input(info, data, check_bs)
+    check, source = sample_input(info, data, check_bs, source=checkpoint)
     with torch.no_grad():
         reference = model(check)
 

@@ -67,10 +67,11 @@ class ModelInfo:
         info = with_preprocessing(info, ckpt.img_size, ckpt.crop_pct, ckpt.interpolation)
         info.classes = ckpt.classes
         info.extra["data"] = saved_data(ckpt)
+        # where training wrote the run, as given (often relative): with the checkpoint's own path it tells the
+        # folder training ran in, where the data's relative paths start (eval_data.resolve_data)
+        info.extra["trained_output"] = (ckpt.config or {}).get("output")
         info.extra["train_scope"] = ((ckpt.config or {}).get("model") or {}).get("train_scope", "all")
         return info
-
-
 
 
 def with_preprocessing(info: ModelInfo, img_size: int | None = None, crop_pct: float | None = None,

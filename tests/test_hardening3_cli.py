@@ -1,0 +1,59 @@
+"""Issue 24, hardening round 3: the command line and inference findings, each with the case that showed it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from visionzoo.cli import main
+from visionzoo.core.errors import DataError
+
+# ------------------------------------------------------------------------------------------------
+# 1. a checkpoint whose config records a relative data path, evaluated from another folder
+
+
+def _relative_run(tiny_ckpt: Path, project: Path, data: str = "shapes", output: str = "runs/x") -> Path:
+    """tiny_ckpt as if trained in `project` with `--data shapes --output runs/x` (relative paths, as users type
+    them): the checkpoint at project/runs/x/best.pth, its config recording the paths."""
+    from visionzoo.models.checkpoint import Checkpoint
+
+    ckpt = Checkpoint.load(tiny_ckpt)
+    config = dict(ckpt.config or {})
+    config["data"] = {**config["data"], "data": data}
+    config["output"] = output
+    ckpt.config = config
+    path = project / "runs" / "x" / "best.pth"
+    path.parent.mkdir(parents=True)
+    ckpt.save(path)
+    return path
+
+
+def test_eval_finds_the_relative_data_where_training_ran(tiny_ckpt, tiny_imagefolder, tmp_path, monkeypatch,
+                                                         capsys):
+    project = tmp_path / "project"
+    path = _relative_run(tiny_ckpt, project)
+    (project / "shapes").symlink_to(tiny_imagefolder)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["eval", "--checkpoint", str(path), "--no-progress"]) == 0
+    assert "images 12" in capsys.readouterr().out
+    # relative to the run folder itself also works (a run folder moved with its data inside)
+    moved = _relative_run(tiny_ckpt, tmp_path / "moved", output="/somewhere/else")
+    (moved.parent / "shapes").symlink_to(tiny_imagefolder)
+    assert main(["eval", "--checkpoint", str(moved), "--no-progress"]) == 0
+
+
+def test_eval_says_to_pass_data_when_the_relative_data_is_gone(tiny_ckpt, tmp_path, monkeypatch, capsys):
+    path = _relative_run(tiny_ckpt, tmp_path / "project")
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", "--checkpoint", str(path), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"visionzoo eval: error: {path} records its data as 'shapes' (relative to where it was trained), "
+                   "not found from here: pass --data DIR\n")
+    # the library names the field
+    from visionzoo import evaluate
+
+    with pytest.raises(DataError, match=r"records its data as 'shapes' .* pass data=DIR$"):
+        evaluate(str(path), device="cpu", progress=False)
