@@ -100,6 +100,9 @@ class DataConfig(_Checked):
     image_column: str | None = setting(None, "Hugging Face data: the image column; none: the first Image feature")
     label_column: str | None = setting(None, "Hugging Face data: the label column; none: the first ClassLabel "
                                              "feature")
+    # a Hugging Face dataset published with train and test only validates on test (said in the log)
+    val_split: str | None = setting(None, "the split validated on: a folder under data, a pack's split or a Hugging "
+                                          "Face dataset's; none: val (Hugging Face: validation or val, else test)")
     dummy: bool = setting(False, "synthetic images instead of a data set (performance runs)")
     dummy_train_size: int = setting(10240, "synthetic training images")
     dummy_val_size: int = setting(1024, "synthetic validation images")
