@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from visionzoo.cli import main
 from visionzoo.core.errors import DataError
@@ -57,3 +59,23 @@ def test_eval_says_to_pass_data_when_the_relative_data_is_gone(tiny_ckpt, tmp_pa
 
     with pytest.raises(DataError, match=r"records its data as 'shapes' .* pass data=DIR$"):
         evaluate(str(path), device="cpu", progress=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# 2. predict takes a folder
+
+
+def test_predict_takes_a_folder_recursively(tiny_ckpt, tiny_imagefolder, tmp_path, capsys):
+    val = tiny_imagefolder / "val"
+    images = sorted(p for p in val.rglob("*") if p.is_file())
+    (tmp_path / "empty").mkdir()
+    report = tmp_path / "preds.json"
+    assert main(["predict", str(val), str(tmp_path / "empty"), "--checkpoint", str(tiny_ckpt), "--device", "cpu",
+                 "--topk", "2", "--json", str(report)]) == 1  # the empty folder is a failed input
+    captured = capsys.readouterr()
+    preds = json.loads(report.read_text())["predictions"]
+    assert [p["file"] for p in preds] == [*map(str, images), str(tmp_path / "empty")]
+    assert all(len(p["top"]) == 2 and p["error"] is None for p in preds[:-1])
+    assert [line.split(":")[0] for line in captured.out.splitlines()[:-1]] == list(map(str, images))
+    assert captured.err == (f"visionzoo predict: error: {tmp_path / 'empty'}: a folder with no images in it "
+                            f"({', '.join(IMG_EXTENSIONS)})\n")

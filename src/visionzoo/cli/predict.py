@@ -1,5 +1,7 @@
 """visionzoo predict: top-k classes with probabilities for image files (the seeds' online demo).
 
+A folder stands for every image under it (recursively, sorted by path), each answered on its own line.
+
 Any decodable JPEG/PNG/WebP/BMP/TIFF works (grayscale, CMYK, palette and alpha are converted to
 RGB). A file that is not an image, is truncated or is too large to decode safely gets a one-line
 error naming it; the other files still get their answer. Exit status 1 when some file failed.
@@ -18,7 +20,8 @@ from .options import add_model_runtime_flags, add_model_source_flags, model_sour
 
 def add_parser(sub) -> None:
     p = sub.add_parser("predict", help="top-k classes for image files", description=__doc__)
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="image files, or folders: every image under them (recursively, sorted by path)")
     add_model_source_flags(p)
     p.add_argument("--topk", "-k", type=int, default=5)
     p.add_argument("--json", metavar="FILE", help="write the predictions (and errors) as JSON")

@@ -1,12 +1,15 @@
-"""Top-k predictions for image files (the seeds' online demo); a bad file fails alone."""
+"""Top-k predictions for image files and folders of them (the seeds' online demo); a bad file fails alone."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from ..core.errors import BadImageError, ConfigError
 from ..data.loader import DeviceNormalizer
@@ -21,11 +24,31 @@ class Prediction:
     error: str | None = None
 
 
+def expand_inputs(paths: Sequence[str | Path]) -> list[Path]:
+    """The files to predict, in input order: a file as given, a folder as every image under it (recursively,
+    sorted by path; hidden files and folders left out, as a data set's are). A folder with no image stays
+    itself, so its answer says so."""
+    out: list[Path] = []
+    for given in paths:
+        p = Path(given)
+        if not p.is_dir():
+            out.append(p)
+            continue
+        found = [Path(folder) / f
+                 for folder, subdirs, files in sorted(os.walk(p, followlinks=True))
+                 if not any(part.startswith(".") for part in Path(folder).relative_to(p).parts)
+                 for f in sorted(files) if f.lower().endswith(IMG_EXTENSIONS) and not f.startswith(".")]
+        out.extend(found or [p])
+    return out
+
+
 def _decode(paths: list[Path], transform) -> tuple[list[torch.Tensor | None], list[str | None]]:
     images: list[torch.Tensor | None] = []
     errors: list[str | None] = []
     for p in paths:
         try:
+            if p.is_dir():
+                raise BadImageError(f"{p}: a folder with no images in it ({', '.join(IMG_EXTENSIONS)})")
             if not p.is_file():
                 raise BadImageError(f"{p}: no such file")
             images.append(transform_file(transform, p))  # as eval reads its images: the same pixels
@@ -36,9 +59,10 @@ def _decode(paths: list[Path], transform) -> tuple[list[torch.Tensor | None], li
     return images, errors
 
 
-def predict_files(runner: Runner, paths: list[str | Path], topk: int = 5, batch_size: int = 32,
+def predict_files(runner: Runner, paths: Sequence[str | Path], topk: int = 5, batch_size: int = 32,
                   decode: str | None = None) -> list[Prediction]:
-    """Predictions in input order; undecodable files carry an error naming them instead of classes.
+    """Predictions in input order, a folder's images in its place (expand_inputs); undecodable files carry an
+    error naming them instead of classes.
 
     decode: None or pil is the reference pipeline (Pillow's full decode, torchvision's Resize + CenterCrop), as
     eval uses by default; fast decodes JPEGs at a reduced DCT scale where the output size allows.
@@ -47,9 +71,10 @@ def predict_files(runner: Runner, paths: list[str | Path], topk: int = 5, batch_
     transform = eval_transform(info.img_size, info.crop_pct, info.interpolation, decode)
     normalizer = DeviceNormalizer(info.mean, info.std, runner.device)
     k = min(topk, info.num_classes)
+    paths = expand_inputs(paths)
     results: list[Prediction] = []
     for start in range(0, len(paths), batch_size):
-        chunk = [Path(p) for p in paths[start : start + batch_size]]
+        chunk = paths[start : start + batch_size]
         images, errors = _decode(chunk, transform)
         good = [i for i, img in enumerate(images) if img is not None]
         probs: list[list[float]] = []
@@ -72,7 +97,8 @@ def predict_files(runner: Runner, paths: list[str | Path], topk: int = 5, batch_
 def predict(model: ModelSource, images: list[str | Path] | str | Path, topk: int = 5, device: str = "auto",
             precision: str = "fp32", batch_size: int = 32, decode: str | None = None,
             raw_weights: bool = False) -> list[dict[str, Any]]:
-    """The library's `visionzoo.predict`: top-k classes for image files, as plain dicts in input order:
+    """The library's `visionzoo.predict`: top-k classes for image files (a folder: every image under it), as plain
+    dicts in input order:
     {"file", "top": [{"class", "index", "prob"}, ...], "error"} (error names an undecodable file, else None).
 
     model: a checkpoint or exported file, or a ModelSpec (a model name with weights from anywhere)."""
