@@ -79,3 +79,19 @@ def test_predict_takes_a_folder_recursively(tiny_ckpt, tiny_imagefolder, tmp_pat
     assert [line.split(":")[0] for line in captured.out.splitlines()[:-1]] == list(map(str, images))
     assert captured.err == (f"visionzoo predict: error: {tmp_path / 'empty'}: a folder with no images in it "
                             f"({', '.join(IMG_EXTENSIONS)})\n")
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. an export file name whose extension does not fit the format
+
+
+def test_export_refuses_an_extension_that_does_not_fit_the_format(tiny_ckpt, tmp_path, capsys):
+    out = tmp_path / "m.pt2"
+    assert main(["export", "--checkpoint", str(tiny_ckpt), "--format", "onnx", "--output", str(out)]) == 2
+    assert capsys.readouterr().err == (f"visionzoo export: error: --output {out}: a .pt2 name does not fit the onnx "
+                                       f"format, whose files end in .onnx: use {tmp_path / 'm.onnx'}\n")
+    assert main(["export", "--checkpoint", str(tiny_ckpt), "--format", "torchscript", "--output",
+                 str(tmp_path / "m")]) == 2
+    assert "a name without an extension does not fit the torchscript format, whose files end in .ts or " \
+           ".torchscript" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written

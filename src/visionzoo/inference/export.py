@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import DataConfig
+from ..config import DataConfig, spelled
 from ..core.errors import ConfigError, DataError, ModelFileError
 from ..core.extras import require
 from ..core.files import atomic_path
@@ -26,7 +26,7 @@ from .eval_data import eval_loader, first_batches, resolve_data
 from .hub import atomic_folder, hub_bytes, load_hub, timm_equivalent, write_hub
 from .model_info import META_KEY, ModelInfo
 from .model_spec import source_label
-from .runtime import ModelSource, load_module, load_runner
+from .runtime import SUFFIX_FORMATS, ModelSource, load_module, load_runner
 
 log = logging.getLogger("visionzoo")
 
@@ -129,6 +129,17 @@ def _write(model: nn.Module, info: ModelInfo, fmt: str, path: Path, example: tor
         raise ConfigError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
 
 
+def check_output_name(fmt: str, output: Path) -> None:
+    """The file's suffix must be one its format is read back by (runtime picks the loader from the suffix
+    alone): `--output m.pt2` for ONNX would be written, then fail to load in the check, or later anywhere."""
+    fits = [suffix for suffix, f in SUFFIX_FORMATS.items() if f == fmt]
+    if not fits or output.suffix.lower() in fits:
+        return  # hub writes a folder: any name
+    given = f"a {output.suffix} name" if output.suffix else "a name without an extension"
+    raise ConfigError(f"{spelled('output', str(output))}: {given} does not fit the {fmt} format, whose files end "
+                      f"in {' or '.join(fits)}: use {output.with_suffix(fits[0])}")
+
+
 def export_model(
     checkpoint: ModelSource,
     fmt: str,
@@ -151,6 +162,7 @@ def export_model(
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
     output = Path(output)
+    check_output_name(fmt, output)
     output.parent.mkdir(parents=True, exist_ok=True)
     model, info = load_module(checkpoint, raw_weights)
     model.eval()
