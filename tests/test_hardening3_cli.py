@@ -95,3 +95,25 @@ def test_export_refuses_an_extension_that_does_not_fit_the_format(tiny_ckpt, tmp
     assert "a name without an extension does not fit the torchscript format, whose files end in .ts or " \
            ".torchscript" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []  # refused before anything was written
+
+
+# ------------------------------------------------------------------------------------------------
+# 4. another tool's spelling of a flag gets ours as its did-you-mean
+
+
+@pytest.mark.parametrize(("argv", "want"), [
+    (["train", "--learning-rate", "0.1"], "--lr"),  # difflib alone: nothing close
+    (["train", "--model-ema"], "--ema"),
+    (["train", "--wd", "0"], "--weight-decay"),  # difflib alone: --wandb, --mode, --seed
+    (["train", "--aa", "ra"], "--auto-augment"),
+    (["train", "--reprob", "0.2"], "--random-erase"),
+    (["train", "--bs", "2"], "--batch-size"),
+    (["eval", "--arch", "resnet18"], "--model"),
+])
+def test_other_tools_flag_spellings_suggest_ours(capsys, argv, want):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"visionzoo {argv[0]}: error: unrecognized argument {argv[1]}; did you mean {want}")
+    assert err.count("\n") == 1

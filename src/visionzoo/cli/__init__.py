@@ -93,8 +93,10 @@ def unrecognized(extras: list[str], parser: argparse.ArgumentParser) -> str:
     flag = next((e.split("=", 1)[0] for e in extras if e.startswith("-")), None)
     if flag is None:
         return f"unrecognized argument {extras[0]!r}; see `{parser.prog} --help`"
+    from .options import flag_synonyms  # here: options is imported by the commands, after this module
+
     known = [s for action in parser._actions for s in action.option_strings if s.startswith("--")]
-    close = suggest(flag, known)
+    close = list(dict.fromkeys([*flag_synonyms(flag, known), *suggest(flag, known)]))[:3]
     hint = f"did you mean {' or '.join(close)}?" if close else f"see `{parser.prog} --help`"
     return f"unrecognized argument {flag}; {hint}"
 

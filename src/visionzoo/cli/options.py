@@ -29,6 +29,33 @@ ALIASES = {"batch_size": ["-b"], "workers": ["-j"], "epochs": ["-e"], "weights":
            "img_size": ["--train-size", "--test-size"], "precision": ["--amp"]}
 SKIP = {"recipe", "mode"}  # handled by the command itself
 
+# other tools' spellings (timm's train.py, torchvision's reference scripts, common habits) -> ours: a misspelt
+# flag that is one of these gets ours as its first suggestion, where difflib alone finds nothing close
+FLAG_SYNONYMS = {
+    "learning-rate": "--lr", "base-lr": "--lr-base", "wd": "--weight-decay", "optimizer": "--opt",
+    "opt-eps": "--eps", "opt-betas": "--betas", "lr-step-size": "--step-size", "decay-epochs": "--step-size",
+    "lr-gamma": "--gamma", "decay-rate": "--gamma", "lr-warmup-epochs": "--warmup-epochs",
+    "scheduler": "--sched", "lr-scheduler": "--sched", "smoothing": "--label-smoothing",
+    "drop": "--dropout", "drop-rate": "--dropout", "drop-path-rate": "--drop-path", "aa": "--auto-augment",
+    "autoaugment": "--auto-augment", "reprob": "--random-erase", "random-erasing": "--random-erase",
+    "mixup-alpha": "--mixup", "cutmix-alpha": "--cutmix", "model-ema": "--ema", "model-ema-decay": "--ema-decay",
+    "initial-checkpoint": "--init-from", "grad-accum-steps": "--accum-steps",
+    "gradient-accumulation-steps": "--accum-steps", "torchcompile": "--compile", "clip-grad-norm": "--clip-grad",
+    "max-grad-norm": "--clip-grad", "input-size": "--img-size", "image-size": "--img-size",
+    "train-crop-size": "--img-size", "val-crop-size": "--eval-img-size", "ra-reps": "--aug-repeats",
+    "data-dir": "--data", "data-path": "--data", "data-root": "--data", "dataset": "--data",
+    "output-dir": "--output", "out-dir": "--output", "num-workers": "--workers", "bs": "--batch-size",
+    "nb-classes": "--num-classes", "n-classes": "--num-classes", "arch": "--model", "model-name": "--model",
+    "use-deterministic-algorithms": "--deterministic", "ckpt": "--checkpoint", "model-path": "--checkpoint",
+    "top-k": "--topk",
+}
+
+
+def flag_synonyms(flag: str, known: list[str]) -> list[str]:
+    """Ours for another tool's spelling of a flag (--learning-rate -> --lr), where this command has it."""
+    ours = FLAG_SYNONYMS.get(flag.lstrip("-").lower().replace("_", "-"))
+    return [ours] if ours in known else []
+
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
