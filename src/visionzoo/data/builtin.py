@@ -17,6 +17,7 @@ from PIL import Image
 
 from ..core.errors import DataError
 
+PREFIX = "builtin:"  # --data builtin:NAME
 BUILTIN = ("digits",)
 
 

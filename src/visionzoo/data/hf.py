@@ -9,25 +9,31 @@ column's `ClassLabel` feature.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..config import spelled
 from ..core.errors import DataError
 from ..core.extras import require
 from .datasets import Samples, remap_labels
 from .images import EncodedFile, read_file
 
+log = logging.getLogger(__name__)
+
 PREFIX = "hf:"
 # the validation split's names, in order of preference (HF's own convention first)
 VAL_SPLITS = ("validation", "val")
+# what a dataset published with train and test only (many on the hub) validates on, said in the log
+TEST_SPLIT = "test"
 
 
-def _parquet_files(root: Path) -> dict[str, list[str]]:
+def _parquet_files(root: Path, extra: str | None = None) -> dict[str, list[str]]:
     """split -> parquet files: ROOT/<split>-*.parquet, ROOT/<split>.parquet, ROOT/<split>/*.parquet, or the
-    hub's ROOT/data/<split>-*.parquet layout."""
+    hub's ROOT/data/<split>-*.parquet layout; for train, validation, val, test and the split extra names."""
     found: dict[str, list[str]] = {}
-    for split in ("train", *VAL_SPLITS):
+    for split in dict.fromkeys(("train", *VAL_SPLITS, TEST_SPLIT, *([extra] if extra else []))):
         for base in (root, root / "data"):
             files = sorted({*base.glob(f"{split}-*.parquet"), *base.glob(f"{split}.parquet"),
                             *base.glob(f"{split}/*.parquet")})
@@ -48,22 +54,31 @@ def is_hf(data: str | None) -> bool:
 
 
 @functools.lru_cache(maxsize=4)  # train and val come from one load (parquet conversion, hub resolution)
-def _load(data: str) -> Any:
+def _load(data: str, val_split: str | None = None) -> Any:
     datasets = require("datasets", "hf", f"--data {data} (a Hugging Face dataset)")
     if data.startswith(PREFIX):
         return datasets.load_dataset(data[len(PREFIX):])  # the hub or a local loading script: needs network
     root = Path(data)
     if (root / "dataset_dict.json").is_file():
         return datasets.load_from_disk(str(root))
-    return datasets.load_dataset("parquet", data_files=_parquet_files(root))
+    return datasets.load_dataset("parquet", data_files=_parquet_files(root, val_split))
 
 
-def _split(dd: Any, data: str, split: str) -> Any:
-    names = ("train",) if split == "train" else VAL_SPLITS
+def _split(dd: Any, data: str, split: str, val_split: str | None = None) -> Any:
+    """The train split, or the validation one: val_split when named, else validation or val, else test."""
+    names = ("train",) if split == "train" else (val_split,) if val_split else VAL_SPLITS
     for name in names:
         if name in dd:
             return dd[name]
-    raise DataError(f"{data}: no {' or '.join(names)} split (it has {', '.join(dd) or 'none'})")
+    there = ", ".join(dd) or "none"
+    if split != "train" and not val_split and TEST_SPLIT in dd:
+        log.info("%s has no validation split (it has %s): validating on %s (%s chooses another)", data, there,
+                 TEST_SPLIT, spelled("val_split"))
+        return dd[TEST_SPLIT]
+    if val_split and split != "train":
+        raise DataError(f"{data}: no {val_split!r} split for {spelled('val_split')} (it has {there})")
+    hint = f"; name the split to validate on with {spelled('val_split')}" if split != "train" and len(dd) else ""
+    raise DataError(f"{data}: no {' or '.join(names)} split (it has {there}){hint}")
 
 
 def _column(ds: Any, data: str, given: str | None, flag: str, kind: Any, what: str) -> str:
@@ -109,10 +124,11 @@ class HFStore:
 
 
 def hf_samples(data: str, split: str, classes: Sequence[str] | None = None, image_column: str | None = None,
-               label_column: str | None = None) -> Samples:
-    """Samples of one split; labels are remapped by name when classes (e.g. a model's) are given."""
+               label_column: str | None = None, val_split: str | None = None) -> Samples:
+    """Samples of one split ('train' or 'val', which val_split names); labels are remapped by name when classes
+    (e.g. a model's) are given."""
     datasets = require("datasets", "hf", f"--data {data} (a Hugging Face dataset)")
-    ds = _split(_load(data), data, split)
+    ds = _split(_load(data, val_split), data, split, val_split)
     img_col = _column(ds, data, image_column, "--image-column", datasets.Image, "Image")
     lab_col = _column(ds, data, label_column, "--label-column", datasets.ClassLabel, "ClassLabel")
     feature = ds.features[lab_col]

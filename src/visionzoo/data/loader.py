@@ -6,30 +6,21 @@ import functools
 import logging
 import math
 import os
-import posixpath
 from collections.abc import Iterable, Iterator, Sized
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, cast
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
 
 from ..config import AugConfig, DataConfig
-from ..core.errors import ConfigError, DataError
+from ..core.errors import ConfigError
 from ..models.registry import ModelCfg
-from .datasets import (
-    DummyDataset,
-    ImageDataset,
-    Samples,
-    image_folder,
-    list_samples,
-)
+from .datasets import Samples
 from .device_decode import EncodedBatch, EncodedImage
-from .hf import hf_samples, is_hf
-from .packed import is_packed, packed_samples
 from .samplers import order_generator, sample_seed
-from .streaming import ShardStream, StreamSource, expand_urls, info_url_for, is_url, pack_split_source, stream_source
+from .sources import open_source
+from .streaming import ShardStream
 from .transforms import augment_ops, eval_transform, train_transform
 
 log = logging.getLogger(__name__)
@@ -127,45 +118,11 @@ class DataBundle:
         return ds
 
 
-def _data_root(cfg: DataConfig) -> Path | None:
-    if cfg.data is None:
-        return None
-    if is_url(cfg.data):
-        raise ConfigError(f"--data {cfg.data}: shards at a URL are streamed for training (train --data URL or "
-                          "--train-urls/--val-urls); this command reads local data only")
-    if cfg.data.startswith("builtin:"):
-        from .builtin import materialize
-
-        return materialize(cfg.data.split(":", 1)[1])
-    return Path(cfg.data)
-
-
 def find_samples(cfg: DataConfig, split: str, classes: list[str] | None = None,
                  num_classes: int | None = None) -> Samples:
-    """Samples of one split from --data / --train-list / --val-list / --train-root / --val-root."""
-    if is_hf(cfg.data) and not (cfg.train_list or cfg.val_list):
-        assert cfg.data is not None
-        return hf_samples(cfg.data, "train" if split == "train" else "val", classes, cfg.image_column,
-                          cfg.label_column)
-    root = _data_root(cfg)
-    if root is not None and is_packed(root) and not (cfg.train_list or cfg.val_list):
-        return packed_samples(root, split, classes)
-    list_file = cfg.train_list if split == "train" else cfg.val_list
-    split_root = cfg.train_root if split == "train" else cfg.val_root
-    if list_file:
-        lp = Path(list_file)
-        if not lp.is_absolute() and not lp.exists() and root is not None and (root / lp).exists():
-            lp = root / lp
-        return list_samples(lp, split_root or root, split, classes=classes, num_classes=num_classes)
-    if split_root:
-        return image_folder(split_root, classes)
-    if root is None:
-        raise ConfigError("no data given: pass --data DIR (or --dummy for synthetic data)")
-    if (root / split).is_dir():
-        return image_folder(root / split, classes)
-    if split == "val" and classes is not None and not (root / "train").is_dir():
-        return image_folder(root, classes)  # eval on a bare class-folder tree
-    raise DataError(f"{root}: no {split}/ folder (expected {root}/{split}/<class>/<image>) and no --{split}-list")
+    """Samples of one split, for the commands that read local files one by one (evaluation, export, ...): the
+    split's Source among the kinds with sample files (sources.open_source)."""
+    return open_source(cfg, (split,), with_samples=True).samples(split, classes, num_classes)
 
 
 def build_data(
@@ -178,16 +135,14 @@ def build_data(
     aug: AugConfig | None = None,
 ) -> DataBundle:
     """Datasets for the requested splits, with transforms from the model's config unless overridden; aug adds
-    its per-sample policies (auto-augment, random erasing) to the training transform."""
+    its per-sample policies (auto-augment, random erasing) to the training transform. The data's Source is
+    chosen once (sources.open_source); the training split's classes fix the validation split's labels."""
     img_size = cfg.img_size or model_cfg.input_size
     eval_size = cfg.eval_img_size or img_size
     crop_pct = cfg.crop_pct or model_cfg.crop_pct
     interp = cfg.interpolation or model_cfg.interpolation
-    if cfg.dummy:
-        n = num_classes or cfg.dummy_classes
-        return DataBundle(DummyDataset(cfg.dummy_train_size, n, img_size, seed) if "train" in splits else None,
-                          DummyDataset(cfg.dummy_val_size, n, eval_size, seed + 1) if "val" in splits else None,
-                          [str(i) for i in range(n)], img_size, crop_pct, interp, eval_size)
+    source = open_source(cfg, tuple(s for s in ("train", "val") if s in splits))
+    log.debug("data: %s", source.describe())
     train: Dataset | None = None
     val: Dataset | None = None
     if "train" in splits:
@@ -195,53 +150,15 @@ def build_data(
                              model_cfg.mean, interp) if aug is not None else []
         tf = train_transform(img_size, cfg.scale, cfg.ratio, cfg.hflip, cfg.color_jitter, interp, cfg.train_crop,
                              crop_pct, cfg.decode, policy)
-        streamed = stream_split(cfg, "train")
-        if streamed is not None:
-            train = ShardStream(streamed, tf, True, seed, cfg.shuffle_buffer, cfg.skip_bad_images, classes)
-            classes = train.classes
-        else:
-            s = find_samples(cfg, "train", classes, num_classes)
-            classes = classes or s.classes
-            num_classes = num_classes or s.num_classes
-            train = ImageDataset(s, tf, cfg.skip_bad_images, replace_bad=True)
+        train, classes = source.dataset("train", tf, seed=seed, img_size=img_size, classes=classes,
+                                        num_classes=num_classes)
+        num_classes = num_classes or len(classes)
     if "val" in splits:
         tf = eval_transform(eval_size, crop_pct, interp, cfg.decode)
-        streamed = stream_split(cfg, "val")
-        if streamed is not None:
-            val = ShardStream(streamed, tf, False, seed, skip_bad=cfg.skip_bad_images, classes=classes)
-            classes = val.classes
-        else:
-            s = find_samples(cfg, "val", classes, num_classes)
-            classes = classes or s.classes
-            val = ImageDataset(s, tf, cfg.skip_bad_images)
+        val, classes = source.dataset("val", tf, seed=seed, img_size=eval_size, classes=classes,
+                                      num_classes=num_classes)
     assert classes is not None
     return DataBundle(train, val, list(classes), img_size, crop_pct, interp, eval_size)
-
-
-def stream_split(cfg: DataConfig, split: str) -> StreamSource | None:
-    """The streamed shards of a split, or None when the split comes from local data.
-
-    train: --train-urls, or the pack at --data URL. val: --val-urls; the pack at --data URL; or, when only
-    --train-urls is given (no local --data or --val-list), the val shards of the pack beside the train shards."""
-    urls = cfg.train_urls if split == "train" else cfg.val_urls
-    flag = "--train-urls" if split == "train" else "--val-urls"
-    if urls:
-        return stream_source(expand_urls(urls, flag), cfg.pack_info, split)
-    if is_url(cfg.data):
-        assert cfg.data is not None
-        if cfg.data.startswith("pipe:"):
-            raise ConfigError(f"--data {cfg.data}: a pipe: command streams one shard; give --train-urls 'pipe:...'")
-        source = pack_split_source(cfg.data, split)
-        if source is None:
-            raise DataError(f"{cfg.data}: the pack has no {split} split")
-        return source
-    if split == "val" and cfg.train_urls and not (cfg.data or cfg.val_list or cfg.val_root):
-        info = cfg.pack_info or info_url_for(expand_urls(cfg.train_urls))
-        source = pack_split_source(posixpath.dirname(info) or ".", "val")
-        if source is None:
-            raise ConfigError(f"{info} lists no val split: give --val-urls, --data DIR or --val-list")
-        return source
-    return None
 
 
 def set_loader_epoch(loader: DataLoader, epoch: int) -> None:

@@ -55,14 +55,33 @@ URL_SCHEMES = ("http://", "https://", "s3://", "gs://", "gcs://", "file://", "pi
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 _SHARD_NAME = re.compile(r"([^/\s'\"]+\.tar)(?:\s|$|['\"?#])")
 _PLAIN_NAME = re.compile(r"[\w.-]+\.tar")  # a shard named in a pack.json: a file beside it, nothing else
+_SHARD_URL = re.compile(r"\.tar(?:[?#].*)?$")  # a URL or path that names one shard (a query may follow)
 
 
 def is_url(spec: str | None) -> bool:
     return spec is not None and spec.startswith(URL_SCHEMES)
 
 
+def comma_joined(spec: str) -> list[str] | None:
+    """The shard URLs of a spec that joins them with commas ('a.tar,b.tar'; webdataset joins with '::'), else
+    None. Commas inside brace patterns ('train-{a,b}.tar') are braceexpand's, not joins."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(spec):
+        depth += (ch == "{") - (ch == "}")
+        if ch == "," and depth == 0:
+            parts.append(spec[start:i].strip())
+            start = i + 1
+    parts.append(spec[start:].strip())
+    if len(parts) > 1 and all(_SHARD_URL.search(p) for p in parts):
+        return parts
+    return None
+
+
 def expand_urls(spec: str, flag: str = "--train-urls") -> list[str]:
     """'a-{000..002}.tar::b.tar' -> ['a-000.tar', 'a-001.tar', 'a-002.tar', 'b.tar']."""
+    joined = comma_joined(spec)
+    if joined is not None:
+        raise ConfigError(f"{flag} {spec!r}: several URLs are joined with '::', not ',': {flag} '{'::'.join(joined)}'")
     braceexpand = require("braceexpand", "stream", flag)
     urls = [u for part in spec.split("::") if part.strip() for u in braceexpand.braceexpand(part.strip())]
     if not urls:
