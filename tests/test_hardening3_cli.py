@@ -117,3 +117,31 @@ def test_other_tools_flag_spellings_suggest_ours(capsys, argv, want):
     err = capsys.readouterr().err
     assert err.startswith(f"visionzoo {argv[0]}: error: unrecognized argument {argv[1]}; did you mean {want}")
     assert err.count("\n") == 1
+
+
+# ------------------------------------------------------------------------------------------------
+# 5. bench --help (and every command's) shows the defaults, as train --help does
+
+
+def test_bench_help_shows_its_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    flat = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "--batch-sizes N,N,... the batch sizes to time [default: 1,4,8,16,32,64]" in flat
+    assert "--warmup N untimed iterations first (and compilation) [default: 10]" in flat
+    assert "--iters N timed iterations per batch size [default: 50]" in flat
+    assert "--backend NAME,... one or a comma list of eager, compile, torchscript, onnxruntime, tensorrt " \
+           "[default: eager]" in flat
+
+
+def test_every_command_flag_with_a_default_says_it():
+    import argparse
+
+    from visionzoo.cli import COMMANDS, build_parser
+
+    parser = build_parser(COMMANDS)
+    for name, sub in parser.commands.items():
+        for a in sub._actions:
+            if (a.option_strings and a.default not in (None, argparse.SUPPRESS) and a.help != argparse.SUPPRESS
+                    and not isinstance(a, argparse._StoreFalseAction)):
+                assert "[default: " in (a.help or ""), f"visionzoo {name} {a.option_strings[0]}"

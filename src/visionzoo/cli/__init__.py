@@ -104,6 +104,8 @@ def unrecognized(extras: list[str], parser: argparse.ArgumentParser) -> str:
 def build_parser(full: Iterable[str] | None = None) -> Parser:
     """The parser of every command; with `full`, only those commands' modules are imported and their flags
     added (the others are a name and a help line)."""
+    from .options import show_defaults
+
     wanted = set(COMMANDS if full is None else full)
     parser = Parser(prog="visionzoo", description="Train, evaluate, benchmark and export image classifiers. "
                     "`visionzoo COMMAND --help` lists a command's flags.")
@@ -111,6 +113,7 @@ def build_parser(full: Iterable[str] | None = None) -> Parser:
     for name, (module, summary) in COMMANDS.items():
         if name in wanted:
             importlib.import_module(f"{__name__}.{module}").add_parser(sub)
+            show_defaults(sub.choices[name])  # every command's help shows its defaults as train's does
         else:
             sub.add_parser(name, help=summary)
     parser.commands = dict(sub.choices)

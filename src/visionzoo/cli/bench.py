@@ -49,19 +49,20 @@ def add_parser(sub) -> None:
 
     p = sub.add_parser("bench", help="throughput/latency benchmark", description=__doc__)
     add_model_source_flags(p)  # --model NAME alone: random weights, as timm's benchmark.py
-    p.add_argument("--batch-sizes", type=_csv_list(int), default=(1, 4, 8, 16, 32, 64))
-    p.add_argument("--img-size", type=int, help="default: the model's input size")
-    p.add_argument("--backend", type=_csv_list(str, BACKENDS), default=("eager",),
+    p.add_argument("--batch-sizes", type=_csv_list(int), default=(1, 4, 8, 16, 32, 64), metavar="N,N,...",
+                   help="the batch sizes to time")
+    p.add_argument("--img-size", type=int, metavar="N", help="input size in px [default: the model's]")
+    p.add_argument("--backend", type=_csv_list(str, BACKENDS), default=("eager",), metavar="NAME,...",
                    help=f"one or a comma list of {', '.join(BACKENDS)}")
-    p.add_argument("--precision", type=_csv_list(_precision, PRECISIONS), default=("fp32",),
+    p.add_argument("--precision", type=_csv_list(_precision, PRECISIONS), default=("fp32",), metavar="NAME,...",
                    help=f"one or a comma list of {', '.join(PRECISIONS)}")
-    p.add_argument("--mode", default="infer", choices=MODES)
-    p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--iters", type=int, default=50)
+    p.add_argument("--mode", default="infer", choices=MODES, help="time inference, or training steps")
+    p.add_argument("--warmup", type=int, default=10, metavar="N", help="untimed iterations first (and compilation)")
+    p.add_argument("--iters", type=int, default=50, metavar="N", help="timed iterations per batch size")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--csv", metavar="FILE")
-    p.add_argument("--json", metavar="FILE")
+    p.add_argument("--channels-last", action="store_true", help="channels_last memory format")
+    p.add_argument("--csv", metavar="FILE", help="write the table as CSV")
+    p.add_argument("--json", metavar="FILE", help="write the table and the environment as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="throughput and latency against batch size")
     p.set_defaults(func=run)
 

@@ -96,9 +96,22 @@ def shown(value: Any) -> str:
         return "on" if value else "off"
     if isinstance(value, float):
         return f"{value:g}"
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return ",".join(shown(v) for v in value)
     return str(value)
+
+
+def show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Append `[default: X]` to every flag's help that does not say its default yet, as the config flags do
+    (config_flag_help): every command's --help then shows its defaults the same way. A flag without a default
+    (None) or one that switches something off (--no-progress) says nothing."""
+    for action in parser._actions:
+        default = action.default
+        if (not action.option_strings or action.help == argparse.SUPPRESS or default is None
+                or default is argparse.SUPPRESS or isinstance(action, argparse._StoreFalseAction)
+                or "[default: " in (action.help or "")):
+            continue
+        action.help = f"{action.help or ''} [default: {shown(default)}]".lstrip().replace("%", "%%")
 
 
 def _metavar(name: str, tp: Any) -> str:
@@ -241,9 +254,9 @@ def add_model_source_flags(p: argparse.ArgumentParser, several: bool = False, fi
     g.add_argument("--weights", metavar="FILE", help="bare state dict, torchvision/timm/pytorch checkpoint or "
                                                       ".safetensors, for --model (DDP/compile prefixes stripped)")
     g.add_argument("--pretrained", action="store_true", help="--model with the library's hub weights (internet)")
-    g.add_argument("--classes", metavar="FILE", help="class names, one per line, for --model (default: ImageNet-1k's "
-                                                      "for a 1000-class head, else numbers)")
-    g.add_argument("--num-classes", type=int, metavar="N", help="head size for --model (default: from --weights)")
+    g.add_argument("--classes", metavar="FILE", help="class names, one per line, for --model [default: ImageNet-1k's "
+                                                      "for a 1000-class head, else numbers]")
+    g.add_argument("--num-classes", type=int, metavar="N", help="head size for --model [default: from --weights]")
     g.add_argument("--raw-weights", action="store_true",
                    help="a checkpoint with EMA weights: use its raw (trained) weights, not the average")
 
