@@ -281,7 +281,7 @@ def test_torchrun_with_repeated_augmentation_ema_and_mixup_counts_every_val_imag
     assert proc.returncode == 0, proc.stderr[-3000:]
     (row,) = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"epoch"' in x]
     assert row["val_num_images"] == row["val_ema_num_images"] == 355 and row["steps"] == 3
-    assert "global batch 64 (32 x 2 accumulated) over 2 process(es)" in (out / "train.log").read_text()
+    assert "global batch 64 (32 x 2 accumulated) over 2 processes" in (out / "train.log").read_text()
 
 
 def test_inference_uses_a_checkpoints_ema_weights_unless_raw(digits_data, tmp_path, capsys):

@@ -10,6 +10,11 @@ callers from before this hierarchy working.
 from __future__ import annotations
 
 
+def plural(count: int, noun: str, plural_form: str | None = None) -> str:
+    """"1 step", "3 steps", "0 images": a count with its noun, for the messages these errors and logs carry."""
+    return f"{count} {noun if count == 1 else plural_form or noun + 's'}"
+
+
 class VisionZooError(Exception):
     """Something the user can fix; the message says what and where, in one line."""
 

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from ..config import TrainConfig, save_yaml, spelled, to_dict, validate
 from ..core import __version__
 from ..core.distributed import DistInfo, barrier, broadcast_object, init_distributed
-from ..core.errors import ConfigError, ModelFileError
+from ..core.errors import ConfigError, ModelFileError, plural
 from ..core.files import FolderLock, atomic_copy, remove_stale_temps
 from ..core.precision import cpu_has_amx, resolve_channels_last, resolve_precision
 from ..data.loader import DataBundle, DeviceNormalizer, build_data, dataset_size, make_loader, set_loader_epoch
@@ -75,6 +75,7 @@ class Run:
     start_epoch: int = 0
     best_top1: float | None = None
     resumed_record: dict[str, Any] | None = None  # the resumed checkpoint's epoch record
+    batch_asked: int | None = None  # the configured batch, where a small training set made it smaller
 
     @property
     def num_classes(self) -> int:
@@ -149,6 +150,7 @@ def build_run(cfg: TrainConfig, dist: DistInfo) -> Run:
     # line when not a terminal, where the log lines say what happens
     status = tqdm(total=0, desc="preparing data and model...", bar_format="{desc}", leave=False,
                   disable=None if cfg.progress and dist.is_main else True)
+    asked = cfg.batch_size
     try:
         data = _build_data(cfg, model_cfg)
         model, objective, scope = _build_model(cfg, data, dist)
@@ -158,7 +160,8 @@ def build_run(cfg: TrainConfig, dist: DistInfo) -> Run:
     runlog.num_classes = objective.num_classes
     lr = effective_lr(cfg.optim, cfg.batch_size * cfg.optim.accum_steps)  # the effective batch
     state = _build_state(cfg, model, model_cfg, objective, scope, data, lr, steps, dist.device)
-    run = Run(cfg, dist, out, runlog, data, model, objective, scope, train_loader, val_loader, steps, lr, state)
+    run = Run(cfg, dist, out, runlog, data, model, objective, scope, train_loader, val_loader, steps, lr, state,
+              batch_asked=asked if asked != cfg.batch_size else None)
     if ckpt is not None:
         _restore(run, ckpt, resume)
     else:
@@ -227,26 +230,52 @@ def _build_model(cfg: TrainConfig, data: DataBundle, dist: DistInfo) -> tuple[nn
     return model, objective, scope
 
 
+# an epoch of a small training set gets at least this many optimizer steps: the batch is halved until it does
+# (a recipe's warm-up and decay are per-step schedules; 1 step an epoch leaves them nothing to work with)
+MIN_STEPS_PER_EPOCH = 8
+# per process: BatchNorm's batch statistics are noise below a few images (2 only where 8 leaves no step at all)
+MIN_ADAPTED_BATCH = 8
+
+
 def _build_loaders(cfg: TrainConfig, data: DataBundle, objective: Objective,
                    dist: DistInfo) -> tuple[DataLoader, DataLoader, int]:
-    """Train and val loaders for this rank, and the steps per epoch."""
-    per_rank_batch = cfg.batch_size // dist.world_size
+    """Train and val loaders for this rank, and the steps per epoch. A training set too small for
+    MIN_STEPS_PER_EPOCH steps of cfg.batch_size gets a smaller batch, written back to cfg.batch_size (so the lr
+    rule, config.yaml and a resumed run all see the batch that runs; the data decides it, so a resume with
+    the same flags resolves to the same batch)."""
     pin = dist.device.type == "cuda"
     train_set = data.split("train")
-    train_loader = make_loader(train_set, per_rank_batch, cfg.data.workers, True, cfg.seed, dist.rank,
-                               dist.world_size, pin, sampler=_train_sampler(cfg, objective, train_set, dist),
-                               nice=cfg.data.worker_nice)
-    val_loader = make_loader(data.split("val"), per_rank_batch, cfg.data.workers, False, cfg.seed, dist.rank,
-                             dist.world_size, pin, nice=cfg.data.worker_nice)
-    available = len(train_loader) // cfg.optim.accum_steps  # optimizer steps in one pass
+    sampler = _train_sampler(cfg, objective, train_set, dist)
+    accum = cfg.optim.accum_steps
+    wanted = MIN_STEPS_PER_EPOCH if cfg.iters is None else min(MIN_STEPS_PER_EPOCH, cfg.iters)
+    asked = cfg.batch_size
+    per_rank_batch = asked // dist.world_size
+    while True:
+        train_loader = make_loader(train_set, per_rank_batch, cfg.data.workers, True, cfg.seed, dist.rank,
+                                   dist.world_size, pin, sampler=sampler, nice=cfg.data.worker_nice)
+        available = len(train_loader) // accum  # optimizer steps in one pass
+        smaller = _smaller_batch(per_rank_batch)
+        floor = MIN_ADAPTED_BATCH if available else 2
+        if available >= wanted or smaller < floor:
+            break
+        per_rank_batch = smaller
+    cfg.batch_size = per_rank_batch * dist.world_size
+    # evaluation keeps the batch asked for: it has no statistics or schedule to care about the size
+    val_loader = make_loader(data.split("val"), asked // dist.world_size, cfg.data.workers, False, cfg.seed,
+                             dist.rank, dist.world_size, pin, nice=cfg.data.worker_nice)
     steps = available if cfg.iters is None else min(cfg.iters, available)
     if cfg.iters is not None and cfg.iters > available and dist.is_main:
-        log.warning("--iters %d is more than the %d steps of one epoch: running %d steps per epoch",
-                    cfg.iters, available, steps)
+        log.warning("%s is more than the %s of one epoch: running %s per epoch", spelled("iters", cfg.iters),
+                    plural(available, "step"), plural(steps, "step"))
     if steps == 0:
-        raise ConfigError(f"training set of {len(cast(Sized, train_set))} images (on this rank) is smaller than "
-                          f"one step of {cfg.batch_size} x {cfg.optim.accum_steps} (--accum-steps)")
+        raise ConfigError(f"training set of {plural(len(cast(Sized, train_set)), 'image')} (on this rank) is smaller "
+                          f"than one step of {cfg.batch_size} x {accum} ({spelled('accum_steps')})")
     return train_loader, val_loader, steps
+
+
+def _smaller_batch(batch: int) -> int:
+    """The next power of two below batch (64 -> 32, 48 -> 32, 37 -> 32)."""
+    return 1 << ((batch - 1).bit_length() - 1) if batch > 1 else 0
 
 
 def _train_sampler(cfg: TrainConfig, objective: Objective, train_set: Dataset, dist: DistInfo):
@@ -318,14 +347,18 @@ def _announce(run: Run) -> None:
     save_yaml(cfg, run.out / "config.yaml")
     run.runlog.track_config(to_dict(cfg))
     accum = cfg.optim.accum_steps  # the logged batch is the effective one, as the lr rule uses
+    train_images = dataset_size(data.split("train"))
+    notes = [f"{cfg.batch_size} x {accum} accumulated"] if accum > 1 else []
+    if run.batch_asked is not None:  # said first: it changes the lr and the steps the recipe planned for
+        was = run.batch_asked * accum if accum == 1 else f"{run.batch_asked} x {accum}"
+        notes.append(f"was {was}: {plural(train_images, 'training image')}")
     log.info(
-        "model %s (%d classes) | data: %d train / %d val images, %d px | global batch %d%s over %d process(es), "
-        "lr %.4g | %d steps/epoch x %d epochs | device %s%s | output %s",
-        cfg.model.model, run.num_classes, dataset_size(data.split("train")), dataset_size(data.split("val")),
-        data.img_size,
-        cfg.batch_size * accum, f" ({cfg.batch_size} x {accum} accumulated)" if accum > 1 else "",
-        dist.world_size, run.lr, run.steps_per_epoch, cfg.epochs, dist.device,
-        f", amp {cfg.precision}" if cfg.precision != "fp32" else "", run.out,
+        "model %s (%s) | data: %d train / %d val images, %d px | global batch %d%s over %s, "
+        "lr %.4g | %s x %s | device %s%s | output %s",
+        cfg.model.model, plural(run.num_classes, "class", "classes"), train_images, dataset_size(data.split("val")),
+        data.img_size, cfg.batch_size * accum, f" ({'; '.join(notes)})" if notes else "",
+        plural(dist.world_size, "process", "processes"), run.lr, plural(run.steps_per_epoch, "step") + "/epoch",
+        plural(cfg.epochs, "epoch"), dist.device, f", amp {cfg.precision}" if cfg.precision != "fp32" else "", run.out,
     )
 
 
