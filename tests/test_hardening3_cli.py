@@ -145,3 +145,18 @@ def test_every_command_flag_with_a_default_says_it():
             if (a.option_strings and a.default not in (None, argparse.SUPPRESS) and a.help != argparse.SUPPRESS
                     and not isinstance(a, argparse._StoreFalseAction)):
                 assert "[default: " in (a.help or ""), f"visionzoo {name} {a.option_strings[0]}"
+
+
+# ------------------------------------------------------------------------------------------------
+# 6. eval's per-class table has the columns the README lists: accuracy, precision, recall, F1, support
+
+
+def test_eval_table_has_the_readme_columns(tiny_ckpt, capsys):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "per-class table (accuracy, precision, recall, F1, support)" in readme
+    assert main(["eval", "--checkpoint", str(tiny_ckpt), "--no-progress", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == ["class", "accuracy", "precision", "recall", "f1", "support"]
+    rows = [line.split() for line in lines[2:5]]
+    assert [r[0] for r in rows] == ["circle", "square", "triangle"]
+    assert all(r[1] == r[3] for r in rows) and sum(int(r[5]) for r in rows) == 12  # accuracy is recall

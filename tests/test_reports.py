@@ -50,10 +50,11 @@ def test_precision_and_recall_differ_when_errors_are_one_sided():
 
 def test_table_is_aligned():
     lines = per_class_table(per_class_metrics(confusion_matrix(TARGETS, PREDS, 4), CLASSES)).splitlines()
-    assert lines[0].split() == ["class", "support", "precision", "recall", "f1"]
-    assert lines[1].split() == ["circle", "3", "66.67", "66.67", "66.67"]
+    assert lines[0].split() == ["class", "accuracy", "precision", "recall", "f1", "support"]
+    assert lines[1].split() == ["circle", "66.67", "66.67", "66.67", "66.67", "3"]
+    assert lines[4].split() == ["unused", "-", "0.00", "0.00", "0.00", "0"]  # no images: no accuracy
     # every column ends where its header ends: numbers right-aligned under their heading
-    for word in ("support", "precision", "recall"):
+    for word in ("accuracy", "precision", "recall", "support"):
         end = lines[0].index(word) + len(word)
         assert all(line[end - 1] != " " and (len(line) == end or line[end] == " ") for line in lines[1:])
 
@@ -98,7 +99,7 @@ def test_eval_prints_table_and_writes_confusion_and_per_class_json(tiny_ckpt, tm
     # the printed summary: no top-5 with 3 classes, then the table with one line per class
     lines = out.splitlines()
     assert lines[0].startswith("top-1 ") and "top-5" not in out
-    assert lines[1].split() == ["class", "support", "precision", "recall", "f1"]
+    assert lines[1].split() == ["class", "accuracy", "precision", "recall", "f1", "support"]
     assert [line.split()[0] for line in lines[2:5]] == names
     with open(f"{prefix}.csv", newline="") as f:
         rows = list(csv.reader(f))

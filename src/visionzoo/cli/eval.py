@@ -121,8 +121,8 @@ def summary_line(result: dict) -> str:
 
 def _table_rows(result: dict) -> list[dict]:
     """per_class rows as per_class_table wants them (support is the number of true images of the class)."""
-    return [{"class": r["class"], "support": r["total"], "precision": r["precision"], "recall": r["recall"],
-             "f1": r["f1"]} for r in result["per_class"]]
+    return [{"class": r["class"], "support": r["total"], "accuracy": r["top1"], "precision": r["precision"],
+             "recall": r["recall"], "f1": r["f1"]} for r in result["per_class"]]
 
 
 def _run_sizes(args: argparse.Namespace, sources: list) -> int:

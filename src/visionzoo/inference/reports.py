@@ -36,7 +36,8 @@ def confusion_matrix(targets: Any, preds: Any, num_classes: int) -> np.ndarray:
 
 
 def per_class_metrics(cm: np.ndarray, classes: Sequence[str]) -> list[dict[str, Any]]:
-    """One row per class: class, support (true images), precision, recall and F1 in percent (0 where undefined)."""
+    """One row per class: class, support (true images), accuracy (None without images), precision, recall and F1
+    in percent (0 where undefined)."""
     cm = np.asarray(cm, dtype=np.float64)
     tp = np.diag(cm)
     support, predicted = cm.sum(axis=1), cm.sum(axis=0)
@@ -44,21 +45,31 @@ def per_class_metrics(cm: np.ndarray, classes: Sequence[str]) -> list[dict[str, 
         precision = np.where(predicted > 0, tp / predicted, 0.0)
         recall = np.where(support > 0, tp / support, 0.0)
         f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
-    return [{"class": str(classes[i]), "support": int(support[i]), "precision": 100.0 * float(precision[i]),
-             "recall": 100.0 * float(recall[i]), "f1": 100.0 * float(f1[i])} for i in range(len(cm))]
+    return [{"class": str(classes[i]), "support": int(support[i]),
+             "accuracy": 100.0 * float(recall[i]) if support[i] > 0 else None,
+             "precision": 100.0 * float(precision[i]), "recall": 100.0 * float(recall[i]), "f1": 100.0 * float(f1[i])}
+            for i in range(len(cm))]
+
+
+# the per-class table's columns, as the README's eval section lists them; a class's accuracy is its recall (the
+# share of its images classified as it), shown under both names, and "-" for a class without images
+TABLE_COLUMNS = ("class", "accuracy", "precision", "recall", "f1", "support")
 
 
 def per_class_table(rows: Sequence[dict[str, Any]]) -> str:
     """rows of per_class_metrics as an aligned plain-text table (class names left, numbers right)."""
-    head = ("class", "support", "precision", "recall", "f1")
-    body = [(str(r["class"]), str(r["support"]), f"{r['precision']:.2f}", f"{r['recall']:.2f}", f"{r['f1']:.2f}")
-            for r in rows]
-    widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
+
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}"
+
+    body = [(str(r["class"]), pct(r.get("accuracy")), pct(r["precision"]), pct(r["recall"]), pct(r["f1"]),
+             str(r["support"])) for r in rows]
+    widths = [max(len(row[i]) for row in [TABLE_COLUMNS, *body]) for i in range(len(TABLE_COLUMNS))]
 
     def line(cells: Sequence[str]) -> str:
         return "  ".join([cells[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:])]).rstrip()
 
-    return "\n".join([line(head)] + [line(r) for r in body])
+    return "\n".join([line(TABLE_COLUMNS)] + [line(r) for r in body])
 
 
 def write_confusion(cm: np.ndarray, classes: Sequence[str], prefix: str | Path) -> list[Path]:
