@@ -78,3 +78,35 @@ def test_small_batch_resumes_to_the_same_batch(tmp_path):
     assert main([*args, "--epochs", "2", "--resume", "auto"]) == 0
     rows = epoch_rows(out)
     assert [r["epoch"] for r in rows] == [1, 2] and rows[0]["steps"] == rows[1]["steps"] > 1
+
+
+def one_line(capsys, allowed: tuple[str, ...] = ()) -> str:
+    """The one line of stderr (lines starting with an allowed prefix aside, e.g. torch.hub's "Downloading:")."""
+    err = [line for line in capsys.readouterr().err.strip().splitlines()
+           if line.strip() and not line.startswith(allowed)]
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    return err[0]
+
+
+# ------------------------------------------------------------------------------------------------
+# 2. --pretrained without a network: one line naming the model and --weights FILE
+
+
+def test_pretrained_torchvision_model_offline_is_one_line(tmp_path, monkeypatch, capsys):
+    import urllib.error
+
+    import torch.hub
+
+    def offline(url, *args, **kwargs):
+        raise urllib.error.URLError(OSError(101, "Network is unreachable"))
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # no cached weights
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    data = write_folder(tmp_path / "data", 4)
+    out = tmp_path / "run"
+    rc = main(["train", "--data", str(data), "--model", "resnet18", "--pretrained", "--epochs", "1", *BASE,
+               "--output", str(out)])
+    err = one_line(capsys, allowed=("Downloading: ",))  # torch.hub's line before it tries
+    assert rc == 1, err
+    assert "resnet18" in err and "could not be downloaded" in err and "--weights FILE" in err
+    assert "Network is unreachable" in err

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import cast
 
 from torch import nn
 
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, ModelFileError
 from .registry import ModelCfg, get_model_cfg, registered_builder
 from .weights import load_weights
 
@@ -56,16 +58,18 @@ def create_model(
     builder = registered_builder(name)
     if builder is not None:
         # hub weights come with a 1000-way head: build that, load, then resize
-        model = _with_options(name, options, builder, num_classes=cfg.num_classes if pretrained else n,
-                              pretrained=pretrained)
+        with _downloading(name, pretrained):
+            model = _with_options(name, options, builder, num_classes=cfg.num_classes if pretrained else n,
+                                  pretrained=pretrained)
         if pretrained and n != cfg.num_classes:
             reset_classifier(model, cfg, n)
     else:
         import timm
 
         timm_names = {"drop_path": "drop_path_rate", "dropout": "drop_rate"}
-        model = _with_options(name, {timm_names[k]: v for k, v in options.items()}, timm.create_model, name,
-                              pretrained=pretrained, num_classes=n)
+        with _downloading(name, pretrained):
+            model = _with_options(name, {timm_names[k]: v for k, v in options.items()}, timm.create_model, name,
+                                  pretrained=pretrained, num_classes=n)
         if not cfg.classifier:
             cfg = replace(cfg, classifier=getattr(model, "default_cfg", {}).get("classifier", ""))
     cfg = replace(cfg, num_classes=n)
@@ -74,6 +78,20 @@ def create_model(
     if weights:
         load_weights(model, weights)
     return model
+
+
+@contextlib.contextmanager
+def _downloading(name: str, pretrained: bool) -> Iterator[None]:
+    """A hub download that fails (no network, a proxy, a server error: all OSErrors, urllib's URLError
+    included) is one line naming the model and the way around it, not the HTTP client's traceback."""
+    try:
+        yield
+    except OSError as e:
+        if not pretrained:
+            raise
+        reason = getattr(e, "reason", None) or e.strerror or str(e) or type(e).__name__
+        raise ModelFileError(f"--pretrained {name}: the weights could not be downloaded ({reason}); without a "
+                             "network, pass a local weights file with --weights FILE") from None
 
 
 def _with_options(name: str, options: dict[str, float], build, *args, **kwargs) -> nn.Module:
