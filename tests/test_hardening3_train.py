@@ -110,3 +110,34 @@ def test_pretrained_torchvision_model_offline_is_one_line(tmp_path, monkeypatch,
     assert rc == 1, err
     assert "resnet18" in err and "could not be downloaded" in err and "--weights FILE" in err
     assert "Network is unreachable" in err
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. Ctrl-C: one line saying how to resume, exit status 130, last.pth kept
+
+
+def test_ctrl_c_says_how_to_resume_and_exits_130(tmp_path, monkeypatch, capsys):
+    from visionzoo.engine import trainer as trainer_mod
+
+    real = trainer_mod.train_one_epoch
+    calls = []
+
+    def interrupted_in_epoch_two(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_mod, "train_one_epoch", interrupted_in_epoch_two)
+    data = write_folder(tmp_path / "data", 8)
+    out = tmp_path / "run"
+    rc = main(["train", "--data", str(data), "--model", "resnet18", "--batch-size", "8", "--epochs", "2", *BASE,
+               "--output", str(out)])
+    err = one_line(capsys)
+    assert rc == 130, err
+    command = f"visionzoo train --config {out / 'config.yaml'} --resume auto"
+    assert "interrupted" in err and err.endswith(command), err
+    assert (out / "last.pth").is_file() and len(epoch_rows(out)) == 1
+    monkeypatch.setattr(trainer_mod, "train_one_epoch", real)
+    assert main(command.split()[1:]) == 0  # the command it names resumes the run
+    assert [r["epoch"] for r in epoch_rows(out)] == [1, 2]

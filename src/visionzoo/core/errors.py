@@ -37,3 +37,15 @@ class BadImageError(VisionZooError, RuntimeError):
 
 class ModelFileError(VisionZooError, RuntimeError):
     """A model, weights or checkpoint file cannot be used as asked; the message names the file."""
+
+
+class Interrupted(VisionZooError, KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped a run; the message says what was kept and how to resume. Still a
+    KeyboardInterrupt, so a caller's `except KeyboardInterrupt` sees it; exit status 130 (128 + SIGINT), as a
+    shell reports a command stopped by Ctrl-C."""
+
+    exit_code = 130
+
+    def __init__(self, message: str, output: str | None = None):
+        super().__init__(message)
+        self.output = output  # the run folder, where one was made

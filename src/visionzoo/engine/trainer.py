@@ -28,7 +28,7 @@ from tqdm import tqdm
 from ..config import TrainConfig, save_yaml, spelled, to_dict, validate
 from ..core import __version__
 from ..core.distributed import DistInfo, barrier, broadcast_object, init_distributed
-from ..core.errors import ConfigError, ModelFileError, plural
+from ..core.errors import ConfigError, Interrupted, ModelFileError, plural
 from ..core.files import FolderLock, atomic_copy, remove_stale_temps
 from ..core.precision import cpu_has_amx, resolve_channels_last, resolve_precision
 from ..data.loader import DataBundle, DeviceNormalizer, build_data, dataset_size, make_loader, set_loader_epoch
@@ -76,6 +76,7 @@ class Run:
     best_top1: float | None = None
     resumed_record: dict[str, Any] | None = None  # the resumed checkpoint's epoch record
     batch_asked: int | None = None  # the configured batch, where a small training set made it smaller
+    saved_epochs: int = 0  # epochs last.pth holds
 
     @property
     def num_classes(self) -> int:
@@ -99,22 +100,44 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     lock = _lock_output(cfg, dist)  # held for the whole run: a second run on the folder is refused
     try:
         run = build_run(cfg, dist)
-    except BaseException:
+    except BaseException as e:
         if made and dist.is_main and [p.name for p in out.iterdir()] == [FolderLock.NAME]:
             shutil.rmtree(out, ignore_errors=True)  # refused before anything was written: leave no folder
         if lock is not None:
             lock.release()
+        if isinstance(e, KeyboardInterrupt) and not isinstance(e, Interrupted):
+            raise Interrupted("interrupted while preparing the run, before any epoch was saved", str(out)) from None
         raise
     try:
         return fit(run)
-    except BaseException as e:
+    except KeyboardInterrupt:
         # the MLflow run records how the training run ended (a no-op without --mlflow)
-        run.runlog.close("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        run.runlog.close("KILLED")
+        raise Interrupted(_resume_hint(run), str(run.out)) from None
+    except BaseException:
+        run.runlog.close("FAILED")
         raise
     finally:
         run.runlog.close()
         if lock is not None:
             lock.release()
+
+
+def _resume_hint(run: Run) -> str:
+    """What Ctrl-C kept and the command that resumes it: the saved config.yaml holds every resolved setting
+    (the batch a small data set chose included), so it continues exactly the run that was stopped."""
+    config = run.out / "config.yaml"
+    if spelled("resume").startswith("--"):  # on the command line
+        command = f"visionzoo train --config {config} {spelled('resume', 'auto')}"
+        if run.dist.enabled:
+            command = f"(under the same torchrun launch) {command}"
+    else:
+        command = f"visionzoo.train({str(config)!r}, {spelled('resume', 'auto')})"
+    where = f"in epoch {run.state.epoch + 1}/{run.cfg.epochs}"
+    if run.saved_epochs:
+        kept = f"{run.out / 'last.pth'} holds epoch {run.saved_epochs}"
+        return f"interrupted {where}; {kept}; resume with: {command}"
+    return f"interrupted {where}, before any epoch was saved; start it again with: {command}"
 
 
 def _lock_output(cfg: TrainConfig, dist: DistInfo) -> FolderLock | None:
@@ -319,6 +342,7 @@ def _restore(run: Run, ckpt: Checkpoint, path: Path | None) -> None:
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise ModelFileError(f"--resume {path}: the checkpoint does not fit this run ({first})") from None
     run.start_epoch, run.best_top1, state.global_step = ckpt.epoch or 0, ckpt.best_top1, ckpt.step or 0
+    run.saved_epochs = run.start_epoch
     run.resumed_record = ckpt.metrics
     restore_rng(ckpt, run.dist)
     # one metrics line per finished epoch: the interrupted epoch's step lines go, a missing line comes back
@@ -455,6 +479,7 @@ def _save_epoch(run: Run, epoch: int, record: dict[str, Any], improved: bool) ->
             ckpt.without_training_state().save(run.out / "best.pth")
         ckpt.save(run.out / "last.pth")
         run.runlog.epoch(record)
+    run.saved_epochs = epoch + 1
     barrier()
 
 
