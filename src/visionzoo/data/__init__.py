@@ -1,4 +1,5 @@
-"""Data: sample lists, decoding, transforms, samplers, loaders and the device-side normaliser."""
+"""Data: sources (one per kind of input), sample lists, decoding, transforms, samplers, loaders and the device-side
+normaliser."""
 
 from ..core.errors import BadImageError, DataError
 from .datasets import (
@@ -20,6 +21,7 @@ from .loader import (
     find_samples,
     make_loader,
 )
+from .sources import Source, open_source, register_source
 from .transforms import eval_transform, train_transform
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "ImageDataset",
     "Samples",
     "SeededSampler",
+    "Source",
     "build_data",
     "collate_skipping",
     "device_batches",
@@ -40,6 +43,8 @@ __all__ = [
     "list_samples",
     "load_rgb",
     "make_loader",
+    "open_source",
     "read_list_file",
+    "register_source",
     "train_transform",
 ]
