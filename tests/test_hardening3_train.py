@@ -141,3 +141,35 @@ def test_ctrl_c_says_how_to_resume_and_exits_130(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(trainer_mod, "train_one_epoch", real)
     assert main(command.split()[1:]) == 0  # the command it names resumes the run
     assert [r["epoch"] for r in epoch_rows(out)] == [1, 2]
+
+
+# ------------------------------------------------------------------------------------------------
+# 4. a failed setup leaves the folder reusable; a finished run leaves no .lock
+
+
+@pytest.mark.parametrize("made_by", ["run", "user"])
+def test_a_failed_setup_leaves_the_output_reusable(tmp_path, made_by, capsys):
+    data = write_folder(tmp_path / "data", 4)
+    out = tmp_path / "run"
+    if made_by == "user":
+        out.mkdir()
+    args = ["train", "--model", "resnet18", "--epochs", "1", "--batch-size", "8", *BASE, "--output", str(out)]
+    assert main([*args, "--data", str(tmp_path / "no-such-data")]) == 1  # fails while reading the data
+    assert "no-such-data" in one_line(capsys)
+    assert (not out.exists()) if made_by == "run" else list(out.iterdir()) == []
+    bad_weights = tmp_path / "other.pth"
+    torch.save({"conv1.weight": torch.zeros(1)}, bad_weights)
+    assert main([*args, "--data", str(data), "--init-from", str(bad_weights)]) == 1  # weights that do not fit
+    assert "other.pth" in one_line(capsys)
+    assert (not out.exists()) if made_by == "run" else list(out.iterdir()) == []
+    assert main([*args, "--data", str(data)]) == 0  # the corrected command is not refused
+    assert not (out / ".lock").exists()  # nor is a finished run's folder left locked
+    if made_by == "user":
+        return
+    # a resumed run's failed setup removes nothing of the run it resumes
+    before = {p.name: p.stat().st_size for p in out.iterdir() if p.name != "train.log"}
+    assert main([*args, "--data", str(tmp_path / "missing"), "--epochs", "2", "--resume", "auto"]) == 1
+    capsys.readouterr()
+    assert {p.name: p.stat().st_size for p in out.iterdir() if p.name != "train.log"} == before
+    assert main([*args, "--data", str(data), "--epochs", "2", "--resume", "auto"]) == 0
+    assert [r["epoch"] for r in epoch_rows(out)] == [1, 2]

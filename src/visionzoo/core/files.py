@@ -145,6 +145,8 @@ class FolderLock:
     It is the kernel's lock, so it is released when the holder exits, however it exits; and a POSIX lock
     belongs to the process, not to the open file, so forked DataLoader workers do not keep it alive after
     a kill. A second holder is refused with a ConfigError naming the folder and the pid that holds it.
+    release() removes the file (a finished run's folder holds no stale .lock); a killed holder leaves it,
+    unlocked, for the next holder to take.
     """
 
     NAME = ".lock"
@@ -154,25 +156,42 @@ class FolderLock:
         self._fd: int | None = None
 
     def acquire(self) -> FolderLock:
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.folder / self.NAME, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:  # a file where the folder should be, a read-only parent, ...
-            raise ConfigError(f"{self.what} {self.folder}: cannot use it as a run folder ({e.strerror})") from None
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # EACCES or EAGAIN: another process holds it
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        path = self.folder / self.NAME
+        while True:
+            fd = self._open(path)
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # EACCES or EAGAIN: another process holds it
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise ConfigError(f"{self.what} {self.folder} is in use by another run (pid {holder}); wait for "
+                                  f"it to finish or choose another {self.what}") from None
+            # the holder we waited on may have removed the file between our open and our lock: a lock on that
+            # unlinked file excludes no one, so lock the file the name now points to instead
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
             os.close(fd)
-            raise ConfigError(f"{self.what} {self.folder} is in use by another run (pid {holder}); wait for it "
-                              f"to finish or choose another {self.what}") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
         return self
 
+    def _open(self, path: Path) -> int:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:  # a file where the folder should be, a read-only parent, ...
+            raise ConfigError(f"{self.what} {self.folder}: cannot use it as a run folder ({e.strerror})") from None
+
     def release(self) -> None:
         if self._fd is not None:
+            # removed while still locked, so no one can lock the name in between (acquire checks the inode)
+            with contextlib.suppress(OSError):
+                os.unlink(self.folder / self.NAME)
             fcntl.lockf(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None

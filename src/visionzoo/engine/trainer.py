@@ -8,6 +8,7 @@ loop and saves after every epoch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -98,13 +99,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     cfg.output = str(out)
     made = not out.exists()
     lock = _lock_output(cfg, dist)  # held for the whole run: a second run on the folder is refused
+    before = {p.name for p in out.iterdir()} if lock is not None else set()
     try:
         run = build_run(cfg, dist)
     except BaseException as e:
-        if made and dist.is_main and [p.name for p in out.iterdir()] == [FolderLock.NAME]:
-            shutil.rmtree(out, ignore_errors=True)  # refused before anything was written: leave no folder
         if lock is not None:
             lock.release()
+            _remove_setup_outputs(out, before, made)
         if isinstance(e, KeyboardInterrupt) and not isinstance(e, Interrupted):
             raise Interrupted("interrupted while preparing the run, before any epoch was saved", str(out)) from None
         raise
@@ -121,6 +122,27 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         run.runlog.close()
         if lock is not None:
             lock.release()
+
+
+# what setting up a run writes into its folder before the first epoch (RunLog, _announce, the trackers)
+SETUP_OUTPUTS = ("train.log", "config.yaml", "metrics.jsonl", "tensorboard", "wandb")
+
+
+def _remove_setup_outputs(out: Path, before: set[str], made: bool) -> None:
+    """After a failed setup (bad data, weights that do not fit, no network): what it wrote goes, so the
+    corrected command is not refused as a second run on the folder; a folder the run made goes too once that
+    leaves it empty. Files that were there before (a resumed run's) stay."""
+    for name in SETUP_OUTPUTS:
+        path = out / name
+        if name in before or not (path.exists() or path.is_symlink()):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    if made:
+        with contextlib.suppress(OSError):  # not empty: something else was written there
+            out.rmdir()
 
 
 def _resume_hint(run: Run) -> str:
@@ -168,6 +190,17 @@ def build_run(cfg: TrainConfig, dist: DistInfo) -> Run:
     resume = resume_path(cfg, out)
     ckpt = load_resume(resume) if resume is not None else None
     runlog = RunLog(out, enabled=dist.is_main, tensorboard=cfg.tensorboard, mlflow=cfg.mlflow, wandb=cfg.wandb)
+    try:
+        return _build_with_log(cfg, dist, model_cfg, out, runlog, ckpt, resume)
+    except BaseException as e:
+        # train.log is detached (later runs in this process do not write into it) and a tracking run that
+        # had started ends as failed
+        runlog.close("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
+
+
+def _build_with_log(cfg: TrainConfig, dist: DistInfo, model_cfg: ModelCfg, out: Path, runlog: RunLog,
+                    ckpt: Checkpoint | None, resume: Path | None) -> Run:
     _resolve_step_settings(cfg, ckpt, dist.device)
     # a terminal gets a line at once (reading the data and building the model can take a while); no
     # line when not a terminal, where the log lines say what happens
@@ -189,7 +222,7 @@ def build_run(cfg: TrainConfig, dist: DistInfo) -> Run:
         _restore(run, ckpt, resume)
     else:
         if cfg.resume == "auto":
-            log.info("--resume auto: no %s yet, starting fresh", out / "last.pth")
+            log.info("%s: no %s yet, starting fresh", spelled("resume", "auto"), out / "last.pth")
             runlog.repair(0, 0, None)  # lines of an interrupted first epoch go
         objective.before_training(data, state.normalizer, cfg.batch_size // dist.world_size, dist)
     run.wrapped = _wrap(run)
@@ -210,8 +243,13 @@ def check_output_free(cfg: TrainConfig) -> None:
     """A run folder that already holds a run (any of its files) is refused unless resuming: two runs never
     mix their files."""
     out = Path(cfg.output) if cfg.output else None
-    if out is not None and not cfg.resume and any((out / f).exists() for f in RUN_FILES):
+    if out is not None and not cfg.resume and any(_holds(out / f) for f in RUN_FILES):
         raise ConfigError(f"--output {out} already holds a run: pass --resume auto to continue it, or another --output")
+
+
+def _holds(path: Path) -> bool:
+    """A run file that is there; an empty train.log (an earlier version's failed setup left one) holds nothing."""
+    return path.exists() and not (path.name == "train.log" and path.stat().st_size == 0)
 
 
 def _resolve_step_settings(cfg: TrainConfig, ckpt: Checkpoint | None, device: torch.device) -> None:
