@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import sys
 from pathlib import Path
 
 import pytest
@@ -160,3 +162,46 @@ def test_eval_table_has_the_readme_columns(tiny_ckpt, capsys):
     rows = [line.split() for line in lines[2:5]]
     assert [r[0] for r in rows] == ["circle", "square", "triangle"]
     assert all(r[1] == r[3] for r in rows) and sum(int(r[5]) for r in rows) == 12  # accuracy is recall
+
+
+# ------------------------------------------------------------------------------------------------
+# 7. the base install's demo: the matplotlib note once, at the end, not between the epoch lines
+
+
+def _without_matplotlib(monkeypatch) -> None:
+    """The base install: no matplotlib (every submodule too, so no cached import slips through)."""
+    for name in [n for n in sys.modules if n == "matplotlib" or n.startswith("matplotlib.")] + ["matplotlib"]:
+        monkeypatch.setitem(sys.modules, name, None)
+
+
+def test_demo_holds_back_the_note_training_logs_without_matplotlib(tmp_path, monkeypatch, caplog):
+    """The note as training's run log says it (engine.runlog), held back by the demo's filter."""
+    from visionzoo.cli.demo import _held_notes
+    from visionzoo.engine.runlog import RunLog
+
+    _without_matplotlib(monkeypatch)
+    caplog.set_level(logging.INFO, logger="visionzoo")
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"type": "epoch", "epoch": 1, "train_loss": 1.0}) + "\n")
+    run_log = RunLog(tmp_path)
+    try:
+        with _held_notes() as held:
+            run_log.finish({"epochs_run": 1}, None)
+    finally:
+        run_log.close()
+    assert held.plots_missing
+    assert [r.getMessage() for r in caplog.records if "curves.png" in r.getMessage()] == []
+    assert "curves.png" not in (tmp_path / "train.log").read_text()
+
+
+@pytest.mark.slow  # a real demo run: about 15 s on an idle 2-core machine, a minute on a busy one
+def test_demo_without_matplotlib_says_so_once_at_the_end(digits_data, tmp_path, monkeypatch, capsys, caplog):
+    _without_matplotlib(monkeypatch)
+    caplog.set_level(logging.INFO, logger="visionzoo")
+    assert main(["demo", "--epochs", "1", "--model", "test_resnet", "--device", "cpu", "--output",
+                 str(tmp_path / "demo")]) == 0
+    logged = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("epoch 1 |") for m in logged)
+    assert not [m for m in logged if "visionzoo[plots]" in m or "curves.png skipped" in m]
+    out = capsys.readouterr().out.rstrip().splitlines()
+    assert out[-1] == "  curves.png (loss, top-1, lr per epoch) was not drawn: pip install 'visionzoo[plots]' draws it"
+    assert sum("visionzoo[plots]" in line for line in out) == 1
