@@ -173,3 +173,38 @@ def test_a_failed_setup_leaves_the_output_reusable(tmp_path, made_by, capsys):
     assert {p.name: p.stat().st_size for p in out.iterdir() if p.name != "train.log"} == before
     assert main([*args, "--data", str(data), "--epochs", "2", "--resume", "auto"]) == 0
     assert [r["epoch"] for r in epoch_rows(out)] == [1, 2]
+
+
+# ------------------------------------------------------------------------------------------------
+# 5. --skip-bad-images names what it skipped; the error without it names the flag
+
+
+def test_skipped_images_are_named_in_the_log_and_metrics(tmp_path):
+    data = write_folder(tmp_path / "data", 12)
+    bad = sorted((data / "train" / "c0").iterdir())[:12]  # every c0 image: 12 named, more than the 10 warnings
+    for p in bad:
+        p.write_bytes(b"not an image")
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--model", "resnet18", "--batch-size", "8", "--epochs", "2", *BASE,
+                 "--skip-bad-images", "--output", str(out)]) == 0
+    rows = epoch_rows(out)
+    for row in rows:  # every image is read once an epoch, less the few the last partial batch drops
+        assert set(row["skipped_files"]) <= {str(p) for p in bad} and row["skipped_images"] >= 8
+        assert len(row["skipped_files"]) == row["skipped_images"]
+    log = (out / "train.log").read_text()
+    named = [line for line in log.splitlines() if "WARNING skipped unreadable image " in line]
+    assert len(named) == 10  # once per file in the run, not again each epoch
+    assert all(any(str(p) in line for p in bad) for line in named)
+    first_seen = set(rows[0]["skipped_files"]) | set(rows[1]["skipped_files"])
+    assert f"and {len(first_seen) - 10} more unreadable image" in log
+
+
+def test_a_bad_image_error_names_the_flag(tmp_path, capsys):
+    data = write_folder(tmp_path / "data", 4)
+    bad = data / "train" / "c1" / "001.png"
+    bad.write_bytes(b"not an image")
+    rc = main(["train", "--data", str(data), "--model", "resnet18", "--batch-size", "8", "--epochs", "1", *BASE,
+               "--output", str(tmp_path / "run")])
+    err = one_line(capsys)
+    assert rc == 1 and str(bad) in err
+    assert err.endswith("(--skip-bad-images replaces unreadable images and names them)"), err

@@ -249,7 +249,9 @@ def test_corrupt_image_named_or_skipped(digits_data, tmp_path, capsys):
     assert rc == 0
     (row,) = read_metrics(tmp_path / "skip")
     assert row["skipped_images"] == 1
-    assert "skipped 1 unreadable images" in (tmp_path / "skip" / "train.log").read_text()
+    assert row["skipped_files"] == [str(bad)]
+    log = (tmp_path / "skip" / "train.log").read_text()
+    assert "skipped 1 unreadable image\n" in log and f"skipped unreadable image {bad} " in log
 
 
 def test_wrong_model_name_lists_close_matches(capsys, tmp_path):

@@ -35,6 +35,52 @@ class BadImageError(VisionZooError, RuntimeError):
     """An image file could not be read or decoded; the message starts with its path."""
 
 
+class SkippedImages(int):
+    """A count of unreadable images that were skipped, carrying their names (file paths).
+
+    An int, so code that sums skip counts (the loader's collate function) keeps working unchanged, and a
+    sum of them keeps the names: `0 + a + b` is a SkippedImages with a's and b's names (int's addition
+    defers to a subclass's reflected method). Pickled whole, so it crosses from loader workers.
+    """
+
+    names: tuple[str, ...]
+
+    def __new__(cls, count: int, names: tuple[str, ...] | list[str] = ()) -> SkippedImages:
+        self = super().__new__(cls, count)
+        self.names = tuple(names)
+        return self
+
+    def __add__(self, other: object) -> SkippedImages:  # type: ignore[override]
+        if not isinstance(other, int):
+            return NotImplemented
+        return SkippedImages(int(self) + int(other), self.names + getattr(other, "names", ()))
+
+    def __radd__(self, other: object) -> SkippedImages:  # type: ignore[override]
+        if not isinstance(other, int):
+            return NotImplemented
+        return SkippedImages(int(other) + int(self), getattr(other, "names", ()) + self.names)
+
+    def __reduce__(self) -> tuple[type, tuple[int, tuple[str, ...]]]:
+        return SkippedImages, (int(self), self.names)
+
+
+def skipped_names(count: object) -> tuple[str, ...]:
+    """The names a skip count carries (none for a plain int)."""
+    return getattr(count, "names", ())
+
+
+def error_message(e: BaseException) -> str:
+    """An error's own message: one raised in a DataLoader worker comes back with the worker's traceback in
+    front ("Caught BadImageError in DataLoader worker process 0. Original Traceback ..."), and its last line,
+    less the exception's name, is the message."""
+    text = str(e).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1].strip()
+        name = f"{type(e).__name__}: "
+        return last[last.index(name) + len(name):] if name in last else last
+    return text
+
+
 class ModelFileError(VisionZooError, RuntimeError):
     """A model, weights or checkpoint file cannot be used as asked; the message names the file."""
 

@@ -21,7 +21,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from ..core.errors import BadImageError, DataError
+from ..core.errors import BadImageError, DataError, SkippedImages
 from .images import EncodedFile, decode_rgb, open_image, read_file
 
 log = logging.getLogger("visionzoo")
@@ -178,8 +178,8 @@ class ImageDataset(Dataset):
     a generator seeded by that pair, so results do not depend on worker count or on resuming.
     With skip_bad, an undecodable image yields None (dropped and counted by the collate function).
     With replace_bad as well (training), the next decodable sample stands in and the item is
-    (image, label, 1), the 1 counting one skipped sample: batches keep their size, so DDP ranks stay in step and
-    BatchNorm never sees a batch of one.
+    (image, label, 1), the 1 counting one skipped sample (a SkippedImages: an int carrying its path): batches keep
+    their size, so DDP ranks stay in step and BatchNorm never sees a batch of one.
     """
 
     def __init__(self, samples: Samples, transform: Callable, skip_bad: bool = False, replace_bad: bool = False):
@@ -210,7 +210,8 @@ class ImageDataset(Dataset):
                 if replaced >= len(self):
                     raise BadImageError(f"no decodable image in the data set (last tried {path})") from None
                 path, label = self.samples.items[(index + replaced) % len(self)]
-        return (out, label, 1) if replaced else (out, label)
+        # this index's own image is the one skipped (the others tried count when their own index comes up)
+        return (out, label, SkippedImages(1, [str(self.samples.items[index][0])])) if replaced else (out, label)
 
     def _decode_and_transform(self, index: int, seed: int | None):
         if getattr(self.transform, "takes_encoded_file", False):

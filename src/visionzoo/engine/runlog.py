@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, plural
 from ..core.files import atomic_path, json_safe, save_figure, write_json
 from .tracking import MlflowTracker, numeric
 from .tracking_wandb import WandbTracker
@@ -27,6 +27,7 @@ CSV_COLUMNS = (("epoch", "epoch"), ("train_loss", "train_loss"), ("train_top1", 
                ("val_loss", "val_loss"), ("val_top1", "val_top1"), ("val_top5", "val_top5"),
                ("val_ema_top1", "val_ema_top1"), ("lr", "lr"), ("epoch_time_s", "epoch_time"),
                ("images_per_sec", "images_per_sec"))
+SKIPPED_WARNINGS = 10  # unreadable images named by a warning line each, per run; the rest in one line
 PLOT_EVERY_S = 60.0  # curves.png is redrawn after an epoch at most this often (and always at the end)
 
 
@@ -42,6 +43,8 @@ class RunLog:
         self._plotted_at = time.monotonic()
         self._plots_missing = False
         self._epoch_rows: list[dict[str, Any]] | None = None  # epoch_rows(): read once, then appended to
+        self._skipped_seen: set[str] = set()  # unreadable images already named in a warning line
+        self._skipped_warned = 0
         if not enabled:
             return
         writer = _summary_writer_class() if tensorboard else None  # before anything is written
@@ -138,9 +141,25 @@ class RunLog:
             parts.append(f"EMA val top-1 {record['val_ema_top1']:.2f}")
         skipped = record.get("skipped_images", 0) + record.get("val_skipped_images", 0)
         if skipped:
-            parts.append(f"skipped {skipped} unreadable images")
+            parts.append(f"skipped {plural(skipped, 'unreadable image')}")
         log.info(" | ".join(parts))
+        self._name_skipped(record.get("skipped_files") or [], record.get("skipped_images", 0))
         self.reports(plot=time.monotonic() - self._plotted_at >= PLOT_EVERY_S)
+
+    def _name_skipped(self, names: list[str], count: int) -> None:
+        """A warning line per unreadable training image the first time it is skipped (it is skipped again each
+        epoch), at most SKIPPED_WARNINGS in a run, then how many more; the epoch record's skipped_files lists
+        them (up to step.SKIPPED_NAMES_KEPT)."""
+        new = [n for n in dict.fromkeys(names) if n not in self._skipped_seen]
+        self._skipped_seen.update(new)
+        room = max(0, SKIPPED_WARNINGS - self._skipped_warned)
+        for name in new[:room]:
+            log.warning("skipped unreadable image %s (another image stood in for it)", name)
+        self._skipped_warned += min(room, len(new))
+        if len(new) > room:
+            more = len(new) - room
+            log.warning("and %d more unreadable %s (metrics.jsonl's skipped_files lists them)", more,
+                        "image" if more == 1 else "images")
 
     @property
     def top5(self) -> bool:

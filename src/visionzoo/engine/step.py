@@ -18,14 +18,16 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..core.distributed import all_reduce_sum
-from ..core.errors import ConfigError
+from ..core.distributed import all_gather_objects, all_reduce_sum
+from ..core.errors import ConfigError, skipped_names
 from ..core.precision import autocast
 from ..data.loader import DeviceNormalizer, device_batches
 from .ema import WeightEMA
 from .mixing import BatchMix
 from .objective import Criterion
 from .scope import TrainScope
+
+SKIPPED_NAMES_KEPT = 50  # unreadable files an epoch's record names (the count is always whole)
 
 
 @dataclass
@@ -203,9 +205,11 @@ def _diverged(loss: float, device: torch.device) -> bool:
 def _epoch_stats(sums: torch.Tensor, seen: int, skipped: int, steps: int, images_per_sec: float,
                  epoch_time: float, lr: float) -> dict[str, Any]:
     """The epoch's record, with loss, accuracy and counts summed over all ranks."""
-    totals = torch.cat([sums, sums.new_tensor([seen, skipped])])
+    totals = torch.cat([sums, sums.new_tensor([seen, int(skipped)])])
     all_reduce_sum(totals)
     loss_sum, correct, count, skipped_all = totals.tolist()
+    # the skipped files by name (every rank's, capped): one per skip, each rank skipping its own indices
+    names = [n for rank in all_gather_objects(skipped_names(skipped)[:SKIPPED_NAMES_KEPT]) for n in rank]
     return {
         "train_loss": loss_sum / count if count else float("nan"),
         "train_top1": 100.0 * correct / count if count else 0.0,
@@ -213,5 +217,6 @@ def _epoch_stats(sums: torch.Tensor, seen: int, skipped: int, steps: int, images
         "images_per_sec": images_per_sec,
         "epoch_time": epoch_time,
         "skipped_images": int(skipped_all),
+        **({"skipped_files": names[:SKIPPED_NAMES_KEPT]} if names else {}),
         "lr": lr,
     }

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from ..config import TrainConfig, save_yaml, spelled, to_dict, validate
 from ..core import __version__
 from ..core.distributed import DistInfo, barrier, broadcast_object, init_distributed
-from ..core.errors import ConfigError, Interrupted, ModelFileError, plural
+from ..core.errors import BadImageError, ConfigError, Interrupted, ModelFileError, error_message, plural
 from ..core.files import FolderLock, atomic_copy, remove_stale_temps
 from ..core.precision import cpu_has_amx, resolve_channels_last, resolve_precision
 from ..data.loader import DataBundle, DeviceNormalizer, build_data, dataset_size, make_loader, set_loader_epoch
@@ -86,6 +86,16 @@ class Run:
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train (and evaluate) as cfg says; returns a summary with the run folder and best top-1."""
+    try:
+        return _train(cfg)
+    except BadImageError as e:
+        if cfg.data.skip_bad_images:  # the flag is on and still no image could stand in: nothing to add
+            raise
+        raise BadImageError(f"{error_message(e)} ({spelled('skip_bad_images')} replaces unreadable images and "
+                            "names them)") from None
+
+
+def _train(cfg: TrainConfig) -> dict[str, Any]:
     validate(cfg)
     dist = init_distributed(cfg.device)
     _setup_determinism(cfg, dist)
