@@ -50,12 +50,12 @@ class SkippedImages(int):
         self.names = tuple(names)
         return self
 
-    def __add__(self, other: object) -> SkippedImages:  # type: ignore[override]
+    def __add__(self, other: object) -> SkippedImages:
         if not isinstance(other, int):
             return NotImplemented
         return SkippedImages(int(self) + int(other), self.names + getattr(other, "names", ()))
 
-    def __radd__(self, other: object) -> SkippedImages:  # type: ignore[override]
+    def __radd__(self, other: object) -> SkippedImages:
         if not isinstance(other, int):
             return NotImplemented
         return SkippedImages(int(other) + int(self), getattr(other, "names", ()) + self.names)
