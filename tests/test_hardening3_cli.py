@@ -205,3 +205,49 @@ def test_demo_without_matplotlib_says_so_once_at_the_end(digits_data, tmp_path, 
     out = capsys.readouterr().out.rstrip().splitlines()
     assert out[-1] == "  curves.png (loss, top-1, lr per epoch) was not drawn: pip install 'visionzoo[plots]' draws it"
     assert sum("visionzoo[plots]" in line for line in out) == 1
+
+
+# ------------------------------------------------------------------------------------------------
+# 8. a 1000-class evaluation: no million-number confusion matrix unless asked; metrics from bincounts
+
+
+def test_a_thousand_class_eval_json_has_no_confusion_matrix_unless_asked(tiny_imagefolder, tmp_path, capsys):
+    import torch
+
+    from visionzoo.models import create_model
+
+    weights = tmp_path / "r18_1000.pth"
+    torch.manual_seed(0)
+    torch.save(create_model("resnet18", num_classes=1000).state_dict(), weights)
+    names = tmp_path / "classes.txt"
+    names.write_text("\n".join(["circle", "square", "triangle", *(f"c{i}" for i in range(3, 1000))]) + "\n")
+    base = ["eval", "--model", "resnet18", "--weights", str(weights), "--classes", str(names), "--data",
+            str(tiny_imagefolder), "--img-size", "32", "--device", "cpu", "--no-progress"]
+    assert main([*base, "--json", str(tmp_path / "eval.json")]) == 0
+    r = json.loads((tmp_path / "eval.json").read_text())
+    assert "confusion_matrix" not in r and len(r["per_class"]) == 1000
+    assert sum(row["total"] for row in r["per_class"]) == r["num_images"] == 12
+    # asked for: the matrix, and the per-class numbers the bincounts gave agree with it
+    assert main([*base, "--json", str(tmp_path / "asked.json"), "--confusion", str(tmp_path / "cm")]) == 0
+    asked = json.loads((tmp_path / "asked.json").read_text())
+    cm = torch.tensor(asked["confusion_matrix"])
+    assert cm.shape == (1000, 1000) and cm.sum() == 12
+    from visionzoo.inference.reports import per_class_metrics
+
+    for row, want in zip(r["per_class"], per_class_metrics(cm, [row["class"] for row in r["per_class"]])):
+        assert (row["precision"], row["recall"], row["f1"]) == \
+            (pytest.approx(want["precision"]), pytest.approx(want["recall"]), pytest.approx(want["f1"]))
+    assert (tmp_path / "cm.csv").is_file() and "wrote" in capsys.readouterr().out
+
+
+def test_per_class_metrics_from_counts_need_no_matrix():
+    import torch
+
+    from visionzoo.inference.reports import class_counts, confusion_matrix, metrics_from_counts, per_class_metrics
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(-1, 1000, (5000,), generator=g)  # -1: open-set images, in no class
+    preds = torch.randint(0, 1000, (5000,), generator=g)
+    names = [str(i) for i in range(1000)]
+    fast = metrics_from_counts(*class_counts(labels, preds, 1000), names)
+    assert fast == per_class_metrics(confusion_matrix(labels, preds, 1000), names)

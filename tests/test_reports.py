@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from visionzoo.cli import main
 from visionzoo.cli.eval import summary_line
@@ -21,7 +22,7 @@ PREDS = [0, 1, 0, 1, 2, 2, 2, 0, 2, 1]
 
 def test_confusion_matrix_and_metrics_match_hand_computed_values():
     cm = confusion_matrix(TARGETS, PREDS, 4)
-    assert cm.dtype == np.int64
+    assert cm.dtype == torch.int64
     assert cm.tolist() == [[2, 1, 0, 0],
                            [0, 1, 1, 0],
                            [1, 0, 3, 0],

@@ -29,7 +29,7 @@ def add_parser(sub) -> None:
                            "finetune-res)")
     p.add_argument("--json", metavar="FILE",
                    help="write top1, top5, loss, num_images, per-class accuracy/precision/recall/F1 and the "
-                   "confusion matrix")
+                   "confusion matrix (up to 100 classes, or with --confusion)")
     p.add_argument("--confusion", metavar="PREFIX",
                    help="write the confusion matrix to PREFIX.csv and a heatmap to PREFIX.png")
     p.add_argument("--sizes", metavar="S,S,...", type=_sizes,
@@ -70,8 +70,6 @@ TABLE_MAX_CLASSES = 20
 
 def run(args: argparse.Namespace) -> int:
     # heavy imports (torch, numpy) only once a command runs, so `visionzoo eval --help` stays quick
-    import numpy as np
-
     from ..core.distributed import is_main_process
     from ..core.extras import require
     from ..inference.evaluate import evaluate
@@ -92,16 +90,18 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         raise ConfigError("--plot draws a --sizes sweep or a --longtail evaluation")
     # no data flags: evaluate on the validation split the model was trained with
+    # the matrix is in --json unasked for a few classes only (inference.evaluate); --confusion asks for it
     result = evaluate(sources[0], data_config(args), args.batch_size, args.device, args.precision,
-                      args.channels_last, args.progress, args.backend, args.raw_weights)
+                      args.channels_last, args.progress, args.backend, args.raw_weights,
+                      confusion=True if args.confusion else None)
     if not is_main_process():  # under torchrun, rank 0 reports for all
         return 0
     print(summary_line(result))
     if len(result["per_class"]) <= TABLE_MAX_CLASSES:
         print(per_class_table(_table_rows(result)))
     if args.confusion:
-        for path in write_confusion(np.asarray(result["confusion_matrix"]),
-                                    [row["class"] for row in result["per_class"]], args.confusion):
+        for path in write_confusion(result["confusion_matrix"], [row["class"] for row in result["per_class"]],
+                                    args.confusion):
             print(f"wrote {path}")
     if args.json:
         write_json(args.json, result)

@@ -18,8 +18,12 @@ from ..engine.evaluate import evaluate_model
 from .eval_data import eval_loader, loader_for, resolve_data
 from .model_info import ModelInfo
 from .model_spec import source_label
-from .reports import confusion_matrix, per_class_metrics
+from .reports import class_counts, confusion_matrix, metrics_from_counts
 from .runtime import ModelSource, Runner, load_runner
+
+# the confusion matrix is in the result (and so in `eval --json`) unasked up to this many classes; beyond, only
+# when asked: ImageNet's would be a million numbers in the JSON
+CONFUSION_UNASKED_MAX = 100
 
 
 def evaluate(
@@ -32,6 +36,7 @@ def evaluate(
     progress: bool = True,
     backend: str = "eager",
     raw_weights: bool = False,
+    confusion: bool | None = None,
 ) -> dict[str, Any]:
     """Evaluate a model file on a validation split; preprocessing defaults to the file's own.
 
@@ -41,7 +46,8 @@ def evaluate(
     val/, `builtin:digits`, a pack) read with the model's own preprocessing.
     Validation class folders are mapped through the model's class names, so a missing or extra
     folder cannot shift labels. Returns top1/top5 (percent), loss, num_images, per_class (each with
-    precision/recall/F1 in percent) and confusion_matrix ([true][predicted] counts).
+    precision/recall/F1 in percent) and confusion_matrix ([true][predicted] counts): with confusion=True, or
+    None (the default) and at most CONFUSION_UNASKED_MAX classes; never with False.
     """
     if isinstance(data, str):
         data = DataConfig(data=data)
@@ -49,7 +55,7 @@ def evaluate(
     runner = load_runner(model_path, dist.device, precision, backend, channels_last, raw_weights)
     result, info = evaluate_runner(runner, resolve_data(runner.info, data, model_path), dist, batch_size=batch_size,
                                    progress=progress, channels_last=channels_last, collect=True)
-    add_class_report(result)
+    add_class_report(result, confusion)
     label = source_label(model_path)
     result.update(checkpoint=label, model=info.model_name, weights=info.extra.get("weights_used", "raw"),
                   format=runner.fmt, precision=runner.precision,
@@ -58,15 +64,17 @@ def evaluate(
     return result
 
 
-def add_class_report(result: dict[str, Any]) -> None:
-    """Turn evaluate_model's collected outputs into the confusion matrix and per-class precision/recall/F1
-    (merged into result["per_class"]); the per-image arrays are dropped, as JSON has no use for them."""
+def add_class_report(result: dict[str, Any], confusion: bool | None = None) -> None:
+    """Turn evaluate_model's collected outputs into per-class precision/recall/F1 (merged into
+    result["per_class"]) and, where asked (see evaluate), the confusion matrix; the per-image arrays are
+    dropped, as JSON has no use for them."""
     outputs = result.pop("outputs")
     names = [row["class"] for row in result["per_class"]]
-    cm = confusion_matrix(outputs["label"], outputs["pred"], len(names))
-    for row, metrics in zip(result["per_class"], per_class_metrics(cm, names)):
+    labels, preds = torch.from_numpy(outputs["label"]), torch.from_numpy(outputs["pred"])
+    for row, metrics in zip(result["per_class"], metrics_from_counts(*class_counts(labels, preds, len(names)), names)):
         row.update(precision=metrics["precision"], recall=metrics["recall"], f1=metrics["f1"])
-    result["confusion_matrix"] = cm.tolist()
+    if confusion or (confusion is None and len(names) <= CONFUSION_UNASKED_MAX):
+        result["confusion_matrix"] = confusion_matrix(labels, preds, len(names)).tolist()
 
 
 def evaluate_runner(runner: Runner, data: DataConfig, dist: DistInfo, split: str = "val", batch_size: int = 256,

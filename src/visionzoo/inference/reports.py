@@ -1,9 +1,12 @@
-"""Per-class evaluation reports: the confusion matrix, precision/recall/F1 per class, a plain-text table,
+"""Per-class evaluation reports: per-class precision/recall/F1, the confusion matrix, a plain-text table,
 and the matrix as CSV and as a heatmap PNG.
 
 Rows of a confusion matrix are the true class, columns the predicted one. Precision, recall and F1 are in
 percent, like every accuracy visionzoo reports; a ratio with nothing to divide by (a class never
 predicted, or absent from the data) counts as 0.
+
+Counting is torch.bincount over the images' (label, prediction) pairs: per-class metrics need three
+vectors of C counts, so the C x C matrix (a million cells for ImageNet) is made only when it is asked for.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import torch
 
 from ..core.extras import require
 from ..core.files import atomic_path, save_figure
@@ -22,33 +25,55 @@ from ..core.files import atomic_path, save_figure
 ANNOTATE_MAX = 30
 
 
-def confusion_matrix(targets: Any, preds: Any, num_classes: int) -> np.ndarray:
-    """[true, pred] counts (int64) over the images whose target is a class (open-set -1 labels are left out)."""
-    t = np.asarray(targets, dtype=np.int64).ravel()
-    p = np.asarray(preds, dtype=np.int64).ravel()
+def _pairs(targets: Any, preds: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels and predictions as int64 vectors, the images whose target is a class only (open-set -1 left out)."""
+    t = torch.as_tensor(targets).to(torch.int64).flatten()
+    p = torch.as_tensor(preds).to(torch.int64).flatten()
     if t.shape != p.shape:
-        raise ValueError(f"{t.size} targets but {p.size} predictions")
+        raise ValueError(f"{t.numel()} targets but {p.numel()} predictions")
     known = t >= 0
-    t, p = t[known], p[known]
+    return t[known], p[known]
+
+
+def confusion_matrix(targets: Any, preds: Any, num_classes: int) -> torch.Tensor:
+    """[true, pred] counts (int64) over the images whose target is a class (open-set -1 labels are left out)."""
+    t, p = _pairs(targets, preds)
     # bincount over the flattened [true, pred] index: one pass, no Python loop
-    flat = np.bincount(t * num_classes + p, minlength=num_classes * num_classes)
-    return flat[: num_classes * num_classes].reshape(num_classes, num_classes).astype(np.int64)
+    flat = torch.bincount(t * num_classes + p, minlength=num_classes * num_classes)
+    return flat[: num_classes * num_classes].reshape(num_classes, num_classes)
 
 
-def per_class_metrics(cm: np.ndarray, classes: Sequence[str]) -> list[dict[str, Any]]:
-    """One row per class: class, support (true images), accuracy (None without images), precision, recall and F1
-    in percent (0 where undefined)."""
-    cm = np.asarray(cm, dtype=np.float64)
-    tp = np.diag(cm)
-    support, predicted = cm.sum(axis=1), cm.sum(axis=0)
-    with np.errstate(divide="ignore", invalid="ignore"):  # 0/0 becomes 0 below, as documented
-        precision = np.where(predicted > 0, tp / predicted, 0.0)
-        recall = np.where(support > 0, tp / support, 0.0)
-        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
-    return [{"class": str(classes[i]), "support": int(support[i]),
-             "accuracy": 100.0 * float(recall[i]) if support[i] > 0 else None,
-             "precision": 100.0 * float(precision[i]), "recall": 100.0 * float(recall[i]), "f1": 100.0 * float(f1[i])}
-            for i in range(len(cm))]
+def class_counts(targets: Any, preds: Any, num_classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per class: correct (the matrix's diagonal), true images (its row sums) and predictions (its column
+    sums), counted without the matrix."""
+    t, p = _pairs(targets, preds)
+
+    def count(x: torch.Tensor) -> torch.Tensor:
+        return torch.bincount(x, minlength=num_classes)[:num_classes]
+
+    return count(t[t == p]), count(t), count(p)
+
+
+def per_class_metrics(cm: Any, classes: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per class of a confusion matrix: class, support (true images), accuracy (None without images),
+    precision, recall and F1 in percent (0 where undefined)."""
+    cm = torch.as_tensor(cm)
+    return metrics_from_counts(cm.diagonal(), cm.sum(dim=1), cm.sum(dim=0), classes)
+
+
+def metrics_from_counts(correct: torch.Tensor, support: torch.Tensor, predicted: torch.Tensor,
+                        classes: Sequence[str]) -> list[dict[str, Any]]:
+    """per_class_metrics' rows from class_counts' vectors."""
+    tp, support, predicted = (x.to(torch.float64) for x in (correct, support, predicted))
+    # 0/0 is 0, as documented: where() picks the defined ratio, clamp_min keeps the other branch finite
+    precision = torch.where(predicted > 0, tp / predicted.clamp_min(1), 0.0)
+    recall = torch.where(support > 0, tp / support.clamp_min(1), 0.0)
+    both = precision + recall
+    f1 = torch.where(both > 0, 2 * precision * recall / both.clamp_min(1e-300), 0.0)
+    rows = zip(support.tolist(), precision.tolist(), recall.tolist(), f1.tolist())
+    return [{"class": str(name), "support": int(n), "accuracy": 100.0 * r if n > 0 else None,
+             "precision": 100.0 * p, "recall": 100.0 * r, "f1": 100.0 * f}
+            for name, (n, p, r, f) in zip(classes, rows)]
 
 
 # the per-class table's columns, as the README's eval section lists them; a class's accuracy is its recall (the
@@ -72,10 +97,10 @@ def per_class_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join([line(TABLE_COLUMNS)] + [line(r) for r in body])
 
 
-def write_confusion(cm: np.ndarray, classes: Sequence[str], prefix: str | Path) -> list[Path]:
+def write_confusion(cm: Any, classes: Sequence[str], prefix: str | Path) -> list[Path]:
     """PREFIX.csv (first row the predicted class names, first column the true ones) and PREFIX.png (a heatmap);
-    both written atomically. Returns the two paths."""
-    cm = np.asarray(cm, dtype=np.int64)
+    both written atomically. cm: a tensor, an array or nested lists. Returns the two paths."""
+    cm = torch.as_tensor(cm).to(torch.int64).numpy()
     names = [str(c) for c in classes]
     csv_path, png_path = Path(f"{prefix}.csv"), Path(f"{prefix}.png")
     with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as f:
@@ -87,7 +112,7 @@ def write_confusion(cm: np.ndarray, classes: Sequence[str], prefix: str | Path) 
     return [csv_path, png_path]
 
 
-def _plot_confusion(cm: np.ndarray, names: list[str], path: Path) -> None:
+def _plot_confusion(cm: Any, names: list[str], path: Path) -> None:
     matplotlib = require("matplotlib", "plots", "the confusion matrix plot")
     matplotlib.use("Agg")  # files only: no display needed
     import matplotlib.pyplot as plt
