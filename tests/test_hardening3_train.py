@@ -208,3 +208,39 @@ def test_a_bad_image_error_names_the_flag(tmp_path, capsys):
     err = one_line(capsys)
     assert rc == 1 and str(bad) in err
     assert err.endswith("(--skip-bad-images replaces unreadable images and names them)"), err
+
+
+# ------------------------------------------------------------------------------------------------
+# 6. visionzoo.train from a script shows its progress lines, once, whoever configured logging
+
+
+@pytest.mark.parametrize("setup", ["none", "basicConfig", "cli"])
+def test_library_train_shows_its_lines_once(tmp_path, setup):
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    data = write_folder(tmp_path / "data", 4)
+    out = tmp_path / "run"
+    if setup == "cli":
+        cmd = [sys.executable, "-m", "visionzoo", "train", "--data", str(data), "--model", "resnet18",
+               "--batch-size", "8", "--epochs", "1", *BASE, "--output", str(out)]
+    else:
+        script = textwrap.dedent(f"""
+            import logging
+            import visionzoo
+            if {setup == "basicConfig"}:
+                logging.basicConfig(level=logging.INFO, format="caller: %(message)s")
+            visionzoo.train(model="resnet18", data={str(data)!r}, epochs=1, img_size=32, batch_size=8, workers=0,
+                            device="cpu", progress=False, output={str(out)!r})
+        """)
+        cmd = [sys.executable, "-c", script]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stderr.splitlines()
+    assert sum("model resnet18 (2 classes)" in line for line in lines) == 1, proc.stderr
+    assert sum("epoch 1 | loss" in line for line in lines) == 1, proc.stderr
+    if setup == "basicConfig":  # the caller's format, not a second handler of ours
+        assert all(line.startswith("caller: ") for line in lines if "epoch 1 | loss" in line)

@@ -14,7 +14,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Sized
+from collections.abc import Iterator, Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -87,12 +87,35 @@ class Run:
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train (and evaluate) as cfg says; returns a summary with the run folder and best top-1."""
     try:
-        return _train(cfg)
+        with _console_log():
+            return _train(cfg)
     except BadImageError as e:
         if cfg.data.skip_bad_images:  # the flag is on and still no image could stand in: nothing to add
             raise
         raise BadImageError(f"{error_message(e)} ({spelled('skip_bad_images')} replaces unreadable images and "
                             "names them)") from None
+
+
+@contextlib.contextmanager
+def _console_log() -> Iterator[None]:
+    """The run's progress lines on stderr when nobody set up logging (a script calling visionzoo.train): the
+    CLI's basicConfig, a caller's handlers on the root or on "visionzoo" take them instead, so no line comes
+    twice. Detached at the end: the caller's logging is left as it was."""
+    logger = logging.getLogger("visionzoo")
+    if logger.handlers or logging.getLogger().handlers:
+        yield
+        return
+    handler = logging.StreamHandler()  # sys.stderr, looked up when it writes
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    # under torchrun only rank 0 tells the progress, as on the command line
+    handler.setLevel(logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
 
 
 def _train(cfg: TrainConfig) -> dict[str, Any]:
