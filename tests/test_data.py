@@ -312,7 +312,7 @@ def test_valprep_cli_errors(flat_val, tmp_path, capsys):
     os.remove(flat / next(iter(expected)))
     rc = main(["valprep", "--val-dir", str(flat), "--labels", str(labels), "--output", str(tmp_path / "o")])
     assert rc == 1  # the data is at fault: a failure, not a usage error
-    assert "1 listed files missing" in capsys.readouterr().err
+    assert "1 listed file missing" in capsys.readouterr().err
     names = tmp_path / "names.txt"
     names.write_text("a\nb\n")  # labels go up to 2
     rc = main(["valprep", "--val-dir", str(flat), "--labels", str(labels), "--output", str(tmp_path / "o"),

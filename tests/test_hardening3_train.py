@@ -244,3 +244,23 @@ def test_library_train_shows_its_lines_once(tmp_path, setup):
     assert sum("epoch 1 | loss" in line for line in lines) == 1, proc.stderr
     if setup == "basicConfig":  # the caller's format, not a second handler of ours
         assert all(line.startswith("caller: ") for line in lines if "epoch 1 | loss" in line)
+
+
+# ------------------------------------------------------------------------------------------------
+# 7. counts with the noun in the right number
+
+
+def test_counts_of_one_read_right(tmp_path):
+    from visionzoo.core.errors import DataError
+    from visionzoo.data.datasets import image_folder
+
+    data = write_folder(tmp_path / "data", 8, val_per_class=1)
+    (data / "val" / "c1" / "000.png").unlink()
+    (data / "val" / "c1").rmdir()  # one validation image in all
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--model", "resnet18", "--batch-size", "8", "--epochs", "1",
+                 "--iters", "1", *BASE, "--output", str(out)]) == 0
+    log = (out / "train.log").read_text()
+    assert "| 1 step/epoch x 1 epoch |" in log and "over 1 process," in log and "(1 image)" in log
+    with pytest.raises(DataError, match="are not among the 1 training class;"):
+        image_folder(data / "train", ["c0"])

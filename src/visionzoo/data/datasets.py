@@ -21,7 +21,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from ..core.errors import BadImageError, DataError, SkippedImages
+from ..core.errors import BadImageError, DataError, SkippedImages, plural
 from .images import EncodedFile, decode_rgb, open_image, read_file
 
 log = logging.getLogger("visionzoo")
@@ -78,7 +78,8 @@ def image_folder(root: str | Path, classes: Sequence[str] | None = None) -> Samp
     extra = [c for c in found if c not in index]
     if extra:
         raise DataError(
-            f"{root}: class folders {extra[:5]} are not among the {len(classes)} training classes; "
+            f"{root}: class folders {extra[:5]} are not among the "
+            f"{plural(len(classes), 'training class', 'training classes')}; "
             "labels would shift. Check the split or pass matching data."
         )
     items: list[tuple[str, int]] = []
@@ -104,7 +105,8 @@ def remap_labels(labels: list[int], own: Sequence[str], classes: Sequence[str] |
     index = {c: i for i, c in enumerate(classes)}
     unknown = sorted({own[label] for label in set(labels) if label >= 0} - set(index))
     if unknown:
-        raise DataError(f"{source}: classes {unknown[:5]} are not among the {len(classes)} given classes")
+        raise DataError(f"{source}: classes {unknown[:5]} are not among the "
+                        f"{plural(len(classes), 'given class', 'given classes')}")
     return [index[own[label]] if label >= 0 else label for label in labels]
 
 

@@ -44,7 +44,7 @@ from typing import IO, Any, cast
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ..core.errors import BadImageError, ConfigError, DataError
+from ..core.errors import BadImageError, ConfigError, DataError, plural
 from ..core.extras import require
 from .datasets import remap_labels, seeded_transform
 from .images import EncodedFile
@@ -455,5 +455,5 @@ class ShardStream(IterableDataset):
                     raise DataError(f"{url}: sample {key!r} has label {label}, outside 0..{len(src.classes) - 1}")
                 yield f"{url}:{key}", image, label, src.firsts[seg.shard] + seg.skip + n - 1
             if n != seg.take:
-                raise DataError(f"{url}: {seg.skip + n} samples where {src.info} says "
+                raise DataError(f"{url}: {plural(seg.skip + n, 'sample')} where {src.info} says "
                                 f"{src.counts[seg.shard]}; the shard and its pack.json differ")

@@ -6,7 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ..core.errors import DataError
+from ..core.errors import DataError, plural
 from .datasets import folder_classes, read_list_file
 
 
@@ -25,7 +25,8 @@ def class_names_for(num_labels: int, class_names: str | None = None, train_dir: 
         width = max(4, len(str(num_labels - 1)))
         return [f"{i:0{width}d}" for i in range(num_labels)]
     if len(names) < num_labels:
-        raise DataError(f"{class_names or train_dir}: {len(names)} class names, but labels go up to {num_labels - 1}")
+        raise DataError(f"{class_names or train_dir}: {plural(len(names), 'class name')}, but labels go up to "
+                        f"{num_labels - 1}")
     return names
 
 
@@ -46,7 +47,7 @@ def rearrange_val(
     src_root, out_root = Path(val_dir), Path(output)
     missing = [rel for rel, _ in items if not (src_root / rel).is_file()]
     if missing:
-        raise DataError(f"{labels}: {len(missing)} listed files missing under {src_root}, e.g. {missing[0]}")
+        raise DataError(f"{labels}: {plural(len(missing), 'listed file')} missing under {src_root}, e.g. {missing[0]}")
     counts: dict[str, int] = {}
     # every class gets its folder, empty or not, so an ImageFolder over the output indexes labels
     # the same way even when some label never occurs in this split

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..config import LongTailConfig, TrainConfig
 from ..core.distributed import DistInfo, all_reduce_sum
-from ..core.errors import ConfigError, DataError
+from ..core.errors import ConfigError, DataError, plural
 from ..data.datasets import ImageDataset
 from ..data.loader import DataBundle, DeviceNormalizer, make_loader
 from ..data.samplers import ClassSampler
@@ -135,7 +135,7 @@ def init_centroids(model: OLTRResNet, dataset: ImageDataset, img_size: int, crop
     all_reduce_sum(sums)
     all_reduce_sum(counts)
     model.centroids.copy_((sums / counts.clamp_min(1)[:, None]).float())
-    log.info("OLTR centroids initialised from %d training images", int(counts.sum().item()))
+    log.info("OLTR centroids initialised from %s", plural(int(counts.sum().item()), "training image"))
 
 
 @dataclass

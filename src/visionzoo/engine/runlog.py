@@ -136,7 +136,7 @@ class RunLog:
             parts.append(f"val top-1 {record['val_top1']:.2f}")
             if self.top5:
                 parts.append(f"top-5 {record['val_top5']:.2f}")
-            parts.append(f"val loss {record['val_loss']:.4f} ({record['val_num_images']} images)")
+            parts.append(f"val loss {record['val_loss']:.4f} ({plural(record['val_num_images'], 'image')})")
         if "val_ema_top1" in record:
             parts.append(f"EMA val top-1 {record['val_ema_top1']:.2f}")
         skipped = record.get("skipped_images", 0) + record.get("val_skipped_images", 0)

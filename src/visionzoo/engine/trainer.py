@@ -307,7 +307,8 @@ def _build_model(cfg: TrainConfig, data: DataBundle, dist: DistInfo) -> tuple[nn
     """The model with its initial weights, on the device, and the parts of it that train."""
     num_classes = cfg.model.num_classes or data.num_classes
     if num_classes < data.num_classes:
-        raise ConfigError(f"{spelled('num_classes', num_classes)} but the data has {data.num_classes} classes")
+        raise ConfigError(f"{spelled('num_classes', num_classes)} but the data has "
+                          f"{plural(data.num_classes, 'class', 'classes')}")
     model = create_model(cfg.model.model, num_classes=num_classes, pretrained=cfg.model.pretrained,
                          drop_path=cfg.model.drop_path, dropout=cfg.model.dropout)
     if cfg.model.weights:
