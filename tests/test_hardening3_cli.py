@@ -251,3 +251,28 @@ def test_per_class_metrics_from_counts_need_no_matrix():
     names = [str(i) for i in range(1000)]
     fast = metrics_from_counts(*class_counts(labels, preds, 1000), names)
     assert fast == per_class_metrics(confusion_matrix(labels, preds, 1000), names)
+
+
+# ------------------------------------------------------------------------------------------------
+# 9. one layering (defaults < recipe < mode < config < settings) for the command line and visionzoo.train
+
+
+def test_cli_and_library_layer_configs_through_one_function(tmp_path, capsys):
+    import yaml
+
+    from visionzoo.api import build_config
+    from visionzoo.config import ConfigError, layer_config, to_dict
+
+    config = tmp_path / "run.yaml"
+    config.write_text("optim: {lr: 0.3}\nepochs: 7\ndata: {img_size: 48}\n")
+    want = to_dict(layer_config("demo", "full", str(config), {"epochs": 2, "data": {"img_size": 24}}, "command line"))
+    assert (want["recipe"], want["epochs"], want["optim"]["lr"], want["data"]["img_size"]) == ("demo", 2, 0.3, 24)
+    assert main(["train", "--recipe", "demo", "--mode", "full", "--config", str(config), "--epochs", "2",
+                 "--img-size", "24", "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == want
+    assert to_dict(build_config(str(config), recipe="demo", mode="full", epochs=2, img_size=24)) == want
+    # the same refusal, worded for each caller
+    with pytest.raises(ConfigError, match=r"^visionzoo.train: mode='full' needs recipe=NAME$"):
+        build_config(mode="full")
+    assert main(["train", "--mode", "full", "--print-config"]) == 2
+    assert capsys.readouterr().err == "visionzoo train: error: --mode needs --recipe\n"

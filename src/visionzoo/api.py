@@ -11,18 +11,11 @@ resolves its flags: defaults < recipe < mode < config < settings. Errors name th
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import os
-from collections.abc import Mapping
 from typing import Any
 
-from .config import SECTIONS, TrainConfig, apply_overrides, load_yaml
-from .core.errors import ConfigError
+from .config import ConfigLike, TrainConfig, layer_config
 
 SOURCE = "visionzoo.train"  # how messages about the settings passed here start
-
-ConfigLike = TrainConfig | Mapping[str, Any] | str | os.PathLike[str] | None
 
 
 def build_config(config: ConfigLike = None, /, **settings: Any) -> TrainConfig:
@@ -34,34 +27,7 @@ def build_config(config: ConfigLike = None, /, **settings: Any) -> TrainConfig:
     An unknown name is a ConfigError with the close matches.
     """
     recipe, mode = settings.pop("recipe", None), settings.pop("mode", None)
-    if recipe is not None and isinstance(config, TrainConfig):
-        raise ConfigError(f"{SOURCE}: recipe={recipe!r} and a TrainConfig both say what to run; pass one")
-    if recipe is not None:
-        from .config.recipes import get_recipe
-
-        cfg = get_recipe(recipe).resolve(mode)
-    elif mode is not None:
-        raise ConfigError(f"{SOURCE}: mode={mode!r} needs recipe=NAME")
-    else:
-        cfg = TrainConfig()
-
-    if isinstance(config, TrainConfig):
-        cfg = apply_overrides(config, {}, SOURCE)  # a copy: the run writes its output folder into its config
-    elif isinstance(config, Mapping):
-        cfg = apply_overrides(cfg, dict(config), SOURCE)
-    elif isinstance(config, str | os.PathLike):
-        cfg = apply_overrides(cfg, load_yaml(os.fspath(config)), os.fspath(config))
-    elif config is not None:
-        raise ConfigError(f"config: expected a TrainConfig, a mapping or a YAML file's path, got "
-                          f"{type(config).__name__} {config!r}")
-
-    # a section given whole replaces the section (its type checked by TrainConfig, naming the field); every
-    # other setting goes through the same coercion and did-you-mean as a YAML key
-    whole: dict[str, Any] = {k: copy.copy(v) for k, v in settings.items()
-                             if k in SECTIONS and dataclasses.is_dataclass(v)}
-    if whole:
-        cfg = dataclasses.replace(cfg, **whole)
-    return apply_overrides(cfg, {k: v for k, v in settings.items() if k not in whole}, SOURCE)
+    return layer_config(recipe, mode, config, settings, SOURCE)  # the layering the command line uses too
 
 
 def train(config: ConfigLike = None, /, **settings: Any) -> dict[str, Any]:

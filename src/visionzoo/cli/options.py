@@ -17,7 +17,7 @@ from ..config import (
     field_index,
     field_type,
     getattr_path,
-    load_yaml,
+    layer_config,
     to_dict,
 )
 from ..core.errors import ConfigError
@@ -176,17 +176,9 @@ def nest(flat: dict[str, Any]) -> dict[str, Any]:
 
 
 def resolve_config(args: argparse.Namespace) -> TrainConfig:
-    """defaults < recipe < recipe mode < --config YAML < flags."""
-    from ..config.recipes import get_recipe
-
-    cfg = TrainConfig()
-    if getattr(args, "recipe", None):
-        cfg = get_recipe(args.recipe).resolve(args.mode)
-    elif getattr(args, "mode", None):
-        raise ConfigError("--mode needs --recipe")
-    if getattr(args, "config", None):
-        cfg = apply_overrides(cfg, load_yaml(args.config), args.config)
-    return apply_overrides(cfg, nest(cli_overrides(args)), "command line")
+    """defaults < recipe < recipe mode < --config YAML < flags (config.layer_config, as visionzoo.train layers)."""
+    return layer_config(getattr(args, "recipe", None) or None, getattr(args, "mode", None) or None,
+                        getattr(args, "config", None) or None, nest(cli_overrides(args)), "command line")
 
 
 # the data flags that commands reading a validation split (eval, export, quantize, preprocess) offer

@@ -1,7 +1,7 @@
 """The run configuration: typed sections (schema) and the shipped recipes (recipes, YAML in recipes/)."""
 
 from ..core.errors import ConfigError
-from .recipes import Recipe, get_recipe, list_recipes
+from .recipes import ConfigLike, Recipe, get_recipe, layer_config, list_recipes
 from .schema import (
     CHOICES,
     KEY_ALIASES,
@@ -34,8 +34,9 @@ from .schema import (
 )
 
 __all__ = [
-    "CHOICES", "KEY_ALIASES", "SECTIONS", "AugConfig", "ConfigError", "DataConfig", "LongTailConfig", "ModelConfig",
-    "OptimConfig", "Recipe", "SchedConfig", "TrainConfig", "apply_overrides", "check_data", "check_decode", "coerce",
-    "default_workers", "field_help", "field_index", "field_type", "flag_names", "flatten", "from_dict", "get_recipe",
-    "getattr_path", "list_recipes", "load_yaml", "save_yaml", "spelled", "suggest", "to_dict", "validate",
+    "CHOICES", "KEY_ALIASES", "SECTIONS", "AugConfig", "ConfigError", "ConfigLike", "DataConfig", "LongTailConfig",
+    "ModelConfig", "OptimConfig", "Recipe", "SchedConfig", "TrainConfig", "apply_overrides", "check_data",
+    "check_decode", "coerce", "default_workers", "field_help", "field_index", "field_type", "flag_names", "flatten",
+    "from_dict", "get_recipe", "getattr_path", "layer_config", "list_recipes", "load_yaml", "save_yaml", "spelled",
+    "suggest", "to_dict", "validate",
 ]
