@@ -264,3 +264,20 @@ def test_counts_of_one_read_right(tmp_path):
     assert "| 1 step/epoch x 1 epoch |" in log and "over 1 process," in log and "(1 image)" in log
     with pytest.raises(DataError, match="are not among the 1 training class;"):
         image_folder(data / "train", ["c0"])
+
+
+# ------------------------------------------------------------------------------------------------
+# 8. a resumed run's summary counts the run's epochs
+
+
+def test_resumed_run_summary_counts_the_runs_epochs(tmp_path, capsys):
+    data = write_folder(tmp_path / "data", 4)
+    out = tmp_path / "run"
+    args = ["train", "--data", str(data), "--model", "resnet18", "--batch-size", "8", *BASE, "--output", str(out)]
+    assert main([*args, "--epochs", "1"]) == 0
+    assert "done: 1 epoch, best" in capsys.readouterr().out
+    assert main([*args, "--epochs", "3", "--resume", "auto"]) == 0
+    assert "done: 3 epochs (2 in this session, resumed at epoch 1), best" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs"] == 3 and summary["epochs_run"] == 2 and summary["resumed_at_epoch"] == 1
+    assert "3 epochs (2 in this session, resumed at epoch 1) done; results in" in (out / "train.log").read_text()

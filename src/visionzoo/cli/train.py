@@ -32,8 +32,10 @@ def run(args: argparse.Namespace) -> int:
 
     summary = run_training(train, resolve_config(args), args.print_config)
     if summary and summary.get("checkpoint"):
+        from ..engine.runlog import describe_epochs  # torch is loaded by now
+
         best = summary.get("best_top1")
-        print(f"done: {summary['epochs_run']} epoch(s), best val top-1 "
+        print(f"done: {describe_epochs(summary)}, best val top-1 "
               f"{'n/a' if best is None else f'{best:.2f}'}; checkpoint {summary['checkpoint']}; "
               f"run folder {summary['output']}")
     return 0

@@ -231,8 +231,8 @@ class RunLog:
             self.wandb.summary(numeric(summary))  # all of them: W&B's summary is a dict, not a metric series
             self.wandb.files(self.out / "summary.json", self.out / "config.yaml")
         made = [n for n in ("summary.csv", "curves.png", "best.pth") if (self.out / n).exists()]
-        log.info("results in %s (metrics.jsonl, summary.json, config.yaml%s, last.pth)",
-                 self.out, "".join(f", {n}" for n in made))
+        log.info("%s done; results in %s (metrics.jsonl, summary.json, config.yaml%s, last.pth)",
+                 describe_epochs(summary), self.out, "".join(f", {n}" for n in made))
         self.close()
 
     def close(self, status: str = "FINISHED") -> None:
@@ -250,6 +250,17 @@ class RunLog:
         logging.getLogger("visionzoo").removeHandler(self._handler)
         self._handler.close()
         self._handler = None
+
+
+def describe_epochs(summary: dict[str, Any]) -> str:
+    """The run's epochs as a summary tells them: "6 epochs", or for a resumed run "6 epochs (4 in this session,
+    resumed at epoch 2)": epochs_run counts this session's alone."""
+    session = int(summary.get("epochs_run", 0))
+    total = int(summary.get("epochs", session))
+    text = plural(total, "epoch")
+    if summary.get("resumed_at_epoch"):
+        text += f" ({session} in this session, resumed at epoch {summary['resumed_at_epoch']})"
+    return text
 
 
 def _summary_writer_class():

@@ -461,9 +461,13 @@ def _announce(run: Run) -> None:
 def fit(run: Run) -> dict[str, Any]:
     """The epoch loop: train, evaluate when due, save, stop at --target-top1; returns the summary."""
     cfg, dist = run.cfg, run.dist
-    summary: dict[str, Any] = {"output": str(run.out), "best_top1": run.best_top1, "epochs_run": 0}
+    # epochs_run: this session's; epochs: the run's, resumed ones included (describe_epochs says both)
+    summary: dict[str, Any] = {"output": str(run.out), "best_top1": run.best_top1, "epochs_run": 0,
+                               "epochs": run.saved_epochs}
     if run.resumed_record is not None:
         summary["last"] = run.resumed_record
+    if run.start_epoch:
+        summary["resumed_at_epoch"] = run.start_epoch
     last_eval = None
     for epoch in range(run.start_epoch, cfg.epochs):
         set_loader_epoch(run.train_loader, epoch)
@@ -477,7 +481,8 @@ def fit(run: Run) -> dict[str, Any]:
             run.best_top1 = record[key]
         record["best_top1"] = run.best_top1
         _save_epoch(run, epoch, record, improved)
-        summary.update(epochs_run=summary["epochs_run"] + 1, last=record, best_top1=run.best_top1)
+        summary.update(epochs_run=summary["epochs_run"] + 1, epochs=run.saved_epochs, last=record,
+                       best_top1=run.best_top1)
         if cfg.target_top1 is not None and run.best_top1 is not None and run.best_top1 >= cfg.target_top1:
             log.info("target top-1 %.2f reached (%.2f) after epoch %d: stopping", cfg.target_top1, run.best_top1,
                      epoch + 1)
