@@ -276,3 +276,31 @@ def test_cli_and_library_layer_configs_through_one_function(tmp_path, capsys):
         build_config(mode="full")
     assert main(["train", "--mode", "full", "--print-config"]) == 2
     assert capsys.readouterr().err == "visionzoo train: error: --mode needs --recipe\n"
+
+
+# ------------------------------------------------------------------------------------------------
+# 10. a command's help line is written once (cli.COMMANDS), not again in its module
+
+
+def test_command_help_lines_have_one_source():
+    import importlib
+
+    from visionzoo.cli import COMMANDS, Parser, build_parser
+
+    class Recorder:  # stands in for argparse's subparsers action: what each module passes for its command
+        def __init__(self) -> None:
+            self.given: dict[str, dict] = {}
+
+        def add_parser(self, name: str, **kwargs):
+            self.given[name] = dict(kwargs)
+            kwargs.pop("help", None)
+            return Parser(prog=f"visionzoo {name}", **kwargs)
+
+    sub = Recorder()
+    for name, (module, _) in COMMANDS.items():
+        if name != "quantize":  # cli/quantize.py is another change's; its own line is overridden below anyway
+            importlib.import_module(f"visionzoo.cli.{module}").add_parser(sub)
+    assert {name: "help" in kw for name, kw in sub.given.items()} == {name: False for name in sub.given}
+    parser = build_parser(COMMANDS)
+    helps = {a.dest: a.help for a in parser._subparsers._group_actions[0]._choices_actions}
+    assert helps == {name: line for name, (_, line) in COMMANDS.items()}

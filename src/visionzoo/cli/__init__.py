@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "recipes": ("recipes", "list recipes"),
     "models": ("models", "list models"),
     "valprep": ("valprep", "flat val folder + label file -> class folders"),
-    "predict": ("predict", "top-k classes for image files"),
+    "predict": ("predict", "top-k classes for image files and folders"),
     "bench": ("bench", "throughput/latency benchmark"),
     "bench-data": ("bench_data", "input-pipeline throughput (vs torchvision with --baseline)"),
     "export": ("export", "export a checkpoint for deployment"),
@@ -101,6 +101,15 @@ def unrecognized(extras: list[str], parser: argparse.ArgumentParser) -> str:
     return f"unrecognized argument {flag}; {hint}"
 
 
+class _Commands(argparse._SubParsersAction):
+    """A command's help line comes from COMMANDS, the one place it is written (`visionzoo --help` lists it
+    without importing the command's module); the module gives the rest (description, flags)."""
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        kwargs["help"] = COMMANDS[name][1]
+        return super().add_parser(name, **kwargs)
+
+
 def build_parser(full: Iterable[str] | None = None) -> Parser:
     """The parser of every command; with `full`, only those commands' modules are imported and their flags
     added (the others are a name and a help line)."""
@@ -109,13 +118,14 @@ def build_parser(full: Iterable[str] | None = None) -> Parser:
     wanted = set(COMMANDS if full is None else full)
     parser = Parser(prog="visionzoo", description="Train, evaluate, benchmark and export image classifiers. "
                     "`visionzoo COMMAND --help` lists a command's flags.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
-    for name, (module, summary) in COMMANDS.items():
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser,
+                                action=_Commands)
+    for name, (module, _) in COMMANDS.items():
         if name in wanted:
             importlib.import_module(f"{__name__}.{module}").add_parser(sub)
             show_defaults(sub.choices[name])  # every command's help shows its defaults as train's does
         else:
-            sub.add_parser(name, help=summary)
+            sub.add_parser(name)
     parser.commands = dict(sub.choices)
     return parser
 

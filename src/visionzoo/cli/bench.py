@@ -47,7 +47,7 @@ MODES = ("infer", "train")
 def add_parser(sub) -> None:
     from ..core.precision import PRECISIONS
 
-    p = sub.add_parser("bench", help="throughput/latency benchmark", description=__doc__)
+    p = sub.add_parser("bench", description=__doc__)
     add_model_source_flags(p)  # --model NAME alone: random weights, as timm's benchmark.py
     p.add_argument("--batch-sizes", type=_csv_list(int), default=(1, 4, 8, 16, 32, 64), metavar="N,N,...",
                    help="the batch sizes to time")

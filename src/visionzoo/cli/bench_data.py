@@ -13,8 +13,7 @@ from .options import add_config_flags, flags_config
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("bench-data", help="input-pipeline throughput (vs torchvision with --baseline)",
-                       description=__doc__)
+    p = sub.add_parser("bench-data", description=__doc__)
     p.add_argument("--split", default="train", choices=["train", "val"])
     p.add_argument("--batch-size", "-b", type=int, default=64)
     p.add_argument("--batches", type=int, default=50, help="timed batches")

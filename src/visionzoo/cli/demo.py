@@ -43,7 +43,7 @@ def _held_notes() -> Iterator[_HeldNotes]:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("demo", help="train + evaluate on the built-in digits data set", description=__doc__)
+    p = sub.add_parser("demo", description=__doc__)
     p.add_argument("--output", help="run folder (default: runs/demo-<date>-<time>)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

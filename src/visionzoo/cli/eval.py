@@ -23,7 +23,7 @@ from .options import (
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate a checkpoint or exported model", description=__doc__)
+    p = sub.add_parser("eval", description=__doc__)
     add_model_source_flags(p, several=True, file_help="visionzoo checkpoint (.pth) or exported file (.onnx, .pt2, "
                            ".ts, .safetensors); with --sizes, repeat it to compare files (e.g. before and after "
                            "finetune-res)")

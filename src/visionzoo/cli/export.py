@@ -23,7 +23,7 @@ DEFAULT_ATOL = DEFAULT_RTOL = 1e-4
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("export", help="export a checkpoint for deployment", description=__doc__)
+    p = sub.add_parser("export", description=__doc__)
     add_model_source_flags(p, file_help="visionzoo checkpoint (.pth) or .safetensors to export")
     p.add_argument("--format", required=True, choices=list(FORMATS))
     p.add_argument("--output", required=True, metavar="PATH", help="the file to write; a folder for --format hub")

@@ -16,8 +16,7 @@ from .options import add_config_flags, cli_overrides, nest, run_training
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("finetune-res", help="FixRes: fine-tune a checkpoint at the test resolution",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser("finetune-res", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="the trained visionzoo checkpoint (.pth)")
     p.add_argument("--mode", help="mode of the fixres_resnet50_finetune recipe: full (60 epochs), reference (31), perf")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")

@@ -8,7 +8,7 @@ from .options import add_model_runtime_flags
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("infer", help="model over preprocessed files -> logits dumps", description=__doc__)
+    p = sub.add_parser("infer", description=__doc__)
     p.add_argument("--model", "--checkpoint", dest="model", required=True, metavar="FILE",
                    help="exported file (.onnx, .pt2, .ts, .safetensors) or checkpoint")
     p.add_argument("--input", required=True, metavar="PREP")

@@ -10,7 +10,7 @@ import argparse
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("make-lt", help="long-tailed lists (+ open set) from an ImageFolder", description=__doc__)
+    p = sub.add_parser("make-lt", description=__doc__)
     p.add_argument("--data", required=True, help="ImageFolder root with train/<class>/ (and val/<class>/)")
     p.add_argument("--output", required=True)
     p.add_argument("--alpha", type=float, default=6.0, help="Pareto shape (ImageNet-LT: 6)")

@@ -12,7 +12,7 @@ from ..core.files import write_json
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("metric", help="accuracy of dumped logits", description=__doc__)
+    p = sub.add_parser("metric", description=__doc__)
     p.add_argument("--pred", required=True, metavar="DUMP")
     p.add_argument("--labels", required=True, metavar="FILE")
     p.add_argument("--output", metavar="RESULT.json")

@@ -6,7 +6,7 @@ import argparse
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("models", help="list models", description=__doc__)
+    p = sub.add_parser("models", description=__doc__)
     p.add_argument("pattern", nargs="?", help="shell-style filter, e.g. 'resnet*'")
     p.add_argument("--timm", action="store_true", help="include every timm architecture")
     p.set_defaults(func=run)

@@ -15,8 +15,7 @@ import argparse
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("pack", help="pack an ImageFolder or list-file data set into WebDataset shards for fast loading",
-                       description=__doc__)
+    p = sub.add_parser("pack", description=__doc__)
     p.add_argument("--data", required=True, help="ImageFolder root with train/<class>/ and/or val/<class>/ "
                    "(or builtin:digits), or the folder a --list's paths start from")
     p.add_argument("--list", dest="lists", action="append", default=[], metavar="SPLIT=FILE",

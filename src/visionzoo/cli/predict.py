@@ -19,7 +19,7 @@ from .options import add_model_runtime_flags, add_model_source_flags, model_sour
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("predict", help="top-k classes for image files", description=__doc__)
+    p = sub.add_parser("predict", description=__doc__)
     p.add_argument("images", nargs="+", metavar="IMAGE",
                    help="image files, or folders: every image under them (recursively, sorted by path)")
     add_model_source_flags(p)

@@ -13,7 +13,7 @@ from .options import add_config_flags, data_config
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("preprocess", help="images -> preprocessed binary files", description=__doc__)
+    p = sub.add_parser("preprocess", description=__doc__)
     p.add_argument("--output", required=True, metavar="PREP")
     p.add_argument("--checkpoint", help="take preprocessing and class names from this model file")
     p.add_argument("--split", default="val", choices=["val", "train"])

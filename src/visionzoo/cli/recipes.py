@@ -11,7 +11,7 @@ from ..config import to_dict
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("recipes", help="list recipes", description=__doc__)
+    p = sub.add_parser("recipes", description=__doc__)
     p.add_argument("name", nargs="?", help="show this recipe's resolved config")
     p.add_argument("--mode", help="mode to resolve (with NAME)")
     p.set_defaults(func=run)

@@ -15,7 +15,7 @@ from .options import add_config_flags, data_config
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("tau-norm", help="tau-normalise a classifier (long-tail)", description=__doc__)
+    p = sub.add_parser("tau-norm", description=__doc__)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--tau", default="1.0", help="a value, or a comma list to choose from on val (e.g. 0,0.5,1,1.5,2)")
     p.add_argument("--output", required=True)

@@ -12,7 +12,7 @@ from .options import add_config_flags, resolve_config, run_training
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("train", help="train a classifier", description=__doc__,
+    p = sub.add_parser("train", description=__doc__,
                        usage="visionzoo train [--recipe NAME [--mode MODE]] [--config FILE] [--FLAG VALUE ...]",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipe", metavar="NAME", help="recipe name (see `visionzoo recipes`) [default: none]")

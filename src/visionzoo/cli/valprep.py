@@ -11,7 +11,7 @@ import argparse
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("valprep", help="flat val folder + label file -> class folders", description=__doc__)
+    p = sub.add_parser("valprep", description=__doc__)
     p.add_argument("--val-dir", required=True)
     p.add_argument("--labels", required=True, help="label file: FILE LABEL per line")
     p.add_argument("--output", required=True)
