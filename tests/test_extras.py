@@ -121,7 +121,8 @@ def test_quiet_libraries_hides_library_notes_only(caplog):
     with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always")
         with pytest.raises(RuntimeError, match="real failure"), quiet_libraries():
-            warnings.warn("a library deprecation", FutureWarning, stacklevel=1)
+            warnings.warn("`torch.jit.trace` is deprecated. Please switch to `torch.compile` or `torch.export`.",
+                          FutureWarning, stacklevel=1)  # a known library note (core.quiet.WARNING_NOTES)
             logging.getLogger("torch.utils.cpp_extension").warning("No CUDA runtime is found")
             logging.getLogger("torch._inductor").error("a real library error")
             logging.getLogger("visionzoo").info("visionzoo's own line")

@@ -22,6 +22,7 @@ import io
 import json
 import re
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -64,17 +65,31 @@ EXPR_NAMES = {"Symbol", "Integer", "Float", "Rational", "Max", "Min", "Mod", "Fl
               "finite", "oo"}
 
 
-def read_checked_pt2(path: str | Path) -> bytes:
+@dataclass(frozen=True)
+class CheckedPt2:
+    """A checked file's bytes (what torch is to load) and the operator namespaces its graph calls."""
+
+    data: bytes
+    namespaces: frozenset[str]
+
+
+def check_and_read_pt2(path: str | Path) -> CheckedPt2:
     """The file's bytes, refused (ModelFileError) if they hold anything torch would unpickle or execute."""
     path = Path(path)
     data = path.read_bytes()  # once: what is checked is what torch loads
     try:
-        _Archive(path, data).check()
+        archive = _Archive(path, data)
+        archive.check()
     except ModelFileError:
         raise
     except (zipfile.BadZipFile, OSError, ValueError, RuntimeError) as e:  # not a zip, or one torch cannot read
         raise ModelFileError(f"{path}: not a torch.export archive ({type(e).__name__}: {e})") from None
-    return data
+    return CheckedPt2(data, frozenset(archive.namespaces))
+
+
+def read_checked_pt2(path: str | Path) -> bytes:
+    """The file's bytes, refused (ModelFileError) if they hold anything torch would unpickle or execute."""
+    return check_and_read_pt2(path).data
 
 
 def check_pt2(path: str | Path) -> None:
@@ -90,6 +105,7 @@ class _Archive:
         names = list(self.reader.get_all_records())
         self._same_as_zipfile(data, names)
         self.entries: dict[str, str] = {}
+        self.namespaces: set[str] = set()  # of the operator overloads the graph calls (torch.ops.<namespace>...)
         for rel in names:
             kind = next((k for pattern, k in ALLOWED.items() if re.fullmatch(pattern, rel)), None)
             if kind is None:
@@ -150,6 +166,8 @@ class _Archive:
         for key, value in _strings(program):
             if key == "target" and not TARGET.fullmatch(value):
                 self.refuse(f"{rel} calls {value!r}, which is not an operator a visionzoo export uses")
+            if key == "target" and value.startswith("torch.ops."):
+                self.namespaces.add(value.split(".")[2])
             if key == "expr_str" and not _plain_expression(value):
                 self.refuse(f"{rel} has the shape expression {value[:80]!r}, which is not plain arithmetic")
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,12 +19,13 @@ from ..core.distributed import resolve_device
 from ..core.errors import ConfigError, ModelFileError, VisionZooError
 from ..core.extras import require
 from ..core.precision import autocast, parse_precision, resolve_precision
+from ..core.quiet import quiet_libraries
 from ..models.checkpoint import model_from_checkpoint
 from ..models.factory import create_model
 from ..models.registry import model_cfg_of, model_name_of
 from .model_info import META_KEY, ModelInfo
 from .model_spec import ModelSpec, module_from_spec
-from .pt2_archive import read_checked_pt2
+from .pt2_archive import check_and_read_pt2
 
 SUFFIX_FORMATS = {
     ".onnx": "onnx",
@@ -166,14 +166,13 @@ def load_module(source: ModelSource, raw_weights: bool = False) -> tuple[nn.Modu
 
 
 def _load_exported(path: Path, device: torch.device) -> tuple[nn.Module, ModelInfo]:
-    data = read_checked_pt2(path)  # torch reads these checked bytes, not the file again
+    checked = check_and_read_pt2(path)  # torch reads these checked bytes, not the file again
     extra = {f"{META_KEY}.json": ""}
-    try:
-        ep = torch.export.load(io.BytesIO(data), extra_files=extra)
-    except RuntimeError:
-        # int8 programs use the quantized_decomposed ops, which exist once torchao's PT2E is imported
-        require("torchao.quantization.pt2e.quantize_pt2e", "quantize", "an int8 .pt2 program")
-        ep = torch.export.load(io.BytesIO(data), extra_files=extra)
+    with quiet_libraries():  # torchao's import-time deprecation note; torch's traceback for a program it cannot read
+        if "quantized_decomposed" in checked.namespaces:
+            # int8 programs call the quantized_decomposed ops, which exist once torchao's PT2E is imported
+            require("torchao.quantization.pt2e.quantize_pt2e", "quantize", "an int8 .pt2 program")
+        ep = torch.export.load(io.BytesIO(checked.data), extra_files=extra)
     if not extra[f"{META_KEY}.json"]:
         raise ModelFileError(f"{path}: no visionzoo metadata (was it written by `visionzoo export`?)")
     return ep.module().to(device), ModelInfo.from_json(extra[f"{META_KEY}.json"], path)
@@ -181,8 +180,7 @@ def _load_exported(path: Path, device: torch.device) -> tuple[nn.Module, ModelIn
 
 def _load_torchscript(path: Path, device: torch.device) -> tuple[Any, ModelInfo]:
     extra = {f"{META_KEY}.json": ""}
-    with warnings.catch_warnings():  # torch.jit is deprecated upstream; it is still the seed's "jit" mode
-        warnings.simplefilter("ignore", FutureWarning)
+    with quiet_libraries():  # torch.jit is deprecated upstream; it is still the seed's "jit" mode
         module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
         if not extra[f"{META_KEY}.json"]:
             raise ModelFileError(f"{path}: no visionzoo metadata (was it written by `visionzoo export`?)")
@@ -204,30 +202,43 @@ def onnx_info(path: str | Path) -> ModelInfo:
     return ModelInfo.from_json(meta[META_KEY], path)
 
 
-class _FrozenCompiled:
-    """torch.compile with inductor's freezing on for every call (and so for every recompile).
+class _Compiled:
+    """torch.compile of a module, compiling with the libraries quieted: inductor says "No CUDA runtime is found"
+    on its first compile on a CPU machine with a CUDA toolkit, and its int8 lowering warns about a tensor copy.
+    It compiles on a call with a shape it has not seen (dynamo's guards are on shapes), so only those calls
+    enter the quiet scope (~20 us), not every batch of a benchmark.
 
-    int8 PT2E graphs need freezing to constant-fold and prepack int8 weights into oneDNN kernels.
-    torchao's x86 passes read the global flag, so options={"freezing": True} is not enough.
+    frozen: inductor's freezing on for every call (and so for every recompile). int8 PT2E graphs need it to
+    constant-fold and prepack int8 weights into oneDNN kernels; torchao's x86 passes read the global flag,
+    so options={"freezing": True} is not enough.
     """
 
-    def __init__(self, module: nn.Module):
+    def __init__(self, module: nn.Module, frozen: bool = False):
         self.compiled = torch.compile(module)
+        self.frozen = frozen
+        self.shapes: set[tuple[Any, ...]] = set()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         import torch._inductor.config as inductor_config
 
-        with inductor_config.patch(freezing=True):
-            return self.compiled(x)
+        key = (tuple(x.shape), x.dtype, x.device, x.is_contiguous())
+        with inductor_config.patch(freezing=True) if self.frozen else contextlib.nullcontext():
+            if key in self.shapes:
+                return self.compiled(x)
+            with quiet_libraries():
+                out = self.compiled(x)
+            self.shapes.add(key)
+            return out
 
 
-def compile_module(module: nn.Module, quantized: bool = False):
+def compile_module(module: nn.Module, quantized: bool = False) -> _Compiled:
     if quantized:
         # registers torchao's x86 inductor passes that lower q/dq patterns to oneDNN int8 kernels;
         # without them inductor compiles the reference fp32 q/dq graph
-        require("torchao.quantization.pt2e.quantizer.x86_inductor_quantizer", "quantize", "an int8 .pt2 program")
-        return _FrozenCompiled(module)
-    return torch.compile(module)
+        with quiet_libraries():  # torchao's import-time deprecation note
+            require("torchao.quantization.pt2e.quantizer.x86_inductor_quantizer", "quantize",
+                    "an int8 .pt2 program")
+    return _Compiled(module, frozen=quantized)
 
 
 def load_runner(

@@ -36,7 +36,7 @@ from ..core.errors import ModelFileError
 from ..core.files import atomic_save
 from ..core.integrity import DIGEST, content_digest, verify_digest
 from .factory import create_model
-from .weights import strip_prefixes
+from .weights import strip_prefixes, unreadable_reason
 
 # what resuming needs beyond the weights and the position (epoch, step, best_top1); derived files drop it
 TRAINING_STATE = ("optimizer", "scheduler", "scaler", "rng")
@@ -97,8 +97,7 @@ class Checkpoint:
         try:
             d = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # pickle errors, truncated files, disallowed globals
-            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-            raise ModelFileError(f"cannot read checkpoint {path} ({type(e).__name__}: {first})") from None
+            raise ModelFileError(f"cannot read checkpoint {path}: {unreadable_reason(path, e)}") from None
         return cls.from_dict(verify_digest(d, path), path)
 
     def save(self, path: str | Path) -> None:

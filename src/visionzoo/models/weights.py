@@ -8,6 +8,7 @@ torch.compile `_orig_mod.` prefixes. Files are read with `weights_only=True`: no
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import torch
@@ -20,7 +21,29 @@ from .registry import model_cfg_of
 log = logging.getLogger(__name__)
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since 1.6 is a zip archive
+PICKLE_PROTO = b"\x80"  # the first byte of a pickle (protocol 2+): torch's legacy format
 
+
+def unreadable_reason(path: Path, error: Exception) -> str:
+    """Why torch.load(weights_only=True) could not read a file, in words: not PyTorch's internal miniz or
+    unpickler text (which blames the checkpoint's saving and suggests weights_only=False)."""
+    text = str(error)
+    if "Weights only load failed" in text:  # torch's refusal of anything but tensors and plain containers
+        m = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+        detail = m.group(1).split(" Please use")[0].strip().rstrip(".") if m else type(error).__name__
+        return f"holds objects other than tensors and plain containers ({detail}), which visionzoo does not unpickle"
+    with path.open("rb") as f:
+        head = f.read(len(ZIP_MAGIC))
+    first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    if head == ZIP_MAGIC:
+        m = re.search(r"failed reading zip archive: ([^.]+)", text)
+        # "[enforce fail at inline_container.cc:180] . file in archive ..." -> "file in archive ..."
+        detail = m.group(1) if m else re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", first)
+        return f"truncated or not a PyTorch checkpoint (zip archive: {detail[:200]})"
+    if head.startswith(PICKLE_PROTO):
+        return f"truncated or not a PyTorch checkpoint (legacy pickle format: {first[:200]})"
+    return "not a PyTorch checkpoint (neither the zip archive torch.save writes nor a pickle)"
 
 
 def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -55,7 +78,7 @@ def load_state_dict_file(path: str | Path, raw: bool = False) -> dict[str, torch
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # pickle errors, truncated files, disallowed globals
-            raise ModelFileError(f"cannot read weights from {path}: {e}") from None
+            raise ModelFileError(f"cannot read weights from {path}: {unreadable_reason(path, e)}") from None
         obj = verify_digest(obj, path)  # a visionzoo checkpoint carries its content digest
         sd = obj
         if isinstance(obj, dict) and isinstance(obj.get("ema"), dict) and not raw:
