@@ -7,9 +7,7 @@ batch, and only then renamed into place: a file that does not reproduce the mode
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from ..config import DataConfig, spelled
 from ..core.errors import ConfigError, DataError, ModelFileError
 from ..core.extras import require
 from ..core.files import atomic_path
+from ..core.quiet import quiet_libraries
 from ..data.loader import DeviceNormalizer
 from .eval_data import eval_loader, first_batches, resolve_data
 from .hub import atomic_folder, hub_bytes, load_hub, timm_equivalent, write_hub
@@ -75,18 +74,6 @@ def sample_input(info: ModelInfo, data: DataConfig | None, batch_size: int, seed
     return DeviceNormalizer(info.mean, info.std, torch.device("cpu"))(images), "random"
 
 
-@contextlib.contextmanager
-def _quiet(*loggers: str):
-    saved = {name: logging.getLogger(name).level for name in loggers}
-    for name in loggers:
-        logging.getLogger(name).setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for name, level in saved.items():
-            logging.getLogger(name).setLevel(level)
-
-
 def _write(model: nn.Module, info: ModelInfo, fmt: str, path: Path, example: torch.Tensor,
            dynamic_batch: bool, opset: int) -> None:
     meta = info.to_json()
@@ -95,8 +82,7 @@ def _write(model: nn.Module, info: ModelInfo, fmt: str, path: Path, example: tor
 
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path), metadata={META_KEY: meta})
     elif fmt == "torchscript":
-        with warnings.catch_warnings():  # torch.jit is deprecated upstream but still the seed's "jit" mode
-            warnings.simplefilter("ignore", FutureWarning)
+        with quiet_libraries():  # torch.jit is deprecated upstream but still the seed's "jit" mode
             traced = torch.jit.trace(model, example, check_trace=False)
             torch.jit.save(traced, str(path), _extra_files={f"{META_KEY}.json": meta})
     elif fmt == "export":
@@ -107,14 +93,13 @@ def _write(model: nn.Module, info: ModelInfo, fmt: str, path: Path, example: tor
         onnx = require("onnx", "export", "ONNX export")
         if opset >= DYNAMO_MIN_OPSET:
             require("onnxscript", "export", "ONNX export")  # torch's dynamo exporter builds the graph with it
-            with _quiet("onnxscript", "torch.onnx", "onnx_ir"):  # their optimiser logs every pass at INFO
+            with quiet_libraries():  # onnxscript's optimiser logs every pass at INFO
                 torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["logits"],
                                   dynamic_shapes=({0: "batch"},) if dynamic_batch else None, opset_version=opset,
                                   dynamo=True, verbose=False,
                                   external_data=False)  # one self-contained file (classifiers are far below 2 GB)
         else:  # older opsets (the seed's ATC wants 11): only the TorchScript-based exporter writes them
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
+            with quiet_libraries():  # the TorchScript-based exporter's deprecation
                 axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
                 torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["logits"],
                                   dynamic_axes=axes, opset_version=opset, dynamo=False)

@@ -15,7 +15,6 @@ import platform
 import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from ..config import OptimConfig
 from ..core.extras import require
 from ..core.files import save_figure
 from ..core.precision import autocast
+from ..core.quiet import quiet_libraries
 from ..engine.optim import build_optimizer
 from ..engine.step import sync
 from .model_info import ModelInfo
@@ -264,8 +264,7 @@ def _torchscript(t: BenchTarget) -> Factory:
 
     def scripted(bs: int):
         example = torch.randn(bs, 3, t.img_size, t.img_size, device=t.device)
-        with torch.no_grad(), warnings.catch_warnings():  # torch.jit deprecation notices
-            warnings.simplefilter("ignore", FutureWarning)
+        with torch.no_grad(), quiet_libraries():  # torch.jit deprecation notices
             traced = torch.jit.trace(module, example, check_trace=False)
             return torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
 
