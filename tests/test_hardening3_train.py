@@ -281,3 +281,35 @@ def test_resumed_run_summary_counts_the_runs_epochs(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["epochs"] == 3 and summary["epochs_run"] == 2 and summary["resumed_at_epoch"] == 1
     assert "3 epochs (2 in this session, resumed at epoch 1) done; results in" in (out / "train.log").read_text()
+
+
+# ------------------------------------------------------------------------------------------------
+# 9. the progress shows the run's ETA beside the epoch's
+
+
+def test_progress_and_epoch_lines_show_the_runs_eta(tmp_path, monkeypatch):
+    import io
+
+    from tqdm import tqdm
+
+    from visionzoo.engine import step as step_mod
+
+    buf = io.StringIO()
+
+    def bar(total: int, desc: str, progress: bool) -> tqdm:  # the bar, drawn into a buffer (no terminal here)
+        return tqdm(total=total, desc=desc, disable=not progress, leave=True, file=buf, ncols=200, mininterval=0,
+                    bar_format=step_mod.BAR_FORMAT, postfix=step_mod.WAITING)
+
+    monkeypatch.setattr(step_mod, "progress_bar", bar)
+    data = write_folder(tmp_path / "data", 16)
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--model", "resnet18", "--batch-size", "8", "--epochs", "2",
+                 "--iters", "4", "--log-interval", "2", "--img-size", "32", "--workers", "0", "--device", "cpu",
+                 "--output", str(out)]) == 0
+    frames = [f for f in buf.getvalue().replace("\r", "\n").splitlines() if "loss " in f]
+    first, last = [f for f in frames if f.startswith("epoch 1/2")], [f for f in frames if f.startswith("epoch 2/2")]
+    assert first and all("ETA " in f and ", run " in f for f in first), first
+    assert last and all("ETA " in f and ", run " not in f for f in last), last  # the last epoch's ETA is the run's
+    log = [line for line in (out / "train.log").read_text().splitlines() if " INFO epoch " in line]
+    assert "| run ETA " in log[0] and "ETA" not in log[1]
+    assert step_mod.progress_text(1.0, 0.1, 100.0, 14.2, 151.0) == "loss 1.0000, lr 0.1, 100 img/s, ETA 0:14, run 2:31"

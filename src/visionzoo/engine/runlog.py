@@ -15,6 +15,7 @@ from typing import Any
 
 from ..core.errors import ConfigError, plural
 from ..core.files import atomic_path, json_safe, save_figure, write_json
+from .step import format_duration
 from .tracking import MlflowTracker, numeric
 from .tracking_wandb import WandbTracker
 
@@ -114,7 +115,9 @@ class RunLog:
         if self.wandb is not None:
             self.wandb.scalars(kind, numeric(values, ("step",)), values["step"])
 
-    def epoch(self, record: dict[str, Any]) -> None:
+    def epoch(self, record: dict[str, Any], run_eta_s: float | None = None) -> None:
+        """The epoch's metrics line, TensorBoard/MLflow/W&B scalars and log line (with the run's ETA when epochs
+        remain), then summary.csv and, now and then, curves.png."""
         if not self.enabled:
             return
         line = self._append({"type": "epoch", **record})
@@ -142,6 +145,8 @@ class RunLog:
         skipped = record.get("skipped_images", 0) + record.get("val_skipped_images", 0)
         if skipped:
             parts.append(f"skipped {plural(skipped, 'unreadable image')}")
+        if run_eta_s is not None:
+            parts.append(f"run ETA {format_duration(run_eta_s)}")
         log.info(" | ".join(parts))
         self._name_skipped(record.get("skipped_files") or [], record.get("skipped_images", 0))
         self.reports(plot=time.monotonic() - self._plotted_at >= PLOT_EVERY_S)

@@ -105,9 +105,14 @@ def train_one_epoch(
     progress: bool = False,
     desc: str = "train",
     on_log: Callable[[dict[str, Any]], None] | None = None,
+    later_steps: int = 0,
+    later_extra_s: float = 0.0,
 ) -> dict[str, Any]:
     """At most max_steps optimizer steps, each over state.accum_steps batches. Returns mean loss, train top-1
-    (against the unmixed labels) and images/s."""
+    (against the unmixed labels) and images/s.
+
+    later_steps, later_extra_s: the run's steps after this epoch and its other time after it (evaluation,
+    saving), for the bar's ETA of the whole run beside the epoch's."""
     state.scope.set_mode(model)
     device = state.normalizer.device
     # loss*n and correct stay on the device; image counts are host ints (no per-step copies)
@@ -158,8 +163,10 @@ def train_one_epoch(
             if not bar.disable:  # the clock is read after the sync above, so the rate counts finished work
                 now = time.perf_counter()
                 rate = (seen - seen_log) * world_size / max(now - t_log, 1e-9)
-                eta = (max_steps - steps) * (now - t_log) / max(steps - steps_log, 1)
-                bar.set_postfix_str(progress_text(loss_avg, lr_used, rate, eta))
+                step_s = (now - t_log) / max(steps - steps_log, 1)
+                eta = (max_steps - steps) * step_s
+                run_eta = eta + later_steps * step_s + later_extra_s if later_steps or later_extra_s else None
+                bar.set_postfix_str(progress_text(loss_avg, lr_used, rate, eta, run_eta))
                 t_log, seen_log, steps_log = now, seen, steps
             if on_log:
                 on_log({"step": state.global_step, "loss": loss_avg, "lr": lr_used})
@@ -183,9 +190,11 @@ def progress_bar(total: int, desc: str, progress: bool) -> tqdm:
                 bar_format=BAR_FORMAT, postfix=WAITING)
 
 
-def progress_text(loss: float, lr: float, images_per_sec: float, eta_s: float) -> str:
-    """The bar's read-out at a log interval, e.g. "loss 2.2874, lr 0.01307, 121 img/s, ETA 0:14"."""
-    return f"loss {loss:.4f}, lr {lr:.4g}, {images_per_sec:.0f} img/s, ETA {format_duration(eta_s)}"
+def progress_text(loss: float, lr: float, images_per_sec: float, eta_s: float, run_eta_s: float | None = None) -> str:
+    """The bar's read-out at a log interval, e.g. "loss 2.2874, lr 0.01307, 121 img/s, ETA 0:14, run 2:31": the
+    epoch's ETA, then the run's (left out in the last epoch, where they are the same)."""
+    run = f", run {format_duration(run_eta_s)}" if run_eta_s is not None else ""
+    return f"loss {loss:.4f}, lr {lr:.4g}, {images_per_sec:.0f} img/s, ETA {format_duration(eta_s)}{run}"
 
 
 def format_duration(seconds: float) -> str:

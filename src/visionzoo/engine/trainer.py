@@ -469,10 +469,12 @@ def fit(run: Run) -> dict[str, Any]:
     if run.start_epoch:
         summary["resumed_at_epoch"] = run.start_epoch
     last_eval = None
+    t_start, overhead = time.perf_counter(), 0.0  # overhead: an epoch's time besides its steps (eval, saving)
     for epoch in range(run.start_epoch, cfg.epochs):
         set_loader_epoch(run.train_loader, epoch)
         run.state.epoch = epoch
-        record, evaluation = _run_epoch(run, epoch)
+        t_epoch, left = time.perf_counter(), cfg.epochs - epoch - 1
+        record, evaluation = _run_epoch(run, epoch, left * run.steps_per_epoch, (left + 1) * overhead if left else 0.0)
         last_eval = evaluation or last_eval
         # with EMA the averaged weights are the ones inference uses: they choose best.pth
         key = "val_ema_top1" if run.state.ema is not None else "val_top1"
@@ -480,7 +482,10 @@ def fit(run: Run) -> dict[str, Any]:
         if improved:
             run.best_top1 = record[key]
         record["best_top1"] = run.best_top1
-        _save_epoch(run, epoch, record, improved)
+        # the run's ETA at the epoch's line: this session's epochs so far, as an average
+        per_epoch = (time.perf_counter() - t_start) / (epoch + 1 - run.start_epoch)
+        _save_epoch(run, epoch, record, improved, per_epoch * left if left else None)
+        overhead = max(0.0, time.perf_counter() - t_epoch - record["epoch_time"])
         summary.update(epochs_run=summary["epochs_run"] + 1, epochs=run.saved_epochs, last=record,
                        best_top1=run.best_top1)
         if cfg.target_top1 is not None and run.best_top1 is not None and run.best_top1 >= cfg.target_top1:
@@ -497,15 +502,17 @@ def fit(run: Run) -> dict[str, Any]:
     return summary
 
 
-def _run_epoch(run: Run, epoch: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """Train one epoch and evaluate if due: the epoch's record and the evaluation (or None)."""
+def _run_epoch(run: Run, epoch: int, later_steps: int = 0,
+               later_extra_s: float = 0.0) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Train one epoch and evaluate if due: the epoch's record and the evaluation (or None). later_steps and
+    later_extra_s: what the run has left after this epoch's steps, for the bar's run ETA."""
     cfg, dist = run.cfg, run.dist
     progress = cfg.progress and dist.is_main
     stepped = run.model if run.wrapped is None else run.wrapped
     stats = train_one_epoch(
         stepped, run.train_loader, run.state, run.steps_per_epoch, dist.world_size, cfg.log_interval,
         cfg.perf_warmup_steps, progress, f"epoch {epoch + 1}/{cfg.epochs}",
-        on_log=lambda d: run.runlog.scalars("train_step", d),
+        on_log=lambda d: run.runlog.scalars("train_step", d), later_steps=later_steps, later_extra_s=later_extra_s,
     )
     record: dict[str, Any] = {"epoch": epoch + 1, "step": run.state.global_step, **stats}
     if dist.enabled:
@@ -533,7 +540,7 @@ def _should_eval(cfg: TrainConfig, epoch: int) -> bool:
     return (epoch - cfg.eval_start) % cfg.eval_every == 0 or epoch == cfg.epochs
 
 
-def _save_epoch(run: Run, epoch: int, record: dict[str, Any], improved: bool) -> None:
+def _save_epoch(run: Run, epoch: int, record: dict[str, Any], improved: bool, run_eta_s: float | None = None) -> None:
     """best.pth (when top-1 improved) and last.pth, then the epoch's metrics line, on rank 0.
 
     best.pth holds what inference needs (weights, EMA weights, classes, preprocessing, config), last.pth
@@ -555,7 +562,7 @@ def _save_epoch(run: Run, epoch: int, record: dict[str, Any], improved: bool) ->
         if improved:
             ckpt.without_training_state().save(run.out / "best.pth")
         ckpt.save(run.out / "last.pth")
-        run.runlog.epoch(record)
+        run.runlog.epoch(record, run_eta_s)
     run.saved_epochs = epoch + 1
     barrier()
 
