@@ -304,3 +304,39 @@ def test_command_help_lines_have_one_source():
     parser = build_parser(COMMANDS)
     helps = {a.dest: a.help for a in parser._subparsers._group_actions[0]._choices_actions}
     assert helps == {name: line for name, (_, line) in COMMANDS.items()}
+
+
+# ------------------------------------------------------------------------------------------------
+# 11. inference's defaults defined once (inference.defaults), not copied into cli/bench and cli/export
+
+
+def test_cli_shows_the_inference_defaults_themselves():
+    import inspect
+
+    from visionzoo.cli import build_parser
+    from visionzoo.inference import defaults
+    from visionzoo.inference.export import export_model
+    from visionzoo.inference.model_bench import bench
+    from visionzoo.inference.predict import predict
+
+    parser = build_parser(["bench", "export", "predict"])
+
+    def flag(command: str, dest: str):
+        return next(a for a in parser.commands[command]._actions if a.dest == dest)
+
+    def default(fn, name: str):
+        return inspect.signature(fn).parameters[name].default
+
+    # the very objects (`is`: for tuples and floats not true of equal copies; small ints are shared anyway): a
+    # change to a default in inference.defaults reaches the help, the flags and the library
+    assert flag("bench", "batch_sizes").default is defaults.BENCH_BATCH_SIZES is default(bench, "batch_sizes")
+    assert flag("bench", "mode").choices is defaults.BENCH_MODES
+    assert flag("bench", "warmup").default is defaults.BENCH_WARMUP is default(bench, "warmup")
+    assert flag("bench", "iters").default is defaults.BENCH_ITERS is default(bench, "iters")
+    assert flag("export", "opset").default is defaults.DEFAULT_OPSET is default(export_model, "opset")
+    assert flag("export", "atol").default is defaults.DEFAULT_ATOL is default(export_model, "atol")
+    assert flag("export", "rtol").default is defaults.DEFAULT_RTOL is default(export_model, "rtol")
+    assert flag("export", "batch_size").default is defaults.EXPORT_BATCH_SIZE is default(export_model, "batch_size")
+    assert flag("export", "format").choices == list(defaults.EXPORT_FORMATS)
+    assert parser.commands["predict"].get_default("batch_size") is defaults.PREDICT_BATCH_SIZE \
+        is default(predict, "batch_size")

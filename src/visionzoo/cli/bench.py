@@ -15,6 +15,7 @@ import csv
 
 from ..core.errors import ConfigError
 from ..core.files import write_json
+from ..inference.defaults import BENCH_BACKENDS, BENCH_BATCH_SIZES, BENCH_ITERS, BENCH_MODES, BENCH_WARMUP
 from .options import add_model_source_flags, model_source
 
 
@@ -39,26 +40,22 @@ def _precision(text: str) -> str:
     return ALIASES.get(text.strip().lower(), text.strip().lower())  # none = fp32, as everywhere
 
 
-# inference.model_bench's names, repeated here so `bench --help` needs no torch (a test keeps them equal)
-BACKENDS = ("eager", "compile", "torchscript", "onnxruntime", "tensorrt")
-MODES = ("infer", "train")
-
-
 def add_parser(sub) -> None:
     from ..core.precision import PRECISIONS
 
     p = sub.add_parser("bench", description=__doc__)
     add_model_source_flags(p)  # --model NAME alone: random weights, as timm's benchmark.py
-    p.add_argument("--batch-sizes", type=_csv_list(int), default=(1, 4, 8, 16, 32, 64), metavar="N,N,...",
+    p.add_argument("--batch-sizes", type=_csv_list(int), default=BENCH_BATCH_SIZES, metavar="N,N,...",
                    help="the batch sizes to time")
     p.add_argument("--img-size", type=int, metavar="N", help="input size in px [default: the model's]")
-    p.add_argument("--backend", type=_csv_list(str, BACKENDS), default=("eager",), metavar="NAME,...",
-                   help=f"one or a comma list of {', '.join(BACKENDS)}")
+    p.add_argument("--backend", type=_csv_list(str, BENCH_BACKENDS), default=("eager",), metavar="NAME,...",
+                   help=f"one or a comma list of {', '.join(BENCH_BACKENDS)}")
     p.add_argument("--precision", type=_csv_list(_precision, PRECISIONS), default=("fp32",), metavar="NAME,...",
                    help=f"one or a comma list of {', '.join(PRECISIONS)}")
-    p.add_argument("--mode", default="infer", choices=MODES, help="time inference, or training steps")
-    p.add_argument("--warmup", type=int, default=10, metavar="N", help="untimed iterations first (and compilation)")
-    p.add_argument("--iters", type=int, default=50, metavar="N", help="timed iterations per batch size")
+    p.add_argument("--mode", default="infer", choices=BENCH_MODES, help="time inference, or training steps")
+    p.add_argument("--warmup", type=int, default=BENCH_WARMUP, metavar="N",
+                   help="untimed iterations first (and compilation)")
+    p.add_argument("--iters", type=int, default=BENCH_ITERS, metavar="N", help="timed iterations per batch size")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     p.add_argument("--csv", metavar="FILE", help="write the table as CSV")

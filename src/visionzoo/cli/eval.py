@@ -12,6 +12,7 @@ import argparse
 from ..config.schema import MAX_IMG_SIZE
 from ..core.errors import ConfigError
 from ..core.files import write_json
+from ..inference.defaults import CONFUSION_UNASKED_MAX
 from .options import (
     DATA_FLAGS,
     add_config_flags,
@@ -29,7 +30,7 @@ def add_parser(sub) -> None:
                            "finetune-res)")
     p.add_argument("--json", metavar="FILE",
                    help="write top1, top5, loss, num_images, per-class accuracy/precision/recall/F1 and the "
-                   "confusion matrix (up to 100 classes, or with --confusion)")
+                   f"confusion matrix (up to {CONFUSION_UNASKED_MAX} classes, or with --confusion)")
     p.add_argument("--confusion", metavar="PREFIX",
                    help="write the confusion matrix to PREFIX.csv and a heatmap to PREFIX.png")
     p.add_argument("--sizes", metavar="S,S,...", type=_sizes,

@@ -13,22 +13,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..inference.defaults import DEFAULT_ATOL, DEFAULT_OPSET, DEFAULT_RTOL, EXPORT_BATCH_SIZE, EXPORT_FORMATS
 from .options import add_config_flags, add_model_source_flags, data_config, model_source
-
-# inference.export's formats and defaults, repeated here so `export --help` needs no torch (a test keeps them
-# equal)
-FORMATS = ("onnx", "torchscript", "export", "safetensors", "hub")
-DEFAULT_OPSET = 18
-DEFAULT_ATOL = DEFAULT_RTOL = 1e-4
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("export", description=__doc__)
     add_model_source_flags(p, file_help="visionzoo checkpoint (.pth) or .safetensors to export")
-    p.add_argument("--format", required=True, choices=list(FORMATS))
+    p.add_argument("--format", required=True, choices=list(EXPORT_FORMATS))
     p.add_argument("--output", required=True, metavar="PATH", help="the file to write; a folder for --format hub")
     p.add_argument("--dynamic-batch", action="store_true", help="any batch size (else fixed at --batch-size)")
-    p.add_argument("--batch-size", type=int, default=1, help="the fixed batch size without --dynamic-batch")
+    p.add_argument("--batch-size", type=int, default=EXPORT_BATCH_SIZE,
+                   help="the fixed batch size without --dynamic-batch")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset")
     p.add_argument("--atol", type=float, default=DEFAULT_ATOL)
     p.add_argument("--rtol", type=float, default=DEFAULT_RTOL)

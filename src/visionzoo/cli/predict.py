@@ -15,6 +15,7 @@ from dataclasses import asdict
 
 from ..core.errors import ConfigError
 from ..core.files import write_json
+from ..inference.defaults import PREDICT_BATCH_SIZE
 from .options import add_model_runtime_flags, add_model_source_flags, model_source
 
 
@@ -30,7 +31,7 @@ def add_parser(sub) -> None:
                    help="pil (default): the reference pixels (Pillow, torchvision's Resize + CenterCrop), as eval; "
                         "fast: JPEGs decoded at a reduced DCT scale where the output size allows")
     add_model_runtime_flags(p)
-    p.set_defaults(batch_size=32, func=run)
+    p.set_defaults(batch_size=PREDICT_BATCH_SIZE, func=run)
 
 
 def run(args: argparse.Namespace) -> int:

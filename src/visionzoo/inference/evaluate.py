@@ -15,15 +15,12 @@ from ..config import DataConfig
 from ..core.distributed import DistInfo, init_distributed
 from ..data.loader import DeviceNormalizer
 from ..engine.evaluate import evaluate_model
+from .defaults import CONFUSION_UNASKED_MAX
 from .eval_data import eval_loader, loader_for, resolve_data
 from .model_info import ModelInfo
 from .model_spec import source_label
 from .reports import class_counts, confusion_matrix, metrics_from_counts
 from .runtime import ModelSource, Runner, load_runner
-
-# the confusion matrix is in the result (and so in `eval --json`) unasked up to this many classes; beyond, only
-# when asked: ImageNet's would be a million numbers in the JSON
-CONFUSION_UNASKED_MAX = 100
 
 
 def evaluate(

@@ -21,6 +21,7 @@ from ..core.extras import require
 from ..core.files import atomic_path
 from ..core.quiet import quiet_libraries
 from ..data.loader import DeviceNormalizer
+from .defaults import DEFAULT_ATOL, DEFAULT_OPSET, DEFAULT_RTOL, EXPORT_BATCH_SIZE, EXPORT_SUFFIXES
 from .eval_data import eval_loader, first_batches, resolve_data
 from .hub import atomic_folder, hub_bytes, load_hub, timm_equivalent, write_hub
 from .model_info import META_KEY, ModelInfo
@@ -29,12 +30,8 @@ from .runtime import SUFFIX_FORMATS, ModelSource, load_module, load_runner
 
 log = logging.getLogger("visionzoo")
 
-# format -> suffix of the file it writes; hub writes a folder (config.json, model.safetensors)
-FORMATS = {"onnx": ".onnx", "torchscript": ".ts", "export": ".pt2", "safetensors": ".safetensors", "hub": ""}
-DEFAULT_OPSET = 18
+FORMATS = EXPORT_SUFFIXES  # format -> suffix of the file it writes (inference.defaults, which cli/export shows)
 DYNAMO_MIN_OPSET = 18  # torch.onnx's torch.export-based exporter writes opset 18 and newer
-# fp32 vs fp32 on another runtime: differences come from kernel order only
-DEFAULT_ATOL, DEFAULT_RTOL = 1e-4, 1e-4
 
 
 class ExportCheckError(ModelFileError):
@@ -132,7 +129,7 @@ def export_model(
     img_size: int | None = None,
     dynamic_batch: bool = False,
     opset: int = DEFAULT_OPSET,
-    batch_size: int = 1,
+    batch_size: int = EXPORT_BATCH_SIZE,
     data: DataConfig | None = None,
     atol: float = DEFAULT_ATOL,
     rtol: float = DEFAULT_RTOL,

@@ -31,6 +31,7 @@ from ..core.precision import autocast
 from ..core.quiet import quiet_libraries
 from ..engine.optim import build_optimizer
 from ..engine.step import sync
+from .defaults import BENCH_BACKENDS, BENCH_BATCH_SIZES, BENCH_ITERS, BENCH_MODES, BENCH_WARMUP
 from .model_info import ModelInfo
 from .model_spec import ModelSpec
 from .runtime import (
@@ -44,7 +45,7 @@ from .runtime import (
 
 log = logging.getLogger("visionzoo")
 
-MODES = ("infer", "train")
+MODES = BENCH_MODES
 
 
 class Unavailable(Exception):
@@ -313,7 +314,7 @@ FORWARD_BUILDERS: dict[str, Callable[[BenchTarget], Factory]] = {
     "eager": _eager, "compile": _compiled, "torchscript": _torchscript, "onnxruntime": _onnxruntime,
     "tensorrt": _tensorrt,
 }
-BACKENDS = tuple(FORWARD_BUILDERS)
+BACKENDS = BENCH_BACKENDS  # what `--backend` accepts, FORWARD_BUILDERS' keys (a test keeps them equal)
 
 
 def _train_step_factory(t: BenchTarget) -> Factory:
@@ -348,11 +349,11 @@ def bench(
     bm: BenchModel,
     backends: tuple[str, ...] = ("eager",),
     precisions: tuple[str, ...] = ("fp32",),
-    batch_sizes: tuple[int, ...] = (1, 4, 8, 16, 32, 64),
+    batch_sizes: tuple[int, ...] = BENCH_BATCH_SIZES,
     img_size: int | None = None,
     mode: str = "infer",
-    warmup: int = 10,
-    iters: int = 50,
+    warmup: int = BENCH_WARMUP,
+    iters: int = BENCH_ITERS,
     device: torch.device | None = None,
     channels_last: bool = False,
     on_row: Callable[[BenchRow], None] | None = None,

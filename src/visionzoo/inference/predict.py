@@ -14,6 +14,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from ..core.errors import BadImageError, ConfigError
 from ..data.loader import DeviceNormalizer
 from ..data.transforms import eval_transform, transform_file
+from .defaults import PREDICT_BATCH_SIZE
 from .runtime import ModelSource, Runner, load_runner
 
 
@@ -59,7 +60,7 @@ def _decode(paths: list[Path], transform) -> tuple[list[torch.Tensor | None], li
     return images, errors
 
 
-def predict_files(runner: Runner, paths: Sequence[str | Path], topk: int = 5, batch_size: int = 32,
+def predict_files(runner: Runner, paths: Sequence[str | Path], topk: int = 5, batch_size: int = PREDICT_BATCH_SIZE,
                   decode: str | None = None) -> list[Prediction]:
     """Predictions in input order, a folder's images in its place (expand_inputs); undecodable files carry an
     error naming them instead of classes.
@@ -95,7 +96,7 @@ def predict_files(runner: Runner, paths: Sequence[str | Path], topk: int = 5, ba
 
 
 def predict(model: ModelSource, images: list[str | Path] | str | Path, topk: int = 5, device: str = "auto",
-            precision: str = "fp32", batch_size: int = 32, decode: str | None = None,
+            precision: str = "fp32", batch_size: int = PREDICT_BATCH_SIZE, decode: str | None = None,
             raw_weights: bool = False) -> list[dict[str, Any]]:
     """The library's `visionzoo.predict`: top-k classes for image files (a folder: every image under it), as plain
     dicts in input order:
