@@ -313,3 +313,18 @@ def test_progress_and_epoch_lines_show_the_runs_eta(tmp_path, monkeypatch):
     log = [line for line in (out / "train.log").read_text().splitlines() if " INFO epoch " in line]
     assert "| run ETA " in log[0] and "ETA" not in log[1]
     assert step_mod.progress_text(1.0, 0.1, 100.0, 14.2, 151.0) == "loss 1.0000, lr 0.1, 100 img/s, ETA 0:14, run 2:31"
+
+
+# ------------------------------------------------------------------------------------------------
+# 10. a diverged run is a failure (exit 1), not a usage error (2)
+
+
+def test_a_diverged_run_exits_1_naming_the_lr(tmp_path, capsys):
+    data = write_folder(tmp_path / "data", 8)
+    out = tmp_path / "run"
+    rc = main(["train", "--data", str(data), "--model", "resnet18", "--batch-size", "8", "--epochs", "1",
+               "--lr", "1e30", "--log-interval", "1", *BASE, "--output", str(out)])
+    err = one_line(capsys)
+    assert rc == 1, err
+    assert "diverged" in err and "--lr" in err and "--clip-grad" in err
+    assert not (out / "last.pth").exists()  # nothing of the diverged epoch was saved

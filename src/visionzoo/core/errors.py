@@ -81,6 +81,11 @@ def error_message(e: BaseException) -> str:
     return text
 
 
+class DivergedError(VisionZooError, RuntimeError):
+    """The training loss turned NaN or infinite: the run failed (exit status 1); the message says which
+    settings to change."""
+
+
 class ModelFileError(VisionZooError, RuntimeError):
     """A model, weights or checkpoint file cannot be used as asked; the message names the file."""
 

@@ -18,8 +18,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ..config import spelled
 from ..core.distributed import all_gather_objects, all_reduce_sum
-from ..core.errors import ConfigError, skipped_names
+from ..core.errors import DivergedError, skipped_names
 from ..core.precision import autocast
 from ..data.loader import DeviceNormalizer, device_batches
 from .ema import WeightEMA
@@ -158,8 +159,9 @@ def train_one_epoch(
             loss_avg = sums[0].item() / seen  # the one host sync per interval
             if _diverged(loss_avg, device):  # stop before anything of this epoch is saved
                 bar.close()
-                raise ConfigError(f"the training loss is {loss_avg} at step {state.global_step} ({desc}): the run "
-                                  f"diverged; lower --lr (now {lr_used:.4g}) or set --clip-grad")
+                raise DivergedError(f"the training loss is {loss_avg} at step {state.global_step} ({desc}): the run "
+                                    f"diverged; lower {spelled('lr')} (now {lr_used:.4g}) or set "
+                                    f"{spelled('clip_grad')}")
             if not bar.disable:  # the clock is read after the sync above, so the rate counts finished work
                 now = time.perf_counter()
                 rate = (seen - seen_log) * world_size / max(now - t_log, 1e-9)
