@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -340,3 +341,35 @@ def test_cli_shows_the_inference_defaults_themselves():
     assert flag("export", "format").choices == list(defaults.EXPORT_FORMATS)
     assert parser.commands["predict"].get_default("batch_size") is defaults.PREDICT_BATCH_SIZE \
         is default(predict, "batch_size")
+
+
+# ------------------------------------------------------------------------------------------------
+# 12. the hub folder's files are written through core.files' atomic writes
+
+
+def test_hub_export_writes_through_core_files(tiny_ckpt, tmp_path, monkeypatch, capsys):
+    """A full disk is one line naming the file (not an OSError traceback) and leaves nothing; a written folder
+    and its files have the modes plain writes give (what the old hand-written chmods did, kept)."""
+    import errno
+
+    import safetensors.torch
+
+    old = os.umask(0o022)
+    try:
+        assert main(["export", "--checkpoint", str(tiny_ckpt), "--format", "hub", "--output",
+                     str(tmp_path / "m-hub")]) == 0
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in [tmp_path / "m-hub", *(tmp_path / "m-hub").iterdir()]}
+    assert modes == {"m-hub": 0o755, "config.json": 0o644, "model.safetensors": 0o644}
+    capsys.readouterr()
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    out = tmp_path / "out" / "m-hub"
+    assert main(["export", "--checkpoint", str(tiny_ckpt), "--format", "hub", "--output", str(out)]) == 1
+    assert capsys.readouterr().err == (f"visionzoo export: error: cannot write {out / 'model.safetensors'}: No space "
+                                       "left on device; nothing was written\n")
+    assert list((tmp_path / "out").iterdir()) == []  # no folder, no temp folder

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from torch import nn
 
 from ..core.errors import ConfigError, ModelFileError, VisionZooError
 from ..core.extras import require
-from ..core.files import TEMP_MARK
+from ..core.files import TEMP_MARK, atomic_path, write_json
 from .model_info import ModelInfo
 
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
@@ -99,14 +99,14 @@ def hub_config(model: nn.Module, info: ModelInfo) -> dict[str, Any]:
 
 
 def write_hub(model: nn.Module, info: ModelInfo, folder: Path) -> None:
-    """folder/config.json and folder/model.safetensors for a timm model (see timm_equivalent)."""
-    import json
-
+    """folder/config.json and folder/model.safetensors for a timm model (see timm_equivalent), each written
+    atomically (core.files: the mode a plain open() gives, a full disk as one line)."""
     from safetensors.torch import save_file
 
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / WEIGHTS), metadata={"format": "pt"})  # the hub's convention for torch weights
-    (folder / CONFIG).write_text(json.dumps(hub_config(model, info), indent=2) + "\n")
+    with atomic_path(folder / WEIGHTS) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt"})  # the hub's convention for torch weights
+    write_json(folder / CONFIG, hub_config(model, info))
 
 
 def load_hub(folder: str | Path) -> nn.Module:
@@ -123,30 +123,37 @@ def hub_bytes(folder: Path) -> int:
 @contextlib.contextmanager
 def atomic_folder(dst: Path) -> Iterator[Path]:
     """A temp folder beside dst to write the hub files into; on success it becomes dst (a new folder) or its
-    files replace dst's one by one (an existing folder keeps its other files). On error dst is as it was."""
+    files replace dst's one by one (an existing folder keeps its other files). On error dst is as it was, and a
+    write that failed for want of room names dst, not the temp folder."""
     if dst.exists() and not dst.is_dir():
         raise ConfigError(f"--output {dst}: a file; --format hub writes a folder")
-    try:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}{TEMP_MARK}", dir=dst.parent))
-    except OSError as e:
-        raise ConfigError(f"cannot write {dst}: {e.strerror} ({dst.parent})") from None
+    tmp = _temp_folder(dst)
     try:
         yield tmp
-        mask = os.umask(0)
-        os.umask(mask)
-        # mkdtemp's 0700 (and safetensors' 0600): the modes a plain mkdir and open() would give
-        os.chmod(tmp, 0o777 & ~mask)
-        for name in HUB_FILES:
-            os.chmod(tmp / name, 0o666 & ~mask)
         if dst.exists():
             for name in HUB_FILES:
                 os.replace(tmp / name, dst / name)
         else:
             os.replace(tmp, dst)
+    except VisionZooError as e:  # core.files' one line about a file in the temp folder: it is dst's to the user
+        raise type(e)(str(e).replace(str(tmp), str(dst))) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
+
+def _temp_folder(dst: Path) -> Path:
+    """A new folder beside dst, named as core.files names its temp files; made by mkdir, so it has the mode a
+    plain mkdir gives (mkdtemp's would be 0700)."""
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(100):
+            tmp = dst.parent / f".{dst.name}{TEMP_MARK}{secrets.token_hex(4)}"
+            with contextlib.suppress(FileExistsError):
+                tmp.mkdir()
+                return tmp
+        raise FileExistsError(f"no free temp folder name beside {dst}")
+    except OSError as e:
+        raise ConfigError(f"cannot write {dst}: {e.strerror or e} ({dst.parent})") from None
 
 
 def hub_client(repo_id: str) -> Any:
