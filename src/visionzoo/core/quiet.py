@@ -30,6 +30,7 @@ WARNING_NOTES: tuple[tuple[type[Warning], str, str], ...] = (
     (FutureWarning, r"`torch\.jit\.\w+` is (deprecated|not supported)", ""),
     # ONNX opsets below 18 (the seed's ATC wants 11) only come from the TorchScript-based exporter
     (DeprecationWarning, r"You are using the legacy TorchScript-based ONNX export", ""),
+    (DeprecationWarning, r"The feature will be removed\. Please remove usage of this function", r"torch\.onnx\."),
     # inductor's int8 lowering copies its own zero-point tensor in the way torch.tensor warns about
     (UserWarning, r"To copy construct from a tensor, it is recommended", r"torch\._inductor\."),
 )
