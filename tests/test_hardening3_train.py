@@ -116,6 +116,26 @@ def test_pretrained_torchvision_model_offline_is_one_line(tmp_path, monkeypatch,
 # 3. Ctrl-C: one line saying how to resume, exit status 130, last.pth kept
 
 
+def mlflow_file_store(tmp_path: Path, monkeypatch) -> list[str]:
+    """--mlflow against a local file store (no server), or no flag where mlflow is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("mlflow") is None:
+        return []
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    return ["--mlflow"]
+
+
+def mlflow_status(tmp_path: Path) -> str:
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri())
+    (run,) = client.search_runs([client.get_experiment_by_name("visionzoo").experiment_id])
+    return run.info.status
+
+
 def test_ctrl_c_says_how_to_resume_and_exits_130(tmp_path, monkeypatch, capsys):
     from visionzoo.engine import trainer as trainer_mod
 
@@ -131,10 +151,13 @@ def test_ctrl_c_says_how_to_resume_and_exits_130(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(trainer_mod, "train_one_epoch", interrupted_in_epoch_two)
     data = write_folder(tmp_path / "data", 8)
     out = tmp_path / "run"
+    mlflow = mlflow_file_store(tmp_path, monkeypatch)
     rc = main(["train", "--data", str(data), "--model", "resnet18", "--batch-size", "8", "--epochs", "2", *BASE,
-               "--output", str(out)])
+               "--output", str(out), *mlflow])
     err = one_line(capsys)
     assert rc == 130, err
+    if mlflow:
+        assert mlflow_status(tmp_path) == "KILLED"
     command = f"visionzoo train --config {out / 'config.yaml'} --resume auto"
     assert "interrupted" in err and err.endswith(command), err
     assert (out / "last.pth").is_file() and len(epoch_rows(out)) == 1
@@ -319,12 +342,110 @@ def test_progress_and_epoch_lines_show_the_runs_eta(tmp_path, monkeypatch):
 # 10. a diverged run is a failure (exit 1), not a usage error (2)
 
 
-def test_a_diverged_run_exits_1_naming_the_lr(tmp_path, capsys):
+def test_a_diverged_run_exits_1_naming_the_lr(tmp_path, monkeypatch, capsys):
     data = write_folder(tmp_path / "data", 8)
     out = tmp_path / "run"
+    mlflow = mlflow_file_store(tmp_path, monkeypatch)
     rc = main(["train", "--data", str(data), "--model", "resnet18", "--batch-size", "8", "--epochs", "1",
-               "--lr", "1e30", "--log-interval", "1", *BASE, "--output", str(out)])
+               "--lr", "1e30", "--log-interval", "1", *BASE, "--output", str(out), *mlflow])
     err = one_line(capsys)
     assert rc == 1, err
+    if mlflow:
+        assert mlflow_status(tmp_path) == "FAILED"
     assert "diverged" in err and "--lr" in err and "--clip-grad" in err
     assert not (out / "last.pth").exists()  # nothing of the diverged epoch was saved
+
+
+# ------------------------------------------------------------------------------------------------
+# 11. a tracking server that hangs never stalls training; the run ends with a warning naming it
+
+
+@pytest.fixture
+def hanging_mlflow_server():
+    """An MLflow tracking server on 127.0.0.1 that creates the run, then never answers another call (until the
+    test ends). Yields its URI and the paths it was asked for."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    release, asked = threading.Event(), []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _answer(self, body: dict, status: int = 200) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _hang(self) -> None:
+            release.wait(120)
+            self._answer({"error_code": "INTERNAL_ERROR", "message": "gone"}, 500)
+
+        def do_GET(self):
+            asked.append(self.path)
+            if "/experiments/get-by-name" in self.path:
+                return self._answer({"experiment": {"experiment_id": "1", "name": "visionzoo",
+                                                    "artifact_location": "mlflow-artifacts:/1",
+                                                    "lifecycle_stage": "active"}})
+            self._hang()
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            asked.append(self.path)
+            if "/runs/create" in self.path:
+                return self._answer({"run": {"info": {
+                    "run_id": "r1", "run_uuid": "r1", "experiment_id": "1", "user_id": "u", "status": "RUNNING",
+                    "start_time": 1, "artifact_uri": "mlflow-artifacts:/1/r1/artifacts", "lifecycle_stage": "active",
+                    "run_name": "run"}, "data": {}}})
+            self._hang()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", asked
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_hanging_tracking_server_never_stalls_training(tmp_path, monkeypatch, hanging_mlflow_server):
+    import threading
+    import time
+
+    pytest.importorskip("mlflow")
+    from visionzoo.engine import tracking
+
+    uri, asked = hanging_mlflow_server
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    for name in ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(tracking, "CLOSE_WAIT_S", 2.0)  # the end of the run waits this long for the server
+    spent: list[float] = []  # what handing each read-out to the tracker costs the training loop
+    real = tracking.MlflowTracker.metrics
+
+    def timed(self, values, step):
+        t = time.perf_counter()
+        real(self, values, step)
+        spent.append(time.perf_counter() - t)
+
+    monkeypatch.setattr(tracking.MlflowTracker, "metrics", timed)
+    data = write_folder(tmp_path / "data", 8)
+    out = tmp_path / "run"
+    result: dict[str, int] = {}
+    args = ["train", "--data", str(data), "--model", "resnet18", "--batch-size", "8", "--epochs", "2",
+            "--log-interval", "1", "--mlflow", *BASE, "--output", str(out)]
+    worker = threading.Thread(target=lambda: result.setdefault("rc", main(args)), daemon=True)
+    worker.start()
+    worker.join(120)  # unbounded before: MLflow's client waits 120 s a call, 7 times over
+    assert not worker.is_alive(), f"training stalled on the tracking server (it was asked {asked})"
+    assert result["rc"] == 0
+    assert any("/runs/log-batch" in p for p in asked)
+    assert len(spent) >= 4 and sum(spent) < 1.0, spent  # the steps were not held up
+    warnings = [line for line in (out / "train.log").read_text().splitlines() if " WARNING MLflow" in line]
+    assert warnings and any("did not answer within 2 s" in w or "logging stopped" in w for w in warnings), warnings

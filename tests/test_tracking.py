@@ -245,6 +245,7 @@ def test_wandb_tracker_init_steps_and_end_status(fake_wandb, tmp_path, monkeypat
     assert ("epoch/*", "epoch") in run.metrics and ("train_step/*", "global_step") in run.metrics
     tracker.scalars("train_step", {"loss": 1.5}, 20)
     tracker.epoch({"val_top1": 50.0}, 1)
+    tracker.flush()  # the calls are made on the tracking thread
     assert run.logged == [{"global_step": 20, "train_step/loss": 1.5}, {"epoch": 1, "epoch/val_top1": 50.0}]
     tracker.end("KILLED")
     tracker.end("FINISHED")  # a second end is a no-op
@@ -282,7 +283,8 @@ def test_wandb_run_that_cannot_start_is_one_line(fake_wandb, tmp_path, monkeypat
     monkeypatch.setenv("WANDB_PROJECT", "refused")
     with pytest.raises(ConfigError) as e:
         WandbTracker(tmp_path / "r").start({})
-    assert str(e.value) == ("--wandb: cannot start a run in project refused: No API key configured. "
+    # the library names the setting (the command line names its flag, --wandb)
+    assert str(e.value) == ("wandb: cannot start a run in project refused: No API key configured. "
                             "Use `wandb login` to log in.")
 
 

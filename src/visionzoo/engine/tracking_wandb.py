@@ -6,6 +6,10 @@ config.yaml as run files.
 The project is WANDB_PROJECT or "visionzoo"; the run is named after the run folder and keeps its local files
 under RUN_FOLDER/wandb/ unless WANDB_DIR says where. Online or offline is wandb's own choice (WANDB_MODE,
 `wandb login` / WANDB_API_KEY); an offline run is uploaded later with `wandb sync`.
+
+As with MLflow, the run starts before training (wandb.init, with a shorter init timeout unless
+WANDB_INIT_TIMEOUT is set) and every later call goes through tracking.CallQueue: a slow or unreachable W&B
+never holds up a training step, and the end of the run waits a bounded time (CLOSE_WAIT_S) for it.
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..config import spelled
 from ..core.errors import ConfigError
 from ..core.extras import require
+from .tracking import CallQueue, env_defaults
 
 log = logging.getLogger("visionzoo")
 
@@ -24,11 +30,13 @@ DEFAULT_PROJECT = "visionzoo"
 # the run's end status (RunLog.close) -> wandb's exit code: 0 is a finished run, any other a failed one; 255 for
 # Ctrl-C, as wandb's own exit hook records it
 EXIT_CODES = {"FINISHED": 0, "FAILED": 1, "KILLED": 255}
+START_ENV = {"WANDB_INIT_TIMEOUT": "30"}  # wandb's default waits 90 s for a server that does not answer
+CLOSE_WAIT_S = 60.0  # finish() uploads what is left: longer than MLflow's last calls, still bounded
 
 
 def require_wandb() -> Any:
     """The wandb module, or the one-line MissingExtraError naming the extra (checked before the run starts)."""
-    return require("wandb", "wandb", "--wandb")
+    return require("wandb", "wandb", spelled("wandb"))
 
 
 class WandbTracker:
@@ -39,29 +47,33 @@ class WandbTracker:
         self._wandb = require_wandb()
         self.out = Path(out)
         self._run: Any = None
+        self._calls: CallQueue | None = None
 
     def start(self, config: dict[str, Any]) -> None:
         """Create the run with the resolved config; a run that cannot start (no API key, no server) stops the
         training run here, before training, in one line."""
         project = os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT
         try:
-            run = self._wandb.init(
-                project=project, name=self.out.name, config=config,
-                # the run's files beside its other outputs, unless the user put them elsewhere
-                dir=None if os.environ.get("WANDB_DIR") else str(self.out),
-                # a run of its own: a caller's active wandb run (a notebook's) is neither finished nor reused,
-                # and wandb.run / wandb.log stay theirs
-                reinit="create_new")
+            with env_defaults(START_ENV):
+                run = self._wandb.init(
+                    project=project, name=self.out.name, config=config,
+                    # the run's files beside its other outputs, unless the user put them elsewhere
+                    dir=None if os.environ.get("WANDB_DIR") else str(self.out),
+                    # a run of its own: a caller's active wandb run (a notebook's) is neither finished nor
+                    # reused, and wandb.run / wandb.log stay theirs
+                    reinit="create_new")
+            # W&B wants one increasing step across all log calls; epochs and global steps are two x-axes, so
+            # each family of metrics gets its own step metric instead of wandb's implicit step (local calls,
+            # made here: the run is not usable without them)
+            run.define_metric("epoch")
+            run.define_metric("global_step")
+            run.define_metric("epoch/*", step_metric="epoch")
+            run.define_metric("train_step/*", step_metric="global_step")
         except Exception as e:
             message = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise ConfigError(f"--wandb: cannot start a run in project {project}: {message}") from None
+            raise ConfigError(f"{spelled('wandb')}: cannot start a run in project {project}: {message}") from None
         self._run = run
-        # W&B wants one increasing step across all log calls; epochs and global steps are two x-axes, so
-        # each family of metrics gets its own step metric instead of wandb's implicit step
-        self._call("define_metric", "epoch")
-        self._call("define_metric", "global_step")
-        self._call("define_metric", "epoch/*", step_metric="epoch")
-        self._call("define_metric", "train_step/*", step_metric="global_step")
+        self._calls = CallQueue("W&B")
         mode = "offline" if getattr(run, "offline", False) else "online"
         log.info("W&B run %s (project %s, %s) in %s", run.id, project, mode, run.dir)
 
@@ -85,23 +97,25 @@ class WandbTracker:
                 # base_path: saved under its own name, not under the run folder's path
                 self._call("save", str(path), base_path=str(path.parent), policy="now")
 
-    def end(self, status: str = "FINISHED") -> None:
-        """Finish the run as finished (FINISHED) or failed (FAILED, KILLED); safe to call again."""
-        if self._run is None:
+    def end(self, status: str = "FINISHED", wait_s: float | None = None) -> None:
+        """Finish the run as finished (FINISHED) or failed (FAILED, KILLED), waiting at most wait_s
+        (CLOSE_WAIT_S) for W&B; safe to call again. After a failed call the run is not finished here (that
+        could fail the same way): wandb's exit hook ends it."""
+        if self._run is None or self._calls is None:
             return
         self._call("finish", exit_code=EXIT_CODES.get(status, 1))
         self._run = None
+        self._calls.close(CLOSE_WAIT_S if wait_s is None else wait_s)
+
+    def flush(self, wait_s: float = CLOSE_WAIT_S) -> None:
+        """Wait (at most wait_s) until the calls queued so far are made."""
+        if self._calls is not None:
+            self._calls.join(wait_s)
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> None:
-        if self._run is None:
+        if self._run is None or self._calls is None:
             return
-        try:
-            target = self._run
-            for name in method.split("."):  # "summary.update": a method of the run's summary
-                target = getattr(target, name)
-            target(*args, **kwargs)
-        except Exception as e:
-            # the run is not finished here (that could fail the same way): wandb's exit hook ends it
-            log.warning("W&B logging stopped (%s: %s); metrics.jsonl has the run's numbers",
-                        type(e).__name__, str(e).splitlines()[0] if str(e) else "")
-            self._run = None
+        target = self._run
+        for name in method.split("."):  # "summary.update": a method of the run's summary
+            target = getattr(target, name)
+        self._calls.put(target, *args, **kwargs)
