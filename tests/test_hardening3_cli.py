@@ -373,3 +373,54 @@ def test_hub_export_writes_through_core_files(tiny_ckpt, tmp_path, monkeypatch, 
     assert capsys.readouterr().err == (f"visionzoo export: error: cannot write {out / 'model.safetensors'}: No space "
                                        "left on device; nothing was written\n")
     assert list((tmp_path / "out").iterdir()) == []  # no folder, no temp folder
+
+
+# ------------------------------------------------------------------------------------------------
+# 13. a model fine-tuned from a hub folder records its architecture, not the folder's path
+
+
+def test_a_run_from_a_hub_folder_records_the_architecture(tiny_ckpt, tiny_imagefolder, tmp_path, capsys):
+    import shutil
+
+    from visionzoo.models.checkpoint import Checkpoint
+
+    hub = tmp_path / "r18-hub"
+    assert main(["export", "--checkpoint", str(tiny_ckpt), "--format", "hub", "--output", str(hub)]) == 0
+    out = tmp_path / "run"
+    assert main(["train", "--model", f"local-dir:{hub}", "--pretrained", "--data", str(tiny_imagefolder),
+                 "--img-size", "32", "--epochs", "1", "--batch-size", "16", "--workers", "0", "--device", "cpu",
+                 "--output", str(out), "--no-progress"]) == 0
+    assert Checkpoint.load(out / "best.pth").model_name == "resnet18"
+    # the fine-tuned model stands alone: the folder it began from can go, and exports record the name too
+    shutil.rmtree(hub)
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(out / "best.pth"), "--no-progress", "--device", "cpu"]) == 0
+    assert "images 12" in capsys.readouterr().out
+    assert main(["export", "--checkpoint", str(out / "best.pth"), "--format", "hub", "--output", str(hub)]) == 0
+    assert main(["export", "--model", f"local-dir:{hub}", "--format", "safetensors", "--output",
+                 str(tmp_path / "m.safetensors"), "--data", str(tiny_imagefolder)]) == 0
+    shutil.rmtree(hub)
+    assert main(["eval", "--checkpoint", str(tmp_path / "m.safetensors"), "--no-progress", "--device", "cpu",
+                 "--data", str(tiny_imagefolder)]) == 0
+
+
+def test_a_hub_config_the_architecture_alone_would_not_rebuild_keeps_its_name(tmp_path):
+    from visionzoo.models.registry import get_model_cfg
+
+    def folder(name: str, **config) -> str:
+        (tmp_path / name).mkdir()
+        pcfg = {"input_size": [3, 32, 32], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+                "num_classes": 3, **config.pop("pretrained_cfg", {})}
+        (tmp_path / name / "config.json").write_text(json.dumps({"num_classes": 3, **config,
+                                                                "pretrained_cfg": pcfg}))
+        return f"local-dir:{tmp_path / name}"
+
+    assert get_model_cfg(folder("plain", architecture="resnet18")).architecture == "resnet18"
+    assert get_model_cfg(folder("timm", architecture="convnext_atto")).architecture == "convnext_atto"
+    # other normalisation than the architecture's (a checkpoint does not record mean/std), constructor
+    # arguments, a name visionzoo registers as another model (torchvision's vgg16 is not timm's)
+    assert get_model_cfg(folder("mean", architecture="resnet18", pretrained_cfg={"mean": [0.5] * 3})).architecture \
+        is None
+    assert get_model_cfg(folder("args", architecture="resnet18", model_args={"global_pool": "max"})).architecture \
+        is None
+    assert get_model_cfg(folder("vgg", architecture="vgg16")).architecture is None

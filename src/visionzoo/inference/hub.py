@@ -22,6 +22,7 @@ from torch import nn
 from ..core.errors import ConfigError, ModelFileError, VisionZooError
 from ..core.extras import require
 from ..core.files import TEMP_MARK, atomic_path, write_json
+from ..models.registry import TIMM_TWINS
 from .model_info import ModelInfo
 
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
@@ -30,7 +31,7 @@ LOGIN_HINT = "`hf auth login` (`huggingface-cli login` before huggingface_hub 1.
 HUB_FILES = (CONFIG, WEIGHTS)
 # visionzoo's torchvision ResNets -> timm's: same modules, same parameter names, same forward (the export
 # check compares the logits of every file it writes)
-TORCHVISION_AS_TIMM = {n: n for n in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")}
+TORCHVISION_AS_TIMM = {n: n for n in TIMM_TWINS}
 # pretrained_cfg keys describing timm's own weights rather than these: the source, and test-time advice
 # visionzoo did not evaluate with
 _DROPPED = ("url", "file", "hf_hub_id", "hf_hub_filename", "source", "state_dict", "tag", "test_input_size",

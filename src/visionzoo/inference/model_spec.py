@@ -18,7 +18,15 @@ from pathlib import Path
 from torch import nn
 
 from ..core.errors import ConfigError, DataError
-from ..models import create_model, get_model_cfg, is_hub_name, load_state_dict_file, load_weights, model_cfg_of
+from ..models import (
+    create_model,
+    get_model_cfg,
+    is_hub_name,
+    load_state_dict_file,
+    load_weights,
+    model_cfg_of,
+    model_name_of,
+)
 from ..models.weights import head_size
 from .model_info import ModelInfo
 
@@ -59,7 +67,9 @@ def module_from_spec(spec: ModelSpec) -> tuple[nn.Module, ModelInfo]:
     if spec.weights:
         load_weights(model, spec.weights, keep_head=True)
     cfg = model_cfg_of(model)
-    info = ModelInfo.from_model_cfg(cfg, spec.name)
+    # the name that rebuilds it: a hub folder's architecture, not its path (exports record it; spec.label still
+    # says where the weights came from)
+    info = ModelInfo.from_model_cfg(cfg, model_name_of(model))
     info.classes = class_names(spec, cfg.num_classes, cfg.label_names)
     info.extra["weights"] = spec.label
     return model.eval(), info

@@ -35,6 +35,9 @@ class ModelCfg:
     final_norm: str | None = None
     # class names in label order, where the model's own config has them (a hub folder's label_names)
     label_names: tuple[str, ...] | None = None
+    # a hub model's (local-dir:/hf-hub:) architecture, where that name alone rebuilds the same model: what a
+    # checkpoint records (model_name_of), since a folder's path does not travel with it
+    architecture: str | None = None
 
 
 Builder = Callable[..., nn.Module]
@@ -73,6 +76,9 @@ class UnknownModelError(ConfigError):
 
 # timm's model-name schemes: a folder in the hub layout (config.json, model.safetensors) or a hub repository
 HUB_SCHEMES = ("local-dir", "hf-hub")
+# registered names whose definition is timm's architecture of that name: the same modules, parameter names and
+# forward (torchvision's ResNets); the others that timm also has (vgg16, ...) are different models
+TIMM_TWINS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
 
 def is_hub_name(name: str) -> bool:
@@ -93,9 +99,9 @@ def _hub_cfg(name: str) -> ModelCfg:
             if not (Path(ident) / "config.json").is_file():
                 raise ConfigError(f"--model {name}: no config.json in {ident} (write one with "
                                   "`visionzoo export --format hub`)")
-            pcfg, arch, _ = load_model_config_from_path(ident)
+            pcfg, arch, model_args = load_model_config_from_path(ident)
         else:
-            pcfg, arch, _ = load_model_config_from_hf(ident)
+            pcfg, arch, model_args = load_model_config_from_hf(ident)
     except VisionZooError:
         raise
     except Exception as e:  # bad JSON, missing keys, no network, no such repository: all the user's to fix
@@ -105,7 +111,18 @@ def _hub_cfg(name: str) -> ModelCfg:
         raise ConfigError(f"--model {name}: its config.json names architecture {arch!r}, which this timm lacks")
     labels = pcfg.get("label_names")
     cfg = _cfg_from_pretrained(pcfg)
-    return replace(cfg, label_names=tuple(str(n) for n in labels) if isinstance(labels, list | tuple) else None)
+    return replace(cfg, label_names=tuple(str(n) for n in labels) if isinstance(labels, list | tuple) else None,
+                   architecture=arch if _rebuilds(arch, model_args, cfg) else None)
+
+
+def _rebuilds(arch: str, model_args: dict[str, Any], cfg: ModelCfg) -> bool:
+    """Whether create_model(arch) builds the model a hub config describes: no constructor arguments beyond the
+    architecture's (a checkpoint records the head size itself), a name visionzoo does not register as another
+    model, and the same normalisation (a checkpoint records size, crop and interpolation, not mean and std)."""
+    if set(model_args) - {"num_classes"} or (arch in _REGISTRY and arch not in TIMM_TWINS):
+        return False
+    own = get_model_cfg(arch)
+    return (tuple(own.mean), tuple(own.std)) == (tuple(cfg.mean), tuple(cfg.std))
 
 
 def _timm_cfg(name: str) -> ModelCfg:
@@ -166,11 +183,15 @@ def model_cfg_of(model: nn.Module) -> ModelCfg:
 
 
 def model_name_of(model: nn.Module) -> str:
-    """The name create_model built the model under."""
-    name = getattr(unwrap_model(model), "visionzoo_name", None)
+    """The name that rebuilds the model (what checkpoints and exported files record): the name create_model built
+    it under, or for a model from a hub folder or repository (local-dir:DIR, hf-hub:ORG/NAME) its architecture,
+    where that name rebuilds it (ModelCfg.architecture): a fine-tuned copy must not need the folder it began from."""
+    inner = unwrap_model(model)
+    name = getattr(inner, "visionzoo_name", None)
     if not isinstance(name, str):
         raise ValueError("model was not built by visionzoo.create_model")
-    return name
+    cfg = getattr(inner, "visionzoo_cfg", None)
+    return cfg.architecture if isinstance(cfg, ModelCfg) and cfg.architecture and is_hub_name(name) else name
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
