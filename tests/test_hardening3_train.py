@@ -449,3 +449,26 @@ def test_a_hanging_tracking_server_never_stalls_training(tmp_path, monkeypatch, 
     assert len(spent) >= 4 and sum(spent) < 1.0, spent  # the steps were not held up
     warnings = [line for line in (out / "train.log").read_text().splitlines() if " WARNING MLflow" in line]
     assert warnings and any("did not answer within 2 s" in w or "logging stopped" in w for w in warnings), warnings
+
+
+# ------------------------------------------------------------------------------------------------
+# 12. library errors name config keys; the command line names flags
+
+
+def test_library_errors_name_settings_not_flags(tmp_path):
+    import visionzoo
+    from visionzoo.core.errors import ConfigError
+
+    data = write_folder(tmp_path / "data", 4)
+    settings = dict(model="resnet18", data=str(data), epochs=1, img_size=32, batch_size=8, workers=0, device="cpu",
+                    progress=False)
+    with pytest.raises(ConfigError) as e:
+        visionzoo.train(**settings, aug_repeats=2, sampler="class_aware", output=str(tmp_path / "a"))
+    assert str(e.value).startswith("aug_repeats and sampler (class-aware sampling)") and "--" not in str(e.value)
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / "config.yaml").write_text("from another run\n")
+    with pytest.raises(ConfigError) as e:
+        visionzoo.train(**settings, output=str(out))
+    assert f"output={str(out)!r} already holds a run" in str(e.value) and "resume='auto'" in str(e.value)
+    assert "--" not in str(e.value)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import LongTailConfig, TrainConfig
+from ..config import LongTailConfig, TrainConfig, spelled
 from ..core.distributed import DistInfo, all_reduce_sum
 from ..core.errors import ConfigError, DataError, plural
 from ..data.datasets import ImageDataset
@@ -34,7 +34,7 @@ def train_labels(dataset) -> list[int]:
     samples = getattr(dataset, "samples", None)
     if samples is None or not samples.items:
         raise DataError("class-aware sampling and balanced losses need the labels of a random-access training set "
-                        "(not --dummy or streamed shards)")
+                        f"(not {spelled('dummy')} data or streamed shards)")
     return samples.targets()
 
 
@@ -90,7 +90,8 @@ def build_criterion(cfg: TrainConfig, raw_model: nn.Module, dataset, num_classes
     prior = log_prior(train_labels(dataset), num_classes, device) if cfg.lt.loss == "balanced_softmax" else None
     oltr = isinstance(raw_model, OLTRResNet)
     if oltr and (cfg.aug.mixup > 0 or cfg.aug.cutmix > 0):
-        raise ConfigError("--mixup/--cutmix mix the labels OLTR's centroid loss needs whole: not with oltr_* models")
+        raise ConfigError(f"{spelled('mixup')}/{spelled('cutmix')} mix the labels OLTR's centroid loss needs whole: "
+                          "not with oltr_* models")
     return Criterion(cfg.optim.label_smoothing, prior, DiscCentroidsLoss() if oltr else None,
                      cfg.lt.centroid_weight, raw_model if oltr else None, "bce" if cfg.lt.loss == "bce" else "ce")
 
@@ -157,10 +158,12 @@ class Objective:
         defaults = LongTailConfig()
         if not obj.oltr and (cfg.lt.centroid_weight, cfg.lt.centroid_lr_factor) != (
                 defaults.centroid_weight, defaults.centroid_lr_factor):
-            raise ConfigError("--centroid-weight / --centroid-lr-factor apply to OLTR models (oltr_*) only")
+            raise ConfigError(f"{spelled('centroid_weight')} / {spelled('centroid_lr_factor')} apply to OLTR models "
+                              "(oltr_*) only")
         if cfg.lt.reset_classifier:
             if not getattr(model, "resettable_classifier", True):
-                raise ConfigError("--reset-classifier is for plain models (cRT); OLTR's classifier starts fresh anyway")
+                raise ConfigError(f"{spelled('reset_classifier')} is for plain models (cRT); OLTR's classifier starts "
+                                  "fresh anyway")
             reset_classifier(model, model_cfg_of(model), num_classes)
         return obj
 

@@ -66,7 +66,8 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float, device: torch
         groups = layer_decay_groups(model, cfg, lr) if cfg.layer_decay else param_groups(
             model, cfg.weight_decay, cfg.no_decay_norm_bias)
     elif cfg.layer_decay:
-        raise ConfigError("--layer-decay does not combine with per-part learning rates (--head-lr-factor, OLTR)")
+        raise ConfigError(f"{spelled('layer_decay')} does not combine with per-part learning rates "
+                          f"({spelled('head_lr_factor')}, OLTR)")
     # fused kernels on CUDA and CPU alike: on this CPU a resnet18 SGD update takes 5 ms fused, 11 ms in a
     # per-tensor loop and 23 ms with foreach
     fused = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}

@@ -9,7 +9,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from ..config import TrainConfig
+from ..config import TrainConfig, spelled
 from ..core.distributed import DistInfo, all_gather_objects
 from ..core.errors import ModelFileError
 from ..core.precision import parse_precision
@@ -58,8 +58,10 @@ def load_resume(path: Path) -> Checkpoint:
     """The checkpoint to resume from; one that holds no training state is a ModelFileError naming it."""
     ckpt = Checkpoint.load(path)
     if not ckpt.has_training_state:
-        raise ModelFileError(f"--resume {path}: the checkpoint holds no training state (optimizer, epoch); "
-                             "start a new run from its weights with --init-from instead")
+        # the command line's name for weights is --init-from when it starts a run from a checkpoint
+        init = "--init-from" if spelled("weights").startswith("--") else spelled("weights")
+        raise ModelFileError(f"{spelled('resume', str(path))}: the checkpoint holds no training state (optimizer, "
+                             f"epoch); start a new run from its weights with {init} instead")
     return ckpt
 
 

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..config import spelled
 from ..core.errors import ConfigError, plural
 from ..core.files import atomic_path, json_safe, save_figure, write_json
 from .step import format_duration
@@ -272,7 +273,8 @@ def _summary_writer_class():
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise ConfigError("--tensorboard needs the tensorboard package: pip install 'visionzoo[tensorboard]'") from None
+        raise ConfigError(f"{spelled('tensorboard')} needs the tensorboard package: pip install "
+                          "'visionzoo[tensorboard]'") from None
     return SummaryWriter
 
 

@@ -201,7 +201,7 @@ def _lock_output(cfg: TrainConfig, dist: DistInfo) -> FolderLock | None:
     lock, error = None, None
     if dist.is_main:
         try:
-            lock = FolderLock(cfg.output or ".").acquire()
+            lock = FolderLock(cfg.output or ".", what=spelled("output")).acquire()
             check_output_free(cfg)
             for tmp in remove_stale_temps(lock.folder):
                 log.info("removed %s, left by an interrupted write", tmp)
@@ -277,7 +277,8 @@ def check_output_free(cfg: TrainConfig) -> None:
     mix their files."""
     out = Path(cfg.output) if cfg.output else None
     if out is not None and not cfg.resume and any(_holds(out / f) for f in RUN_FILES):
-        raise ConfigError(f"--output {out} already holds a run: pass --resume auto to continue it, or another --output")
+        raise ConfigError(f"{spelled('output', str(out))} already holds a run: pass {spelled('resume', 'auto')} to "
+                          f"continue it, or another {spelled('output')}")
 
 
 def _holds(path: Path) -> bool:
@@ -292,9 +293,10 @@ def _resolve_step_settings(cfg: TrainConfig, ckpt: Checkpoint | None, device: to
     cfg.precision = resolve_precision(asked, device)
     cfg.model.channels_last = resolve_channels_last(channels_last, device)
     if asked == "auto" and device.type == "cpu" and cpu_has_amx():
-        log.info("this CPU has AMX: --precision bf16 --channels-last usually trains faster here")
+        log.info("this CPU has AMX: %s %s usually trains faster here", spelled("precision", "bf16"),
+                 spelled("channels_last"))
     if cfg.precision == "fp16" and device.type == "cpu":
-        log.warning("fp16 autocast on CPU is slow and poorly supported; prefer --precision bf16 there")
+        log.warning("fp16 autocast on CPU is slow and poorly supported; prefer %s there", spelled("precision", "bf16"))
 
 
 def _build_data(cfg: TrainConfig, model_cfg: ModelCfg) -> DataBundle:
@@ -378,7 +380,8 @@ def _train_sampler(cfg: TrainConfig, objective: Objective, train_set: Dataset, d
     sampler = objective.sampler(train_set, dist)
     if cfg.aug.aug_repeats > 1:
         if sampler is not None:
-            raise ConfigError("--aug-repeats and --sampler (class-aware sampling) both choose the images: give one")
+            raise ConfigError(f"{spelled('aug_repeats')} and {spelled('sampler')} (class-aware sampling) both choose "
+                              "the images: give one")
         return RepeatedAugSampler(len(cast(Sized, train_set)), cfg.aug.aug_repeats, cfg.seed, dist.rank,
                                   dist.world_size)
     return sampler
@@ -408,11 +411,12 @@ def _restore(run: Run, ckpt: Checkpoint, path: Path | None) -> None:
             state.scaler.load_state_dict(ckpt.scaler)
         if state.ema is not None:
             if ckpt.ema is None:
-                raise ValueError("it holds no EMA weights, and this run keeps them (--ema)")
+                raise ValueError(f"it holds no EMA weights, and this run keeps them ({spelled('ema')})")
             state.ema.load_state_dict(ckpt.ema)
     except (RuntimeError, KeyError, ValueError, TypeError) as e:
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise ModelFileError(f"--resume {path}: the checkpoint does not fit this run ({first})") from None
+        raise ModelFileError(f"{spelled('resume', str(path))}: the checkpoint does not fit this run "
+                             f"({first})") from None
     run.start_epoch, run.best_top1, state.global_step = ckpt.epoch or 0, ckpt.best_top1, ckpt.step or 0
     run.saved_epochs = run.start_epoch
     run.resumed_record = ckpt.metrics
