@@ -424,3 +424,17 @@ def test_a_hub_config_the_architecture_alone_would_not_rebuild_keeps_its_name(tm
     assert get_model_cfg(folder("args", architecture="resnet18", model_args={"global_pool": "max"})).architecture \
         is None
     assert get_model_cfg(folder("vgg", architecture="vgg16")).architecture is None
+
+
+# ------------------------------------------------------------------------------------------------
+# 14. ImageNet's class names are unique, the shared ones named by what they are
+
+
+def test_imagenet_class_names_are_unique_and_readable():
+    from visionzoo.inference.model_spec import imagenet_classes
+
+    names = imagenet_classes()
+    assert len(names) == len(set(names)) == 1000
+    assert (names[134], names[517], names[638], names[639]) == \
+        ("crane (bird)", "crane (machine)", "maillot", "maillot (tank suit)")
+    assert names[0] == "tench" and not any("(n0" in n or "(n1" in n for n in names)  # no synset ids shown

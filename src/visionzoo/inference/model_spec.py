@@ -101,15 +101,24 @@ def imagenet_synsets() -> list[str]:
     return list(ImageNetInfo().label_names())
 
 
+# the ImageNet-1k classes whose first WordNet lemma another class shares, named by what they are (their synset's
+# gloss): "crane" is a bird (134) and a machine (517); "maillot" (638) is also the first word of 639, the tank
+# suit. Documented in docs/inference.md.
+IMAGENET_SHARED_NAMES = {"n02012849": "crane (bird)", "n03126707": "crane (machine)",
+                         "n03710721": "maillot (tank suit)"}
+
+
 def imagenet_classes() -> list[str]:
     """ImageNet-1k's class names in label order, from timm's offline copy: each class's first WordNet lemma,
-    with the synset id added where two classes share it (crane the bird and the machine; maillot twice)."""
+    unique: the classes that share one are named as IMAGENET_SHARED_NAMES says (any other, by its synset id)."""
     from timm.data import ImageNetInfo
 
     info = ImageNetInfo()
-    names = [info.index_to_description(i).split(",")[0].strip() for i in range(IMAGENET_CLASSES)]
-    shared = {n for n in names if names.count(n) > 1}
-    return [f"{n} ({info.index_to_label_name(i)})" if n in shared else n for i, n in enumerate(names)]
+    synsets = [info.index_to_label_name(i) for i in range(IMAGENET_CLASSES)]
+    names = [IMAGENET_SHARED_NAMES.get(synset) or info.index_to_description(i).split(",")[0].strip()
+             for i, synset in enumerate(synsets)]
+    shared = {n for n in names if names.count(n) > 1}  # none with timm's list: a later list keeps them apart too
+    return [f"{n} ({synsets[i]})" if n in shared else n for i, n in enumerate(names)]
 
 
 def spec_or_none(name: str | None, weights: str | None, pretrained: bool, classes: str | None,
