@@ -438,3 +438,13 @@ def test_imagenet_class_names_are_unique_and_readable():
     assert (names[134], names[517], names[638], names[639]) == \
         ("crane (bird)", "crane (machine)", "maillot", "maillot (tank suit)")
     assert names[0] == "tench" and not any("(n0" in n or "(n1" in n for n in names)  # no synset ids shown
+
+
+def test_data_flags_without_a_data_set_refine_the_recorded_one(tiny_ckpt, tmp_path, monkeypatch, capsys):
+    """`eval --checkpoint X --workers 0` (or --img-size) still evaluates on the checkpoint's own data, found as
+    above, instead of "no data given"."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", "--checkpoint", str(tiny_ckpt), "--no-progress", "--device", "cpu", "--workers", "0",
+                 "--img-size", "48", "--json", "e.json"]) == 0
+    r = json.loads((tmp_path / "e.json").read_text())
+    assert (r["num_images"], r["img_size"]) == (12, 48)

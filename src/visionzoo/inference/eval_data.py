@@ -16,23 +16,33 @@ from ..core.errors import DataError
 from ..data.datasets import DummyDataset, ImageDataset
 from ..data.loader import DeviceNormalizer, find_samples, make_loader
 from ..data.transforms import eval_transform
-from .model_info import ModelInfo, with_preprocessing
+from .model_info import DATA_KEYS, ModelInfo, with_preprocessing
 
 # the recorded data keys that are paths, each with what its flag takes (for the hint to pass it)
 PATH_KEYS = {"data": "DIR", "val_list": "FILE", "val_root": "DIR", "train_list": "FILE", "train_root": "DIR"}
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")  # builtin:, hf:, pipe:, s3://, http://: not a plain path
+# the settings that say where a split is: data settings without any (--img-size, --workers) refine the recorded data
+LOCATION_KEYS = ("data", "val_list", "val_root", "train_list", "train_root", "dummy")
 
 
 def resolve_data(info: ModelInfo, data: DataConfig | None, source: object = None) -> DataConfig:
-    """The given data config, or the data the model was trained with (recorded in its file).
+    """The given data config, or the data the model was trained with (recorded in its file); a given config that
+    says nothing about where the data is (`eval --checkpoint X --workers 2`, `--img-size 64`) takes the recorded
+    data's place with its own other settings.
 
     A relative path recorded there meant something in the folder training ran in; with source (the model
     file) it is looked up there first (the run folder minus the recorded relative output, e.g.
     /proj for /proj/runs/x/best.pth trained with --output runs/x), then in the run folder itself, then here.
     A path found nowhere is a DataError that says to pass the flag, instead of a bare "not a folder".
     """
-    if data is not None:
+    if data is not None and any(getattr(data, key) for key in LOCATION_KEYS):
         return data
+    recorded = _recorded_data(info, source)
+    return recorded if data is None else replace(data, **{key: getattr(recorded, key) for key in DATA_KEYS})
+
+
+def _recorded_data(info: ModelInfo, source: object) -> DataConfig:
+    """The data the model file records, its relative paths found where training ran (see resolve_data)."""
     saved = info.extra.get("data") or {}
     if not saved.get("data") and not saved.get("dummy") and not saved.get("val_list"):
         raise DataError(f"{info.model_name}: the model file records no data set; pass {_flag_hint('data')}")
