@@ -145,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at interpreter exit
             return code
         except VisionZooError as e:
-            print(f"visionzoo {args.command}: error: {one_line(e)}", file=sys.stderr)
+            kind = "" if isinstance(e, KeyboardInterrupt) else "error: "  # Ctrl-C (core.errors.Interrupted): no error
+            print(f"visionzoo {args.command}: {kind}{one_line(e)}", file=sys.stderr)
             return e.exit_code
         finally:
             _leave_process_group()

@@ -347,15 +347,23 @@ def _build_loaders(cfg: TrainConfig, data: DataBundle, objective: Objective,
     wanted = MIN_STEPS_PER_EPOCH if cfg.iters is None else min(MIN_STEPS_PER_EPOCH, cfg.iters)
     asked = cfg.batch_size
     per_rank_batch = asked // dist.world_size
+
+    def loader(batch: int) -> DataLoader:
+        return make_loader(train_set, batch, cfg.data.workers, True, cfg.seed, dist.rank, dist.world_size, pin,
+                           sampler=sampler, nice=cfg.data.worker_nice)
+
     while True:
-        train_loader = make_loader(train_set, per_rank_batch, cfg.data.workers, True, cfg.seed, dist.rank,
-                                   dist.world_size, pin, sampler=sampler, nice=cfg.data.worker_nice)
+        train_loader = loader(per_rank_batch)
         available = len(train_loader) // accum  # optimizer steps in one pass
         smaller = _smaller_batch(per_rank_batch)
         floor = MIN_ADAPTED_BATCH if available else 2
         if available >= wanted or smaller < floor:
             break
         per_rank_batch = smaller
+    chosen = broadcast_object(per_rank_batch)  # rank 0's choice for all (shares of a split may differ by one)
+    if chosen != per_rank_batch:
+        per_rank_batch, train_loader = chosen, loader(chosen)
+        available = len(train_loader) // accum
     cfg.batch_size = per_rank_batch * dist.world_size
     # evaluation keeps the batch asked for: it has no statistics or schedule to care about the size
     val_loader = make_loader(data.split("val"), asked // dist.world_size, cfg.data.workers, False, cfg.seed,
