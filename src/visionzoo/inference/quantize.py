@@ -282,7 +282,7 @@ def quantize(
         original = Runner(model.eval(), info, torch.device("cpu"), fmt, module=model)
     file_source = model_path if isinstance(model_path, (str, Path)) else None
     if calib_data is None:  # the data set calibrates (and later scores): the one given, else the model's own
-        data = resolve_data(info, _given(data), file_source)
+        data = resolve_data(info, data, file_source)
     output.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     batches = calibration_batches(info, data, calib_batches, batch_size, calib_split, folder=calib_data)
@@ -308,17 +308,12 @@ def quantize(
     return report
 
 
-def _given(data: DataConfig | None) -> DataConfig | None:
-    """data if it names a data set; flags such as --workers alone leave the model's own data to be used."""
-    return data if data is not None and any(getattr(data, k) for k in SOURCE_KEYS) else None
-
-
 def _compare(before: Runner, after: Runner, batches: list[torch.Tensor], data: DataConfig | None,
              calib_data: str | Path | None, file_source: ModelSource | None, batch_size: int) -> dict[str, Any]:
     """Top-1 of both models on a labelled validation split, or where there is none their top-1 agreement on the
     calibration images (a folder of photos has no labels to score)."""
     try:
-        labelled = resolve_data(before.info, _given(data), file_source) if calib_data is not None else data
+        labelled = resolve_data(before.info, data, file_source) if calib_data is not None else data
         assert labelled is not None  # resolved before calibrating when no calib_data was given
         scores = {}
         for key, runner in (("original", before), ("quantized", after)):
