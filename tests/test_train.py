@@ -76,8 +76,8 @@ def test_resume_matches_unbroken_run_bitwise(digits_data, tmp_path, monkeypatch)
     # crash right after epoch 2's checkpoint is written
     real_epoch = trainer_mod.RunLog.epoch
 
-    def crash_after_two(self, record):
-        real_epoch(self, record)
+    def crash_after_two(self, record, *args):
+        real_epoch(self, record, *args)
         if record["epoch"] == 2:
             raise KeyboardInterrupt
 
