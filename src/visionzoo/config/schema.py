@@ -97,6 +97,11 @@ class DataConfig(_Checked):
     pack_info: str | None = setting(None, "the pack.json of streamed shards (shard sizes, classes); none: beside "
                                           "the first URL")
     shuffle_buffer: int = setting(2000, "streamed training samples held and drawn from at random")
+    # http(s) shards are read at training's pace, so a read may last minutes: the limit is between bytes
+    stream_timeout: float = setting(60.0, "streamed http(s) shards: seconds without a byte before the read is "
+                                          "tried again (resuming where it stopped)")
+    stream_retries: int = setting(5, "streamed http(s) shards: tries again after a stall, reset or 5xx answer, "
+                                     "with backoff, before the run stops")
     image_column: str | None = setting(None, "Hugging Face data: the image column; none: the first Image feature")
     label_column: str | None = setting(None, "Hugging Face data: the label column; none: the first ClassLabel "
                                              "feature")
@@ -541,6 +546,13 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         ("mixup_off_epoch", cfg.aug.mixup_off_epoch >= 0, ">= 0"), ("aug_repeats", cfg.aug.aug_repeats >= 0, ">= 0"),
     ]
     _refuse([(name, allowed) for name, ok, allowed in checks if not ok], cfg)
+    # the streaming settings, named as the caller wrote them (--shuffle-buffer 0 on the command line)
+    streaming = [("shuffle_buffer", cfg.data.shuffle_buffer >= 1, ">= 1"),
+                 ("stream_timeout", cfg.data.stream_timeout > 0, "> 0"),
+                 ("stream_retries", cfg.data.stream_retries >= 0, ">= 0")]
+    if bad := [f"{spelled(n, getattr(cfg.data, n))} is out of range ({allowed})" for n, ok, allowed in streaming
+               if not ok]:
+        raise ConfigError(", ".join(bad))
     check_data(cfg.data)
     if cfg.model.train_scope != "all" and not (cfg.model.weights or cfg.model.pretrained or cfg.resume):
         scope = spelled("train_scope", cfg.model.train_scope)

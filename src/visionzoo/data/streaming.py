@@ -22,12 +22,19 @@ seed is that of its index in the pack, as for random access; the order of an epo
 also on the world size and the number of workers (a resumed run replays it with the same settings).
 The shuffle buffer holds encoded images: --shuffle-buffer 2000 ImageNet JPEGs are ~220 MB per loader worker.
 `visionzoo pack` writes training splits in a seeded random order, so that a buffer mixes all classes.
+
+An http(s) shard is one GET read at the pace training takes its samples, so a read may span minutes on a healthy
+server: there is no total time limit, only one between bytes (--stream-timeout). A stall, a reset connection, a
+short body or a 5xx answer is tried again (--stream-retries, with backoff), resuming at the byte reached with an
+HTTP Range request, so every sample is still read exactly once.
 """
 
 from __future__ import annotations
 
 import copy
+import http.client
 import json
+import logging
 import math
 import multiprocessing
 import os
@@ -37,6 +44,9 @@ import re
 import signal
 import subprocess
 import tarfile
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any, cast
@@ -44,6 +54,7 @@ from typing import IO, Any, cast
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from ..config import spelled
 from ..core.errors import BadImageError, ConfigError, DataError, plural
 from ..core.extras import require
 from .datasets import remap_labels, seeded_transform
@@ -56,6 +67,13 @@ IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 _SHARD_NAME = re.compile(r"([^/\s'\"]+\.tar)(?:\s|$|['\"?#])")
 _PLAIN_NAME = re.compile(r"[\w.-]+\.tar")  # a shard named in a pack.json: a file beside it, nothing else
 _SHARD_URL = re.compile(r"\.tar(?:[?#].*)?$")  # a URL or path that names one shard (a query may follow)
+STREAM_TIMEOUT_S, STREAM_RETRIES = 60.0, 5  # DataConfig's stream_timeout and stream_retries defaults
+# answers that say "busy or restarting", not "wrong URL": worth another try
+_RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+_BACKOFF_S, _BACKOFF_MAX_S = 0.5, 30.0  # the wait before try k is 0.5 * 2**(k - 1) s, at most 30 s
+_CHUNK = 1 << 16
+log = logging.getLogger(__name__)
+_pipe_logged = False  # the first pipe: command this process runs is logged (a shared config runs commands)
 
 
 def is_url(spec: str | None) -> bool:
@@ -89,9 +107,14 @@ def expand_urls(spec: str, flag: str = "--train-urls") -> list[str]:
     return urls
 
 
-def open_url(url: str) -> IO[bytes]:
-    """A readable binary stream of the URL (see the module's list of schemes)."""
+def open_url(url: str, timeout: float = STREAM_TIMEOUT_S, retries: int = STREAM_RETRIES) -> IO[bytes]:
+    """A readable binary stream of the URL (see the module's list of schemes). http(s): timeout is the most
+    seconds between bytes, retries the further tries after a transient failure (see the module's docstring)."""
     if url.startswith("pipe:"):
+        global _pipe_logged
+        if not _pipe_logged:
+            _pipe_logged = True
+            log.info("running the shell command of a pipe: URL: %s", url[len("pipe:"):])
         return cast(IO[bytes], _PipeStream(url))
     path = url[len("file://"):] if url.startswith("file://") else url
     if not url.startswith(URL_SCHEMES) or url.startswith("file://"):
@@ -99,15 +122,135 @@ def open_url(url: str) -> IO[bytes]:
             return open(path, "rb")
         except OSError as e:
             raise DataError(f"{url}: cannot open ({e.strerror or e})") from None
+    if url.startswith(("http://", "https://")):
+        stream = _HTTPStream(url, timeout, retries)
+        stream.open()
+        return cast(IO[bytes], stream)
     fsspec = require("fsspec", "stream", "streaming shards")
-    # block_size 0: one streaming GET for an http(s) shard, instead of many range requests
-    kwargs = {"block_size": 0} if url.startswith(("http://", "https://")) else {}
     try:
-        return fsspec.open(url, "rb", **kwargs).open()
+        return fsspec.open(url, "rb").open()
     except ImportError as e:  # s3fs / gcsfs: fsspec names the package
         raise ConfigError(f"{url}: {e}") from None
-    except Exception as e:  # noqa: BLE001 - 404s are OSErrors, but a 403 or 5xx is the HTTP client's own error
+    except Exception as e:  # noqa: BLE001 - a missing object is an OSError, a denied one the client's own error
         raise DataError(f"{url}: cannot open ({type(e).__name__}: {e})") from None
+
+
+class _Transient(Exception):
+    """A failure another try may not meet: a 5xx answer, a body that ended early."""
+
+
+class _HTTPStream:
+    """An http(s) URL read as one streaming GET that resumes where it broke off: a stall (no byte for timeout
+    seconds), a reset or a 5xx answer is tried again after a backoff, with a Range request from the byte reached
+    (a server that ignores Range sends the whole body again and the bytes already read are passed over). retries
+    counts the tries in a row without progress, so a long read over a flaky network is not cut short."""
+
+    def __init__(self, url: str, timeout: float, retries: int) -> None:
+        self.url, self.timeout, self.retries = url, timeout, retries
+        self.offset = 0  # bytes handed out so far
+        self.length: int | None = None  # the body's size, when the server says
+        self.validator: str | None = None  # the first answer's ETag or Last-Modified: a resumed body must match
+        self.resp: http.client.HTTPResponse | None = None
+        self.failures = 0
+
+    def open(self) -> None:
+        self._tried(self._connect)
+
+    def read(self, n: int | None = -1) -> bytes:
+        return self._tried(lambda: self._read_once(n))
+
+    def close(self) -> None:
+        self._drop()
+
+    def __enter__(self) -> _HTTPStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _tried(self, step: Callable[[], bytes]) -> bytes:
+        while True:
+            try:
+                return step()
+            except (OSError, http.client.HTTPException, _Transient) as e:
+                self._drop()
+                self.failures += 1
+                if self.failures > self.retries:
+                    raise DataError(self._gave_up(e)) from None
+                time.sleep(min(_BACKOFF_S * 2 ** (self.failures - 1), _BACKOFF_MAX_S))
+
+    def _read_once(self, n: int | None) -> bytes:
+        if self.length is not None and self.offset >= self.length:
+            return b""
+        if self.resp is None:
+            self._connect()
+        assert self.resp is not None
+        data = self.resp.read() if n is None or n < 0 else self.resp.read(n)
+        if not data and n != 0 and self.length is not None and self.offset < self.length:
+            raise _Transient("the connection closed early")
+        self.offset += len(data)
+        if data:
+            self.failures = 0
+        return data
+
+    def _connect(self) -> bytes:
+        headers = {"Range": f"bytes={self.offset}-"} if self.offset else {}
+        try:
+            resp = urllib.request.urlopen(urllib.request.Request(self.url, headers=headers), timeout=self.timeout)
+        except urllib.error.HTTPError as e:
+            e.close()
+            if e.code in _RETRY_STATUS:
+                raise _Transient(f"HTTP {e.code} {e.reason}") from None
+            raise DataError(f"{self.url}: cannot open (HTTP {e.code} {e.reason})") from None
+        except urllib.error.URLError as e:
+            if isinstance(e.reason, OSError):
+                raise e.reason from None  # refused, unreachable, timed out: tried again
+            raise DataError(f"{self.url}: cannot open ({e.reason})") from None
+        self.resp = resp
+        validator = resp.headers.get("ETag") or resp.headers.get("Last-Modified")
+        if not self.offset:
+            self.validator = validator
+            size = resp.headers.get("Content-Length", "")
+            self.length = int(size) if size.isdigit() else None
+            return b""
+        if self.validator and validator and validator != self.validator:
+            raise DataError(f"{self.url}: the file changed on the server while it was read (at byte {self.offset})")
+        if resp.status == 206:
+            got = re.match(r"bytes (\d+)-", resp.headers.get("Content-Range", ""))
+            if got is None or int(got.group(1)) != self.offset:
+                raise DataError(f"{self.url}: asked to resume at byte {self.offset}, the server sent "
+                                f"{resp.headers.get('Content-Range')!r}")
+            return b""
+        skip = self.offset  # a 200: the server ignores Range; pass over what was read already
+        while skip:
+            chunk = resp.read(min(skip, _CHUNK))
+            if not chunk:
+                raise _Transient("the connection closed early")
+            skip -= len(chunk)
+        return b""
+
+    def _drop(self) -> None:
+        if self.resp is not None:
+            try:
+                self.resp.close()
+            except OSError:
+                pass
+            self.resp = None
+
+    def _gave_up(self, e: BaseException) -> str:
+        if isinstance(e, ConnectionRefusedError):
+            why = "the server refused the connection"
+        elif isinstance(e, TimeoutError):
+            why = f"no data for {self.timeout:g} s ({spelled('stream_timeout')})"
+        elif isinstance(e, ConnectionResetError):
+            why = "the connection was reset"
+        elif isinstance(e, _Transient):
+            why = str(e)
+        else:
+            why = f"{type(e).__name__}: {e}"
+        where = f", stopped at byte {self.offset}" + (f" of {self.length}" if self.length is not None else "")
+        return (f"{self.url}: {why} ({plural(self.failures, 'try', 'tries')}, {spelled('stream_retries')} "
+                f"{self.retries}{where if self.offset else ''})")
 
 
 class _PipeStream:
@@ -145,8 +288,8 @@ class _PipeStream:
         self.close()
 
 
-def read_url(url: str) -> bytes:
-    with open_url(url) as f:
+def read_url(url: str, timeout: float = STREAM_TIMEOUT_S, retries: int = STREAM_RETRIES) -> bytes:
+    with open_url(url, timeout, retries) as f:
         return f.read()
 
 
@@ -175,15 +318,19 @@ class StreamSource:
     firsts: list[int]  # each shard's first sample's index in the pack's split (augmentation seeds)
     classes: list[str]
     info: str  # the pack.json it came from (for messages)
+    # http(s) reads: seconds between bytes and tries again (DataConfig's stream_*); attributes, not globals, as
+    # the source is pickled into the loader workers
+    timeout: float = STREAM_TIMEOUT_S
+    retries: int = STREAM_RETRIES
 
     @property
     def size(self) -> int:
         return sum(self.counts)
 
 
-def read_pack_info(info_url: str) -> dict[str, Any]:
+def read_pack_info(info_url: str, timeout: float = STREAM_TIMEOUT_S, retries: int = STREAM_RETRIES) -> dict[str, Any]:
     try:
-        meta = json.loads(read_url(info_url))
+        meta = json.loads(read_url(info_url, timeout, retries))
     except ValueError as e:
         raise DataError(f"{info_url}: not a pack description ({e})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -193,10 +340,11 @@ def read_pack_info(info_url: str) -> dict[str, Any]:
     return meta
 
 
-def stream_source(urls: list[str], info_url: str | None, split_hint: str) -> StreamSource:
+def stream_source(urls: list[str], info_url: str | None, split_hint: str, timeout: float = STREAM_TIMEOUT_S,
+                  retries: int = STREAM_RETRIES) -> StreamSource:
     """Counts and classes for these shard URLs from the pack.json beside them (or info_url)."""
     info_url = info_url or info_url_for(urls)
-    meta = read_pack_info(info_url)
+    meta = read_pack_info(info_url, timeout, retries)
     by_name: dict[str, tuple[int, int]] = {}
     for split in meta["splits"]:
         first = 0
@@ -214,22 +362,23 @@ def stream_source(urls: list[str], info_url: str | None, split_hint: str) -> Str
         firsts.append(by_name[name][1])
     classes_url = posixpath.join(posixpath.dirname(info_url), CLASSES_FILE)
     try:
-        classes = [str(c) for c in json.loads(read_url(classes_url))]
+        classes = [str(c) for c in json.loads(read_url(classes_url, timeout, retries))]
     except ValueError as e:
         raise DataError(f"{classes_url}: not a JSON list of class names ({e})") from None
     if sum(counts) == 0:
         raise DataError(f"{info_url}: the {split_hint} shards hold no samples")
-    return StreamSource(urls, counts, firsts, classes, info_url)
+    return StreamSource(urls, counts, firsts, classes, info_url, timeout, retries)
 
 
-def pack_split_source(base: str, split: str) -> StreamSource | None:
+def pack_split_source(base: str, split: str, timeout: float = STREAM_TIMEOUT_S,
+                      retries: int = STREAM_RETRIES) -> StreamSource | None:
     """The split of the pack at URL base (`--data URL`), or None when the pack has no such split."""
     info_url = posixpath.join(base.rstrip("/"), PACK_FILE)
-    meta = read_pack_info(info_url)
+    meta = read_pack_info(info_url, timeout, retries)
     if split not in meta["splits"]:
         return None
     urls = [posixpath.join(base.rstrip("/"), str(f["name"])) for f in meta[split]["files"]]
-    return stream_source(urls, info_url, split)
+    return stream_source(urls, info_url, split, timeout, retries)
 
 
 # ------------------------------------------------------------------------------------------------ the plan
@@ -299,7 +448,8 @@ def _key_and_ext(name: str) -> tuple[str, str] | None:
     return (f"{folder}/{stem}" if folder else stem), ext.lower()
 
 
-def tar_samples(url: str, skip: int = 0, take: int | None = None) -> Iterator[tuple[str, bytes, int]]:
+def tar_samples(url: str, skip: int = 0, take: int | None = None, timeout: float = STREAM_TIMEOUT_S,
+                retries: int = STREAM_RETRIES) -> Iterator[tuple[str, bytes, int]]:
     """(key, image bytes, label) of a shard's samples, after the first `skip`, at most `take` of them."""
     seen = 0
     current: str | None = None
@@ -316,7 +466,7 @@ def tar_samples(url: str, skip: int = 0, take: int | None = None) -> Iterator[tu
             raise DataError(f"{url}: sample {current!r} has a .cls that is not an integer") from None
         return current or "", image, label
 
-    with open_url(url) as f:
+    with open_url(url, timeout, retries) as f:
         try:
             tar = tarfile.open(fileobj=f, mode="r|")
             for member in tar:
@@ -449,8 +599,14 @@ class ShardStream(IterableDataset):
         src = self.source
         for seg in plan:
             url = src.urls[seg.shard]
+            # a segment that ends the shard reads on to its end: samples past the count pack.json gives would
+            # otherwise go unseen, and the epoch plan is cut by those counts
+            whole = seg.skip + seg.take == src.counts[seg.shard]
             n = 0
-            for n, (key, image, label) in enumerate(tar_samples(url, seg.skip, seg.take), 1):
+            for n, (key, image, label) in enumerate(tar_samples(url, seg.skip, None if whole else seg.take,
+                                                                src.timeout, src.retries), 1):
+                if n > seg.take:
+                    continue  # counted for the message below
                 if not -1 <= label < len(src.classes):
                     raise DataError(f"{url}: sample {key!r} has label {label}, outside 0..{len(src.classes) - 1}")
                 yield f"{url}:{key}", image, label, src.firsts[seg.shard] + seg.skip + n - 1

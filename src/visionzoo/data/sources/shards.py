@@ -37,22 +37,26 @@ class ShardsSource(Source):
         field = "train_urls" if split == "train" else "val_urls"
         urls = getattr(cfg, field)
         if urls:
-            return stream_source(expand_urls(urls, spelled(field)), cfg.pack_info, split)
+            return stream_source(expand_urls(urls, spelled(field)), cfg.pack_info, split, *self._patience())
         if is_url(cfg.data):
             assert cfg.data is not None
             self._check_pack_url(cfg.data)
-            source = pack_split_source(cfg.data, name)
+            source = pack_split_source(cfg.data, name, *self._patience())
             if source is None:
                 raise DataError(f"{cfg.data}: the pack has no {name} split")
             return source
         if split == "val" and cfg.train_urls:
             info = cfg.pack_info or info_url_for(expand_urls(cfg.train_urls, spelled("train_urls")))
-            source = pack_split_source(posixpath.dirname(info) or ".", name)
+            source = pack_split_source(posixpath.dirname(info) or ".", name, *self._patience())
             if source is None:
                 raise ConfigError(f"{info} lists no {name} split: give {spelled('val_urls')}, {spelled('data')} DIR "
                                   f"or {spelled('val_list')}")
             return source
         raise ConfigError(f"no shards for the {split} split: give {spelled(field)}")
+
+    def _patience(self) -> tuple[float, int]:
+        """http(s) reads: the seconds between bytes and the tries again, carried by the StreamSource into workers."""
+        return self.cfg.stream_timeout, self.cfg.stream_retries
 
     @staticmethod
     def _check_pack_url(data: str) -> None:
