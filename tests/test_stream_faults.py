@@ -226,3 +226,16 @@ def test_a_streamed_run_through_stalls_and_resets_ends_with_the_same_weights(ser
     faulty = run("faulty")
     assert not any(server.faults.values())  # every fault was met
     assert plain.keys() == faulty.keys() and all(torch.equal(plain[k], faulty[k]) for k in plain)
+
+
+def test_the_first_pipe_command_is_logged(pack_dir, monkeypatch, caplog):
+    """A shared config with a pipe: URL runs a shell command: the log says so, once a process."""
+    from visionzoo.data import streaming
+
+    monkeypatch.setattr(streaming, "_pipe_logged", False)
+    caplog.set_level("INFO", logger="visionzoo.data.streaming")
+    for _ in range(2):
+        with streaming.open_url(f"pipe:cat {pack_dir / 'pack.json'}") as f:
+            assert json.loads(f.read())["splits"]
+    said = [r.getMessage() for r in caplog.records if "pipe:" in r.getMessage()]
+    assert said == [f"running the shell command of a pipe: URL: cat {pack_dir / 'pack.json'}"]
