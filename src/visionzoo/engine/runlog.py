@@ -47,6 +47,7 @@ class RunLog:
         self._epoch_rows: list[dict[str, Any]] | None = None  # epoch_rows(): read once, then appended to
         self._skipped_seen: set[str] = set()  # unreadable images already named in a warning line
         self._skipped_warned = 0
+        self.run_eta_s: float | None = None  # the run's ETA, for the next epoch line (set by the epoch loop)
         if not enabled:
             return
         writer = _summary_writer_class() if tensorboard else None  # before anything is written
@@ -116,9 +117,9 @@ class RunLog:
         if self.wandb is not None:
             self.wandb.scalars(kind, numeric(values, ("step",)), values["step"])
 
-    def epoch(self, record: dict[str, Any], run_eta_s: float | None = None) -> None:
-        """The epoch's metrics line, TensorBoard/MLflow/W&B scalars and log line (with the run's ETA when epochs
-        remain), then summary.csv and, now and then, curves.png."""
+    def epoch(self, record: dict[str, Any]) -> None:
+        """The epoch's metrics line, TensorBoard/MLflow/W&B scalars and log line (with run_eta_s, the run's ETA
+        the epoch loop sets while epochs remain), then summary.csv and, now and then, curves.png."""
         if not self.enabled:
             return
         line = self._append({"type": "epoch", **record})
@@ -146,8 +147,8 @@ class RunLog:
         skipped = record.get("skipped_images", 0) + record.get("val_skipped_images", 0)
         if skipped:
             parts.append(f"skipped {plural(skipped, 'unreadable image')}")
-        if run_eta_s is not None:
-            parts.append(f"run ETA {format_duration(run_eta_s)}")
+        if self.run_eta_s is not None:
+            parts.append(f"run ETA {format_duration(self.run_eta_s)}")
         log.info(" | ".join(parts))
         self._name_skipped(record.get("skipped_files") or [], record.get("skipped_images", 0))
         self.reports(plot=time.monotonic() - self._plotted_at >= PLOT_EVERY_S)

@@ -78,6 +78,7 @@ class Run:
     resumed_record: dict[str, Any] | None = None  # the resumed checkpoint's epoch record
     batch_asked: int | None = None  # the configured batch, where a small training set made it smaller
     saved_epochs: int = 0  # epochs last.pth holds
+    overhead_s: float = 0.0  # an epoch's time besides its training steps (evaluation, saving), for the ETA
 
     @property
     def num_classes(self) -> int:
@@ -481,12 +482,12 @@ def fit(run: Run) -> dict[str, Any]:
     if run.start_epoch:
         summary["resumed_at_epoch"] = run.start_epoch
     last_eval = None
-    t_start, overhead = time.perf_counter(), 0.0  # overhead: an epoch's time besides its steps (eval, saving)
+    t_start = time.perf_counter()
     for epoch in range(run.start_epoch, cfg.epochs):
         set_loader_epoch(run.train_loader, epoch)
         run.state.epoch = epoch
         t_epoch, left = time.perf_counter(), cfg.epochs - epoch - 1
-        record, evaluation = _run_epoch(run, epoch, left * run.steps_per_epoch, (left + 1) * overhead if left else 0.0)
+        record, evaluation = _run_epoch(run, epoch)
         last_eval = evaluation or last_eval
         # with EMA the averaged weights are the ones inference uses: they choose best.pth
         key = "val_ema_top1" if run.state.ema is not None else "val_top1"
@@ -496,8 +497,9 @@ def fit(run: Run) -> dict[str, Any]:
         record["best_top1"] = run.best_top1
         # the run's ETA at the epoch's line: this session's epochs so far, as an average
         per_epoch = (time.perf_counter() - t_start) / (epoch + 1 - run.start_epoch)
-        _save_epoch(run, epoch, record, improved, per_epoch * left if left else None)
-        overhead = max(0.0, time.perf_counter() - t_epoch - record["epoch_time"])
+        run.runlog.run_eta_s = per_epoch * left if left else None
+        _save_epoch(run, epoch, record, improved)
+        run.overhead_s = max(0.0, time.perf_counter() - t_epoch - record["epoch_time"])
         summary.update(epochs_run=summary["epochs_run"] + 1, epochs=run.saved_epochs, last=record,
                        best_top1=run.best_top1)
         if cfg.target_top1 is not None and run.best_top1 is not None and run.best_top1 >= cfg.target_top1:
@@ -514,11 +516,12 @@ def fit(run: Run) -> dict[str, Any]:
     return summary
 
 
-def _run_epoch(run: Run, epoch: int, later_steps: int = 0,
-               later_extra_s: float = 0.0) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """Train one epoch and evaluate if due: the epoch's record and the evaluation (or None). later_steps and
-    later_extra_s: what the run has left after this epoch's steps, for the bar's run ETA."""
+def _run_epoch(run: Run, epoch: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Train one epoch and evaluate if due: the epoch's record and the evaluation (or None)."""
     cfg, dist = run.cfg, run.dist
+    # what the run has left after this epoch's steps, for the bar's run ETA (none in the last epoch)
+    left = cfg.epochs - epoch - 1
+    later_steps, later_extra_s = left * run.steps_per_epoch, (left + 1) * run.overhead_s if left else 0.0
     progress = cfg.progress and dist.is_main
     stepped = run.model if run.wrapped is None else run.wrapped
     stats = train_one_epoch(
@@ -552,7 +555,7 @@ def _should_eval(cfg: TrainConfig, epoch: int) -> bool:
     return (epoch - cfg.eval_start) % cfg.eval_every == 0 or epoch == cfg.epochs
 
 
-def _save_epoch(run: Run, epoch: int, record: dict[str, Any], improved: bool, run_eta_s: float | None = None) -> None:
+def _save_epoch(run: Run, epoch: int, record: dict[str, Any], improved: bool) -> None:
     """best.pth (when top-1 improved) and last.pth, then the epoch's metrics line, on rank 0.
 
     best.pth holds what inference needs (weights, EMA weights, classes, preprocessing, config), last.pth
@@ -574,7 +577,7 @@ def _save_epoch(run: Run, epoch: int, record: dict[str, Any], improved: bool, ru
         if improved:
             ckpt.without_training_state().save(run.out / "best.pth")
         ckpt.save(run.out / "last.pth")
-        run.runlog.epoch(record, run_eta_s)
+        run.runlog.epoch(record)
     run.saved_epochs = epoch + 1
     barrier()
 
