@@ -1,9 +1,10 @@
 """Streamed WebDataset shards (`--train-urls`, `--val-urls`, `--data URL`): sequential reads, a seeded shuffle
 buffer, and an epoch split exactly across ranks and loader workers.
 
-URLs: local paths, `file://`, `http(s)://`, `s3://`, `gs://` (through fsspec; s3 and gs also need s3fs or gcsfs)
-and `pipe:COMMAND` (the command's standard output is the shard, as in webdataset). Brace patterns
-(`train-{000000..000099}.tar`) expand with braceexpand; several patterns are joined with `::`.
+URLs: local paths, `file://`, `http(s)://` (the standard library's client, resumable: below), `s3://`, `gs://`
+(through fsspec, with s3fs or gcsfs) and `pipe:COMMAND` (the command's standard output is the shard, as in
+webdataset). Brace patterns (`train-{000000..000099}.tar`) expand with braceexpand; several patterns are joined
+with `::`.
 
 The epoch's rule (what makes "each sample read once per epoch" hold on many nodes):
 1. The shards' order is shuffled per epoch (training), seeded by (seed, epoch): all ranks agree on it without
