@@ -51,8 +51,9 @@ def pack_dir(tmp_path_factory) -> Path:
 
 class FaultyServer:
     """Serves a folder with Range support; `faults[name]` is a list of faults, one used up per GET of that file:
-    ("stall", seconds), ("reset",), ("status", code), ("trickle", seconds between 1 KiB chunks). Stalls and
-    resets happen halfway through the body. `asked` records (name, Range header) per GET."""
+    ("stall", seconds), ("reset",), ("status", code), ("trickle", seconds between 1 KiB chunks), ("no_range",)
+    (the whole body, 200, whatever the Range header asks). Stalls and resets happen halfway through the body.
+    `asked` records (name, Range header) per GET."""
 
     def __init__(self, root: Path) -> None:
         self.root, self.faults, self.asked = root, {}, []
@@ -92,6 +93,8 @@ class FaultyServer:
             return
         body = path.read_bytes()
         start = int(re.match(r"bytes=(\d+)-", h.headers["Range"]).group(1)) if h.headers.get("Range") else 0
+        if fault and fault[0] == "no_range":
+            start, fault = 0, None
         h.send_response(206 if start else 200)
         if start:
             h.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
@@ -154,6 +157,13 @@ def test_stalls_resets_and_a_503_resume_and_read_every_sample_once(server):
     first, *resumed = server.gets("pack/train-000001.tar")[:3]
     assert first is None and len(resumed) == 2 and all(r and r != "bytes=0-" for r in resumed)
     assert server.gets("pack/train-000000.tar")[1].startswith("bytes=")  # the stalled read resumed at its byte
+
+
+def test_a_server_that_ignores_range_is_read_on_from_the_byte_reached(server):
+    server.faults = {"pack/train-000001.tar": [("reset",), ("no_range",)]}
+    keys = _keys(f"{server.url}/pack", stream_timeout=0.5, stream_retries=1)
+    assert len(keys) == len(set(keys)) == 12 and keys == _keys(f"{server.url}/pack")
+    assert server.gets("pack/train-000001.tar")[1].startswith("bytes=")  # asked, and sent the whole body
 
 
 def test_a_slow_steady_server_is_no_failure(server):

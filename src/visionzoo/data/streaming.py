@@ -43,6 +43,7 @@ import posixpath
 import random
 import re
 import signal
+import ssl
 import subprocess
 import tarfile
 import time
@@ -204,7 +205,7 @@ class _HTTPStream:
                 raise _Transient(f"HTTP {e.code} {e.reason}") from None
             raise DataError(f"{self.url}: cannot open (HTTP {e.code} {e.reason})") from None
         except urllib.error.URLError as e:
-            if isinstance(e.reason, OSError):
+            if isinstance(e.reason, OSError) and not isinstance(e.reason, ssl.SSLCertVerificationError):
                 raise e.reason from None  # refused, unreachable, timed out: tried again
             raise DataError(f"{self.url}: cannot open ({e.reason})") from None
         self.resp = resp
