@@ -16,7 +16,7 @@ import csv
 from ..core.errors import ConfigError
 from ..core.files import write_json
 from ..inference.defaults import BENCH_BACKENDS, BENCH_BATCH_SIZES, BENCH_ITERS, BENCH_MODES, BENCH_WARMUP
-from .options import add_model_source_flags, model_source
+from .options import add_model_source_flags, model_source, size_arg
 
 
 def _csv_list(kind, choices=None):
@@ -47,7 +47,7 @@ def add_parser(sub) -> None:
     add_model_source_flags(p)  # --model NAME alone: random weights, as timm's benchmark.py
     p.add_argument("--batch-sizes", type=_csv_list(int), default=BENCH_BATCH_SIZES, metavar="N,N,...",
                    help="the batch sizes to time")
-    p.add_argument("--img-size", type=int, metavar="N", help="input size in px [default: the model's]")
+    p.add_argument("--img-size", type=size_arg, metavar="N", help="input size in px [default: the model's]")
     p.add_argument("--backend", type=_csv_list(str, BENCH_BACKENDS), default=("eager",), metavar="NAME,...",
                    help=f"one or a comma list of {', '.join(BENCH_BACKENDS)}")
     p.add_argument("--precision", type=_csv_list(_precision, PRECISIONS), default=("fp32",), metavar="NAME,...",

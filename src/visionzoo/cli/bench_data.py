@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 
 from ..core.files import write_json
-from .options import add_config_flags, flags_config
+from .options import add_config_flags, count_arg, flags_config
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("bench-data", description=__doc__)
     p.add_argument("--split", default="train", choices=["train", "val"])
-    p.add_argument("--batch-size", "-b", type=int, default=64)
+    p.add_argument("--batch-size", "-b", type=count_arg, default=64)
     p.add_argument("--batches", type=int, default=50, help="timed batches")
     p.add_argument("--warmup", type=int, default=5, help="untimed batches first (worker start-up)")
     p.add_argument("--baseline", action="store_true", help="also time torchvision's pipeline; print the ratio")

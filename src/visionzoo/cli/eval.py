@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..config.schema import MAX_IMG_SIZE
+from ..config.limits import check_size
 from ..core.errors import ConfigError
 from ..core.files import write_json
 from ..inference.defaults import CONFUSION_UNASKED_MAX
@@ -20,6 +20,7 @@ from .options import (
     add_model_source_flags,
     data_config,
     model_source,
+    output_flag,
 )
 
 
@@ -60,9 +61,12 @@ def _sizes(text: str) -> list[int]:
         sizes = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a comma list of sizes: {text!r}") from None
-    if not sizes or min(sizes) < 1 or max(sizes) > MAX_IMG_SIZE:
-        raise argparse.ArgumentTypeError(f"sizes must be 1..{MAX_IMG_SIZE} px: {text!r}")
-    return sorted(set(sizes))
+    if not sizes:
+        raise argparse.ArgumentTypeError(f"not a comma list of sizes: {text!r}")
+    try:
+        return sorted({check_size(s, "") for s in sizes})  # the one size check of every command
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(f"sizes {e}") from None
 
 
 # the per-class table is printed up to this many classes; beyond, it is in --json and --confusion
@@ -105,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
                                     args.confusion):
             print(f"wrote {path}")
     if args.json:
-        write_json(args.json, result)
+        with output_flag("--json"):
+            write_json(args.json, result)
         print(f"wrote {args.json}")
     return 0
 
@@ -181,7 +186,8 @@ def _run_longtail(args: argparse.Namespace, source) -> int:
 def _write(args: argparse.Namespace, result: dict, plot) -> int:
     """--json and --plot outputs of a sweep or long-tail evaluation."""
     if args.json:
-        write_json(args.json, result)
+        with output_flag("--json"):
+            write_json(args.json, result)
         print(f"wrote {args.json}")
     if args.plot:
         plot(result, args.plot)

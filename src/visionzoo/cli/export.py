@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 
 from ..inference.defaults import DEFAULT_ATOL, DEFAULT_OPSET, DEFAULT_RTOL, EXPORT_BATCH_SIZE, EXPORT_FORMATS
-from .options import add_config_flags, add_model_source_flags, data_config, model_source
+from .options import add_config_flags, add_model_source_flags, count_arg, data_config, model_source
 
 
 def add_parser(sub) -> None:
@@ -23,7 +23,7 @@ def add_parser(sub) -> None:
     p.add_argument("--format", required=True, choices=list(EXPORT_FORMATS))
     p.add_argument("--output", required=True, metavar="PATH", help="the file to write; a folder for --format hub")
     p.add_argument("--dynamic-batch", action="store_true", help="any batch size (else fixed at --batch-size)")
-    p.add_argument("--batch-size", type=int, default=EXPORT_BATCH_SIZE,
+    p.add_argument("--batch-size", type=count_arg, default=EXPORT_BATCH_SIZE,
                    help="the fixed batch size without --dynamic-batch")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset")
     p.add_argument("--atol", type=float, default=DEFAULT_ATOL)
@@ -33,7 +33,7 @@ def add_parser(sub) -> None:
                    "(hf auth login, or HF_TOKEN)")
     p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
     p.add_argument("--commit-message", metavar="TEXT", help="with --push-to-hub: the upload's commit message")
-    add_config_flags(p, only={"data", "val_list", "val_root", "img_size"})
+    add_config_flags(p, only={"data", "val_list", "val_root", "val_split", "img_size"})
     p.set_defaults(func=run)
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import typing
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..config import (
@@ -20,7 +22,8 @@ from ..config import (
     layer_config,
     to_dict,
 )
-from ..core.errors import ConfigError
+from ..config.limits import cap_workers, check_count, check_seed, check_size
+from ..core.errors import ConfigError, VisionZooError
 from ..core.precision import AUTO, PRECISIONS, parse_precision
 
 # --train-size / --test-size: the FixRes seed's words for the size a run trains (and evaluates) at
@@ -161,7 +164,37 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
             flag = typed.get(key) or ""  # a long spelling as typed (--amp), a short one (-e) by its full name
             flag = flag if flag.startswith("--") else _flag(name)
             out[index[name]] = coerce(value, field_type(index[name]), flag)  # errors name the flag
+            if name in FIELD_LIMITS and out[index[name]] is not None:
+                out[index[name]] = FIELD_LIMITS[name](out[index[name]], flag)
     return out
+
+
+# the config flags every command checks the one way (config.limits): sizes, counts, workers (capped), the seed
+FIELD_LIMITS: dict[str, Callable[[Any, str], Any]] = {
+    "img_size": check_size, "eval_img_size": check_size, "batch_size": check_count, "workers": cap_workers,
+    "seed": check_seed,
+}
+
+
+def limited(check: Callable[[Any, str], Any]) -> Callable[[str], Any]:
+    """argparse type for a command's own flag (predict --img-size, --batch-size): an integer through the
+    same check as the config flags; argparse names the flag in its one-line error."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        try:
+            return check(value, "")
+        except ConfigError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    parse.__name__ = "int"  # argparse's own messages say "invalid int value"
+    return parse
+
+
+size_arg, count_arg, workers_arg = limited(check_size), limited(check_count), limited(cap_workers)
 
 
 def nest(flat: dict[str, Any]) -> dict[str, Any]:
@@ -183,7 +216,7 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
 
 # the data flags that commands reading a validation split (eval, export, quantize, preprocess) offer
 DATA_FLAGS = {"data", "val_list", "val_root", "train_list", "train_root", "dummy", "img_size", "crop_pct",
-              "interpolation", "workers", "skip_bad_images", "decode"}
+              "interpolation", "workers", "skip_bad_images", "decode", "val_split"}
 
 
 def flags_config(args: argparse.Namespace) -> TrainConfig:
@@ -215,6 +248,15 @@ def run_training(fn, cfg: TrainConfig, print_config: bool = False) -> dict[str, 
         cleanup()
 
 
+@contextlib.contextmanager
+def output_flag(flag: str) -> Iterator[None]:
+    """An output file that cannot be written (read-only, a missing folder) is one line naming the flag too."""
+    try:
+        yield
+    except VisionZooError as e:
+        raise type(e)(f"{flag}: {e}") from None
+
+
 def precision_word(text: str) -> str:
     """argparse type for --precision: the one vocabulary (core.precision), aliases included."""
     try:
@@ -231,7 +273,7 @@ def add_model_runtime_flags(p: argparse.ArgumentParser, precision: bool = True) 
                        metavar="|".join((AUTO, *PRECISIONS)),
                        help="fp16/bf16 run under autocast (checkpoints and .pt2 files); int8 for quantised files; "
                             "auto: bf16/fp16 on CUDA, fp32 on CPUs")
-    p.add_argument("--batch-size", "-b", type=int, default=64)
+    p.add_argument("--batch-size", "-b", type=count_arg, default=64)
 
 
 def add_model_source_flags(p: argparse.ArgumentParser, several: bool = False, file_help: str | None = None) -> None:

@@ -16,7 +16,7 @@ from dataclasses import asdict
 from ..core.errors import ConfigError
 from ..core.files import write_json
 from ..inference.defaults import PREDICT_BATCH_SIZE
-from .options import add_model_runtime_flags, add_model_source_flags, model_source
+from .options import add_model_runtime_flags, add_model_source_flags, model_source, output_flag, size_arg
 
 
 def add_parser(sub) -> None:
@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
     add_model_source_flags(p)
     p.add_argument("--topk", "-k", type=int, default=5)
     p.add_argument("--json", metavar="FILE", help="write the predictions (and errors) as JSON")
-    p.add_argument("--img-size", type=int, help="override the model's evaluation size")
+    p.add_argument("--img-size", type=size_arg, help="override the model's evaluation size")
     p.add_argument("--decode", choices=["pil", "fast"], default=None,
                    help="pil (default): the reference pixels (Pillow, torchvision's Resize + CenterCrop), as eval; "
                         "fast: JPEGs decoded at a reduced DCT scale where the output size allows")
@@ -51,8 +51,10 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"{r.file}: " + ", ".join(f"{t['class']} {t['prob']:.3f}" for t in r.top))
     if args.json:
-        write_json(args.json, {"model": runner.info.model_name, "checkpoint": runner.info.extra.get("weights", source),
-                               "weights": runner.info.extra.get("weights_used", "raw"),
-                               "predictions": [asdict(r) for r in results]})
+        with output_flag("--json"):
+            write_json(args.json, {"model": runner.info.model_name,
+                                   "checkpoint": runner.info.extra.get("weights", source),
+                                   "weights": runner.info.extra.get("weights_used", "raw"),
+                                   "predictions": [asdict(r) for r in results]})
         print(f"wrote {args.json}")
     return 1 if any(r.error for r in results) else 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from .options import add_config_flags, data_config
+from .options import add_config_flags, count_arg, data_config
 
 
 def add_parser(sub) -> None:
@@ -17,7 +17,7 @@ def add_parser(sub) -> None:
     p.add_argument("--output", required=True, metavar="PREP")
     p.add_argument("--checkpoint", help="take preprocessing and class names from this model file")
     p.add_argument("--split", default="val", choices=["val", "train"])
-    p.add_argument("--batch-size", "-b", type=int, default=64)
+    p.add_argument("--batch-size", "-b", type=count_arg, default=64)
     p.add_argument("--no-progress", dest="progress", action="store_false")
     add_config_flags(p, only={"data", "val_list", "val_root", "train_list", "train_root", "img_size", "crop_pct",
                               "interpolation", "workers"})

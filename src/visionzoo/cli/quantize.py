@@ -15,23 +15,25 @@ from __future__ import annotations
 import argparse
 
 from ..core.files import write_json
-from .options import add_config_flags, add_model_source_flags, data_config, model_source
+from .options import add_config_flags, add_model_source_flags, count_arg, data_config, model_source
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("quantize", help="int8/int16 post-training quantisation", description=__doc__)
+    p = sub.add_parser("quantize", description=__doc__)
     add_model_source_flags(p, file_help="visionzoo checkpoint (.pth/.safetensors) or .onnx file")
     p.add_argument("--output", required=True, metavar="FILE", help="*.pt2 for checkpoints, *.onnx for ONNX")
     p.add_argument("--calib-data", metavar="DIR",
                    help="calibrate on the images under DIR: any folder, any depth, any file names, no labels "
                         "(default: --calib-split of --data)")
-    p.add_argument("--calib-batches", type=int, default=10, help="calibration batches (the seed's quant_batch_num)")
+    p.add_argument("--calib-batches", type=count_arg, default=10,
+                   help="calibration batches (the seed's quant_batch_num)")
     p.add_argument("--calib-split", default="train", choices=["train", "val"])
-    p.add_argument("--batch-size", "-b", type=int, default=32)
+    p.add_argument("--batch-size", "-b", type=count_arg, default=32)
     p.add_argument("--dtype", default="int8", choices=["int8", "int16"])
     p.add_argument("--no-eval", dest="eval", action="store_false", help="skip the original vs quantised comparison")
     p.add_argument("--json", metavar="FILE", help="write the report")
-    add_config_flags(p, only={"data", "train_list", "train_root", "val_list", "val_root", "dummy", "workers"})
+    add_config_flags(p, only={"data", "train_list", "train_root", "val_list", "val_root", "val_split", "dummy",
+                              "workers"})
     p.set_defaults(func=run)
 
 

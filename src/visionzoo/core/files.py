@@ -42,8 +42,8 @@ def _temp_beside(dst: Path, suffix: str) -> tuple[int, str]:
     """mkstemp in dst's folder; a folder that is missing or not writable is the user's path to fix."""
     try:
         return tempfile.mkstemp(prefix=f".{dst.name}{TEMP_MARK}", suffix=suffix, dir=dst.parent)
-    except (FileNotFoundError, NotADirectoryError, PermissionError) as e:
-        raise ConfigError(f"cannot write {dst}: {e.strerror} ({dst.parent})") from None
+    except OSError as e:  # missing, not a folder, not writable, a read-only file system (EROFS)
+        raise ConfigError(f"cannot write {dst}: {e.strerror or e} ({dst.parent})") from None
 
 
 @contextlib.contextmanager
@@ -58,7 +58,12 @@ def atomic_path(dst: str | Path) -> Iterator[Path]:
     try:
         yield Path(tmp)
         _default_mode(tmp)
-        os.replace(tmp, dst)
+        try:
+            os.replace(tmp, dst)
+        except OSError as e:  # dst itself refused (a folder, a read-only entry): the user's path to fix
+            if e.errno not in _DISK_ERRORS:
+                raise ConfigError(f"cannot write {dst}: {e.strerror or e}") from None
+            raise
     except OSError as e:
         if e.errno not in _DISK_ERRORS:
             raise

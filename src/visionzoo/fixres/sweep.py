@@ -39,7 +39,7 @@ def evaluate_sizes(model_paths: list[ModelSource], sizes: list[int], data: DataC
         if runner.fmt not in ("checkpoint", "safetensors", "weights") and set(sizes) != {runner.info.img_size}:
             raise ConfigError(f"{path}: an exported {runner.fmt} file has a fixed input size "
                               f"({runner.info.img_size} px); sweep the checkpoint it came from")
-        base = resolve_data(runner.info, data)
+        base = resolve_data(runner.info, data, path)  # relative data paths: where training ran
         label = source_label(path)
         row: dict[str, Any] = {"checkpoint": label, "model": runner.info.model_name,
                                "stored_size": runner.info.img_size, "crop_pct": runner.info.crop_pct,

@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import DataConfig, spelled
+from ..config.limits import check_batch_memory, check_count, cpu_count
 from ..core.errors import DataError
 from ..data.datasets import DummyDataset, ImageDataset
 from ..data.loader import DeviceNormalizer, find_samples, make_loader
@@ -118,13 +119,17 @@ def eval_loader(info: ModelInfo, data: DataConfig, split: str = "val", batch_siz
                 rank: int = 0, world_size: int = 1,
                 pin_memory: bool = False) -> tuple[DataLoader, list[str], ModelInfo]:
     ds, classes, info = eval_dataset(info, data, split)
+    # before the first batch is decoded: an absurd size x batch would end in the OOM killer, not an error
+    check_count(batch_size, spelled("batch_size"))
+    check_batch_memory(min(batch_size, len(ds)), info.img_size,  # type: ignore[arg-type]
+                       f"{spelled('batch_size')} and {spelled('img_size')}")
     return loader_for(ds, data, batch_size, rank, world_size, pin_memory), classes, info
 
 
 def loader_for(ds: Dataset, data: DataConfig, batch_size: int, rank: int = 0, world_size: int = 1,
                pin_memory: bool = False) -> DataLoader:
     """An evaluation loader (each image on exactly one rank) over any dataset, with data's workers."""
-    workers = min(data.workers, os.cpu_count() or 1)  # more workers than cores only adds contention
+    workers = min(data.workers, cpu_count())  # more workers than cores only adds contention
     return make_loader(ds, batch_size, workers, False, 0, rank, world_size, pin_memory)
 
 

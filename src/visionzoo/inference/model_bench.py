@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..config import OptimConfig
+from ..config.limits import check_batch_memory, check_size
 from ..core.extras import require
 from ..core.files import save_figure
 from ..core.precision import autocast
@@ -360,6 +361,8 @@ def bench(
 ) -> list[BenchRow]:
     """One row per (backend, precision, batch size); the fastest batch size of each group is marked best."""
     size = img_size or bm.info.img_size
+    check_size(size)
+    check_batch_memory(max(batch_sizes), size, "--batch-sizes and --img-size")  # before the first allocation
     rows: list[BenchRow] = []
     with tempfile.TemporaryDirectory(prefix="visionzoo-bench-") as tmp:
         for backend in backends:

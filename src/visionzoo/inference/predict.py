@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from ..config import spelled
+from ..config.limits import check_batch_memory, check_count
 from ..core.errors import BadImageError, ConfigError
 from ..data.loader import DeviceNormalizer
 from ..data.transforms import eval_transform, transform_file
@@ -73,6 +75,10 @@ def predict_files(runner: Runner, paths: Sequence[str | Path], topk: int = 5, ba
     normalizer = DeviceNormalizer(info.mean, info.std, runner.device)
     k = min(topk, info.num_classes)
     paths = expand_inputs(paths)
+    # refused before decoding: a batch of 0 predicts nothing, an absurd size x batch ends in the OOM killer
+    check_count(batch_size, spelled("batch_size"))
+    check_batch_memory(min(batch_size, len(paths)), info.img_size, f"{spelled('batch_size')} and "
+                       f"{spelled('img_size')}")
     results: list[Prediction] = []
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]

@@ -23,17 +23,14 @@ from ..core.quiet import quiet_libraries
 from ..models.checkpoint import model_from_checkpoint
 from ..models.factory import create_model
 from ..models.registry import model_cfg_of, model_name_of
+from ..models.weights import check_tensors
+from .defaults import EXPORT_SUFFIXES
 from .model_info import META_KEY, ModelInfo
 from .model_spec import ModelSpec, module_from_spec
 from .pt2_archive import check_and_read_pt2
 
-SUFFIX_FORMATS = {
-    ".onnx": "onnx",
-    ".pt2": "export",
-    ".ts": "torchscript",
-    ".torchscript": "torchscript",
-    ".safetensors": "safetensors",
-}
+# the extensions export writes (defaults.EXPORT_SUFFIXES, the one list), and TorchScript's long spelling
+SUFFIX_FORMATS = {suffix: fmt for fmt, suffix in EXPORT_SUFFIXES.items() if suffix} | {".torchscript": "torchscript"}
 
 
 def detect_format(path: str | Path) -> str:
@@ -117,6 +114,7 @@ class Runner:
 
 def _read_checkpoint(path: Path, raw: bool = False) -> tuple[nn.Module, ModelInfo]:
     model, ckpt = model_from_checkpoint(path, raw)
+    check_tensors(model.state_dict(), {}, path)  # NaN/inf weights would predict `nan` for every image
     info = ModelInfo.from_model_cfg(model_cfg_of(model), model_name_of(model), ckpt)
     info.extra["weights_used"] = ckpt.weights_kind(raw)
     return model, info
@@ -132,7 +130,9 @@ def _read_safetensors(path: Path) -> tuple[nn.Module, ModelInfo]:
         raise ModelFileError(f"{path}: no visionzoo metadata; load bare weights with --weights instead")
     info = ModelInfo.from_json(meta, path)
     model = create_model(info.model_name, num_classes=info.num_classes)
-    model.load_state_dict(load_file(str(path)))
+    sd = load_file(str(path))
+    check_tensors(sd, model.state_dict(), path)  # torch's shape error names no key in its first line
+    model.load_state_dict(sd)
     return model, info
 
 

@@ -54,7 +54,7 @@ def evaluate_longtail(
         raise ConfigError(f"--few {few} is above --many {many}")
     dist = init_distributed(device)
     runner = load_runner(model_path, dist.device, precision)
-    data = resolve_data(runner.info, data)
+    data = resolve_data(runner.info, data, model_path)  # relative data paths: where training ran
     n_cls = runner.info.num_classes
     train_counts = class_counts([label for _, label in read_list_file(train_list)], n_cls)
     adjust = None

@@ -93,6 +93,20 @@ def load_state_dict_file(path: str | Path, raw: bool = False) -> dict[str, torch
     return strip_prefixes(sd)
 
 
+def check_tensors(sd: dict[str, torch.Tensor], own: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Refuse weights the model would load silently and then predict `nan` with: a tensor of another shape
+    (named, with both shapes), integer values where the model's are float, NaN or infinity."""
+    for key, value in sd.items():
+        mine = own.get(key)
+        if mine is not None and value.shape != mine.shape:
+            raise ModelFileError(f"{path}: {key} has shape {tuple(value.shape)}, the model's {tuple(mine.shape)}")
+        if mine is not None and mine.is_floating_point() and not value.is_floating_point():
+            raise ModelFileError(f"{path}: {key} holds {value.dtype} values where the model's are {mine.dtype} "
+                                 "(not trained weights)")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ModelFileError(f"{path}: {key} holds NaN or infinite values (weights of a diverged run?)")
+
+
 def head_size(state_dict: dict[str, torch.Tensor], classifier: str | tuple[str, ...]) -> int | None:
     """The output size of the classifier (a ModelCfg.classifier path) in a state dict, if it is there."""
     heads = (classifier,) if isinstance(classifier, str) else tuple(classifier or ())
@@ -135,6 +149,7 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True, keep_h
     if wrong:
         raise ModelFileError(f"{path} does not fit {getattr(model, 'visionzoo_name', type(model).__name__)}: "
                            f"{len(wrong)} tensors of another shape, e.g. {'; '.join(wrong[:3])}")
+    check_tensors(sd, own, path)
     result = model.load_state_dict(sd, strict=False)
     dropped = {s.split(" ")[0] for s in skipped}
     missing = [k for k in result.missing_keys if k not in dropped]
