@@ -52,8 +52,8 @@ def pack_dir(tmp_path_factory) -> Path:
 class FaultyServer:
     """Serves a folder with Range support; `faults[name]` is a list of faults, one used up per GET of that file:
     ("stall", seconds), ("reset",), ("status", code), ("trickle", seconds between 1 KiB chunks), ("no_range",)
-    (the whole body, 200, whatever the Range header asks). Stalls and resets happen halfway through the body.
-    `asked` records (name, Range header) per GET."""
+    (the whole body, 200, whatever the Range header asks), ("new_etag",) (the file changed: another ETag).
+    Stalls and resets happen halfway through the body. `asked` records (name, Range header) per GET."""
 
     def __init__(self, root: Path) -> None:
         self.root, self.faults, self.asked = root, {}, []
@@ -95,7 +95,10 @@ class FaultyServer:
         start = int(re.match(r"bytes=(\d+)-", h.headers["Range"]).group(1)) if h.headers.get("Range") else 0
         if fault and fault[0] == "no_range":
             start, fault = 0, None
+        etag = '"v2"' if fault and fault[0] == "new_etag" else '"v1"'
+        fault = None if fault and fault[0] == "new_etag" else fault
         h.send_response(206 if start else 200)
+        h.send_header("ETag", etag)
         if start:
             h.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
         h.send_header("Content-Length", str(len(body) - start))
@@ -164,6 +167,12 @@ def test_a_server_that_ignores_range_is_read_on_from_the_byte_reached(server):
     keys = _keys(f"{server.url}/pack", stream_timeout=0.5, stream_retries=1)
     assert len(keys) == len(set(keys)) == 12 and keys == _keys(f"{server.url}/pack")
     assert server.gets("pack/train-000001.tar")[1].startswith("bytes=")  # asked, and sent the whole body
+
+
+def test_a_shard_that_changes_between_tries_is_not_spliced(server):
+    server.faults = {"pack/train-000001.tar": [("reset",), ("new_etag",)]}
+    with pytest.raises(DataError, match=r"pack/train-000001\.tar: the file changed on the server while it was read"):
+        _keys(f"{server.url}/pack", stream_timeout=0.5, stream_retries=1)
 
 
 def test_a_slow_steady_server_is_no_failure(server):
