@@ -245,3 +245,32 @@ def test_suffix_formats_derived_from_export_suffixes():
     for fmt, suffix in EXPORT_SUFFIXES.items():
         if suffix:
             assert SUFFIX_FORMATS[suffix] == fmt
+
+
+def test_library_seed_overflow_refused():
+    from visionzoo.config import TrainConfig, validate
+
+    with pytest.raises(ConfigError, match="seed"):
+        validate(TrainConfig(seed=2**70))
+
+
+def test_quantize_batch_memory_refused(tiny_ckpt, tiny_imagefolder, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(limits, "available_memory", lambda: 64 * 2**10)
+    assert main(["quantize", "--checkpoint", str(tiny_ckpt), "--output", str(tmp_path / "q.pt2"), "--data",
+                 str(tiny_imagefolder), "--workers", "0", "--no-eval"]) == 2
+    _one_line_error(capsys, "--batch-size and the model's input size")
+
+
+def test_export_keeps_val_split(tiny_ckpt, tmp_path, monkeypatch):
+    import visionzoo.inference.export as export
+
+    seen = []
+
+    def export_model(source, fmt, output, img_size, dynamic, opset, batch, data, *rest):
+        seen.append(data)
+        raise ConfigError("stop here")
+
+    monkeypatch.setattr(export, "export_model", export_model)
+    assert main(["export", "--checkpoint", str(tiny_ckpt), "--format", "onnx", "--output", str(tmp_path / "m.onnx"),
+                 "--val-split", "train"]) == 2
+    assert seen[0] is not None and seen[0].val_split == "train"

@@ -54,8 +54,8 @@ def run(args: argparse.Namespace) -> int:
     api = hub_client(args.push_to_hub) if args.push_to_hub is not None else None
     data = data_config(args)
     img_size = data.img_size if data else None
-    if data is not None and not (data.data or data.val_list or data.val_root):
-        data = None  # only --img-size was given: check on the checkpoint's own data
+    if data is not None and not (data.data or data.val_list or data.val_root or data.val_split):
+        data = None  # only --img-size was given: check on the checkpoint's own data (--val-split: its split)
     r = export_model(model_source(args), args.format, args.output, img_size, args.dynamic_batch, args.opset,
                      args.batch_size, data, args.atol, args.rtol, args.raw_weights)
     c = r["check"]

@@ -8,7 +8,8 @@ import logging
 import os
 
 from ..core.errors import ConfigError
-from .schema import MAX_IMG_SIZE  # the bound check_data holds training's config to
+
+MAX_IMG_SIZE = 4096  # px: a batch of 64 such images is 12 GB of uint8 already
 
 MAX_SEED = 2**63 - 1  # torch.manual_seed takes at most a signed 64-bit integer (numpy's: 2**32 - 1, reduced)
 # the batch's float input times this: the normalised copy and the first layers' activations (a ResNet stem's

@@ -32,6 +32,7 @@ import yaml
 from ..core.errors import ConfigError
 from ..core.files import atomic_path
 from ..core.precision import parse_precision
+from .limits import MAX_IMG_SIZE, MAX_SEED
 
 
 def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory: Callable[[], Any] | None = None) -> Any:
@@ -502,9 +503,6 @@ def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any], source: str) ->
     return cfg
 
 
-MAX_IMG_SIZE = 4096  # px: a batch of 64 such images is 12 GB of uint8 already
-
-
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Values types alone cannot rule out, and fields that conflict; raises ConfigError naming the field."""
     _check_finite(cfg)
@@ -513,6 +511,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         ("iters", cfg.iters is None or cfg.iters >= 1, ">= 1"), ("log_interval", cfg.log_interval >= 1, ">= 1"),
         ("eval_every", cfg.eval_every >= 0, ">= 0"), ("eval_start", cfg.eval_start >= 1, ">= 1"),
         ("perf_warmup_steps", cfg.perf_warmup_steps >= 0, ">= 0"), ("workers", cfg.data.workers >= 0, ">= 0"),
+        ("seed", 0 <= cfg.seed <= MAX_SEED, "0..2**63-1"),  # what torch.manual_seed takes
         ("worker_nice", 0 <= cfg.data.worker_nice <= 19, "0..19"),
         ("step_size", cfg.sched.step_size >= 1, ">= 1"), ("warmup_epochs", cfg.sched.warmup_epochs >= 0, ">= 0"),
         ("gamma", cfg.sched.gamma > 0, "> 0"), ("min_lr_factor", 0 <= cfg.sched.min_lr_factor <= 1, "0..1"),

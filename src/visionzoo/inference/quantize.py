@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from ..config import DataConfig, spelled
+from ..config.limits import check_batch_memory, cpu_count
 from ..core.distributed import DistInfo
 from ..core.errors import ConfigError, DataError
 from ..core.extras import require
@@ -114,7 +115,10 @@ def calibration_batches(info: ModelInfo, data: DataConfig | None, n: int, batch_
     if isinstance(ds, ImageDataset):
         order = torch.randperm(len(ds.samples.items), generator=torch.Generator().manual_seed(seed)).tolist()
         ds = ImageDataset(ds.samples.subset(order[: n * batch_size]), ds.transform, ds.skip_bad)
-    loader = make_loader(ds, batch_size, min(settings.workers, os.cpu_count() or 1), False)
+    # before the first batch: an absurd batch at the model's size would end in the OOM killer, not an error
+    check_batch_memory(min(batch_size, len(ds)), info.img_size,  # type: ignore[arg-type]
+                       f"{spelled('batch_size')} and the model's input size")
+    loader = make_loader(ds, batch_size, min(settings.workers, cpu_count()), False)
     batches = first_batches(loader, DeviceNormalizer(info.mean, info.std, torch.device("cpu")), n)
     if not batches:
         raise DataError("no calibration images found")
