@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
@@ -110,6 +111,23 @@ def remap_labels(labels: list[int], own: Sequence[str], classes: Sequence[str] |
     return [index[own[label]] if label >= 0 else label for label in labels]
 
 
+def check_labels(labels: Sequence[int], num_classes: int, where: Callable[[int], str], open_ok: bool) -> None:
+    """Every label a class index 0..num_classes-1, or, with open_ok (never the training split), -1: no class, an
+    open-set or unlabelled image, which evaluation counts in no accuracy. The first bad one is a DataError named
+    by where(its position) (a file's line, an index entry, a dataset row): a bad label would crash the loss."""
+    y = np.asarray(labels, dtype=np.int64).reshape(-1)
+    bad = np.flatnonzero((y >= num_classes) | (y < (-1 if open_ok else 0)))
+    if not len(bad):
+        return
+    i = int(bad[0])
+    more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+    if y[i] == -1:
+        raise DataError(f"{where(i)}: label -1 (no class: an open-set or unlabelled image){more} where every "
+                        f"image needs a class 0..{num_classes - 1} (the training split always does)")
+    raise DataError(f"{where(i)}: label {int(y[i])} outside 0..{num_classes - 1} "
+                    f"({plural(num_classes, 'class', 'classes')}){more}")
+
+
 def read_list_file(path: str | Path) -> list[tuple[str, int]]:
     """Parse `relative/path label` lines (spaces in paths allowed: the label is the last field)."""
     path = Path(path)
@@ -132,6 +150,12 @@ def read_list_file(path: str | Path) -> list[tuple[str, int]]:
     if not items:
         raise DataError(f"{path}: empty list file")
     return items
+
+
+def _label_lines(path: Path) -> list[int]:
+    """The line number of each entry read_list_file returns (for messages only: read again when one is needed)."""
+    return [n for n, line in enumerate(path.read_text().splitlines(), 1)
+            if line.strip() and not line.strip().startswith("#")]
 
 
 def _find_root(items: list[tuple[str, int]], candidates: list[Path], list_path: Path) -> Path:
@@ -166,9 +190,7 @@ def list_samples(
     if classes is None and names_file.is_file():
         classes = [c.strip() for c in names_file.read_text().splitlines() if c.strip()]
     n = num_classes or (len(classes) if classes else max(labels) + 1)
-    bad = [x for x in labels if x >= n or (x < 0 and not allow_open)]
-    if bad:
-        raise DataError(f"{list_path}: label {bad[0]} outside 0..{n - 1}")
+    check_labels(labels, n, lambda i: f"{list_path}:{_label_lines(list_path)[i]}", open_ok=allow_open)
     names = list(classes)[:n] if classes else [str(i) for i in range(n)]
     return Samples([(str(root_dir / rel), label) for rel, label in items], names)
 

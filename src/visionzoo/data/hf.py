@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..config import spelled
-from ..core.errors import DataError
+from ..core.errors import ConfigError, DataError
 from ..core.extras import require
-from .datasets import Samples, remap_labels
+from .datasets import Samples, check_labels, remap_labels
 from .images import EncodedFile, read_file
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,8 @@ PREFIX = "hf:"
 VAL_SPLITS = ("validation", "val")
 # what a dataset published with train and test only (many on the hub) validates on, said in the log
 TEST_SPLIT = "test"
+# a hub id: NAME or OWNER/NAME of letters, digits, '-', '_' and '.' (no '..': never a path out of the cache)
+_HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 
 
 def _parquet_files(root: Path, extra: str | None = None) -> dict[str, list[str]]:
@@ -53,15 +56,39 @@ def is_hf(data: str | None) -> bool:
     return root.is_dir() and ((root / "dataset_dict.json").is_file() or bool(_parquet_files(root)))
 
 
+def _hub_id(data: str) -> str:
+    name = data[len(PREFIX):]
+    if not _HUB_ID.fullmatch(name) or ".." in name.split("/") or name.startswith("."):
+        raise ConfigError(f"{spelled('data', data)}: {PREFIX}NAME takes a Hugging Face hub id (NAME or OWNER/NAME), "
+                          "e.g. hf:cifar10; a dataset on disk is given by its folder")
+    return name
+
+
 @functools.lru_cache(maxsize=4)  # train and val come from one load (parquet conversion, hub resolution)
 def _load(data: str, val_split: str | None = None) -> Any:
+    name = _hub_id(data) if data.startswith(PREFIX) else None
     datasets = require("datasets", "hf", f"--data {data} (a Hugging Face dataset)")
-    if data.startswith(PREFIX):
-        return datasets.load_dataset(data[len(PREFIX):])  # the hub or a local loading script: needs network
-    root = Path(data)
-    if (root / "dataset_dict.json").is_file():
-        return datasets.load_from_disk(str(root))
-    return datasets.load_dataset("parquet", data_files=_parquet_files(root, val_split))
+    try:
+        if name is not None:
+            return datasets.load_dataset(name)  # the hub or a local loading script: needs network
+        root = Path(data)
+        if (root / "dataset_dict.json").is_file():
+            return datasets.load_from_disk(str(root))
+        return datasets.load_dataset("parquet", data_files=_parquet_files(root, val_split))
+    except (KeyboardInterrupt, SystemExit, MemoryError):
+        raise
+    except Exception as e:  # noqa: BLE001 - the hub, fsspec, arrow and datasets each raise their own kinds
+        raise DataError(f"{data}: {_unreadable(e, name)}") from None
+
+
+def _unreadable(e: BaseException, hub_name: str | None) -> str:
+    """One line for a dataset that could not be loaded: a truncated parquet/arrow file, a save_to_disk folder
+    missing its state.json, a hub name that cannot be reached."""
+    first = (str(e).strip().splitlines() or [""])[0][:300]
+    if hub_name is not None:
+        return (f"cannot load {hub_name!r} from the Hugging Face hub ({type(e).__name__}: {first}); without "
+                "network, give a save_to_disk or parquet folder")
+    return f"not a readable Hugging Face dataset ({type(e).__name__}: {first})"
 
 
 def _split(dd: Any, data: str, split: str, val_split: str | None = None) -> Any:
@@ -129,6 +156,16 @@ def hf_samples(data: str, split: str, classes: Sequence[str] | None = None, imag
     (e.g. a model's) are given."""
     datasets = require("datasets", "hf", f"--data {data} (a Hugging Face dataset)")
     ds = _split(_load(data, val_split), data, split, val_split)
+    try:
+        return _samples(datasets, ds, data, split, classes, image_column, label_column)
+    except (OSError, ValueError) as e:  # an arrow file that maps but is damaged further on (pyarrow's errors)
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"{data}: {_unreadable(e, None)}") from None
+
+
+def _samples(datasets: Any, ds: Any, data: str, split: str, classes: Sequence[str] | None, image_column: str | None,
+             label_column: str | None) -> Samples:
     img_col = _column(ds, data, image_column, "--image-column", datasets.Image, "Image")
     lab_col = _column(ds, data, label_column, "--label-column", datasets.ClassLabel, "ClassLabel")
     feature = ds.features[lab_col]
@@ -142,6 +179,8 @@ def hf_samples(data: str, split: str, classes: Sequence[str] | None = None, imag
     if not isinstance(ds.features[img_col], datasets.Image):
         raise DataError(f"{data}: image column {img_col!r} is {ds.features[img_col]}, not an Image feature")
     source = f"{data}[{ds.split or split}]"
+    # -1 is HF's "no label" (ClassLabel): allowed where evaluation can leave it out, never for training
+    check_labels(labels, len(own), lambda i: f"{source} row {i} (column {lab_col!r})", open_ok=split != "train")
     labels = remap_labels(labels, own, classes, data)
     # only the image column, undecoded: a row read is then one bytes cell, and the transforms decode it
     images = ds.select_columns([img_col]).cast_column(img_col, datasets.Image(decode=False))

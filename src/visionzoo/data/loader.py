@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
 
 from ..config import AugConfig, DataConfig
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, DataError, plural
 from ..models.registry import ModelCfg
 from .datasets import Samples
 from .device_decode import EncodedBatch, EncodedImage
@@ -153,12 +153,34 @@ def build_data(
         train, classes = source.dataset("train", tf, seed=seed, img_size=img_size, classes=classes,
                                         num_classes=num_classes)
         num_classes = num_classes or len(classes)
+        _check_learnable(train, classes, source.describe())
     if "val" in splits:
         tf = eval_transform(eval_size, crop_pct, interp, cfg.decode)
         val, classes = source.dataset("val", tf, seed=seed, img_size=eval_size, classes=classes,
                                       num_classes=num_classes)
+        labels = _labels(val)
+        if labels and max(labels) < 0:  # scored on 0 images, a best.pth chosen by nothing
+            raise DataError(f"{source.describe()}: the {source.split_name('val')} split has no labelled image (all "
+                            f"{len(labels)} are -1: open-set or unlabelled); give a validation split with classes")
     assert classes is not None
     return DataBundle(train, val, list(classes), img_size, crop_pct, interp, eval_size)
+
+
+def _labels(ds: Dataset | None) -> list[int] | None:
+    """The labels of a random-access split (None: streamed or synthetic, not known before reading)."""
+    samples = getattr(ds, "samples", None)
+    return samples.targets() if isinstance(samples, Samples) and samples.items else None
+
+
+def _check_learnable(train: Dataset, classes: list[str], described: str) -> None:
+    """A training split of one class trains a classifier that is always right and has learnt nothing."""
+    labels = _labels(train)
+    present = sorted(set(labels)) if labels is not None else range(len(classes))
+    if len(present) < 2:
+        names = [classes[y] for y in present if 0 <= y < len(classes)]
+        raise DataError(f"{described}: the training split has images of {plural(len(present), 'class')} only "
+                        f"({', '.join(names) or 'none'}); a classifier of one class learns nothing: give at least "
+                        "two classes")
 
 
 def set_loader_epoch(loader: DataLoader, epoch: int) -> None:

@@ -19,12 +19,17 @@ The older format (visionzoo-pack-1: `.bin` shards + index.npz per split folder) 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import json
 import mmap
 import os
+import pickle
 import re
+import shutil
 import tarfile
+import zipfile
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -33,9 +38,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..core.errors import BadImageError, ConfigError, DataError
-from ..core.files import write_json
-from .datasets import Samples, folder_classes, image_folder, list_samples, remap_labels
+from ..core.errors import BadImageError, ConfigError, DataError, VisionZooError
+from ..core.files import FolderLock, write_json
+from .datasets import Samples, check_labels, folder_classes, image_folder, list_samples, remap_labels
 from .images import EncodedFile, decode_rgb, read_file
 
 FORMAT = "visionzoo-wds-1"
@@ -44,6 +49,10 @@ PACK_FILE = "pack.json"
 CLASSES_FILE = "classes.json"
 IMAGE_EXT = "jpg"
 SHUFFLE_SEED = 0
+STAGING = ".pack-partial-"  # OUT/.pack-partial-PID/: a pack being written, moved into OUT when complete
+# a write that failed for want of room or a writable disk: one line, not a traceback
+_DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM}
+CHECKED_ENTRIES = 4096  # index entries whose tar header is checked when a split is opened (evenly spread)
 
 
 def shard_name(split: str, number: int) -> str:
@@ -73,10 +82,16 @@ class PackedStore:
 
     def __init__(self, root: str | Path, split: str):
         self.root, self.split = Path(root), split
-        with np.load(self.root / index_name(split)) as index:
-            self.shard, self.offset, self.length = index["shard"], index["offset"], index["length"]
-            self.labels, self.keys = index["label"], index["key"]
-            self.names = np.char.decode(index["name"], "utf-8")
+        path = self.root / index_name(split)
+        try:
+            with np.load(path) as index:
+                self.shard, self.offset, self.length = index["shard"], index["offset"], index["length"]
+                self.labels, self.keys = index["label"], index["key"]
+                self.names = np.char.decode(index["name"], "utf-8")
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as e:
+            raise DataError(f"{path}: a damaged pack index ({type(e).__name__}: {e}); pack the data again") from None
+        if len({len(a) for a in (self.shard, self.offset, self.length, self.labels, self.keys, self.names)}) != 1:
+            raise DataError(f"{path}: a damaged pack index (its arrays differ in length); pack the data again")
         self._maps: dict[int, mmap.mmap] = {}
 
     def subset(self, indices) -> PackedStore:
@@ -87,6 +102,50 @@ class PackedStore:
         for name in ("shard", "offset", "length", "labels", "keys", "names"):
             setattr(sub, name, getattr(self, name)[idx])
         return sub
+
+    def check(self, limit: int = CHECKED_ENTRIES) -> None:
+        """Refuse an index that does not match its shards: a missing shard, or an entry whose bytes are not its
+        own image (offsets shifted by a sample would train on wrong labels). The tar header just before an
+        entry's image names the member and its size; up to `limit` entries, evenly spread, are checked (a
+        shifted index is wrong everywhere), so opening a large pack stays cheap."""
+        index = self.root / index_name(self.split)
+        sizes = {}
+        for s in np.unique(self.shard).tolist():
+            path = self.root / shard_name(self.split, s)
+            try:
+                sizes[s] = path.stat().st_size
+            except OSError as e:
+                raise DataError(f"{path}: {e.strerror} (a shard {index} points into); copy the pack whole or "
+                                "pack the data again") from None
+        n = len(self)
+        for i in np.unique(np.linspace(0, n - 1, min(n, limit)).astype(np.int64)).tolist() if n else []:
+            s, off, length = int(self.shard[i]), int(self.offset[i]), int(self.length[i])
+            key = bytes(self.keys[i])
+            shard = shard_name(self.split, s)
+            if off < tarfile.BLOCKSIZE or length < 0 or off + length > sizes[s]:
+                raise DataError(f"{index}: entry {i} ({key.decode(errors='replace')}) points outside {shard} "
+                                f"({sizes[s]} bytes); the index does not match its shards: pack the data again")
+            found = self._header_at(i)
+            expected = key + f".{IMAGE_EXT}".encode()
+            name_ok = found[0] == expected or (not expected.isascii() or len(expected) > 100)  # pax-named
+            if not name_ok or found[1] != length:
+                raise DataError(f"{index}: entry {i} ({key.decode(errors='replace')}) points at "
+                                f"{found[0].decode(errors='replace') or 'no tar member'!r} in {shard}, not at its "
+                                "own image; the index does not match its shards: pack the data again")
+
+    def _header_at(self, i: int) -> tuple[bytes, int]:
+        """(member name, size) of the tar header just before entry i's data; (b'', -1) if it is not one."""
+        s, off = int(self.shard[i]), int(self.offset[i])
+        self.read(i)  # maps the shard
+        head = self._maps[s][off - tarfile.BLOCKSIZE:off]
+        if head[257:262] != b"ustar":
+            return b"", -1
+        name, prefix = head[:100].split(b"\0", 1)[0], head[345:500].split(b"\0", 1)[0]
+        try:
+            size = int(head[124:136].strip(b"\0 ") or b"0", 8)
+        except ValueError:
+            size = -1
+        return (prefix + b"/" + name if prefix else name), size
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_maps": {}}
@@ -132,6 +191,12 @@ def packed_samples(root: str | Path, split: str, classes: list[str] | None = Non
         raise DataError(f"{root}: the pack has no {split} split (it holds {', '.join(meta['splits'])})")
     pack_classes = read_classes(root)
     store = PackedStore(root, split)
+    store.check()
+    index = root / index_name(split)
+    # -1 (an open-set image of a packed list) only outside the training split; a short classes.json is caught here
+    check_labels(store.labels, len(pack_classes),
+                 lambda i: f"{index}: entry {i} ({store.names[i]}; {len(pack_classes)} classes in {CLASSES_FILE})",
+                 open_ok=split != "train")
     labels = remap_labels(store.labels.tolist(), pack_classes, classes, root)  # -1 (open set) stays -1
     return Samples(list(zip(store.names.tolist(), labels)), list(classes or pack_classes), store=store)
 
@@ -139,7 +204,13 @@ def packed_samples(root: str | Path, split: str, classes: list[str] | None = Non
 def read_classes(root: Path) -> list[str]:
     if not (root / CLASSES_FILE).is_file():
         raise DataError(f"{root}: the pack has no {CLASSES_FILE} (an incomplete copy?); pack it again")
-    return [str(c) for c in json.loads((root / CLASSES_FILE).read_text())]
+    try:
+        names = json.loads((root / CLASSES_FILE).read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(f"{root / CLASSES_FILE}: not readable ({e}); pack the data again") from None
+    if not isinstance(names, list):
+        raise DataError(f"{root / CLASSES_FILE}: not a list of class names; pack the data again")
+    return [str(c) for c in names]
 
 
 # ------------------------------------------------------------------------------------------------ writing
@@ -276,28 +347,57 @@ def pack(data: str | Path, output: str | Path, max_size: int = 256, quality: int
         raise ConfigError(f"--max-size {max_size} (>= 16) or --quality {quality} (1-100) out of range")
     if shard_bytes < 1 or (shard_images is not None and shard_images < 1):
         raise ConfigError("--shard-mb and --shard-images must be >= 1")
-    if is_packed(out):
-        raise ConfigError(f"--output {out} already holds a pack: remove it or choose another --output")
+    _refuse_packed(out)
     if pack_format(data) == OLD_FORMAT:
-        return _convert_old(data, out, shard_bytes, shard_images, progress)
+        with _staged(out) as stage:
+            return _convert_old(data, stage, out, shard_bytes, shard_images, progress)
     if pack_format(data) is not None:
         raise ConfigError(f"--data {data} is a pack already ({pack_format(data)}); give the image folder it came from")
     sources = _split_samples(data, lists)
     classes = next(iter(sources.values())).classes
-    out.mkdir(parents=True, exist_ok=True)
+    for split, samples in sources.items():  # what training reads back must be a class (or -1 off the train split)
+        items = samples.items
+        check_labels(samples.targets(), len(classes), lambda i, items=items: items[i][0],  # type: ignore[misc]
+                     open_ok=split != "train")
     counts: dict[str, Any] = {}
-    with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+    with _staged(out) as stage, ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
         for split, samples in sources.items():
             items = [samples.items[i] for i in _pack_order(split, len(samples.items))]
             jobs = ((p, max_size, quality) for p, _ in items)
             blobs = pool.map(_encode_or_error, jobs, chunksize=16)
             entries = ((os.path.relpath(p, data), y, b) for (p, y), b in zip(items, blobs))
-            counts[split] = _write_split(entries, len(items), out, split, shard_bytes, shard_images,
+            counts[split] = _write_split(entries, len(items), stage, split, shard_bytes, shard_images,
                                          skip_bad, progress)
-    meta = {"format": FORMAT, "source": str(data), "max_size": max_size, "quality": quality,
-            "splits": list(sources), "classes": len(classes), "shuffled": {"splits": ["train"], "seed": SHUFFLE_SEED},
-            **counts}
-    return _finish(out, classes, meta)
+        meta = {"format": FORMAT, "source": str(data), "max_size": max_size, "quality": quality,
+                "splits": list(sources), "classes": len(classes),
+                "shuffled": {"splits": ["train"], "seed": SHUFFLE_SEED}, **counts}
+        return _finish(stage, out, classes, meta)
+
+
+def _refuse_packed(out: Path) -> None:
+    if is_packed(out):
+        raise ConfigError(f"--output {out} already holds a pack: remove it or choose another --output")
+
+
+@contextlib.contextmanager
+def _staged(out: Path) -> Iterator[Path]:
+    """A private folder to write the pack into, under a lock on OUT: a second pack into OUT is refused in one
+    line, and a pack that fails or is interrupted leaves nothing in OUT (_finish moves a complete one in)."""
+    with FolderLock(out, "--output"):
+        _refuse_packed(out)  # one that held the lock before us may have just finished
+        for stale in out.glob(f"{STAGING}*"):  # a killed pack's (we hold the lock: no one else writes there)
+            shutil.rmtree(stale, ignore_errors=True)
+        stage = out / f"{STAGING}{os.getpid()}"
+        try:
+            stage.mkdir()
+            yield stage
+        except OSError as e:
+            if e.errno not in _DISK_ERRORS:
+                raise
+            raise VisionZooError(f"cannot write the pack into --output {out}: {e.strerror}; nothing was "
+                                 "written") from None
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
 
 
 def _pack_order(split: str, n: int) -> list[int]:
@@ -307,8 +407,11 @@ def _pack_order(split: str, n: int) -> list[int]:
     return np.random.default_rng(SHUFFLE_SEED).permutation(n).tolist()
 
 
-def _finish(out: Path, classes: list[str], meta: dict[str, Any]) -> dict[str, Any]:
-    write_json(out / CLASSES_FILE, list(classes))
+def _finish(stage: Path, out: Path, classes: list[str], meta: dict[str, Any]) -> dict[str, Any]:
+    """Move the complete pack from stage into out, pack.json last: a reader sees a whole pack or none."""
+    write_json(stage / CLASSES_FILE, list(classes))
+    for f in sorted(stage.iterdir()):
+        os.replace(f, out / f.name)
     write_json(out / PACK_FILE, meta)  # last: a pack without pack.json is incomplete
     return meta
 
@@ -345,7 +448,9 @@ def _split_samples(data: Path, lists: dict[str, str | Path] | None) -> dict[str,
         out: dict[str, Samples] = {}
         classes = num_classes = None
         for split, path in lists.items():
-            s = list_samples(path, data, split, classes=classes, num_classes=num_classes, allow_open=True)
+            # -1 (open set) only outside the training split: training reads every packed label back
+            s = list_samples(path, data, split, classes=classes, num_classes=num_classes,
+                             allow_open=split != "train")
             classes, num_classes = classes or s.classes, num_classes or s.num_classes
             out[split] = s
         return out
@@ -356,11 +461,13 @@ def _split_samples(data: Path, lists: dict[str, str | Path] | None) -> dict[str,
     return {s: image_folder(data / s, classes) for s in splits}
 
 
-def _old_entries(root: Path, split: str) -> Iterator[tuple[str, int, bytes]]:
+def _old_entries(root: Path, split: str, num_classes: int) -> Iterator[tuple[str, int, bytes]]:
     """The images of an old-format split (split/shard-NNNNN.bin + split/index.npz), in _pack_order."""
     with np.load(root / split / "index.npz") as index:
         shard, offset, length = index["shard"], index["offset"], index["length"]
         labels, names = index["label"], index["name"]
+    check_labels(labels, num_classes, lambda i: f"{root / split / 'index.npz'}: entry {i} ({names[i]})",
+                 open_ok=split != "train")
     maps: dict[int, mmap.mmap] = {}
     try:
         for i in _pack_order(split, len(labels)):
@@ -374,7 +481,7 @@ def _old_entries(root: Path, split: str) -> Iterator[tuple[str, int, bytes]]:
             m.close()
 
 
-def _convert_old(old: Path, out: Path, shard_bytes: int, shard_images: int | None,
+def _convert_old(old: Path, stage: Path, out: Path, shard_bytes: int, shard_images: int | None,
                  progress: bool) -> dict[str, Any]:
     """An old-format pack rewritten as WebDataset shards with the same image bytes, labels and names."""
     meta = json.loads((old / PACK_FILE).read_text())
@@ -382,13 +489,12 @@ def _convert_old(old: Path, out: Path, shard_bytes: int, shard_images: int | Non
     if not classes_txt.is_file():
         raise DataError(f"{old}: the old pack has no classes.txt (an incomplete copy?)")
     classes = classes_txt.read_text().split("\n")[:-1]
-    out.mkdir(parents=True, exist_ok=True)
     counts = {}
     for split in meta["splits"]:
-        entries = _old_entries(old, split)
-        counts[split] = _write_split(entries, int(meta[split]["images"]), out, split, shard_bytes, shard_images,
+        entries = _old_entries(old, split, len(classes))
+        counts[split] = _write_split(entries, int(meta[split]["images"]), stage, split, shard_bytes, shard_images,
                                      False, progress)
     new = {"format": FORMAT, "source": meta.get("source", str(old)), "converted_from": str(old),
            "max_size": meta.get("max_size"), "quality": meta.get("quality"), "splits": list(meta["splits"]),
            "classes": len(classes), "shuffled": {"splits": ["train"], "seed": SHUFFLE_SEED}, **counts}
-    return _finish(out, classes, new)
+    return _finish(stage, out, classes, new)
