@@ -274,3 +274,18 @@ def test_export_keeps_val_split(tiny_ckpt, tmp_path, monkeypatch):
     assert main(["export", "--checkpoint", str(tiny_ckpt), "--format", "onnx", "--output", str(tmp_path / "m.onnx"),
                  "--val-split", "train"]) == 2
     assert seen[0] is not None and seen[0].val_split == "train"
+
+
+def test_infer_and_bench_data_batch_refused(tiny_ckpt, tiny_imagefolder, tmp_path, monkeypatch, capsys):
+    prep = tmp_path / "prep"
+    assert main(["preprocess", "--output", str(prep), "--checkpoint", str(tiny_ckpt), "--data", str(tiny_imagefolder),
+                 "--workers", "0", "--no-progress"]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(limits, "available_memory", lambda: 64 * 2**10)
+    assert main(["infer", "--model", str(tiny_ckpt), "--input", str(prep), "--output", str(tmp_path / "dump"),
+                 "--device", "cpu", "--no-progress"]) == 2
+    _one_line_error(capsys, "--batch-size and the preprocessed size")
+    assert not (tmp_path / "dump").exists()
+    assert main(["bench-data", "--data", str(tiny_imagefolder), "--img-size", "32", "--workers", "0",
+                 "--batches", "1", "--warmup", "0", "--no-progress"]) == 2
+    _one_line_error(capsys, "--batch-size and --img-size")

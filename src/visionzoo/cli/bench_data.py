@@ -33,8 +33,10 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..config.limits import check_batch_memory
     from ..core.errors import ConfigError
     from ..data.pipeline_bench import bench_data
+    from ..models.registry import ModelCfg
 
     full = flags_config(args)
     cfg = full.data
@@ -42,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("bench-data needs --data DIR (an ImageFolder with train/ and val/)")
     if args.batches < 1 or args.warmup < 0 or args.batch_size < 1:
         raise ConfigError("--batches and --batch-size must be >= 1, --warmup >= 0")
+    # the batches are float on the device (normalised): an absurd size x batch is refused before the workers start
+    check_batch_memory(args.batch_size, cfg.img_size or ModelCfg.input_size, "--batch-size and --img-size")
     r = bench_data(cfg, args.split, args.batch_size, args.batches, args.warmup, args.device, args.baseline,
                    args.progress, args.baseline_data, args.normalize, full.aug)
     what = "normalised" if args.normalize else "uint8"

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..config import DataConfig
+from ..config import DataConfig, spelled
+from ..config.limits import check_batch_memory, check_count
 from ..core.errors import ConfigError, DataError
 from ..core.files import atomic_path, write_json
 from ..data.loader import DeviceNormalizer
@@ -117,6 +118,10 @@ def infer(runner: Runner, prep: str | Path, output: str | Path, batch_size: int 
     for key, ours in (("img_size", info.img_size), ("mean", list(info.mean)), ("std", list(info.std))):
         if key in meta and meta[key] != ours:
             log.warning("%s was preprocessed with %s=%s but the model expects %s", prep, key, meta[key], ours)
+    check_count(batch_size, spelled("batch_size"))  # a batch of 0 or less would write nothing, silently
+    if rows:  # the files' own size: an absurd batch of them is refused before it is read
+        check_batch_memory(min(batch_size, len(rows)), max(max(shape[-2:]) for _, _, shape in rows),
+                           f"{spelled('batch_size')} and the preprocessed size")
     out.mkdir(parents=True, exist_ok=True)
     t0, seconds = time.perf_counter(), 0.0
     for start in tqdm(range(0, len(rows), batch_size), desc="infer", disable=None if progress else True, leave=False):
