@@ -343,3 +343,16 @@ def test_one_class_data_is_refused_for_training(folder, tmp_path, capsys):
                  "--no-progress"]) != 0
     _one_line(capsys, "one class learns nothing")
     assert not (tmp_path / "run" / "best.pth").exists()
+
+
+def test_eval_on_a_pack_whose_val_index_says_99_is_one_line(tiny_imagefolder, tiny_ckpt, tmp_path, capsys):
+    root = tmp_path / "tiny-pack"
+    assert _pack(tiny_imagefolder, root) == 0
+    with np.load(root / index_name("val")) as index:
+        labels = index["label"].copy()
+    labels[3] = 99
+    _rewrite_index(root, "val", label=labels)
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(tiny_ckpt), "--data", str(root), "--device", "cpu",
+                 "--no-progress"]) != 0
+    _one_line(capsys, "val.index.npz: entry 3", "label 99")
