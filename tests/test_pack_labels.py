@@ -3,9 +3,12 @@ row; `pack` locks its output and writes a pack as a whole; damaged packs and Hug
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import multiprocessing
+import os
 import shutil
+import signal
 import tarfile
 import time
 from pathlib import Path
@@ -187,6 +190,7 @@ def test_hf_parquet_int_labels_outside_the_classes_are_refused(folder, tmp_path,
 
 def _held_pack(folder: Path, out: Path, go: Path) -> None:
     """A pack (in a forked process) that, after each image, waits (at most 60 s) for the file go."""
+    os.setpgrp()  # its own process group: a kill of the group takes its encoding workers too
     add = packed.ShardWriter.add
 
     def held(self, *a):
@@ -241,6 +245,24 @@ def test_an_interrupted_pack_leaves_no_half_pack(folder, tmp_path, monkeypatch):
     with pytest.raises(Boom):
         packed.pack(folder, out, max_size=16, workers=1, progress=False, shard_images=4)
     assert not out.exists() or not [p.name for p in out.iterdir()]  # no shards, index, staging folder or lock
+
+
+def test_a_killed_pack_leaves_no_visible_files_and_the_next_pack_completes(folder, tmp_path):
+    out, go = tmp_path / "killed", tmp_path / "never"
+    first = multiprocessing.get_context("fork").Process(target=_held_pack, args=(folder, out, go))
+    first.start()
+    deadline = time.monotonic() + 30
+    while not list(out.rglob("*.tar.tmp")) and first.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(first.pid, signal.SIGKILL)  # midway through its shards (and its workers): no finally runs
+    first.join(30)
+    with contextlib.suppress(ProcessLookupError):  # a worker forked as the group was killed
+        os.killpg(first.pid, signal.SIGKILL)
+    assert not packed.is_packed(out)
+    assert not [p.name for p in out.iterdir() if not p.name.startswith(".")]  # only its private staging folder
+    assert _pack(folder, out) == 0  # takes the dead pack's lock and clears its staging folder
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+    assert len(packed_samples(out, "train").items) == 12
 
 
 def test_a_read_only_output_is_one_line(folder, tmp_path, monkeypatch, capsys):
