@@ -164,8 +164,8 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
             flag = typed.get(key) or ""  # a long spelling as typed (--amp), a short one (-e) by its full name
             flag = flag if flag.startswith("--") else _flag(name)
             out[index[name]] = coerce(value, field_type(index[name]), flag)  # errors name the flag
-            if name in FIELD_LIMITS and out[index[name]] is not None:
-                out[index[name]] = FIELD_LIMITS[name](out[index[name]], flag)
+            if name in FIELD_LIMITS and out[index[name]] is not None:  # the flag and the key, as other errors say
+                out[index[name]] = FIELD_LIMITS[name](out[index[name]], f"{flag} ({index[name]})")
     return out
 
 
