@@ -74,6 +74,20 @@ def atomic_path(dst: str | Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def _failed_write(e: RuntimeError) -> bool:
+    """torch's zip writer reports a failed write (a full disk, a quota) as a RuntimeError, not an OSError."""
+    text = str(e)
+    return "PytorchStreamWriter failed" in text or "file write failed" in text or "unexpected pos" in text
+
+
+def _write_reason(e: BaseException) -> str:
+    """One line: the OS's words where there is an errno, else the first line of torch's message."""
+    if isinstance(e, OSError):
+        return e.strerror or str(e)
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return f"the write failed, is the disk full? ({first[:200]})"
+
+
 def atomic_save(obj: Any, path: str | Path) -> None:
     """torch.save to a temp file in the same folder, fsync, then rename over path.
 
@@ -90,11 +104,15 @@ def atomic_save(obj: Any, path: str | Path) -> None:
             os.fsync(f.fileno())
         _default_mode(tmp)
         os.replace(tmp, path)
-    except OSError as e:  # a full disk, a quota, an I/O error: the file it would have replaced stays
+    except (OSError, RuntimeError) as e:  # a full disk, a quota, an I/O error: the replaced file stays
+        if isinstance(e, RuntimeError) and not _failed_write(e):
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
         if os.path.exists(tmp):
             os.unlink(tmp)
         kept = f"the previous {path.name} is intact" if path.exists() else "nothing was written"
-        raise ModelFileError(f"cannot write {path}: {e.strerror or e}; {kept}") from None
+        raise ModelFileError(f"cannot write {path}: {_write_reason(e)}; {kept} (the temp file was removed)") from None
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

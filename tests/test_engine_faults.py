@@ -1,0 +1,49 @@
+"""Faults around the training engine (issue 30): a full disk while saving, a batch of 1 with BatchNorm,
+weights that turned non-finite, a tracking server that is down or hangs."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+import torch
+
+from visionzoo.core.errors import ModelFileError
+from visionzoo.core.files import atomic_save
+from visionzoo.models import Checkpoint
+
+
+@pytest.mark.parametrize("error", [
+    OSError(errno.ENOSPC, "No space left on device"),
+    OSError(errno.EDQUOT, "Disk quota exceeded"),
+    OSError(errno.EROFS, "Read-only file system"),
+    RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file "
+                 "data/0: file write failed"),
+])
+def test_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch, error):
+    path = tmp_path / "last.pth"
+    Checkpoint(model={"w": torch.ones(3)}, epoch=1).save(path)
+
+    def failing_save(obj, f, *a, **k):
+        f.write(b"partial bytes")
+        raise error
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(ModelFileError) as info:
+        Checkpoint(model={"w": torch.zeros(3)}, epoch=2).save(path)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message and "previous last.pth is intact" in message
+    monkeypatch.undo()
+    assert Checkpoint.load(path).epoch == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]  # the temp file removed
+
+
+def test_other_runtime_errors_while_saving_are_not_called_a_full_disk(tmp_path, monkeypatch):
+    def failing_save(obj, f, *a, **k):
+        raise RuntimeError("cannot pickle this")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(RuntimeError, match="cannot pickle") as info:
+        atomic_save({"w": torch.ones(1)}, tmp_path / "x.pth")
+    assert not isinstance(info.value, ModelFileError)
+    assert list(tmp_path.iterdir()) == []
