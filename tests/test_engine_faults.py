@@ -47,3 +47,18 @@ def test_other_runtime_errors_while_saving_are_not_called_a_full_disk(tmp_path, 
         atomic_save({"w": torch.ones(1)}, tmp_path / "x.pth")
     assert not isinstance(info.value, ModelFileError)
     assert list(tmp_path.iterdir()) == []
+
+
+def _tiny_train(data, out, *extra: str) -> list[str]:
+    return ["train", "--data", str(data), "--model", "resnet18", "--img-size", "16", "--epochs", "1",
+            "--workers", "0", "--device", "cpu", "--no-progress", "--output", str(out), *extra]
+
+
+def test_batch_of_one_with_batchnorm_is_one_line_naming_the_batch(tiny_imagefolder, tmp_path, capsys):
+    from visionzoo.cli import main
+
+    assert main(_tiny_train(tiny_imagefolder, tmp_path / "run", "--batch-size", "1", "--iters", "1")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--batch-size 1" in err[0] and "BatchNorm" in err[0], err
+    assert "Expected more than 1 value" not in err[0]
+    assert not (tmp_path / "run" / "last.pth").exists()

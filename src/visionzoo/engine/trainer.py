@@ -245,6 +245,7 @@ def _build_with_log(cfg: TrainConfig, dist: DistInfo, model_cfg: ModelCfg, out: 
         data = _build_data(cfg, model_cfg)
         model, objective, scope = _build_model(cfg, data, dist)
         train_loader, val_loader, steps = _build_loaders(cfg, data, objective, dist)
+        _refuse_batch_of_one(cfg, model, scope, dist)
     finally:
         status.close()
     runlog.num_classes = objective.num_classes
@@ -377,6 +378,23 @@ def _build_loaders(cfg: TrainConfig, data: DataBundle, objective: Objective,
         raise ConfigError(f"training set of {plural(len(cast(Sized, train_set)), 'image')} (on this rank) is smaller "
                           f"than one step of {cfg.batch_size} x {accum} ({spelled('accum_steps')})")
     return train_loader, val_loader, steps
+
+
+def _refuse_batch_of_one(cfg: TrainConfig, model: nn.Module, scope: TrainScope, dist: DistInfo) -> None:
+    """BatchNorm in training mode cannot normalise one image (torch's raw "Expected more than 1 value per
+    channel" at the first step): refused before training, naming the batch. Training batches are always full
+    (drop_last), so the per-process batch is the only one to check."""
+    per_process = cfg.batch_size // dist.world_size
+    if per_process != 1:
+        return
+    scope.set_mode(model)  # the modes training runs in: a frozen (cRT) or eval-mode (FixRes) norm is fine
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    if not norms:
+        return
+    where = f" ({per_process} image per process over {dist.world_size} processes)" if dist.enabled else ""
+    raise ConfigError(f"{spelled('batch_size', cfg.batch_size)}{where}: {model_name_of(model)} has BatchNorm "
+                      "layers, which need at least 2 images per process in training; use "
+                      f"{spelled('batch_size', 2 * dist.world_size)} or more")
 
 
 def _smaller_batch(batch: int) -> int:
