@@ -62,3 +62,15 @@ def test_batch_of_one_with_batchnorm_is_one_line_naming_the_batch(tiny_imagefold
     assert len(err) == 1 and "--batch-size 1" in err[0] and "BatchNorm" in err[0], err
     assert "Expected more than 1 value" not in err[0]
     assert not (tmp_path / "run" / "last.pth").exists()
+
+
+def test_weights_that_turned_non_finite_are_not_saved(tiny_imagefolder, tmp_path, capsys):
+    from visionzoo.cli import main
+
+    # the training loss of the only step is read before its update: only the weights show the divergence
+    out = tmp_path / "run"
+    assert main(_tiny_train(tiny_imagefolder, out, "--batch-size", "8", "--iters", "1", "--lr", "1e300",
+                            "--ema")) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "NaN or infinite in epoch 1/1" in err[-1] and "--lr" in err[-1], err
+    assert not (out / "last.pth").exists() and not (out / "best.pth").exists()

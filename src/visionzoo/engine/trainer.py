@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import random
 import shutil
@@ -29,7 +30,7 @@ from tqdm import tqdm
 from ..config import TrainConfig, save_yaml, spelled, to_dict, validate
 from ..core import __version__
 from ..core.distributed import DistInfo, barrier, broadcast_object, init_distributed
-from ..core.errors import BadImageError, ConfigError, Interrupted, ModelFileError, error_message, plural
+from ..core.errors import BadImageError, ConfigError, DivergedError, Interrupted, ModelFileError, error_message, plural
 from ..core.files import FolderLock, atomic_copy, remove_stale_temps
 from ..core.precision import cpu_has_amx, resolve_channels_last, resolve_precision
 from ..data.loader import DataBundle, DeviceNormalizer, build_data, dataset_size, make_loader, set_loader_epoch
@@ -506,6 +507,7 @@ def fit(run: Run) -> dict[str, Any]:
         run.state.epoch = epoch
         t_epoch, left = time.perf_counter(), cfg.epochs - epoch - 1
         record, evaluation = _run_epoch(run, epoch)
+        _check_finite(run, epoch, record)  # before anything of this epoch is saved or counted as best
         last_eval = evaluation or last_eval
         # with EMA the averaged weights are the ones inference uses: they choose best.pth
         key = "val_ema_top1" if run.state.ema is not None else "val_top1"
@@ -571,6 +573,27 @@ def _should_eval(cfg: TrainConfig, epoch: int) -> bool:
     if cfg.eval_every <= 0 or epoch < cfg.eval_start:
         return False
     return (epoch - cfg.eval_start) % cfg.eval_every == 0 or epoch == cfg.epochs
+
+
+def _check_finite(run: Run, epoch: int, record: dict[str, Any]) -> None:
+    """The training loss is checked at log steps only: an update after the last check (--lr 1e300 --iters 1)
+    can still leave NaN/inf weights. So the weights (and the EMA's) are checked once per epoch, in one host
+    sync, with the val losses; a DivergedError keeps this epoch's best.pth/last.pth from being written."""
+    tensors = [t.detach() for m in ([run.model] + ([run.state.ema.module] if run.state.ema is not None else []))
+               for t in (*m.parameters(), *m.buffers()) if t.is_floating_point() and t.numel()]
+    bad = []
+    if tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+        bad.append("the weights")
+    for key, what in (("val_loss", "the val loss"), ("val_ema_loss", "the EMA's val loss")):
+        value = record.get(key)
+        if isinstance(value, float) and not math.isfinite(value) and record.get(key.replace("loss", "num_images")):
+            bad.append(f"{what} ({value})")
+    if not bad:
+        return
+    lr = run.state.optimizer.param_groups[0]["lr"]
+    raise DivergedError(f"{' and '.join(bad)} turned NaN or infinite in epoch {epoch + 1}/{run.cfg.epochs}: the run "
+                        f"diverged and this epoch was not saved; lower {spelled('lr')} (now {lr:.4g}) or set "
+                        f"{spelled('clip_grad')}")
 
 
 def _save_epoch(run: Run, epoch: int, record: dict[str, Any], improved: bool) -> None:
