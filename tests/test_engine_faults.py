@@ -74,3 +74,129 @@ def test_weights_that_turned_non_finite_are_not_saved(tiny_imagefolder, tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert "NaN or infinite in epoch 1/1" in err[-1] and "--lr" in err[-1], err
     assert not (out / "last.pth").exists() and not (out / "best.pth").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# MLflow / W&B: a tracking server that is down or hangs
+
+
+@pytest.fixture
+def silent_server():
+    """A loopback HTTP server for MLflow's client. mode["create"] False: it accepts connections and never answers
+    anything; True: it creates the run (as MLflow's REST API does), then never answers another call. Released and
+    stopped at the test's end."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    release, mode = threading.Event(), {"create": False}
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _answer(self, body: dict) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            if mode["create"] and "/experiments/get-by-name" in self.path:
+                return self._answer({"experiment": {"experiment_id": "1", "name": "visionzoo",
+                                                    "artifact_location": "mlflow-artifacts:/1",
+                                                    "lifecycle_stage": "active"}})
+            release.wait(60)
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if mode["create"] and "/runs/create" in self.path:
+                return self._answer({"run": {"info": {
+                    "run_id": "r1", "run_uuid": "r1", "experiment_id": "1", "user_id": "u", "status": "RUNNING",
+                    "start_time": 1, "artifact_uri": "mlflow-artifacts:/1/r1/artifacts",
+                    "lifecycle_stage": "active", "run_name": "run"}, "data": {}}})
+            release.wait(60)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", mode
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+
+
+def _mlflow_env(monkeypatch, uri: str) -> None:
+    pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    for name in ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_a_tracking_uri_that_never_answers_is_one_line_within_seconds(tiny_imagefolder, tmp_path, monkeypatch,
+                                                                       capsys, silent_server):
+    import time
+
+    from visionzoo.cli import main
+
+    uri, _ = silent_server
+    _mlflow_env(monkeypatch, uri)
+    t = time.monotonic()
+    rc = main(_tiny_train(tiny_imagefolder, tmp_path / "run", "--batch-size", "8", "--iters", "1", "--mlflow"))
+    took = time.monotonic() - t
+    err = capsys.readouterr().err.strip().splitlines()
+    # checked once, with START_HTTP's 5 s and no retries (MLflow's own: 120 s a request, 7 retries)
+    assert rc == 2 and took < 20, (rc, took, err)
+    assert len(err) == 1 and "--mlflow" in err[0] and uri in err[0], err
+
+
+def test_an_mlflow_run_is_marked_ended_even_when_the_queue_is_stuck(tmp_path, monkeypatch):
+    import os
+    import threading
+
+    pytest.importorskip("mlflow")
+    from visionzoo.engine import tracking
+
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)
+    hung, marked = threading.Event(), []
+
+    class Client:  # a server that hangs on a logging call, then answers the end status
+        def log_batch(self, *args, **kwargs):
+            hung.wait(30)
+
+        def set_terminated(self, run_id, status):
+            marked.append((run_id, status, os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT")))
+
+    tracker = tracking.MlflowTracker(tmp_path / "run")
+    tracker._client, tracker.run_id, tracker._calls = Client(), "r1", tracking.CallQueue("MLflow")
+    try:
+        tracker._call("log_batch", "r1", metrics=[])
+        tracker.end("FAILED", wait_s=0.5)
+        # marked from the end of the run, with the start's short timeout, not left RUNNING
+        assert marked[:1] == [("r1", "FAILED", tracking.START_HTTP["MLFLOW_HTTP_REQUEST_TIMEOUT"])]
+    finally:
+        hung.set()
+
+
+@pytest.mark.slow
+def test_a_hanging_mlflow_server_costs_training_no_images_per_second(tiny_imagefolder, tmp_path, monkeypatch,
+                                                                      silent_server):
+    import visionzoo
+    from visionzoo.engine import tracking
+
+    uri, mode = silent_server
+    mode["create"] = True  # the run starts; every call after it hangs
+    _mlflow_env(monkeypatch, uri)
+    monkeypatch.setattr(tracking, "CLOSE_WAIT_S", 1.0)  # the end's bounded wait, short for the test
+    settings = dict(model="resnet18", data=str(tiny_imagefolder), img_size=16, batch_size=8, epochs=1, iters=40,
+                    workers=0, device="cpu", progress=False, log_interval=1, eval_every=0)
+    rates: dict[bool, list[float]] = {False: [], True: []}
+    for i, mlflow in enumerate([False, True, False, True]):  # interleaved: load on the machine hits both alike
+        summary = visionzoo.train(**settings, mlflow=mlflow, output=str(tmp_path / f"run{i}"))
+        rates[mlflow].append(summary["last"]["images_per_sec"])
+    without, with_tracking = max(rates[False]), max(rates[True])
+    assert with_tracking >= 0.9 * without, rates

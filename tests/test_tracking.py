@@ -274,7 +274,8 @@ def test_wandb_failing_log_call_warns_once_and_stops(fake_wandb, tmp_path, caplo
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == ["W&B logging stopped (RuntimeError: the service went away); metrics.jsonl has the run's "
                         "numbers"]
-    assert fake_wandb[0].summary == {} and fake_wandb[0].exit_code is None
+    # the run is still finished, here (wandb's exit hook would print a traceback after the command's last line)
+    assert fake_wandb[0].summary == {} and fake_wandb[0].exit_code == 0
 
 
 def test_wandb_run_that_cannot_start_is_one_line(fake_wandb, tmp_path, monkeypatch):

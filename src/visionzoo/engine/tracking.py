@@ -9,7 +9,9 @@ A tracking server is never in the training loop's way: the run is created before
 timeouts (a server that does not answer stops the run there, in one line), and every later call goes through
 `CallQueue`, a bounded queue that one background thread empties. A slow or dead server costs the training
 steps nothing; calls that do not fit are dropped (counted), and the end of the run waits a bounded time for
-the rest. W&B's tracker (tracking_wandb.py) uses the same queue.
+the rest. The run's end status (FINISHED, FAILED, KILLED) is sent even after tracking stopped, and tried once
+more with the start's short timeout when the queue could not send it, so a run is not left RUNNING when the
+server can still be told. W&B's tracker (tracking_wandb.py) uses the same queue.
 """
 
 from __future__ import annotations
@@ -229,11 +231,27 @@ class MlflowTracker:
         (CLOSE_WAIT_S) for the server; safe to call again."""
         if self.run_id is None or self._calls is None:
             return
-        self._calls.put(self._client.set_terminated, self.run_id, status, final=True)
+        run_id, client, marked = self.run_id, self._client, threading.Event()
+
+        def terminate() -> None:
+            client.set_terminated(run_id, status)
+            marked.set()
+
+        self._calls.put(terminate, final=True)
         self.run_id = None
-        self._calls.close(CLOSE_WAIT_S if wait_s is None else wait_s)
+        answered = self._calls.close(CLOSE_WAIT_S if wait_s is None else wait_s)
         unset_env(self._env_set)
         self._env_set = []
+        if not marked.is_set():
+            # the queued call failed (the server died) or is stuck behind a hung one: one more try, from here,
+            # with the start's short timeout, so a run that ended is not left RUNNING when the server can say so
+            try:
+                with env_defaults(START_HTTP):
+                    client.set_terminated(run_id, status)
+            except Exception as e:
+                if answered:  # else close() has warned already
+                    log.warning("MLflow: could not mark run %s %s (%s); it may still show RUNNING", run_id, status,
+                                first_line(e))
 
     def flush(self, wait_s: float = CLOSE_WAIT_S) -> None:
         """Wait (at most wait_s) until the calls queued so far are made (tests, and a caller about to read the

@@ -99,11 +99,20 @@ class WandbTracker:
 
     def end(self, status: str = "FINISHED", wait_s: float | None = None) -> None:
         """Finish the run as finished (FINISHED) or failed (FAILED, KILLED), waiting at most wait_s
-        (CLOSE_WAIT_S) for W&B; safe to call again. After a failed call the run is not finished here (that
-        could fail the same way): wandb's exit hook ends it."""
+        (CLOSE_WAIT_S) for W&B; safe to call again. Also after a failed call: a run left unfinished is finished
+        by wandb's exit hook after the command said it was done, with a traceback when W&B is still down; a
+        finish that fails here is quiet (tracking already warned, metrics.jsonl has the numbers)."""
         if self._run is None or self._calls is None:
             return
-        self._call("finish", exit_code=EXIT_CODES.get(status, 1))
+        run, exit_code = self._run, EXIT_CODES.get(status, 1)
+
+        def finish() -> None:
+            try:
+                run.finish(exit_code=exit_code)
+            except Exception as e:  # said once at debug level: the warning that stopped tracking came first
+                log.debug("W&B finish failed: %s", e)
+
+        self._calls.put(finish, final=True)
         self._run = None
         self._calls.close(CLOSE_WAIT_S if wait_s is None else wait_s)
 
