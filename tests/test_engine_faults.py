@@ -200,3 +200,22 @@ def test_a_hanging_mlflow_server_costs_training_no_images_per_second(tiny_imagef
         rates[mlflow].append(summary["last"]["images_per_sec"])
     without, with_tracking = max(rates[False]), max(rates[True])
     assert with_tracking >= 0.9 * without, rates
+
+
+def test_batch_of_one_per_process_under_torchrun_and_frozen_norms():
+    from visionzoo.config import TrainConfig
+    from visionzoo.core.distributed import DistInfo
+    from visionzoo.core.errors import ConfigError
+    from visionzoo.engine.scope import apply_train_scope
+    from visionzoo.engine.trainer import _refuse_batch_of_one
+    from visionzoo.models import create_model
+
+    model = create_model("resnet18", num_classes=3)
+    cfg = TrainConfig()
+    cfg.batch_size = 2
+    with pytest.raises(ConfigError) as info:  # 2 over 2 processes: 1 image each
+        _refuse_batch_of_one(cfg, model, apply_train_scope(model, "all"), DistInfo(world_size=2))
+    assert "1 image per process over 2 processes" in str(info.value) and "use batch_size=4" in str(info.value)
+    # cRT keeps the backbone's norms in eval mode: a batch of 1 trains the linear head fine
+    cfg.batch_size = 1
+    _refuse_batch_of_one(cfg, model, apply_train_scope(model, "classifier"), DistInfo())
