@@ -4,6 +4,8 @@ weights that turned non-finite, a tracking server that is down or hangs."""
 from __future__ import annotations
 
 import errno
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -219,3 +221,27 @@ def test_batch_of_one_per_process_under_torchrun_and_frozen_norms():
     # cRT keeps the backbone's norms in eval mode: a batch of 1 trains the linear head fine
     cfg.batch_size = 1
     _refuse_batch_of_one(cfg, model, apply_train_scope(model, "classifier"), DistInfo())
+
+
+def test_a_full_disk_in_epoch_2_is_one_line_and_keeps_epoch_1(tiny_imagefolder, tmp_path, monkeypatch, capsys):
+    from visionzoo.cli import main
+
+    real, writes = torch.save, []
+
+    def save(obj, f, *args, **kwargs):
+        writes.append(Path(os.readlink(f"/proc/self/fd/{f.fileno()}")).name)  # a temp file beside the target
+        if sum(".last.pth" in w for w in writes) == 2:  # epoch 2's last.pth: the disk is full
+            f.write(b"partial")
+            raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing "
+                               "file data/3: file write failed")
+        return real(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    out = tmp_path / "run"
+    assert main(_tiny_train(tiny_imagefolder, out, "--batch-size", "8", "--iters", "1", "--epochs", "2")) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert str(out / "last.pth") in err[-1] and "previous last.pth is intact" in err[-1], err
+    assert "Traceback" not in "\n".join(err)
+    monkeypatch.undo()
+    assert Checkpoint.load(out / "last.pth").epoch == 1
+    assert not [p for p in out.iterdir() if ".vztmp-" in p.name]  # the temp file removed
