@@ -245,3 +245,18 @@ def test_a_full_disk_in_epoch_2_is_one_line_and_keeps_epoch_1(tiny_imagefolder, 
     monkeypatch.undo()
     assert Checkpoint.load(out / "last.pth").epoch == 1
     assert not [p for p in out.iterdir() if ".vztmp-" in p.name]  # the temp file removed
+
+
+def test_a_non_finite_val_loss_stops_the_run_before_saving():
+    from types import SimpleNamespace
+
+    from visionzoo.core.errors import DivergedError
+    from visionzoo.engine.trainer import _check_finite
+
+    model = torch.nn.Linear(2, 2)
+    run = SimpleNamespace(model=model, cfg=SimpleNamespace(epochs=3),
+                          state=SimpleNamespace(ema=None, optimizer=torch.optim.SGD(model.parameters(), lr=0.5)))
+    _check_finite(run, 0, {"val_loss": 0.7, "val_num_images": 4})  # finite: nothing to say
+    _check_finite(run, 0, {"val_loss": float("nan"), "val_num_images": 0})  # no val images: no loss to judge
+    with pytest.raises(DivergedError, match=r"the val loss \(inf\) turned NaN or infinite in epoch 2/3.*now 0.5"):
+        _check_finite(run, 1, {"val_loss": float("inf"), "val_num_images": 4})
