@@ -259,3 +259,30 @@ def test_the_first_pipe_command_is_logged(pack_dir, monkeypatch, caplog):
             assert json.loads(f.read())["splits"]
     said = [r.getMessage() for r in caplog.records if "pipe:" in r.getMessage()]
     assert said == [f"running the shell command of a pipe: URL: cat {pack_dir / 'pack.json'}"]
+
+
+def test_a_streamed_training_shard_with_an_open_set_label_is_one_line(pack_dir, tmp_path):
+    """-1 (an open-set image) is scored by evaluation but is no training target: a streamed training shard that
+    carries one is refused naming the shard and the sample, where the bare loss would raise an IndexError."""
+    import io
+    import tarfile
+
+    copy = tmp_path / "pack"
+    shutil.copytree(pack_dir, copy)
+    shard = copy / "train-000000.tar"
+    with tarfile.open(shard) as src:
+        members = [(m, src.extractfile(m).read()) for m in src.getmembers()]  # type: ignore[union-attr]
+    first_cls = next(m.name for m, _ in members if m.name.endswith(".cls"))
+    with tarfile.open(shard, "w") as out:
+        for m, data in members:
+            data = b"-1" if m.name == first_cls else data
+            m.size = len(data)
+            out.addfile(m, io.BytesIO(data))
+    urls = [str(p) for p in sorted(copy.glob("train-*.tar"))]
+    train = ShardStream(stream_source(urls, None, "train"), lambda x: x, train=True)
+    train.keys = True
+    with pytest.raises(DataError, match=rf"train-000000\.tar: sample '{first_cls[:-4]}' has label -1.*open-set"):
+        list(train)
+    scored = ShardStream(stream_source(urls, None, "train"), lambda x: x, train=False)
+    scored.keys = True
+    assert -1 in [label for _, label in scored]  # evaluation keeps open-set images

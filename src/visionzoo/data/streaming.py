@@ -609,8 +609,10 @@ class ShardStream(IterableDataset):
                                                                 src.timeout, src.retries), 1):
                 if n > seg.take:
                     continue  # counted for the message below
-                if not -1 <= label < len(src.classes):
-                    raise DataError(f"{url}: sample {key!r} has label {label}, outside 0..{len(src.classes) - 1}")
+                # -1 marks an open-set image: scored by evaluation, never a training target
+                if not (0 if self.train else -1) <= label < len(src.classes):
+                    raise DataError(f"{url}: sample {key!r} has label {label}, outside 0..{len(src.classes) - 1}"
+                                    + (" (-1, an open-set image, is not a training label)" if label == -1 else ""))
                 yield f"{url}:{key}", image, label, src.firsts[seg.shard] + seg.skip + n - 1
             if n != seg.take:
                 raise DataError(f"{url}: {plural(seg.skip + n, 'sample')} where {src.info} says "
