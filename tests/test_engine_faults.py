@@ -260,3 +260,22 @@ def test_a_non_finite_val_loss_stops_the_run_before_saving():
     _check_finite(run, 0, {"val_loss": float("nan"), "val_num_images": 0})  # no val images: no loss to judge
     with pytest.raises(DivergedError, match=r"the val loss \(inf\) turned NaN or infinite in epoch 2/3.*now 0.5"):
         _check_finite(run, 1, {"val_loss": float("inf"), "val_num_images": 4})
+
+
+def test_workers_from_python_are_capped_at_the_cpu_count(tiny_imagefolder, tmp_path, caplog):
+    """The command line caps --workers as it parses it; visionzoo.train(workers=...) and YAML configs are capped by
+    the trainer (100000 would be a fork storm), and config.yaml records what ran. Two over the count here: should
+    the cap regress, the test starts only two workers too many."""
+    import logging
+
+    import yaml
+
+    import visionzoo
+    from visionzoo.config.limits import cpu_count
+
+    out, cpus = tmp_path / "run", cpu_count()
+    with caplog.at_level(logging.INFO, logger="visionzoo"):
+        visionzoo.train(model="resnet10", data=str(tiny_imagefolder), epochs=1, iters=1, img_size=16, batch_size=8,
+                        workers=cpus + 2, device="cpu", output=str(out), progress=False)
+    assert yaml.safe_load((out / "config.yaml").read_text())["data"]["workers"] == cpus
+    assert f"workers {cpus + 2} is more than the {cpus} CPUs here" in caplog.text

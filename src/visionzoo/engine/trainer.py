@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..config import TrainConfig, save_yaml, spelled, to_dict, validate
+from ..config.limits import cap_workers
 from ..core import __version__
 from ..core.distributed import DistInfo, barrier, broadcast_object, init_distributed
 from ..core.errors import BadImageError, ConfigError, DivergedError, Interrupted, ModelFileError, error_message, plural
@@ -122,6 +123,8 @@ def _console_log() -> Iterator[None]:
 
 def _train(cfg: TrainConfig) -> dict[str, Any]:
     validate(cfg)
+    # the command line caps its flag; settings from Python or a YAML file are capped here (a fork storm otherwise)
+    cfg.data.workers = cap_workers(cfg.data.workers, spelled("workers"))
     dist = init_distributed(cfg.device)
     _setup_determinism(cfg, dist)
     if cfg.batch_size % dist.world_size:
