@@ -373,6 +373,12 @@ def hanging_mlflow_server():
         def log_message(self, *args):
             pass
 
+        def handle(self):
+            try:
+                super().handle()
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client stopped waiting, as it should: no traceback from the server thread
+
         def _answer(self, body: dict, status: int = 200) -> None:
             data = json.dumps(body).encode()
             self.send_response(status)
