@@ -109,3 +109,66 @@ def digits_data(tmp_path_factory) -> Iterator[Path]:
             os.environ.pop("VISIONZOO_CACHE", None)
         else:
             os.environ["VISIONZOO_CACHE"] = old
+
+
+@pytest.fixture
+def hanging_mlflow_server() -> Iterator[tuple[str, dict]]:
+    """A loopback MLflow tracking server that hangs. Yields its URI and its state: state["create"] True (the
+    default): it finds the experiment and creates the run as MLflow's REST API does, then never answers another
+    call; False: it answers nothing at all. state["asked"] lists the paths it was asked for. Released and stopped
+    at the test's end."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    release, state = threading.Event(), {"create": True, "asked": []}
+    answers = {  # what a real server says to the calls that start a run
+        "/experiments/get-by-name": {"experiment": {"experiment_id": "1", "name": "visionzoo",
+                                                    "artifact_location": "mlflow-artifacts:/1",
+                                                    "lifecycle_stage": "active"}},
+        "/runs/create": {"run": {"info": {"run_id": "r1", "run_uuid": "r1", "experiment_id": "1", "user_id": "u",
+                                          "status": "RUNNING", "start_time": 1,
+                                          "artifact_uri": "mlflow-artifacts:/1/r1/artifacts",
+                                          "lifecycle_stage": "active", "run_name": "run"}, "data": {}}},
+    }
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def handle(self):
+            try:
+                super().handle()
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client stopped waiting, as it should: no traceback from the server thread
+
+        def _serve(self) -> None:
+            state["asked"].append(self.path)
+            body = next((b for p, b in answers.items() if p in self.path), None) if state["create"] else None
+            status = 200
+            if body is None:
+                release.wait(120)
+                body, status = {"error_code": "INTERNAL_ERROR", "message": "gone"}, 500
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            self._serve()
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self._serve()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", state
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()

@@ -82,62 +82,6 @@ def test_weights_that_turned_non_finite_are_not_saved(tiny_imagefolder, tmp_path
 # MLflow / W&B: a tracking server that is down or hangs
 
 
-@pytest.fixture
-def silent_server():
-    """A loopback HTTP server for MLflow's client. mode["create"] False: it accepts connections and never answers
-    anything; True: it creates the run (as MLflow's REST API does), then never answers another call. Released and
-    stopped at the test's end."""
-    import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    release, mode = threading.Event(), {"create": False}
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def handle(self):
-            try:
-                super().handle()
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the client stopped waiting, as it should: no traceback from the server thread
-
-        def _answer(self, body: dict) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_GET(self):
-            if mode["create"] and "/experiments/get-by-name" in self.path:
-                return self._answer({"experiment": {"experiment_id": "1", "name": "visionzoo",
-                                                    "artifact_location": "mlflow-artifacts:/1",
-                                                    "lifecycle_stage": "active"}})
-            release.wait(60)
-
-        def do_POST(self):
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            if mode["create"] and "/runs/create" in self.path:
-                return self._answer({"run": {"info": {
-                    "run_id": "r1", "run_uuid": "r1", "experiment_id": "1", "user_id": "u", "status": "RUNNING",
-                    "start_time": 1, "artifact_uri": "mlflow-artifacts:/1/r1/artifacts",
-                    "lifecycle_stage": "active", "run_name": "run"}, "data": {}}})
-            release.wait(60)
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", mode
-    finally:
-        release.set()
-        server.shutdown()
-        server.server_close()
-
-
 def _mlflow_env(monkeypatch, uri: str) -> None:
     pytest.importorskip("mlflow")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -146,12 +90,13 @@ def _mlflow_env(monkeypatch, uri: str) -> None:
 
 
 def test_a_tracking_uri_that_never_answers_is_one_line_within_seconds(tiny_imagefolder, tmp_path, monkeypatch,
-                                                                       capsys, silent_server):
+                                                                       capsys, hanging_mlflow_server):
     import time
 
     from visionzoo.cli import main
 
-    uri, _ = silent_server
+    uri, state = hanging_mlflow_server
+    state["create"] = False  # not even the run starts
     _mlflow_env(monkeypatch, uri)
     t = time.monotonic()
     rc = main(_tiny_train(tiny_imagefolder, tmp_path / "run", "--batch-size", "8", "--iters", "1", "--mlflow"))
@@ -192,12 +137,11 @@ def test_an_mlflow_run_is_marked_ended_even_when_the_queue_is_stuck(tmp_path, mo
 
 @pytest.mark.slow
 def test_a_hanging_mlflow_server_costs_training_no_images_per_second(tiny_imagefolder, tmp_path, monkeypatch,
-                                                                      silent_server):
+                                                                      hanging_mlflow_server):
     import visionzoo
     from visionzoo.engine import tracking
 
-    uri, mode = silent_server
-    mode["create"] = True  # the run starts; every call after it hangs
+    uri, _ = hanging_mlflow_server  # the run starts; every call after it hangs
     _mlflow_env(monkeypatch, uri)
     monkeypatch.setattr(tracking, "CLOSE_WAIT_S", 1.0)  # the end's bounded wait, short for the test
     settings = dict(model="resnet18", data=str(tiny_imagefolder), img_size=16, batch_size=8, epochs=1, iters=40,

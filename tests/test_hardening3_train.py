@@ -360,66 +360,6 @@ def test_a_diverged_run_exits_1_naming_the_lr(tmp_path, monkeypatch, capsys):
 # 11. a tracking server that hangs never stalls training; the run ends with a warning naming it
 
 
-@pytest.fixture
-def hanging_mlflow_server():
-    """An MLflow tracking server on 127.0.0.1 that creates the run, then never answers another call (until the
-    test ends). Yields its URI and the paths it was asked for."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    release, asked = threading.Event(), []
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def handle(self):
-            try:
-                super().handle()
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the client stopped waiting, as it should: no traceback from the server thread
-
-        def _answer(self, body: dict, status: int = 200) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _hang(self) -> None:
-            release.wait(120)
-            self._answer({"error_code": "INTERNAL_ERROR", "message": "gone"}, 500)
-
-        def do_GET(self):
-            asked.append(self.path)
-            if "/experiments/get-by-name" in self.path:
-                return self._answer({"experiment": {"experiment_id": "1", "name": "visionzoo",
-                                                    "artifact_location": "mlflow-artifacts:/1",
-                                                    "lifecycle_stage": "active"}})
-            self._hang()
-
-        def do_POST(self):
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            asked.append(self.path)
-            if "/runs/create" in self.path:
-                return self._answer({"run": {"info": {
-                    "run_id": "r1", "run_uuid": "r1", "experiment_id": "1", "user_id": "u", "status": "RUNNING",
-                    "start_time": 1, "artifact_uri": "mlflow-artifacts:/1/r1/artifacts", "lifecycle_stage": "active",
-                    "run_name": "run"}, "data": {}}})
-            self._hang()
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", asked
-    finally:
-        release.set()
-        server.shutdown()
-        server.server_close()
-
-
 def test_a_hanging_tracking_server_never_stalls_training(tmp_path, monkeypatch, hanging_mlflow_server):
     import threading
     import time
@@ -427,7 +367,8 @@ def test_a_hanging_tracking_server_never_stalls_training(tmp_path, monkeypatch, 
     pytest.importorskip("mlflow")
     from visionzoo.engine import tracking
 
-    uri, asked = hanging_mlflow_server
+    uri, state = hanging_mlflow_server
+    asked = state["asked"]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     for name in ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES"):
         monkeypatch.delenv(name, raising=False)

