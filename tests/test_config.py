@@ -191,7 +191,7 @@ def test_broken_recipe_text_is_rejected():
         ({"epoch": 3}, "epoch", "epochs"),
         ({"optim": {"lr_bse": 0.2}}, "optim.lr_bse", "optim.lr_base"),
         ({"data": {"img_sise": 64}}, "data.img_sise", "data.img_size"),
-        ({"sched": {"warmup": 2}}, "sched.warmup", "sched.warmup_epochs"),
+        ({"sched": {"warmup": 2}}, "sched.warmup", "sched.warmup_steps, sched.warmup_epochs"),
     ],
 )
 def test_unknown_yaml_key_exits_2_naming_it(tmp_path, capsys, content, key, hint):

@@ -77,6 +77,10 @@ class ModelConfig(_Checked):
     drop_path: float | None = setting(None, "stochastic depth rate, for models that take one (timm's drop_path_rate)")
     dropout: float | None = setting(None, "dropout before the classifier, for models that take one")
     raw_weights: bool = setting(False, "a checkpoint with EMA weights: load its raw weights, not the average")
+    # measured in docs/recipes.md ("Fine-tuning on small data sets"): a random head's large first logits push
+    # the pretrained features around before the head has learnt anything
+    head_init: str = setting("zero", "a classifier that starts fresh on pretrained weights (another class count): "
+                                     "zero (BiT) or random (the model's own initialisation)")
 
 
 @dataclass
@@ -144,7 +148,9 @@ class OptimConfig(_Checked):
     lr: float | None = setting(None, "absolute learning rate; none: lr_base scaled to the global batch size")
     lr_base: float = setting(0.1, "learning rate at lr_base_batch images per step")
     lr_base_batch: int = setting(256, "the batch size lr_base is given for")
-    lr_scale: str = setting("linear", "how lr_base scales with the batch size")
+    # timm's rule (its --lr-base-scale default): adaptive optimizers' updates grow more slowly with the batch
+    lr_scale: str = setting("auto", "how lr_base scales with the batch size; auto: sqrt for adamw and lamb, "
+                                    "linear for sgd, lars and rmsprop")
     momentum: float = setting(0.9, "momentum (sgd, lars, rmsprop)")
     nesterov: bool = setting(False, "Nesterov momentum (sgd)")
     betas: list[float] = setting(help="Adam betas (adamw, lamb)", factory=lambda: [0.9, 0.999])
@@ -170,7 +176,11 @@ class SchedConfig(_Checked):
     """The learning-rate schedule, per step."""
 
     sched: str = setting("linear", "learning-rate schedule after warm-up")
-    warmup_epochs: float = setting(0.0, "linear warm-up length in epochs (fractions allowed)")
+    warmup_epochs: float = setting(0.0, "linear warm-up length in epochs (fractions allowed); at most a fifth of "
+                                        "the run")
+    # small data sets have few steps an epoch: a fine-tune says its warm-up in steps
+    warmup_steps: int | None = setting(None, "linear warm-up length in optimizer steps, instead of warmup_epochs; at "
+                                             "most a fifth of the run")
     warmup_start_factor: float = setting(0.01, "lr multiplier at the first warm-up step")
     step_size: int = setting(30, "epochs between decays (sched step)")
     milestones: list[int] = setting(help="epochs at which the lr decays (sched multistep)",
@@ -254,7 +264,8 @@ SECTIONS = ("model", "data", "optim", "sched", "lt", "aug")
 CHOICES: dict[str, tuple[str, ...]] = {
     "opt": ("sgd", "adamw", "lamb", "lars", "rmsprop"),
     "auto_augment": ("ta_wide", "ra", "augmix", "imagenet"),
-    "lr_scale": ("linear", "sqrt", "none"),
+    "lr_scale": ("auto", "linear", "sqrt", "none"),
+    "head_init": ("zero", "random"),
     "sched": ("linear", "step", "multistep", "cosine", "constant"),
     "precision": ("auto", "fp32", "fp16", "bf16"),
     "device": ("auto", "cpu", "cuda"),
@@ -514,6 +525,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         ("seed", 0 <= cfg.seed <= MAX_SEED, "0..2**63-1"),  # what torch.manual_seed takes
         ("worker_nice", 0 <= cfg.data.worker_nice <= 19, "0..19"),
         ("step_size", cfg.sched.step_size >= 1, ">= 1"), ("warmup_epochs", cfg.sched.warmup_epochs >= 0, ">= 0"),
+        ("warmup_steps", cfg.sched.warmup_steps is None or cfg.sched.warmup_steps >= 0, ">= 0"),
         ("gamma", cfg.sched.gamma > 0, "> 0"), ("min_lr_factor", 0 <= cfg.sched.min_lr_factor <= 1, "0..1"),
         ("warmup_start_factor", 0 < cfg.sched.warmup_start_factor <= 1, "(0, 1]"),
         ("lr", cfg.optim.lr is None or cfg.optim.lr > 0, "> 0"), ("lr_base", cfg.optim.lr_base > 0, "> 0"),

@@ -10,17 +10,38 @@ from torch import nn
 from ..config import OptimConfig, SchedConfig, spelled
 from ..core.errors import ConfigError
 
+ADAPTIVE = ("adamw", "lamb")  # the optimizers whose lr scales with the square root of the batch (timm's rule)
+
+
+def lr_scale_rule(cfg: OptimConfig) -> str:
+    """linear, sqrt or none: lr_scale with auto resolved for the optimizer."""
+    if cfg.lr_scale != "auto":
+        return cfg.lr_scale
+    return "sqrt" if cfg.opt in ADAPTIVE else "linear"
+
 
 def effective_lr(cfg: OptimConfig, global_batch: int) -> float:
     """An explicit --lr wins; otherwise lr_base scaled from lr_base_batch to the global batch."""
     if cfg.lr is not None:
         return cfg.lr
     ratio = global_batch / cfg.lr_base_batch
-    if cfg.lr_scale == "linear":
+    rule = lr_scale_rule(cfg)
+    if rule == "linear":
         return cfg.lr_base * ratio
-    if cfg.lr_scale == "sqrt":
+    if rule == "sqrt":
         return cfg.lr_base * math.sqrt(ratio)
     return cfg.lr_base
+
+
+def describe_lr(cfg: OptimConfig, global_batch: int) -> str:
+    """The first line's lr: '0.0005 (1e-3 per 256, sqrt scaling to 64)', or '0.01 (--lr)'."""
+    lr = effective_lr(cfg, global_batch)
+    if cfg.lr is not None:
+        return f"{lr:.4g} ({spelled('lr')})"
+    rule = lr_scale_rule(cfg)
+    if rule == "none" or global_batch == cfg.lr_base_batch:
+        return f"{lr:.4g} ({spelled('lr_base')} {cfg.lr_base:g} at {cfg.lr_base_batch})"
+    return f"{lr:.4g} ({cfg.lr_base:g} per {cfg.lr_base_batch}, {rule} scaling to {global_batch})"
 
 
 def no_weight_decay_names(model: nn.Module) -> set[str]:
@@ -87,10 +108,22 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float, device: torch
     raise ConfigError(f"{spelled('opt', cfg.opt)}: choose sgd, adamw, lamb, lars or rmsprop")
 
 
+# a run never spends more than this share of its steps warming up: a 20-step fine-tune with a 1-epoch warm-up
+# of 10 steps would otherwise reach its peak lr at half time
+MAX_WARMUP_SHARE = 0.2
+
+
+def warmup_steps(cfg: SchedConfig, steps_per_epoch: int, epochs: int) -> tuple[int, int]:
+    """(warm-up steps the run takes, the steps asked for): warmup_steps if set, else warmup_epochs in steps,
+    at most MAX_WARMUP_SHARE of the run's steps."""
+    asked = cfg.warmup_steps if cfg.warmup_steps is not None else int(round(cfg.warmup_epochs * steps_per_epoch))
+    return min(asked, int(MAX_WARMUP_SHARE * steps_per_epoch * epochs)), asked
+
+
 def lr_factor(step: int, cfg: SchedConfig, steps_per_epoch: int, epochs: int) -> float:
     """Multiplier of the peak lr at a global step (0-based), warm-up included."""
     total = max(1, steps_per_epoch * epochs)
-    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    warmup = warmup_steps(cfg, steps_per_epoch, epochs)[0]
     if step < warmup:
         return cfg.warmup_start_factor + (1 - cfg.warmup_start_factor) * step / warmup
     epoch = step / steps_per_epoch

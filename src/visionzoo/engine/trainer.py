@@ -36,13 +36,13 @@ from ..core.files import FolderLock, atomic_copy, remove_stale_temps
 from ..core.precision import cpu_has_amx, resolve_channels_last, resolve_precision
 from ..data.loader import DataBundle, DeviceNormalizer, build_data, dataset_size, make_loader, set_loader_epoch
 from ..data.samplers import RepeatedAugSampler
-from ..models import Checkpoint, create_model, get_model_cfg, load_weights, model_cfg_of, model_name_of
+from ..models import Checkpoint, create_model, get_model_cfg, load_weights, model_cfg_of, model_name_of, zero_head
 from ..models.registry import ModelCfg
 from .ema import WeightEMA
 from .evaluate import evaluate_model
 from .mixing import BatchMix
 from .objective import Objective
-from .optim import build_optimizer, build_scheduler, effective_lr
+from .optim import build_optimizer, build_scheduler, describe_lr, effective_lr, warmup_steps
 from .resume import (
     gather_rng,
     load_resume,
@@ -319,8 +319,11 @@ def _build_model(cfg: TrainConfig, data: DataBundle, dist: DistInfo) -> tuple[nn
                           f"{plural(data.num_classes, 'class', 'classes')}")
     model = create_model(cfg.model.model, num_classes=num_classes, pretrained=cfg.model.pretrained,
                          drop_path=cfg.model.drop_path, dropout=cfg.model.dropout)
+    fresh_head = cfg.model.pretrained and num_classes != get_model_cfg(cfg.model.model).num_classes
     if cfg.model.weights:
-        load_weights(model, cfg.model.weights, raw=cfg.model.raw_weights)
+        fresh_head = load_weights(model, cfg.model.weights, raw=cfg.model.raw_weights)
+    if fresh_head and cfg.model.head_init == "zero":
+        zero_head(model)
     objective = Objective.for_model(cfg, model, num_classes)
     model.to(dist.device)
     if cfg.model.channels_last:
@@ -485,12 +488,17 @@ def _announce(run: Run) -> None:
         notes.append(f"was {was}: {plural(train_images, 'training image')}")
     log.info(
         "model %s (%s) | data: %d train / %d val images, %d px | global batch %d%s over %s, "
-        "lr %.4g | %s x %s | device %s%s | output %s",
+        "lr %s | %s x %s | device %s%s | output %s",
         cfg.model.model, plural(run.num_classes, "class", "classes"), train_images, dataset_size(data.split("val")),
         data.img_size, cfg.batch_size * accum, f" ({'; '.join(notes)})" if notes else "",
-        plural(dist.world_size, "process", "processes"), run.lr, plural(run.steps_per_epoch, "step") + "/epoch",
+        plural(dist.world_size, "process", "processes"), describe_lr(cfg.optim, cfg.batch_size * accum),
+        plural(run.steps_per_epoch, "step") + "/epoch",
         plural(cfg.epochs, "epoch"), dist.device, f", amp {cfg.precision}" if cfg.precision != "fp32" else "", run.out,
     )
+    taken, asked = warmup_steps(cfg.sched, run.steps_per_epoch, cfg.epochs)
+    if taken < asked:
+        log.info("warm-up %s (asked for %d: a run spends at most a fifth of its %s warming up)", plural(taken, "step"),
+                 asked, plural(run.steps_per_epoch * cfg.epochs, "step"))
 
 
 def fit(run: Run) -> dict[str, Any]:

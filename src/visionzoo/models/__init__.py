@@ -2,7 +2,7 @@
 
 from . import oltr, senet, torchvision_models  # noqa: F401  (registers the models)
 from .checkpoint import Checkpoint, model_from_checkpoint
-from .factory import create_model, reset_classifier
+from .factory import create_model, reset_classifier, zero_head
 from .registry import (
     ModelCfg,
     UnknownModelError,
@@ -33,6 +33,7 @@ __all__ = [
     "model_name_of",
     "register_model",
     "reset_classifier",
+    "zero_head",
     "strip_prefixes",
     "unwrap_model",
 ]

@@ -10,7 +10,7 @@ from typing import cast
 from torch import nn
 
 from ..core.errors import ConfigError, ModelFileError
-from .registry import ModelCfg, get_model_cfg, registered_builder
+from .registry import ModelCfg, get_model_cfg, model_cfg_of, registered_builder
 from .weights import load_weights
 
 
@@ -33,6 +33,20 @@ def reset_classifier(model: nn.Module, cfg: ModelCfg, num_classes: int) -> None:
         cast(nn.Sequential, parent)[int(attr)] = new
     else:
         setattr(parent, attr, new)
+
+
+def zero_head(model: nn.Module) -> None:
+    """Zero the classifier(s) of a model whose head starts fresh on pretrained features (BiT's fine-tuning
+    practice, Kolesnikov et al. 2020): the first logits are all 0 (loss ln C), and the backbone's first
+    gradients come only once the head has learnt something, instead of from a random head's large logits."""
+    cfg = model_cfg_of(model)
+    heads = (cfg.classifier,) if isinstance(cfg.classifier, str) else tuple(cfg.classifier or ())
+    for path in filter(None, heads):
+        layer = model.get_submodule(path)
+        if isinstance(layer, nn.Linear):
+            nn.init.zeros_(layer.weight)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
 
 
 def create_model(

@@ -118,7 +118,7 @@ def head_size(state_dict: dict[str, torch.Tensor], classifier: str | tuple[str, 
 
 
 def load_weights(model: nn.Module, path: str | Path, strict: bool = True, keep_head: bool = False,
-                 raw: bool = False) -> None:
+                 raw: bool = False) -> bool:
     """Load a local weights file into a model built by create_model.
 
     A classifier of another size than the model's (e.g. 1000-way ImageNet weights into a
@@ -127,13 +127,14 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True, keep_h
     visionzoo checkpoint with EMA weights gives those, unless raw.
     A model with its own initialisation from other weights (`init_from_state_dict`, e.g. OLTR stage 2
     from a stage-1 checkpoint) takes the state dict itself.
+    Returns whether the classifier was left fresh (the file's is of another size).
     """
     cfg = model_cfg_of(model)
     sd = load_state_dict_file(path, raw)
     init_from = getattr(model, "init_from_state_dict", None)
     if init_from is not None:
         init_from(sd, str(path))
-        return
+        return False
     sd = {k: v for k, v in sd.items() if not any(k.startswith(p) for p in cfg.drop_keys)}
     own = model.state_dict()
     skipped = []
@@ -166,3 +167,4 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True, keep_h
     if skipped:
         log.warning("classifier left freshly initialised (shape differs): %s", "; ".join(skipped))
     log.info("loaded weights from %s", path)
+    return bool(skipped)
