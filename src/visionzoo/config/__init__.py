@@ -8,6 +8,7 @@ from .schema import (
     SECTIONS,
     AugConfig,
     DataConfig,
+    DistillConfig,
     LongTailConfig,
     ModelConfig,
     OptimConfig,
@@ -34,7 +35,8 @@ from .schema import (
 )
 
 __all__ = [
-    "CHOICES", "KEY_ALIASES", "SECTIONS", "AugConfig", "ConfigError", "ConfigLike", "DataConfig", "LongTailConfig",
+    "CHOICES", "KEY_ALIASES", "SECTIONS", "AugConfig", "ConfigError", "ConfigLike", "DataConfig", "DistillConfig",
+    "LongTailConfig",
     "ModelConfig", "OptimConfig", "Recipe", "SchedConfig", "TrainConfig", "apply_overrides", "check_data",
     "check_decode", "coerce", "default_workers", "field_help", "field_index", "field_type", "flag_names", "flatten",
     "from_dict", "get_recipe", "getattr_path", "layer_config", "list_recipes", "load_yaml", "save_yaml", "spelled",

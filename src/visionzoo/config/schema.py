@@ -223,6 +223,32 @@ class AugConfig(_Checked):
 
 
 @dataclass
+class DistillConfig(_Checked):
+    """Knowledge distillation: a frozen teacher, fine-tuned on the same classes, teaches the student.
+
+    The teacher sees the student's augmented (and mixed) batch on the device, with its own normalisation and
+    input size (consistent teaching, Beyer et al. 2022)."""
+
+    teacher: str | None = setting(None, "the teacher: a visionzoo checkpoint or run folder, a state dict or "
+                                        ".safetensors (with teacher_model), a hub-layout folder, or a model name "
+                                        "(with teacher_pretrained); none: no distillation")
+    teacher_model: str | None = setting(None, "the teacher's architecture, for a bare state dict or .safetensors")
+    teacher_pretrained: bool = setting(False, "the teacher is the hub's ImageNet weights of the model teacher "
+                                              "names (students of ImageNet's 1000 classes)")
+    teacher_img_size: int | None = setting(None, "the teacher's input size (the student's crop resized on the "
+                                                 "device); none: the student's")
+    # logit: Hinton et al. 2015; hard: DeiT's hard-label; token: DeiT's distillation token (deit_*_distilled);
+    # feature: MSE of a learned projection of the student's pooled features to the teacher's (as timm's)
+    distill: str = setting("logit", "distillation loss, with teacher")
+    kd_alpha: float = setting(0.5, "weight of the teacher's term: (1 - a) x task + a x KD (logit); task + a x MSE "
+                                   "(feature)")
+    kd_temperature: float = setting(4.0, "softening temperature of logit and token distillation (with the T^2 "
+                                         "factor)")
+    kd_token_hard: bool = setting(False, "token distillation against the teacher's top class instead of its "
+                                         "softened distribution (DeiT's hard variant)")
+
+
+@dataclass
 class TrainConfig(_Checked):
     """A whole run: the sections, and the run's own settings."""
 
@@ -232,6 +258,7 @@ class TrainConfig(_Checked):
     sched: SchedConfig = setting(help="the learning-rate schedule", factory=SchedConfig)
     lt: LongTailConfig = setting(help="long-tail training", factory=LongTailConfig)
     aug: AugConfig = setting(help="augmentation", factory=AugConfig)
+    kd: DistillConfig = setting(help="knowledge distillation", factory=DistillConfig)
     epochs: int = setting(90, "epochs to train")
     # small by default so a first run on a laptop-sized data set takes enough steps to learn; recipes set the
     # seeds' 256
@@ -260,12 +287,13 @@ class TrainConfig(_Checked):
     mode: str | None = setting(None, "the recipe mode the run came from (recorded)")
 
 
-SECTIONS = ("model", "data", "optim", "sched", "lt", "aug")
+SECTIONS = ("model", "data", "optim", "sched", "lt", "aug", "kd")
 CHOICES: dict[str, tuple[str, ...]] = {
     "opt": ("sgd", "adamw", "lamb", "lars", "rmsprop"),
     "auto_augment": ("ta_wide", "ra", "augmix", "imagenet"),
     "lr_scale": ("auto", "linear", "sqrt", "none"),
     "head_init": ("zero", "random"),
+    "distill": ("logit", "hard", "token", "feature"),
     "sched": ("linear", "step", "multistep", "cosine", "constant"),
     "precision": ("auto", "fp32", "fp16", "bf16"),
     "device": ("auto", "cpu", "cuda"),
@@ -280,7 +308,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 KEY_ALIASES = {"amp": "precision"}
 # ints that only mean something from 1 up: refused as soon as a section is built (validate() checks the rest)
 _AT_LEAST_1 = {"epochs", "batch_size", "iters", "log_interval", "eval_start", "step_size", "lr_base_batch",
-               "num_classes", "samples_per_class", "accum_steps", "ema_every", "ra_ops", "shuffle_buffer"}
+               "num_classes", "samples_per_class", "teacher_img_size", "accum_steps", "ema_every", "ra_ops",
+               "shuffle_buffer"}
 _TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 _LIST_WORDS = {int: "integers", float: "numbers", str: "strings"}
 
@@ -526,6 +555,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         ("worker_nice", 0 <= cfg.data.worker_nice <= 19, "0..19"),
         ("step_size", cfg.sched.step_size >= 1, ">= 1"), ("warmup_epochs", cfg.sched.warmup_epochs >= 0, ">= 0"),
         ("warmup_steps", cfg.sched.warmup_steps is None or cfg.sched.warmup_steps >= 0, ">= 0"),
+        ("kd_alpha", 0 <= cfg.kd.kd_alpha <= 1, "0..1"), ("kd_temperature", cfg.kd.kd_temperature > 0, "> 0"),
         ("gamma", cfg.sched.gamma > 0, "> 0"), ("min_lr_factor", 0 <= cfg.sched.min_lr_factor <= 1, "0..1"),
         ("warmup_start_factor", 0 < cfg.sched.warmup_start_factor <= 1, "(0, 1]"),
         ("lr", cfg.optim.lr is None or cfg.optim.lr > 0, "> 0"), ("lr_base", cfg.optim.lr_base > 0, "> 0"),
@@ -569,7 +599,19 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         scope = spelled("train_scope", cfg.model.train_scope)
         source = "pass --init-from CKPT" if _FLAG_NAMES.get() else "set weights (a checkpoint), pretrained or resume"
         raise ConfigError(f"{scope} fine-tunes a trained model: {source}")
+    _check_distill(cfg.kd)
     return cfg
+
+
+def _check_distill(kd: DistillConfig) -> None:
+    """Teacher settings without a teacher would be silently ignored: refused, naming the first."""
+    if kd.teacher:
+        return
+    defaults = DistillConfig()
+    given = [f.name for f in dataclasses.fields(kd) if f.name != "teacher" and getattr(kd, f.name) != getattr(
+        defaults, f.name)]
+    if given:
+        raise ConfigError(f"{spelled(given[0], getattr(kd, given[0]))} needs a teacher ({spelled('teacher')})")
 
 
 def _refuse(bad: list[tuple[str, str]], cfg: Any) -> None:

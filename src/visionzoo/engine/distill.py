@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import spelled
+from ..config import DistillConfig, spelled
 from ..core.errors import ConfigError, ModelFileError
 from ..core.integrity import verify_digest
 from ..models import Checkpoint, create_model, get_model_cfg, load_state_dict_file, model_cfg_of, unwrap_model
@@ -340,3 +340,43 @@ def teacher_digest(source: str, pretrained: bool = False) -> str:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()
+
+
+class Distillation:
+    """One run's distillation: the teacher (on the device, frozen), the student prepared for the mode (token:
+    two heads in training; feature: a tap on its classifier's input) and the teacher's digest for resumes."""
+
+    def __init__(self, kd: DistillConfig, student: nn.Module, class_names: list[str], device: torch.device,
+                 channels_last: bool = False, compile: bool = False):
+        self.kd, self.source = kd, str(kd.teacher)
+        prepare_student(student, kd.distill)
+        self.tap = FeatureTap(student) if kd.distill == "feature" else None
+        cfg = model_cfg_of(student)
+        self.teacher = load_teacher(self.source, kd.teacher_model, kd.teacher_pretrained, class_names, device,
+                                    cfg.mean, cfg.std, img_size=kd.teacher_img_size, channels_last=channels_last,
+                                    features=self.tap is not None)
+        if compile:
+            self.teacher.model = torch.compile(self.teacher.model)  # type: ignore[assignment]
+        self.digest = teacher_digest(self.source, kd.teacher_pretrained)
+
+    def criterion(self, task: Criterion) -> DistillCriterion:
+        teacher_tap = self.teacher.tap
+        return DistillCriterion(task, self.kd.distill, self.kd.kd_alpha, self.kd.kd_temperature,
+                                self.kd.kd_token_hard, self.tap, teacher_tap.dim if teacher_tap else None)
+
+    def record(self) -> dict[str, str]:
+        """What the checkpoint keeps of the teacher (a resume must use the same one)."""
+        return {"source": self.source, "digest": self.digest, "mode": self.kd.distill}
+
+    def check_resume(self, saved: dict[str, str] | None, path: Any) -> None:
+        """A resumed run continues with the teacher it started with (the same file, by digest) and mode."""
+        if saved is None:
+            raise ConfigError(f"{spelled('resume', str(path))} was trained without a teacher: a run cannot start "
+                              f"distilling half-way ({spelled('teacher')} starts a new run)")
+        if saved.get("digest") != self.digest:
+            raise ConfigError(f"{spelled('resume', str(path))} was distilled from {saved.get('source')} (sha256 "
+                              f"{str(saved.get('digest'))[:12]}), not {self.source} (sha256 {self.digest[:12]}): "
+                              "resume with the same teacher")
+        if saved.get("mode") != self.kd.distill:
+            raise ConfigError(f"{spelled('resume', str(path))} was distilled with "
+                              f"{spelled('distill', saved.get('mode'))}, not {self.kd.distill}")

@@ -80,15 +80,18 @@ def layer_decay_groups(model: nn.Module, cfg: OptimConfig, lr: float) -> list[di
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float, device: torch.device,
-                    groups: list[dict] | None = None) -> torch.optim.Optimizer:
+                    groups: list[dict] | None = None, extra: list[nn.Parameter] | None = None) -> torch.optim.Optimizer:
     """The optimizer cfg.opt names over the model's trainable parameters, or over explicit groups (each may set
-    its own lr): torch's SGD, AdamW and RMSprop (fused where torch has the kernels), timm's LAMB and LARS."""
+    its own lr): torch's SGD, AdamW and RMSprop (fused where torch has the kernels), timm's LAMB and LARS.
+    extra: parameters outside the model that train with it (feature distillation's projection), one group."""
     if groups is None:
         groups = layer_decay_groups(model, cfg, lr) if cfg.layer_decay else param_groups(
             model, cfg.weight_decay, cfg.no_decay_norm_bias)
     elif cfg.layer_decay:
         raise ConfigError(f"{spelled('layer_decay')} does not combine with per-part learning rates "
                           f"({spelled('head_lr_factor')}, OLTR)")
+    if extra:
+        groups = [*groups, {"params": extra, "weight_decay": cfg.weight_decay}]
     # fused kernels on CUDA and CPU alike: on this CPU a resnet18 SGD update takes 5 ms fused, 11 ms in a
     # per-tensor loop and 23 ms with foreach
     fused = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}

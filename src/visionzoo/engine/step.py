@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -23,6 +23,7 @@ from ..core.distributed import all_gather_objects, all_reduce_sum
 from ..core.errors import DivergedError, skipped_names
 from ..core.precision import autocast
 from ..data.loader import DeviceNormalizer, device_batches
+from .distill import DistillCriterion, Teacher
 from .ema import WeightEMA
 from .mixing import BatchMix
 from .objective import Criterion
@@ -41,13 +42,14 @@ class StepState:
     normalizer: DeviceNormalizer
     precision: str
     clip_grad: float | None
-    criterion: Criterion
+    criterion: Criterion | DistillCriterion
     global_step: int = 0  # optimizer steps
     scope: TrainScope = field(default_factory=TrainScope)  # which modules run in training mode
     accum_steps: int = 1  # micro-batches per optimizer step
     mix: BatchMix | None = None  # mixup / cutmix on the device batch
     ema: WeightEMA | None = None
     epoch: int = 0  # 0-based, for mixup_off_epoch
+    teacher: Teacher | None = None  # distillation: sees each (mixed) batch before the student's loss
 
 
 def sync(device: torch.device) -> None:
@@ -69,6 +71,8 @@ def micro_step(model: nn.Module, state: StepState, x: torch.Tensor, target: torc
         x, target = state.mix(x, target, state.epoch)
     with contextlib.nullcontext() if last else _no_sync(model):
         with autocast(state.normalizer.device, state.precision):
+            if state.teacher is not None:  # the same mixed batch, in the same precision as the student
+                cast(DistillCriterion, state.criterion).set_teacher(state.teacher(x))
             loss, logits = state.criterion(model(x), target)
         scaled = loss / state.accum_steps if state.accum_steps > 1 else loss
         state.scaler.scale(scaled).backward()

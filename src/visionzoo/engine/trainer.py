@@ -38,10 +38,11 @@ from ..data.loader import DataBundle, DeviceNormalizer, build_data, dataset_size
 from ..data.samplers import RepeatedAugSampler
 from ..models import Checkpoint, create_model, get_model_cfg, load_weights, model_cfg_of, model_name_of, zero_head
 from ..models.registry import ModelCfg
+from .distill import Distillation, DistillCriterion
 from .ema import WeightEMA
 from .evaluate import evaluate_model
 from .mixing import BatchMix
-from .objective import Objective
+from .objective import Criterion, Objective
 from .optim import build_optimizer, build_scheduler, describe_lr, effective_lr, warmup_steps
 from .resume import (
     gather_rng,
@@ -81,6 +82,7 @@ class Run:
     batch_asked: int | None = None  # the configured batch, where a small training set made it smaller
     saved_epochs: int = 0  # epochs last.pth holds
     overhead_s: float = 0.0  # an epoch's time besides its training steps (evaluation, saving), for the ETA
+    distill: Distillation | None = None  # the teacher, with --teacher
 
     @property
     def num_classes(self) -> int:
@@ -248,15 +250,18 @@ def _build_with_log(cfg: TrainConfig, dist: DistInfo, model_cfg: ModelCfg, out: 
     try:
         data = _build_data(cfg, model_cfg)
         model, objective, scope = _build_model(cfg, data, dist)
+        # the teacher before the loaders: a teacher of other classes is refused before any worker starts
+        distill = Distillation(cfg.kd, model, data.classes, dist.device, bool(cfg.model.channels_last),
+                               cfg.model.compile) if cfg.kd.teacher else None
         train_loader, val_loader, steps = _build_loaders(cfg, data, objective, dist)
         _refuse_batch_of_one(cfg, model, scope, dist)
     finally:
         status.close()
     runlog.num_classes = objective.num_classes
     lr = effective_lr(cfg.optim, cfg.batch_size * cfg.optim.accum_steps)  # the effective batch
-    state = _build_state(cfg, model, model_cfg, objective, scope, data, lr, steps, dist.device)
+    state = _build_state(cfg, model, model_cfg, objective, scope, data, lr, steps, dist.device, distill)
     run = Run(cfg, dist, out, runlog, data, model, objective, scope, train_loader, val_loader, steps, lr, state,
-              batch_asked=asked if asked != cfg.batch_size else None)
+              batch_asked=asked if asked != cfg.batch_size else None, distill=distill)
     if ckpt is not None:
         _restore(run, ckpt, resume)
     else:
@@ -422,21 +427,31 @@ def _train_sampler(cfg: TrainConfig, objective: Objective, train_set: Dataset, d
 
 
 def _build_state(cfg: TrainConfig, model: nn.Module, model_cfg: ModelCfg, objective: Objective, scope: TrainScope,
-                 data: DataBundle, lr: float, steps_per_epoch: int, device: torch.device) -> StepState:
-    optimizer = build_optimizer(model, cfg.optim, lr, device, objective.param_groups(lr))
+                 data: DataBundle, lr: float, steps_per_epoch: int, device: torch.device,
+                 distill: Distillation | None = None) -> StepState:
+    task = objective.criterion(data.train, device)
+    criterion: Criterion | DistillCriterion = task if distill is None else distill.criterion(task).to(device)
+    extra = criterion.extra_parameters() if isinstance(criterion, DistillCriterion) else None
+    optimizer = build_optimizer(model, cfg.optim, lr, device, objective.param_groups(lr), extra)
     ema = WeightEMA(model, cfg.optim.ema_decay, cfg.optim.ema_warmup, cfg.optim.ema_every) if cfg.optim.ema else None
     return StepState(
         optimizer, build_scheduler(optimizer, cfg.sched, steps_per_epoch, cfg.epochs),
         torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16"),
         DeviceNormalizer(model_cfg.mean, model_cfg.std, device, bool(cfg.model.channels_last), reuse=True),
-        cfg.precision, cfg.optim.clip_grad, objective.criterion(data.train, device), scope=scope,
+        cfg.precision, cfg.optim.clip_grad, criterion, scope=scope,
         accum_steps=cfg.optim.accum_steps, mix=BatchMix.from_config(cfg.aug, objective.num_classes), ema=ema,
+        teacher=distill.teacher if distill is not None else None,
     )
 
 
 def _restore(run: Run, ckpt: Checkpoint, path: Path | None) -> None:
     """Weights, optimizer, schedule, loss scale, position and every rank's RNG from a checkpoint."""
     state = run.state
+    if run.distill is not None:
+        run.distill.check_resume(ckpt.extra.get("teacher"), path)
+    elif ckpt.extra.get("teacher"):
+        raise ConfigError(f"{spelled('resume', str(path))} was distilled from {ckpt.extra['teacher'].get('source')}: "
+                          f"resume with {spelled('teacher')} (its config.yaml has it)")
     try:
         run.model.load_state_dict(ckpt.model)
         state.optimizer.load_state_dict(ckpt.optimizer or {})  # empty: refused below as not fitting
@@ -447,6 +462,9 @@ def _restore(run: Run, ckpt: Checkpoint, path: Path | None) -> None:
             if ckpt.ema is None:
                 raise ValueError(f"it holds no EMA weights, and this run keeps them ({spelled('ema')})")
             state.ema.load_state_dict(ckpt.ema)
+        projection = _projection(state)
+        if projection is not None:
+            projection.load_state_dict(ckpt.extra.get("distill_projection") or {})
     except (RuntimeError, KeyError, ValueError, TypeError) as e:
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise ModelFileError(f"{spelled('resume', str(path))}: the checkpoint does not fit this run "
@@ -458,6 +476,22 @@ def _restore(run: Run, ckpt: Checkpoint, path: Path | None) -> None:
     # one metrics line per finished epoch: the interrupted epoch's step lines go, a missing line comes back
     run.runlog.repair(run.start_epoch, state.global_step, ckpt.metrics)
     log.info("resumed from %s at epoch %d (step %d)", path, run.start_epoch, state.global_step)
+
+
+def _projection(state: StepState) -> nn.Module | None:
+    """Feature distillation's trained projection, which a resume restores (None in other runs)."""
+    return state.criterion.projection if isinstance(state.criterion, DistillCriterion) else None
+
+
+def _distill_state(run: Run) -> dict[str, Any]:
+    """The checkpoint's record of the teacher (a resume must use the same file) and the trained projection."""
+    if run.distill is None:
+        return {}
+    out: dict[str, Any] = {"teacher": run.distill.record()}
+    projection = _projection(run.state)
+    if projection is not None:
+        out["distill_projection"] = projection.state_dict()
+    return out
 
 
 def _wrap(run: Run) -> nn.Module:
@@ -495,6 +529,14 @@ def _announce(run: Run) -> None:
         plural(run.steps_per_epoch, "step") + "/epoch",
         plural(cfg.epochs, "epoch"), dist.device, f", amp {cfg.precision}" if cfg.precision != "fp32" else "", run.out,
     )
+    if run.distill is not None:
+        kd = cfg.kd
+        how = {"logit": f"logit, alpha {kd.kd_alpha:g}, T {kd.kd_temperature:g}", "hard": "hard (DeiT)",
+               "token": f"token ({'hard' if kd.kd_token_hard else f'T {kd.kd_temperature:g}'})",
+               "feature": f"feature, alpha {kd.kd_alpha:g}"}[kd.distill]
+        teacher = run.distill.teacher
+        log.info("teacher %s (%s%s) | distillation: %s", run.distill.source, model_name_of(teacher.model),
+                 f", {teacher.img_size} px" if teacher.img_size else "", how)
     taken, asked = warmup_steps(cfg.sched, run.steps_per_epoch, cfg.epochs)
     if taken < asked:
         log.info("warm-up %s (asked for %d: a run spends at most a fifth of its %s warming up)", plural(taken, "step"),
@@ -625,6 +667,7 @@ def _save_epoch(run: Run, epoch: int, record: dict[str, Any], improved: bool) ->
             scheduler=state.scheduler.state_dict(), scaler=state.scaler.state_dict(),
             epoch=epoch + 1, step=state.global_step, best_top1=run.best_top1, rng=rngs,
             config=to_dict(run.cfg), metrics=dict(record), **checkpoint_meta(run.model, run.data),
+            extra=_distill_state(run),
         )
         if improved:
             ckpt.without_training_state().save(run.out / "best.pth")
