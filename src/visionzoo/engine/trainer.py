@@ -351,14 +351,16 @@ MIN_ADAPTED_BATCH = 8
 def _build_loaders(cfg: TrainConfig, data: DataBundle, objective: Objective,
                    dist: DistInfo) -> tuple[DataLoader, DataLoader, int]:
     """Train and val loaders for this rank, and the steps per epoch. A training set too small for
-    MIN_STEPS_PER_EPOCH steps of cfg.batch_size gets a smaller batch, written back to cfg.batch_size (so the lr
-    rule, config.yaml and a resumed run all see the batch that runs; the data decides it, so a resume with
-    the same flags resolves to the same batch)."""
+    MIN_STEPS_PER_EPOCH steps an epoch (or cfg.min_steps in the whole run) of cfg.batch_size gets a smaller
+    batch, written back to cfg.batch_size (so the lr rule, config.yaml and a resumed run all see the batch that
+    runs; the data decides it, so a resume with the same flags resolves to the same batch)."""
     pin = dist.device.type == "cuda"
     train_set = data.split("train")
     sampler = _train_sampler(cfg, objective, train_set, dist)
     accum = cfg.optim.accum_steps
-    wanted = MIN_STEPS_PER_EPOCH if cfg.iters is None else min(MIN_STEPS_PER_EPOCH, cfg.iters)
+    # min_steps (a fine-tune recipe's) spread over the epochs: a small set trains in more, smaller steps
+    wanted = max(MIN_STEPS_PER_EPOCH, -(-cfg.min_steps // cfg.epochs)) if cfg.iters is None else min(
+        MIN_STEPS_PER_EPOCH, cfg.iters)
     asked = cfg.batch_size
     per_rank_batch = asked // dist.world_size
 
