@@ -125,7 +125,8 @@ class DistillCriterion(nn.Module):
         self.student_tap = student_tap
         self.projection: nn.Module | None = None
         if mode == "feature" and student_tap is not None and student_tap.dim != teacher_dim:
-            self.projection = nn.Linear(student_tap.dim, int(teacher_dim or 0))
+            with torch.random.fork_rng(devices=[]):  # its init leaves the run's RNG where it was
+                self.projection = nn.Linear(student_tap.dim, int(teacher_dim or 0))
         self._teacher: Any = None
 
     def extra_parameters(self) -> list[nn.Parameter]:
@@ -352,9 +353,12 @@ class Distillation:
         prepare_student(student, kd.distill)
         self.tap = FeatureTap(student) if kd.distill == "feature" else None
         cfg = model_cfg_of(student)
-        self.teacher = load_teacher(self.source, kd.teacher_model, kd.teacher_pretrained, class_names, device,
-                                    cfg.mean, cfg.std, img_size=kd.teacher_img_size, channels_last=channels_last,
-                                    features=self.tap is not None)
+        # building the teacher initialises a model (its weights then loaded): on a forked CPU generator, so the
+        # run's RNG (mixup's draws, ...) is where it would be without a teacher; kd_alpha 0 is then that run
+        with torch.random.fork_rng(devices=[]):
+            self.teacher = load_teacher(self.source, kd.teacher_model, kd.teacher_pretrained, class_names, device,
+                                        cfg.mean, cfg.std, img_size=kd.teacher_img_size,
+                                        channels_last=channels_last, features=self.tap is not None)
         if compile:
             self.teacher.model = torch.compile(self.teacher.model)  # type: ignore[assignment]
         self.digest = teacher_digest(self.source, kd.teacher_pretrained)
