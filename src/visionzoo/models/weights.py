@@ -29,12 +29,16 @@ def unreadable_reason(path: Path, error: Exception) -> str:
     """Why torch.load(weights_only=True) could not read a file, in words: not PyTorch's internal miniz or
     unpickler text (which blames the checkpoint's saving and suggests weights_only=False)."""
     text = str(error)
+    with path.open("rb") as f:
+        head = f.read(len(ZIP_MAGIC))
+    # the first bytes before torch's message: a text file's letters read as pickle opcodes, which torch's
+    # unpickler reports as unsupported objects
+    if head != ZIP_MAGIC and not head.startswith(PICKLE_PROTO):
+        return "not a PyTorch checkpoint (neither the zip archive torch.save writes nor a pickle)"
     if "Weights only load failed" in text:  # torch's refusal of anything but tensors and plain containers
         m = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
         detail = m.group(1).split(" Please use")[0].strip().rstrip(".") if m else type(error).__name__
         return f"holds objects other than tensors and plain containers ({detail}), which visionzoo does not unpickle"
-    with path.open("rb") as f:
-        head = f.read(len(ZIP_MAGIC))
     first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
     if head == ZIP_MAGIC:
         m = re.search(r"failed reading zip archive: ([^.]+)", text)
