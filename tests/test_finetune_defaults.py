@@ -7,6 +7,7 @@ import logging
 
 import pytest
 import torch
+import yaml
 
 from visionzoo.cli import main
 from visionzoo.config import ConfigError, OptimConfig, SchedConfig, from_dict, get_recipe, validate
@@ -99,3 +100,16 @@ def test_a_fresh_head_on_local_weights_starts_at_zero_unless_asked(tmp_path, tin
     assert losses["zero"] == pytest.approx(torch.log(torch.tensor(3.0)).item(), abs=1e-6)
     assert abs(losses["random"] - losses["zero"]) > 1e-3
     assert "sqrt scaling" not in _first_lines(caplog)  # an explicit --lr says so instead
+
+
+@pytest.mark.parametrize("images, batch, steps", [(180, 16, 11), (540, 16, 33), (2700, 64, 42)])
+def test_min_steps_picks_a_smaller_batch_down_to_16(images, batch, steps, tmp_path):
+    """min_steps 30 in one epoch: 540 images go from batch 64 (8 steps) to 16 (33); 180 images stop at 16 (11
+    steps: 8 per step lost accuracy when measured); 2700 images keep 64 (42 steps)."""
+    out = tmp_path / "run"
+    assert main(["train", "--model", "resnet18", "--dummy", "--dummy-train-size", str(images), "--img-size", "16",
+                 "--epochs", "1", "--min-steps", "30", "--workers", "0", "--device", "cpu", "--no-progress",
+                 "--eval-every", "0", "--num-classes", "3", "--output", str(out)]) == 0
+    assert from_dict(yaml.safe_load((out / "config.yaml").read_text())).batch_size == batch
+    epoch = [line for line in (out / "metrics.jsonl").read_text().splitlines() if '"epoch"' in line][0]
+    assert f'"steps": {steps},' in epoch

@@ -265,9 +265,9 @@ class TrainConfig(_Checked):
     batch_size: int = setting(64, "global batch size (summed over all processes)")
     iters: int | None = setting(None, "cap on steps per epoch (performance runs); none: the whole epoch")
     # measured for fine-tuning in docs/recipes.md: on 540 images, 10 epochs of 8 steps at batch 64 learn less
-    # than the same epochs at a smaller batch
+    # than the same epochs at batch 16
     min_steps: int = setting(0, "optimizer steps the run aims for: a training set too small for them at "
-                                "batch_size gets a smaller batch (halved, down to 8 per process)")
+                                "batch_size gets a smaller batch (halved, down to 16 per process)")
     # the older key `amp` and the value `none` (fp32) are still read
     precision: str = setting("auto", "autocast precision; auto: bf16 on CUDA devices that support it (fp16 on "
                                      "older ones), fp32 on CPUs")

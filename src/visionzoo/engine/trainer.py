@@ -346,6 +346,9 @@ def _build_model(cfg: TrainConfig, data: DataBundle, dist: DistInfo) -> tuple[nn
 MIN_STEPS_PER_EPOCH = 8
 # per process: BatchNorm's batch statistics are noise below a few images (2 only where 8 leaves no step at all)
 MIN_ADAPTED_BATCH = 8
+# per process, for min_steps: fine-tuning at batch 8 lost 7 points against 16 on 20 photos a class (noisier
+# BatchNorm statistics; docs/recipes.md), so more steps never cost a batch below this
+MIN_STEPS_BATCH = 16
 
 
 def _build_loaders(cfg: TrainConfig, data: DataBundle, objective: Objective,
@@ -358,9 +361,9 @@ def _build_loaders(cfg: TrainConfig, data: DataBundle, objective: Objective,
     train_set = data.split("train")
     sampler = _train_sampler(cfg, objective, train_set, dist)
     accum = cfg.optim.accum_steps
+    per_epoch = MIN_STEPS_PER_EPOCH if cfg.iters is None else min(MIN_STEPS_PER_EPOCH, cfg.iters)
     # min_steps (a fine-tune recipe's) spread over the epochs: a small set trains in more, smaller steps
-    wanted = max(MIN_STEPS_PER_EPOCH, -(-cfg.min_steps // cfg.epochs)) if cfg.iters is None else min(
-        MIN_STEPS_PER_EPOCH, cfg.iters)
+    wanted = max(per_epoch, -(-cfg.min_steps // cfg.epochs)) if cfg.iters is None else per_epoch
     asked = cfg.batch_size
     per_rank_batch = asked // dist.world_size
 
@@ -373,6 +376,8 @@ def _build_loaders(cfg: TrainConfig, data: DataBundle, objective: Objective,
         available = len(train_loader) // accum  # optimizer steps in one pass
         smaller = _smaller_batch(per_rank_batch)
         floor = MIN_ADAPTED_BATCH if available else 2
+        if available >= per_epoch:  # only min_steps asks for more: not at any batch
+            floor = max(floor, MIN_STEPS_BATCH)
         if available >= wanted or smaller < floor:
             break
         per_rank_batch = smaller
