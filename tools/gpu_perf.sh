@@ -2,7 +2,8 @@
 # GPU figures for docs/performance.md (issue 6): resnet50 training step on synthetic data with bf16 and
 # channels_last, visionzoo against timm (its benchmark.py --bench train: timm's train.py step on synthetic
 # data), the fraction of the GPU's dense bf16 peak the step reaches, and the input pipeline with JPEGs
-# decoded by the workers (--decode fast) against nvJPEG on the GPU (--decode device).
+# decoded by the workers (--decode fast) against nvJPEG on the GPU (--decode device), and what a resnet50
+# teacher costs a resnet18 student's training step (--teacher, issue 25).
 # Usage: TIMM_BENCHMARK=path/to/timm/benchmark.py PEAK_TFLOPS=989 bash tools/gpu_perf.sh OUT [JPEG_DIR]
 # PEAK_TFLOPS: dense bf16 tensor-core peak (H100 SXM and H200: 989; H100 PCIe: 756; A100: 312).
 set -euo pipefail
@@ -42,6 +43,18 @@ for r in rows:
     print(r)
 (out / "r50_train.json").write_text(json.dumps(rows, indent=2))
 PY
+
+# distillation: the teacher's forward on every batch, in the student's bf16 and channels_last
+python -c "import sys, torch, visionzoo; torch.save(visionzoo.create_model('resnet50').state_dict(), sys.argv[1])" \
+  "$out/teacher-r50.pth"
+for teacher in none r50; do
+  extra=(); [[ $teacher == r50 ]] && extra=(--teacher "$out/teacher-r50.pth" --teacher-model resnet50)
+  visionzoo train --dummy --model resnet18 --img-size 224 --batch-size 256 --epochs 1 --iters 120 \
+    --perf-warmup-steps 20 --workers 8 --device cuda --eval-every 0 --no-progress "${extra[@]}" \
+    --output "$out/vz-r18-teacher-$teacher" > "$out/vz-r18-teacher-$teacher.log" 2>&1
+  echo "resnet18 student, teacher $teacher: $(tail -1 "$out/vz-r18-teacher-$teacher/metrics.jsonl" | \
+    python -c 'import json, sys; print(round(json.load(sys.stdin)["images_per_sec"]), "images/s")')"
+done
 
 if [[ -n "$jpegs" ]]; then
   for size in 224 128; do
