@@ -21,9 +21,8 @@ from torch import nn
 
 from ..config import DistillConfig, spelled
 from ..core.errors import ConfigError, ModelFileError
-from ..core.integrity import verify_digest
 from ..models import Checkpoint, create_model, get_model_cfg, load_state_dict_file, model_cfg_of, unwrap_model
-from ..models.weights import check_tensors, head_size, unreadable_reason
+from ..models.weights import check_tensors, head_size, read_weights_only
 from .objective import Criterion
 
 MODES = ("logit", "hard", "token", "feature")
@@ -253,13 +252,7 @@ def _imagenet_synsets() -> list[str]:
 
 
 def _read(path: Path) -> Any:
-    if path.stat().st_size == 0:
-        raise ModelFileError(f"teacher {path} is empty (0 bytes)")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle errors, text files, truncated files
-        raise ModelFileError(f"teacher {path}: {unreadable_reason(path, e)}") from None
-    return verify_digest(obj, path)
+    return read_weights_only(path, f"teacher {path}", f"teacher {path} is empty (0 bytes)")
 
 
 def _bare(path: Path, model_name: str | None) -> tuple[nn.Module, None]:

@@ -34,9 +34,9 @@ from torch import nn
 
 from ..core.errors import ModelFileError
 from ..core.files import atomic_save
-from ..core.integrity import DIGEST, content_digest, verify_digest
+from ..core.integrity import DIGEST, content_digest
 from .factory import create_model
-from .weights import strip_prefixes, unreadable_reason
+from .weights import read_weights_only, strip_prefixes
 
 # what resuming needs beyond the weights and the position (epoch, step, best_top1); derived files drop it
 TRAINING_STATE = ("optimizer", "scheduler", "scaler", "rng")
@@ -92,13 +92,9 @@ class Checkpoint:
         path = Path(path)
         if not path.is_file():
             raise ModelFileError(f"checkpoint not found: {path}")
-        if path.stat().st_size == 0:
-            raise ModelFileError(f"{path} is empty (0 bytes): a checkpoint whose write never finished?")
-        try:
-            d = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # pickle errors, truncated files, disallowed globals
-            raise ModelFileError(f"cannot read checkpoint {path}: {unreadable_reason(path, e)}") from None
-        return cls.from_dict(verify_digest(d, path), path)
+        d = read_weights_only(path, f"cannot read checkpoint {path}",
+                              f"{path} is empty (0 bytes): a checkpoint whose write never finished?")
+        return cls.from_dict(d, path)
 
     def save(self, path: str | Path) -> None:
         """Atomically (a kill mid-write leaves the previous file as it was), with its content digest."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -48,6 +49,18 @@ def unreadable_reason(path: Path, error: Exception) -> str:
     if head.startswith(PICKLE_PROTO):
         return f"truncated or not a PyTorch checkpoint (legacy pickle format: {first[:200]})"
     return "not a PyTorch checkpoint (neither the zip archive torch.save writes nor a pickle)"
+
+
+def read_weights_only(path: Path, unreadable: str, empty: str) -> Any:
+    """torch.load(weights_only=True: no code runs) of a file, its content digest checked where it has one; an
+    empty or unreadable file is a ModelFileError: `empty`, or `unreadable` followed by why."""
+    if path.stat().st_size == 0:
+        raise ModelFileError(empty)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors, text files, truncated files, disallowed globals
+        raise ModelFileError(f"{unreadable}: {unreadable_reason(path, e)}") from None
+    return verify_digest(obj, path)
 
 
 def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
