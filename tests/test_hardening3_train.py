@@ -66,8 +66,9 @@ def test_linear_probe_on_sixty_images_adapts_the_batch(tmp_path, r18_weights):
     assert row["steps"] == 7
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["batch_size"] < 64 and 60 // saved["batch_size"] == row["steps"]
-    # the lr follows the batch that ran (linear rule: lr_base 1e-3 per 256)
-    assert saved["optim"]["lr"] is None and f"lr {1e-3 * saved['batch_size'] / 256:.4g}" in first
+    # the lr follows the batch that ran (the probe's AdamW: lr_base 1e-2 per 256, square-root rule)
+    expected = 1e-2 * (saved["batch_size"] / 256) ** 0.5
+    assert saved["optim"]["lr"] is None and f"lr {expected:.4g} (0.01 per 256, sqrt scaling to 8)" in first, first
 
 
 def test_small_batch_resumes_to_the_same_batch(tmp_path):
