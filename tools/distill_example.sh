@@ -6,7 +6,7 @@
 #   3. student distilled: the same flags and seed with --teacher (DISTILL_MODE: the recipe's mode, kd)
 #   4. each exported to ONNX; the distilled student quantised to int8 (calibrated on the training images)
 #   5. top-1 of each file with `visionzoo eval`, images/s with `visionzoo bench` (onnxruntime, batch 32)
-# Data: tools/make_photo_crops.py at PER_CLASS (60) images per class, 9 classes, 40 val each; IMG px (128).
+# Data: tools/make_photo_crops.py --photos all at PER_CLASS (60) images per class, 20 classes, 40 val each; IMG px (128).
 # Writes OUT/table.md and OUT/results.json.  Usage: bash tools/distill_example.sh OUT
 set -euo pipefail
 out=${1:?usage: distill_example.sh OUT}
@@ -16,7 +16,7 @@ seed=${SEED:-0}; workers=${WORKERS:-2}
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out"; out=$(cd "$out" && pwd)
 data=$out/photos$per_class
-[[ -d $data ]] || python "$here/make_photo_crops.py" "$data" --per-class "$per_class" > /dev/null
+[[ -d $data ]] || python "$here/make_photo_crops.py" "$data" --per-class "$per_class" --photos all > /dev/null
 [[ -f $out/lite0_timm.pth ]] || python "$here/lite0_weights.py" "$out/lite0_timm.pth"
 common=(--data "$data" --img-size "$img" --seed "$seed" --workers "$workers" --device cpu --precision fp32 --no-progress)
 train() {  # NAME ARGS...: a run folder OUT/NAME (kept when it already finished)
