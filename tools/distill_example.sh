@@ -35,8 +35,9 @@ visionzoo quantize --checkpoint "$out/student_distilled.onnx" --calib-data "$dat
   --no-eval > /dev/null 2>&1
 for f in teacher student_alone student_distilled student_distilled_int8; do
   visionzoo eval --checkpoint "$out/$f.onnx" --data "$data" --workers "$workers" --json "$out/$f.eval.json" > /dev/null 2>&1
-  visionzoo bench --checkpoint "$out/$f.onnx" --backend onnxruntime --batch-sizes 32 --img-size "$img" --iters 20 \
-    --device cpu --json "$out/$f.bench.json" > /dev/null 2>&1
+  precision=fp32; [[ $f == *_int8 ]] && precision=int8  # bench refuses an int8 file at fp32
+  visionzoo bench --checkpoint "$out/$f.onnx" --backend onnxruntime --precision "$precision" --batch-sizes 32 \
+    --img-size "$img" --iters 20 --device cpu --json "$out/$f.bench.json" > /dev/null 2>&1
 done
 python - "$out" <<'PY'
 import json, sys
