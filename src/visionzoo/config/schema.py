@@ -76,6 +76,8 @@ class ModelConfig(_Checked):
     train_scope: str = setting("all", "what trains: all | classifier (cRT) | fixres (classifier + final norm)")
     drop_path: float | None = setting(None, "stochastic depth rate, for models that take one (timm's drop_path_rate)")
     dropout: float | None = setting(None, "dropout before the classifier, for models that take one")
+    grad_checkpointing: bool = setting(False, "recompute activations in the backward pass instead of keeping them "
+                                              "(less memory, more compute; timm models that support it)")
     raw_weights: bool = setting(False, "a checkpoint with EMA weights: load its raw weights, not the average")
     # measured in docs/recipes.md ("Fine-tuning on small data sets"): a random head's large first logits push
     # the pretrained features around before the head has learnt anything
@@ -279,6 +281,12 @@ class TrainConfig(_Checked):
     eval_every: int = setting(1, "epochs between evaluations; 0: never")
     eval_start: int = setting(1, "first epoch (1-based) that is evaluated")
     target_top1: float | None = setting(None, "stop once validation top-1 (percent) reaches this")
+    early_stop: int = setting(0, "stop after this many evaluations without a better validation top-1 (EMA's with "
+                                 "ema); 0: never")
+    keep_last: int = setting(0, "keep the last K epochs' checkpoints (epoch-N.pth, for `visionzoo average`); 0: only "
+                                "last.pth and best.pth")
+    tta: str | None = setting(None, "test-time augmentation of the end-of-run evaluation (flip | flip+crops), "
+                                    "reported beside the plain top-1; none: off")
     log_interval: int = setting(20, "steps between loss read-outs (the only host syncs)")
     perf_warmup_steps: int = setting(5, "steps per epoch left out of images/s")
     progress: bool = setting(True, "progress bars")
@@ -298,6 +306,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "lr_scale": ("auto", "linear", "sqrt", "none"),
     "head_init": ("zero", "random"),
     "distill": ("logit", "hard", "token", "feature"),
+    "tta": ("flip", "flip+crops"),
     "sched": ("linear", "step", "multistep", "cosine", "constant"),
     "precision": ("auto", "fp32", "fp16", "bf16"),
     "device": ("auto", "cpu", "cuda"),
