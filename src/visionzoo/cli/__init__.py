@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pack": ("pack", "pack an ImageFolder or list-file data set into WebDataset shards for fast loading"),
     "tau-norm": ("tau_norm", "tau-normalise a classifier (long-tail)"),
     "finetune-res": ("finetune_res", "FixRes: fine-tune a checkpoint at the test resolution"),
+    "average": ("average", "average checkpoints (last/best K) or make a greedy soup"),
 }
 SIGPIPE_EXIT = 141  # 128 + SIGPIPE: what a shell reports for a command whose reader went away (`| head`)
 

@@ -58,6 +58,9 @@ def add_parser(sub) -> None:
     p.add_argument("--iters", type=int, default=BENCH_ITERS, metavar="N", help="timed iterations per batch size")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format")
+    p.add_argument("--grad-checkpointing", action="store_true",
+                   help="--mode train: recompute activations in the backward pass (timm models); compare its peak "
+                        "MB with a run without it (tools/grad_ckpt_memory.sh runs both)")
     p.add_argument("--csv", metavar="FILE", help="write the table as CSV")
     p.add_argument("--json", metavar="FILE", help="write the table and the environment as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="throughput and latency against batch size")
@@ -78,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
         rows_as_dicts,
     )
 
+    if args.grad_checkpointing and args.mode != "train":
+        raise ConfigError("--grad-checkpointing changes training steps only: add --mode train")
     if args.warmup < 0 or args.iters < 1:
         raise ConfigError(f"--warmup must be >= 0 and --iters >= 1 (got {args.warmup}, {args.iters})")
     device = resolve_device(args.device)
@@ -101,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
               f"{r.p90_ms:>9.2f}{r.p99_ms:>9.2f}{_fmt(r.peak_mem_mb, '9.0f')}", flush=True)
 
     rows = bench(bm, args.backend, args.precision, args.batch_sizes, img_size, args.mode, args.warmup, args.iters,
-                 device, args.channels_last, on_row=show)
+                 device, args.channels_last, on_row=show, grad_checkpointing=args.grad_checkpointing)
     for r in rows:
         if r.best:
             print(f"best batch for {r.backend} {r.precision}: {r.batch_size} ({r.images_per_s:.1f} images/s)  *")
@@ -110,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         write_json(args.json, {"model": bm.info.model_name, "checkpoint": args.checkpoint or args.weights,
                                "img_size": img_size,
                                "mode": args.mode, "warmup": args.warmup, "iters": args.iters,
+                               "grad_checkpointing": args.grad_checkpointing,
                                "environment": environment(device), "rows": table})
     if args.csv:
         from ..core.files import atomic_path

@@ -1,6 +1,8 @@
 """visionzoo eval: top-1/top-5, loss and per-class precision/recall/F1 of a model file on a validation split.
 
 With few classes the per-class table is printed; --confusion writes the confusion matrix as CSV and PNG.
+--tta flip|flip+crops also measures the logits averaged over test-time views, printed and written (--json "tta")
+beside the plain numbers, which stay the model's own.
 The model file is a visionzoo checkpoint or anything `visionzoo export` / `quantize` wrote
 (.onnx via onnxruntime, .pt2, .ts, .safetensors).
 """
@@ -15,9 +17,11 @@ from ..core.files import write_json
 from ..inference.defaults import CONFUSION_UNASKED_MAX
 from .options import (
     DATA_FLAGS,
+    TTA_HELP,
     add_config_flags,
     add_model_runtime_flags,
     add_model_source_flags,
+    add_tta_flag,
     data_config,
     model_source,
     output_flag,
@@ -38,6 +42,7 @@ def add_parser(sub) -> None:
                    help="test-resolution sweep: top-1 at each size (the file's crop ratio), table + --json/--plot")
     p.add_argument("--plot", metavar="FILE.png",
                    help="--sizes: top-1 against test size; --longtail: per-class accuracy against class size")
+    add_tta_flag(p, TTA_HELP + "; reported beside the plain numbers (--json: \"tta\")")
     p.add_argument("--backend", default="eager", choices=["eager", "compile"])
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--no-progress", dest="progress", action="store_false")
@@ -84,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
     sources = source if isinstance(source, list) else [source]
     if args.confusion and (args.sizes or args.longtail):
         raise ConfigError("--confusion is for a plain evaluation, not --sizes or --longtail")
+    if args.tta and (args.sizes or args.longtail):
+        raise ConfigError(f"--tta {args.tta} is for a plain evaluation, not --sizes or --longtail")
     if args.plot or args.confusion:  # before a long evaluation, not after it
         require("matplotlib", "plots", "--plot" if args.plot else "--confusion")
     if args.sizes:
@@ -98,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     # the matrix is in --json unasked for a few classes only (inference.evaluate); --confusion asks for it
     result = evaluate(sources[0], data_config(args), args.batch_size, args.device, args.precision,
                       args.channels_last, args.progress, args.backend, args.raw_weights,
-                      confusion=True if args.confusion else None)
+                      confusion=True if args.confusion else None, tta=args.tta)
     if not is_main_process():  # under torchrun, rank 0 reports for all
         return 0
     print(summary_line(result))
@@ -121,8 +128,14 @@ def summary_line(result: dict) -> str:
     top5 = f"  top-5 {result['top5']:.2f}" if len(result["per_class"]) > 5 else ""
     skipped = f"  skipped {result['skipped_images']}" if result["skipped_images"] else ""
     ema = "  (EMA weights)" if result["weights"] == "ema" else ""
-    return (f"top-1 {result['top1']:.2f}{top5}  loss {result['loss']:.4f}  images {result['num_images']}"
-            f"{skipped}{ema}")
+    baked = f"  ({result['built_in_tta']} TTA built into the file)" if result.get("built_in_tta") else ""
+    line = (f"top-1 {result['top1']:.2f}{top5}  loss {result['loss']:.4f}  images {result['num_images']}"
+            f"{skipped}{ema}{baked}")
+    tta = result.get("tta")
+    if tta:  # beside the plain numbers, on the same line: the two read against each other
+        tta5 = f"  top-5 {tta['top5']:.2f}" if top5 else ""
+        line += f"  |  TTA {tta['mode']} ({tta['views']} views): top-1 {tta['top1']:.2f}{tta5}  loss {tta['loss']:.4f}"
+    return line
 
 
 def _table_rows(result: dict) -> list[dict]:

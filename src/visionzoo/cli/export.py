@@ -5,7 +5,9 @@ Hugging Face hub folder (config.json, model.safetensors) that timm loads as loca
 The file takes a normalised float NCHW batch and returns logits; class names and preprocessing
 travel inside it, so eval/predict/bench/infer accept it in place of the checkpoint. Every export
 is run on a real batch (the checkpoint's validation data, or --data) and compared with the eager
-model; beyond --atol + --rtol * max|logit| it fails and writes nothing.
+model; beyond --atol + --rtol * max|logit| it fails and writes nothing. --tta flip builds flip test-time
+augmentation into an onnx, torchscript or export file: it returns (m(x) + m(flip(x))) / 2, the logits
+`eval --tta flip` averages, and says so in its metadata (eval and predict then refuse --tta on it).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import argparse
 from pathlib import Path
 
 from ..inference.defaults import DEFAULT_ATOL, DEFAULT_OPSET, DEFAULT_RTOL, EXPORT_BATCH_SIZE, EXPORT_FORMATS
-from .options import add_config_flags, add_model_source_flags, count_arg, data_config, model_source
+from .options import add_config_flags, add_model_source_flags, add_tta_flag, count_arg, data_config, model_source
 
 
 def add_parser(sub) -> None:
@@ -26,6 +28,8 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=count_arg, default=EXPORT_BATCH_SIZE,
                    help="the fixed batch size without --dynamic-batch")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset")
+    add_tta_flag(p, "build flip test-time augmentation into the file (onnx, torchscript, export): logits = "
+                    "(m(x) + m(x flipped left-right)) / 2, recorded in its metadata", choices=("flip",))
     p.add_argument("--atol", type=float, default=DEFAULT_ATOL)
     p.add_argument("--rtol", type=float, default=DEFAULT_RTOL)
     p.add_argument("--push-to-hub", metavar="REPO", help="with --format hub: upload the checked folder to the "
@@ -57,10 +61,11 @@ def run(args: argparse.Namespace) -> int:
     if data is not None and not (data.data or data.val_list or data.val_root or data.val_split):
         data = None  # only --img-size was given: check on the checkpoint's own data (--val-split: its split)
     r = export_model(model_source(args), args.format, args.output, img_size, args.dynamic_batch, args.opset,
-                     args.batch_size, data, args.atol, args.rtol, args.raw_weights)
+                     args.batch_size, data, args.atol, args.rtol, args.raw_weights, args.tta)
     c = r["check"]
+    tta = f", {r['tta']} TTA built in" if r["tta"] else ""
     print(f"wrote {r['output']} ({r['bytes'] / 2**20:.1f} MiB, {r['format']}, {r['img_size']} px, "
-          f"batch {'dynamic' if r['dynamic_batch'] else args.batch_size})\n"
+          f"batch {'dynamic' if r['dynamic_batch'] else args.batch_size}{tta})\n"
           f"check vs eager on {c['batch_size']} {c['input']} images: max |diff| {c['max_abs_diff']:.2e} "
           f"(limit {c['limit']:.2e}), top-1 agreement {100 * c['top1_agreement']:.1f}%", flush=True)
     if api is not None:

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..config import (
     CHOICES,
+    KEYWORDS,
     SECTIONS,
     TrainConfig,
     apply_overrides,
@@ -118,6 +119,10 @@ def show_defaults(parser: argparse.ArgumentParser) -> None:
 
 
 def _metavar(name: str, tp: Any) -> str:
+    if name in KEYWORDS:  # a number or its keywords: N|auto
+        return "|".join(("N", *KEYWORDS[name]))
+    if name == "img_size_schedule":
+        return "START:END|SIZE@EPOCH,..."
     if typing.get_origin(tp) is list:
         return "N,N,..." if typing.get_args(tp)[0] is int else "X,X"
     return {int: "N", float: "X"}.get(tp, name.upper())
@@ -171,7 +176,8 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 # the config flags every command checks the one way (config.limits): sizes, counts, workers (capped), the seed
 FIELD_LIMITS: dict[str, Callable[[Any, str], Any]] = {
-    "img_size": check_size, "eval_img_size": check_size, "batch_size": check_count, "workers": cap_workers,
+    "img_size": check_size, "batch_size": check_count, "workers": cap_workers,
+    "eval_img_size": lambda v, flag: v if isinstance(v, str) else check_size(v, flag),  # or auto
     "seed": check_seed,
 }
 
@@ -274,6 +280,17 @@ def add_model_runtime_flags(p: argparse.ArgumentParser, precision: bool = True) 
                        help="fp16/bf16 run under autocast (checkpoints and .pt2 files); int8 for quantised files; "
                             "auto: bf16/fp16 on CUDA, fp32 on CPUs")
     p.add_argument("--batch-size", "-b", type=count_arg, default=64)
+
+
+# what --tta does, said once for eval and predict (train's flag is generated from the config field)
+TTA_HELP = ("test-time augmentation, logits averaged over views of the evaluated image: flip = the image and its "
+            "horizontal flip (2 views); flip+crops = those plus the 4 corner crops of 7/8 its side, each resized back "
+            "and flipped (10 views)")
+
+
+def add_tta_flag(p: argparse.ArgumentParser, text: str = TTA_HELP, choices: tuple[str, ...] = CHOICES["tta"]) -> None:
+    """--tta MODE: argparse refuses an unknown mode in one line naming the flag and the choices."""
+    p.add_argument("--tta", choices=list(choices), metavar="|".join(choices), help=text)
 
 
 def add_model_source_flags(p: argparse.ArgumentParser, several: bool = False, file_help: str | None = None) -> None:

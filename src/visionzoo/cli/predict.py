@@ -16,7 +16,15 @@ from dataclasses import asdict
 from ..core.errors import ConfigError
 from ..core.files import write_json
 from ..inference.defaults import PREDICT_BATCH_SIZE
-from .options import add_model_runtime_flags, add_model_source_flags, model_source, output_flag, size_arg
+from .options import (
+    TTA_HELP,
+    add_model_runtime_flags,
+    add_model_source_flags,
+    add_tta_flag,
+    model_source,
+    output_flag,
+    size_arg,
+)
 
 
 def add_parser(sub) -> None:
@@ -30,6 +38,7 @@ def add_parser(sub) -> None:
     p.add_argument("--decode", choices=["pil", "fast"], default=None,
                    help="pil (default): the reference pixels (Pillow, torchvision's Resize + CenterCrop), as eval; "
                         "fast: JPEGs decoded at a reduced DCT scale where the output size allows")
+    add_tta_flag(p, TTA_HELP + "; the probabilities are the softmax of the averaged logits")
     add_model_runtime_flags(p)
     p.set_defaults(batch_size=PREDICT_BATCH_SIZE, func=run)
 
@@ -44,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     source = model_source(args)
     runner = load_runner(source, args.device, args.precision, raw_weights=args.raw_weights)
     runner.info = with_preprocessing(runner.info, args.img_size)
-    results = predict_files(runner, args.images, args.topk, args.batch_size, args.decode)
+    results = predict_files(runner, args.images, args.topk, args.batch_size, args.decode, args.tta)
     for r in results:
         if r.error:
             print(f"visionzoo predict: error: {r.error}", file=sys.stderr)
@@ -54,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         with output_flag("--json"):
             write_json(args.json, {"model": runner.info.model_name,
                                    "checkpoint": runner.info.extra.get("weights", source),
-                                   "weights": runner.info.extra.get("weights_used", "raw"),
+                                   "weights": runner.info.extra.get("weights_used", "raw"), "tta": args.tta,
                                    "predictions": [asdict(r) for r in results]})
         print(f"wrote {args.json}")
     return 1 if any(r.error for r in results) else 0

@@ -35,7 +35,10 @@ def run(args: argparse.Namespace) -> int:
         from ..engine.runlog import describe_epochs  # torch is loaded by now
 
         best = summary.get("best_top1")
+        tta = summary.get("tta")  # --tta: the end-of-run evaluation's plain and TTA top-1, side by side
+        tta_text = (f"; end-of-run val top-1 {tta['plain_top1']:.2f}, with TTA {tta['mode']} {tta['top1']:.2f}"
+                    if tta else "")
         print(f"done: {describe_epochs(summary)}, best val top-1 "
-              f"{'n/a' if best is None else f'{best:.2f}'}; checkpoint {summary['checkpoint']}; "
+              f"{'n/a' if best is None else f'{best:.2f}'}{tta_text}; checkpoint {summary['checkpoint']}; "
               f"run folder {summary['output']}")
     return 0

@@ -33,6 +33,7 @@ from ..core.errors import ConfigError
 from ..core.files import atomic_path
 from ..core.precision import parse_precision
 from .limits import MAX_IMG_SIZE, MAX_SEED
+from .sizes import parse_size_schedule
 
 
 def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory: Callable[[], Any] | None = None) -> Any:
@@ -121,7 +122,19 @@ class DataConfig(_Checked):
     dummy_classes: int = setting(1000, "synthetic classes")
     img_size: int | None = setting(None, "training crop size in px (and evaluation's, unless eval_img_size); "
                                          "none: the model's")
-    eval_img_size: int | None = setting(None, "evaluation centre crop in px; none: img_size")
+    # int | str: a size, or the keyword auto (KEYWORDS)
+    eval_img_size: int | str | None = setting(None, "evaluation centre crop in px; auto: ~1.15x the final training "
+                                                    "size (FixRes' rule, to a multiple of 8); none: img_size (the "
+                                                    "schedule's final size)")
+    img_size_schedule: str | None = setting(None, "progressive resizing: START:END px (ffcv's linear ramp, "
+                                                  "size_start/end_epochs place it) or SIZE@EPOCH,... (e.g. "
+                                                  "64@1,96@4,128@8); none: img_size every epoch")
+    size_start_epochs: int | None = setting(None, "epochs at START px before the ramp; none: as ffcv (74% of "
+                                                  "the run)")
+    size_end_epochs: int | None = setting(None, "epochs at END px after the ramp (at least 1); none: as ffcv "
+                                                "(the last 14% of the run)")
+    size_step: int | None = setting(None, "the ramp's sizes are multiples of this; none: the model's patch size "
+                                          "(ViTs), else 32 as ffcv")
     crop_pct: float | None = setting(None, "evaluation resize = eval size / crop_pct; none: the model's")
     interpolation: str | None = setting(None, "resize filter; none: the model's")
     scale: list[float] = setting(help="RandomResizedCrop area range (min,max)", factory=lambda: [0.08, 1.0])
@@ -319,6 +332,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 # older names of fields, still read from YAML files, checkpoints' saved configs and the command line
 KEY_ALIASES = {"amp": "precision"}
+# words a numeric field takes besides its numbers (eval_img_size: auto)
+KEYWORDS: dict[str, tuple[str, ...]] = {"eval_img_size": ("auto",)}
 # ints that only mean something from 1 up: refused as soon as a section is built (validate() checks the rest)
 _AT_LEAST_1 = {"epochs", "batch_size", "iters", "log_interval", "eval_start", "step_size", "lr_base_batch",
                "num_classes", "samples_per_class", "teacher_img_size", "accum_steps", "ema_every", "ra_ops",
@@ -352,6 +367,8 @@ def _wrong_section(name: str, cls: type, value: Any) -> str:
 def _checked_value(value: Any, tp: Any, name: str) -> Any:
     if name == "precision":  # one vocabulary with its aliases (none = fp32)
         return parse_precision(value, CHOICES[name], name)
+    if value in KEYWORDS.get(name, ()):
+        return value
     base, optional = _unwrap_optional(tp)
     if value is None:
         if optional:
@@ -444,6 +461,8 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     name = KEY_ALIASES.get(name, name)
     if name == "precision":  # one vocabulary with its aliases (none and null = fp32)
         return parse_precision(value, CHOICES[name], key)
+    if isinstance(value, str) and value in KEYWORDS.get(name, ()):
+        return value
     if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "")):
         if optional:
             return None
@@ -569,6 +588,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         ("step_size", cfg.sched.step_size >= 1, ">= 1"), ("warmup_epochs", cfg.sched.warmup_epochs >= 0, ">= 0"),
         ("warmup_steps", cfg.sched.warmup_steps is None or cfg.sched.warmup_steps >= 0, ">= 0"),
         ("min_steps", cfg.min_steps >= 0, ">= 0"),
+        ("early_stop", cfg.early_stop >= 0, ">= 0"), ("keep_last", cfg.keep_last >= 0, ">= 0"),
         ("kd_alpha", 0 <= cfg.kd.kd_alpha <= 1, "0..1"), ("kd_temperature", cfg.kd.kd_temperature > 0, "> 0"),
         ("gamma", cfg.sched.gamma > 0, "> 0"), ("min_lr_factor", 0 <= cfg.sched.min_lr_factor <= 1, "0..1"),
         ("warmup_start_factor", 0 < cfg.sched.warmup_start_factor <= 1, "(0, 1]"),
@@ -614,7 +634,24 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         source = "pass --init-from CKPT" if _FLAG_NAMES.get() else "set weights (a checkpoint), pretrained or resume"
         raise ConfigError(f"{scope} fine-tunes a trained model: {source}")
     _check_distill(cfg.kd)
+    _check_size_schedule(cfg)
     return cfg
+
+
+def _check_size_schedule(cfg: TrainConfig) -> None:
+    """A schedule that does not parse or fit the epochs fails before the run; its settings without one are
+    refused rather than ignored."""
+    data = cfg.data
+    if data.img_size_schedule is None:
+        given = [n for n in ("size_start_epochs", "size_end_epochs", "size_step") if getattr(data, n) is not None]
+        if given:
+            raise ConfigError(f"{spelled(given[0], getattr(data, given[0]))} needs {spelled('img_size_schedule')}")
+        return
+    if data.img_size is not None:
+        raise ConfigError(f"{spelled('img_size', data.img_size)} and {spelled('img_size_schedule')} both set the "
+                          "training size: give one ({spelled('img_size', 'none')} drops a recipe's)")
+    parse_size_schedule(data.img_size_schedule, cfg.epochs, data.size_start_epochs, data.size_end_epochs,
+                        data.size_step or 32, spelled("img_size_schedule"))
 
 
 def _check_distill(kd: DistillConfig) -> None:
@@ -649,7 +686,7 @@ def check_data(data: DataConfig) -> DataConfig:
     bad = []
     for name in ("img_size", "eval_img_size"):
         size = getattr(data, name)
-        if size is not None and not 1 <= size <= MAX_IMG_SIZE:
+        if isinstance(size, int) and not 1 <= size <= MAX_IMG_SIZE:
             bad.append((name, f"1..{MAX_IMG_SIZE} px"))
     if data.crop_pct is not None and not 0 < data.crop_pct <= 1.5:
         bad.append(("crop_pct", "(0, 1.5]"))

@@ -13,7 +13,7 @@ from typing import Any, cast
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
 
-from ..config import AugConfig, DataConfig
+from ..config import AugConfig, DataConfig, eval_size
 from ..core.errors import ConfigError, DataError, plural
 from ..models.registry import ModelCfg
 from .datasets import Samples
@@ -138,7 +138,7 @@ def build_data(
     its per-sample policies (auto-augment, random erasing) to the training transform. The data's Source is
     chosen once (sources.open_source); the training split's classes fix the validation split's labels."""
     img_size = cfg.img_size or model_cfg.input_size
-    eval_size = cfg.eval_img_size or img_size
+    eval_img_size = eval_size(cfg.eval_img_size, img_size) or img_size
     crop_pct = cfg.crop_pct or model_cfg.crop_pct
     interp = cfg.interpolation or model_cfg.interpolation
     source = open_source(cfg, tuple(s for s in ("train", "val") if s in splits))
@@ -155,15 +155,15 @@ def build_data(
         num_classes = num_classes or len(classes)
         _check_learnable(train, classes, source.describe())
     if "val" in splits:
-        tf = eval_transform(eval_size, crop_pct, interp, cfg.decode)
-        val, classes = source.dataset("val", tf, seed=seed, img_size=eval_size, classes=classes,
+        tf = eval_transform(eval_img_size, crop_pct, interp, cfg.decode)
+        val, classes = source.dataset("val", tf, seed=seed, img_size=eval_img_size, classes=classes,
                                       num_classes=num_classes)
         labels = _labels(val)
         if labels and max(labels) < 0:  # scored on 0 images, a best.pth chosen by nothing
             raise DataError(f"{source.describe()}: the {source.split_name('val')} split has no labelled image (all "
                             f"{len(labels)} are -1: open-set or unlabelled); give a validation split with classes")
     assert classes is not None
-    return DataBundle(train, val, list(classes), img_size, crop_pct, interp, eval_size)
+    return DataBundle(train, val, list(classes), img_size, crop_pct, interp, eval_img_size)
 
 
 def _labels(ds: Dataset | None) -> list[int] | None:

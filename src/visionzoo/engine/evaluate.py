@@ -3,7 +3,8 @@
 Used by training after each epoch and, through inference.evaluate, for every model file. Images
 labelled -1 (open-set samples) count in no accuracy; with collect=True every image's top-1 class,
 its softmax probability and its label come back too, gathered from all ranks (for the long-tail
-and open-set metrics).
+and open-set metrics). With tta (engine.tta) the same pass also scores the logits averaged over the
+views, reported beside the plain numbers as result["tta"].
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from torch import nn
 from tqdm import tqdm
 
 from ..core.distributed import all_gather_objects, all_reduce_sum
-from ..core.precision import autocast
 from ..data.loader import DeviceNormalizer, device_batches
+from .tta import VIEWS, check_tta, tta_forward
 
 
 @torch.no_grad()
@@ -34,19 +35,24 @@ def evaluate_model(
     desc: str = "eval",
     collect: bool = False,
     logit_adjust: torch.Tensor | None = None,
+    tta: str | None = None,
 ) -> dict[str, Any]:
     """Accuracy in percent over every image of the loader (summed across ranks when distributed).
 
     logit_adjust: subtracted from the logits before anything is measured (post-hoc logit adjustment).
     collect: add "outputs": {"pred", "conf", "label"} arrays over every image of every rank.
+    tta: flip | flip+crops adds "tta": {"mode", "views", "top1", "top5", "loss"} of the logits averaged over
+    the views (engine.tta); every other number, per_class and outputs included, stays the plain model's.
     """
+    tta = check_tta(tta)
     device = normalizer.device
     # a plain nn.Module is switched to eval and back; other callables (inference runners) have no mode
     was_training = getattr(model, "training", False)
     if isinstance(model, nn.Module):
         model.eval()
-    # one float64 vector keeps the all-reduce to a single call: loss, top1, top5, count, skipped
-    totals = torch.zeros(5, dtype=torch.float64, device=device)
+    # one float64 vector keeps the all-reduce to a single call: loss, top1, top5, count, skipped, and the
+    # TTA logits' loss, top1, top5
+    totals = torch.zeros(8, dtype=torch.float64, device=device)
     per_class = torch.zeros(2, num_classes, dtype=torch.float64, device=device)  # correct, total
     adjust = logit_adjust.to(device) if logit_adjust is not None else None
     outputs: list[torch.Tensor] = []
@@ -57,19 +63,15 @@ def evaluate_model(
         totals[4] += skipped
         if len(target) == 0:
             continue
-        with autocast(device, precision):
-            logits = model(x)
-        logits = logits.float()
+        logits, averaged = tta_forward(model, x, tta, device, precision)
         if adjust is not None:
             logits = logits - adjust
+            averaged = averaged - adjust if averaged is not None else None
         known = target >= 0  # open-set images (-1) have no class to be right about
-        totals[0] += F.cross_entropy(logits, target, reduction="sum", ignore_index=-1)
-        topk = logits.topk(k, dim=1).indices
-        hit = topk == target[:, None]
-        top1 = hit[:, 0]
-        totals[1] += top1.sum()
-        totals[2] += hit.any(dim=1).sum()
+        top1 = _score(logits, target, k, totals[0:3])
         totals[3] += known.sum()
+        if averaged is not None:
+            _score(averaged, target, k, totals[5:8])
         index = target.clamp_min(0)
         per_class[0].index_add_(0, index, top1.double())
         per_class[1].index_add_(0, index, known.double())
@@ -81,14 +83,28 @@ def evaluate_model(
     if isinstance(model, nn.Module):
         model.train(was_training)
     result = _summary(totals, per_class, classes, num_classes)
+    if tta:
+        loss, c1, c5 = totals[5:8].tolist()
+        n = result["num_images"]
+        result["tta"] = {"mode": tta, "views": VIEWS[tta], "top1": 100.0 * c1 / n if n else 0.0,
+                         "top5": 100.0 * c5 / n if n else 0.0, "loss": loss / n if n else float("nan")}
     if collect:
         result["outputs"] = _gather_outputs(outputs)
     return result
 
 
+def _score(logits: torch.Tensor, target: torch.Tensor, k: int, into: torch.Tensor) -> torch.Tensor:
+    """Adds the batch's summed loss, top-1 and top-k hits to into[0:3]; returns the per-image top-1 hits."""
+    into[0] += F.cross_entropy(logits, target, reduction="sum", ignore_index=-1)
+    hit = logits.topk(k, dim=1).indices == target[:, None]
+    into[1] += hit[:, 0].sum()
+    into[2] += hit.any(dim=1).sum()
+    return hit[:, 0]
+
+
 def _summary(totals: torch.Tensor, per_class: torch.Tensor, classes: list[str] | None,
              num_classes: int) -> dict[str, Any]:
-    loss, c1, c5, n, skipped = totals.tolist()
+    loss, c1, c5, n, skipped = totals[:5].tolist()
     correct, count = per_class.cpu().tolist()
     # a head larger than the data's class list (--num-classes) gets numbered names for the rest
     names = list(classes or []) + [str(i) for i in range(len(classes or []), num_classes)]

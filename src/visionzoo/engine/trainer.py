@@ -9,6 +9,7 @@ loop and saves after every epoch.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -27,7 +28,16 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ..config import TrainConfig, save_yaml, spelled, to_dict, validate
+from ..config import (
+    SizeSchedule,
+    TrainConfig,
+    fixres_eval_size,
+    parse_size_schedule,
+    save_yaml,
+    spelled,
+    to_dict,
+    validate,
+)
 from ..config.limits import cap_workers
 from ..core import __version__
 from ..core.distributed import DistInfo, barrier, broadcast_object, init_distributed
@@ -36,6 +46,7 @@ from ..core.files import FolderLock, atomic_copy, remove_stale_temps
 from ..core.precision import cpu_has_amx, resolve_channels_last, resolve_precision
 from ..data.loader import DataBundle, DeviceNormalizer, build_data, dataset_size, make_loader, set_loader_epoch
 from ..data.samplers import RepeatedAugSampler
+from ..data.streaming import ShardStream
 from ..models import Checkpoint, create_model, get_model_cfg, load_weights, model_cfg_of, model_name_of, zero_head
 from ..models.registry import ModelCfg
 from .distill import Distillation, DistillCriterion
@@ -53,6 +64,7 @@ from .resume import (
 )
 from .runlog import RunLog
 from .scope import TrainScope, apply_train_scope
+from .snapshots import prune_snapshots, save_snapshot
 from .step import StepState, train_one_epoch
 
 log = logging.getLogger("visionzoo")
@@ -83,6 +95,9 @@ class Run:
     saved_epochs: int = 0  # epochs last.pth holds
     overhead_s: float = 0.0  # an epoch's time besides its training steps (evaluation, saving), for the ETA
     distill: Distillation | None = None  # the teacher, with --teacher
+    size_schedule: SizeSchedule | None = None  # progressive resizing: the training crop size per epoch
+    train_size: int = 0  # the crop size train_loader makes
+
 
     @property
     def num_classes(self) -> int:
@@ -261,7 +276,9 @@ def _build_with_log(cfg: TrainConfig, dist: DistInfo, model_cfg: ModelCfg, out: 
     lr = effective_lr(cfg.optim, cfg.batch_size * cfg.optim.accum_steps)  # the effective batch
     state = _build_state(cfg, model, model_cfg, objective, scope, data, lr, steps, dist.device, distill)
     run = Run(cfg, dist, out, runlog, data, model, objective, scope, train_loader, val_loader, steps, lr, state,
-              batch_asked=asked if asked != cfg.batch_size else None, distill=distill)
+              batch_asked=asked if asked != cfg.batch_size else None, distill=distill, train_size=data.img_size)
+    if cfg.data.img_size_schedule is not None:
+        run.size_schedule = _size_schedule(cfg, _patch_size(model) or 32)
     if ckpt is not None:
         _restore(run, ckpt, resume)
     else:
@@ -311,9 +328,55 @@ def _resolve_step_settings(cfg: TrainConfig, ckpt: Checkpoint | None, device: to
 
 
 def _build_data(cfg: TrainConfig, model_cfg: ModelCfg) -> DataBundle:
+    """The data at the run's sizes. With a size schedule the training split starts at the final size (fit
+    rebuilds its loader at each epoch's size) and an eval size of auto is resolved here, so config.yaml records
+    the size evaluation used."""
     if cfg.data.dummy and cfg.iters and cfg.data.dummy_train_size < cfg.iters * cfg.batch_size:
         cfg.data.dummy_train_size = cfg.iters * cfg.batch_size  # a performance run gets all its steps
-    return build_data(cfg.data, model_cfg, num_classes=cfg.model.num_classes, seed=cfg.seed, aug=cfg.aug)
+    data_cfg = cfg.data
+    if data_cfg.img_size_schedule is not None or data_cfg.eval_img_size == "auto":
+        final = _size_schedule(cfg, 32).final if data_cfg.img_size_schedule else (
+            data_cfg.img_size or model_cfg.input_size)
+        if data_cfg.eval_img_size == "auto":
+            cfg.data.eval_img_size = fixres_eval_size(final)
+        data_cfg = dataclasses.replace(data_cfg, img_size=final, eval_img_size=cfg.data.eval_img_size or final)
+    return build_data(data_cfg, model_cfg, num_classes=cfg.model.num_classes, seed=cfg.seed, aug=cfg.aug)
+
+
+def _size_schedule(cfg: TrainConfig, step: int) -> SizeSchedule:
+    data = cfg.data
+    assert data.img_size_schedule is not None
+    return parse_size_schedule(data.img_size_schedule, cfg.epochs, data.size_start_epochs, data.size_end_epochs,
+                               data.size_step or step, spelled("img_size_schedule"))
+
+
+def _patch_size(model: nn.Module) -> int | None:
+    """A ViT's patch size (timm's patch_embed), the step its input sizes need; None for a CNN."""
+    size = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    return int(size[0] if isinstance(size, tuple | list) else size) if size else None
+
+
+def _use_epoch_size(run: Run, epoch: int) -> None:
+    """Progressive resizing: the training loader at this epoch's crop size, rebuilt when the size changes (a
+    few times a run). Rebuilding reads the split again through the same Source, so every data source resizes
+    the same way; the order and each image's augmentation depend on (seed, epoch, index) only, so a resumed
+    run makes the same batches at the same sizes."""
+    if run.size_schedule is None:
+        return
+    size = run.size_schedule.at(epoch)
+    if size == run.train_size:
+        return
+    cfg = run.cfg
+    data_cfg = dataclasses.replace(cfg.data, img_size=size, eval_img_size=run.data.eval_img_size)
+    bundle = build_data(data_cfg, get_model_cfg(cfg.model.model), splits=("train",), classes=run.data.classes,
+                        num_classes=run.num_classes, seed=cfg.seed, aug=cfg.aug)
+    sampler = None if isinstance(run.train_loader.dataset, ShardStream) else run.train_loader.sampler
+    run.train_loader = _train_loader(cfg, bundle.split("train"), cfg.batch_size // run.dist.world_size, sampler,
+                                     run.dist)
+    if epoch > run.start_epoch and run.dist.is_main:  # the first epoch's size is in the run's first lines
+        log.info("epoch %d: training crops %d px (was %d: %s)", epoch + 1, size, run.train_size,
+                 spelled("img_size_schedule"))
+    run.train_size = size
 
 
 def _build_model(cfg: TrainConfig, data: DataBundle, dist: DistInfo) -> tuple[nn.Module, Objective, TrainScope]:
@@ -329,6 +392,11 @@ def _build_model(cfg: TrainConfig, data: DataBundle, dist: DistInfo) -> tuple[nn
         fresh_head = load_weights(model, cfg.model.weights, raw=cfg.model.raw_weights)
     if fresh_head and cfg.model.head_init == "zero":
         zero_head(model)
+    if cfg.model.grad_checkpointing:
+        if not hasattr(model, "set_grad_checkpointing"):
+            raise ConfigError(f"{spelled('grad_checkpointing')}: {model_name_of(model)} does not support it (timm's "
+                              "models do: vit_*, convnext_*, efficientnet_*, timm's resnets; torchvision's do not)")
+        cast(Any, model).set_grad_checkpointing(True)
     objective = Objective.for_model(cfg, model, num_classes)
     model.to(dist.device)
     if cfg.model.channels_last:
@@ -368,8 +436,7 @@ def _build_loaders(cfg: TrainConfig, data: DataBundle, objective: Objective,
     per_rank_batch = asked // dist.world_size
 
     def loader(batch: int) -> DataLoader:
-        return make_loader(train_set, batch, cfg.data.workers, True, cfg.seed, dist.rank, dist.world_size, pin,
-                           sampler=sampler, nice=cfg.data.worker_nice)
+        return _train_loader(cfg, train_set, batch, sampler, dist)
 
     while True:
         train_loader = loader(per_rank_batch)
@@ -397,6 +464,12 @@ def _build_loaders(cfg: TrainConfig, data: DataBundle, objective: Objective,
         raise ConfigError(f"training set of {plural(len(cast(Sized, train_set)), 'image')} (on this rank) is smaller "
                           f"than one step of {cfg.batch_size} x {accum} ({spelled('accum_steps')})")
     return train_loader, val_loader, steps
+
+
+def _train_loader(cfg: TrainConfig, train_set: Dataset, per_rank_batch: int, sampler: Any,
+                  dist: DistInfo) -> DataLoader:
+    return make_loader(train_set, per_rank_batch, cfg.data.workers, True, cfg.seed, dist.rank, dist.world_size,
+                       dist.device.type == "cuda", sampler=sampler, nice=cfg.data.worker_nice)
 
 
 def _refuse_batch_of_one(cfg: TrainConfig, model: nn.Module, scope: TrainScope, dist: DistInfo) -> None:
@@ -544,6 +617,9 @@ def _announce(run: Run) -> None:
         teacher = run.distill.teacher
         log.info("teacher %s (%s%s) | distillation: %s", run.distill.source, model_name_of(teacher.model),
                  f", {teacher.img_size} px" if teacher.img_size else "", how)
+    if run.size_schedule is not None:
+        log.info("training crops %s (%s); evaluation at %d px", run.size_schedule.describe(cfg.epochs),
+                 spelled("img_size_schedule", cfg.data.img_size_schedule), data.eval_img_size)
     taken, asked = warmup_steps(cfg.sched, run.steps_per_epoch, cfg.epochs)
     if taken < asked:
         log.info("warm-up %s (asked for %d: a run spends at most a fifth of its %s warming up)", plural(taken, "step"),
@@ -551,7 +627,8 @@ def _announce(run: Run) -> None:
 
 
 def fit(run: Run) -> dict[str, Any]:
-    """The epoch loop: train, evaluate when due, save, stop at --target-top1; returns the summary."""
+    """The epoch loop: train, evaluate when due, save, stop at --target-top1 or --early-stop; returns the
+    summary."""
     cfg, dist = run.cfg, run.dist
     # epochs_run: this session's; epochs: the run's, resumed ones included (describe_epochs says both)
     summary: dict[str, Any] = {"output": str(run.out), "best_top1": run.best_top1, "epochs_run": 0,
@@ -561,8 +638,17 @@ def fit(run: Run) -> dict[str, Any]:
     if run.start_epoch:
         summary["resumed_at_epoch"] = run.start_epoch
     last_eval = None
+    if cfg.keep_last and dist.is_main:  # a resumed run: snapshots of epochs it redoes (or beyond K) go now
+        prune_snapshots(run.out, run.start_epoch, cfg.keep_last)
+    # --early-stop counts evaluations since the best one; each epoch record (in last.pth) carries the count,
+    # and the metric is reduced over all ranks, so a resumed run and every torchrun rank stop at the same epoch
+    best_epoch, since_best = _patience_state(run.resumed_record)
+    stopped = _early_stop(cfg, run.start_epoch, best_epoch, since_best)  # resuming a run that had stopped
+    if stopped is not None:
+        summary["stopped"] = stopped
     t_start = time.perf_counter()
-    for epoch in range(run.start_epoch, cfg.epochs):
+    for epoch in range(run.start_epoch, cfg.epochs if stopped is None else run.start_epoch):
+        _use_epoch_size(run, epoch)
         set_loader_epoch(run.train_loader, epoch)
         run.state.epoch = epoch
         t_epoch, left = time.perf_counter(), cfg.epochs - epoch - 1
@@ -574,7 +660,9 @@ def fit(run: Run) -> dict[str, Any]:
         improved = key in record and (run.best_top1 is None or record[key] > run.best_top1)
         if improved:
             run.best_top1 = record[key]
-        record["best_top1"] = run.best_top1
+        if key in record:
+            best_epoch, since_best = (epoch + 1, 0) if improved else (best_epoch, since_best + 1)
+        record.update(best_top1=run.best_top1, best_epoch=best_epoch, evals_since_best=since_best)
         # the run's ETA at the epoch's line: this session's epochs so far, as an average
         per_epoch = (time.perf_counter() - t_start) / (epoch + 1 - run.start_epoch)
         run.runlog.run_eta_s = per_epoch * left if left else None
@@ -587,13 +675,37 @@ def fit(run: Run) -> dict[str, Any]:
                      epoch + 1)
             summary["target_reached"] = True
             break
+        stopped = _early_stop(cfg, epoch + 1, best_epoch, since_best)
+        if stopped is not None:
+            summary["stopped"] = stopped
+            break
     if last_eval is None and run.start_epoch >= cfg.epochs and _should_eval(cfg, cfg.epochs):
         # resumed after the last epoch was saved (a kill while finishing): its evaluation again, for eval.json
         last_eval = evaluate_model(run.model, run.val_loader, run.state.normalizer, run.num_classes, cfg.precision,
                                    run.data.classes, False, "eval")
+    if cfg.tta and last_eval is not None:  # every rank: the evaluation is reduced over all of them
+        _add_tta(run, summary, last_eval)
     if dist.is_main:
         _finish(run, summary, last_eval)
     return summary
+
+
+def _patience_state(record: dict[str, Any] | None) -> tuple[int | None, int]:
+    """The best epoch and the evaluations since it, as of a resumed checkpoint's epoch record (None, 0 for a
+    fresh run, or a checkpoint written before the record kept them: counting starts at the resume)."""
+    record = record or {}
+    best, since = record.get("best_epoch"), record.get("evals_since_best")
+    return (best if isinstance(best, int) else None), (since if isinstance(since, int) else 0)
+
+
+def _early_stop(cfg: TrainConfig, epoch: int, best_epoch: int | None, since_best: int) -> dict[str, Any] | None:
+    """--early-stop P: the stop record once P evaluations in a row brought no better best metric, while epochs
+    remain (a run that ends anyway after this epoch finished, it did not stop); None otherwise."""
+    if not cfg.early_stop or since_best < cfg.early_stop or epoch >= cfg.epochs:
+        return None
+    log.info("early stop after epoch %d/%d: no better validation top-1 in %s (the best: epoch %s)", epoch,
+             cfg.epochs, plural(since_best, "evaluation"), best_epoch)
+    return {"reason": "early_stop", "epoch": epoch, "best_epoch": best_epoch, "patience": cfg.early_stop}
 
 
 def _run_epoch(run: Run, epoch: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -610,6 +722,8 @@ def _run_epoch(run: Run, epoch: int) -> tuple[dict[str, Any], dict[str, Any] | N
         on_log=lambda d: run.runlog.scalars("train_step", d), later_steps=later_steps, later_extra_s=later_extra_s,
     )
     record: dict[str, Any] = {"epoch": epoch + 1, "step": run.state.global_step, **stats}
+    if run.size_schedule is not None:
+        record["img_size"] = run.train_size
     if dist.enabled:
         _sync_buffers(run.model, run.scope.running_stats)
     if not _should_eval(cfg, epoch + 1):
@@ -664,6 +778,10 @@ def _save_epoch(run: Run, epoch: int, record: dict[str, Any], improved: bool) ->
     45 MB against 90 MB. best.pth is written before last.pth records the new best: a kill in between
     resumes from the previous epoch, which runs again; the metrics line comes last, and resuming restores
     it from last.pth.
+
+    With --keep-last K the epoch's inference checkpoint is kept as epoch-N.pth (a hard link to best.pth when
+    they are the same) before last.pth, pruned to the last K epochs: a kill before last.pth reruns the epoch,
+    which writes the same file again, and a resumed run's first save removes files of epochs it redoes.
     """
     rngs = gather_rng(run.dist)
     if run.dist.is_main:
@@ -678,6 +796,9 @@ def _save_epoch(run: Run, epoch: int, record: dict[str, Any], improved: bool) ->
         )
         if improved:
             ckpt.without_training_state().save(run.out / "best.pth")
+        if run.cfg.keep_last:
+            save_snapshot(ckpt.without_training_state(), run.out, epoch + 1, run.cfg.keep_last,
+                          same_as=run.out / "best.pth" if improved else None)
         ckpt.save(run.out / "last.pth")
         run.runlog.epoch(record)
     run.saved_epochs = epoch + 1
@@ -695,6 +816,20 @@ def checkpoint_meta(model: nn.Module, data: DataBundle) -> dict[str, Any]:
         "interpolation": data.interpolation,
         "visionzoo_version": __version__,
     }
+
+
+def _add_tta(run: Run, summary: dict[str, Any], last_eval: dict[str, Any]) -> None:
+    """--tta: the end-of-run evaluation's weights (EMA's with ema) evaluated again with the views averaged
+    (engine.tta); its numbers go beside the plain ones, as "tta" in eval.json and summary.json. One extra pass
+    at the end rather than in the last epoch: early stop and --target-top1 end a run at an epoch not known ahead."""
+    model = run.state.ema.module if last_eval.get("weights") == "ema" and run.state.ema is not None else run.model
+    cfg = run.cfg
+    tta = evaluate_model(model, run.val_loader, run.state.normalizer, run.num_classes, cfg.precision,
+                         run.data.classes, cfg.progress and run.dist.is_main, f"eval TTA {cfg.tta}", tta=cfg.tta)["tta"]
+    last_eval["tta"] = tta
+    summary["tta"] = {**tta, "plain_top1": last_eval["top1"]}  # the summary has no plain end-of-run number else
+    log.info("end-of-run evaluation: top-1 %.2f, with TTA %s (%d views) %.2f", last_eval["top1"], tta["mode"],
+             tta["views"], tta["top1"])
 
 
 def _finish(run: Run, summary: dict[str, Any], last_eval: dict[str, Any] | None) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..config import DataConfig, spelled
+from ..config import DataConfig, eval_size, spelled
 from ..config.limits import check_batch_memory, check_count, cpu_count
 from ..core.errors import DataError
 from ..data.datasets import DummyDataset, ImageDataset
@@ -102,7 +102,7 @@ def eval_dataset(info: ModelInfo, data: DataConfig, split: str = "val") -> tuple
     Class folders are mapped through the model's class names so labels cannot shift. The train split
     is offered too (for int8 calibration), still with the evaluation transform.
     """
-    info = with_preprocessing(info, data.eval_img_size or data.img_size, data.crop_pct, data.interpolation)
+    info = with_preprocessing(info, eval_size(data.eval_img_size, data.img_size), data.crop_pct, data.interpolation)
     if data.dummy:
         size = data.dummy_val_size if split == "val" else data.dummy_train_size
         ds = DummyDataset(size, info.num_classes, info.img_size, seed=1 if split == "val" else 0)

@@ -15,6 +15,7 @@ from ..config import DataConfig
 from ..core.distributed import DistInfo, init_distributed
 from ..data.loader import DeviceNormalizer
 from ..engine.evaluate import evaluate_model
+from ..engine.tta import check_tta
 from .defaults import CONFUSION_UNASKED_MAX
 from .eval_data import eval_loader, loader_for, resolve_data
 from .model_info import ModelInfo
@@ -34,6 +35,7 @@ def evaluate(
     backend: str = "eager",
     raw_weights: bool = False,
     confusion: bool | None = None,
+    tta: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a model file on a validation split; preprocessing defaults to the file's own.
 
@@ -45,13 +47,22 @@ def evaluate(
     folder cannot shift labels. Returns top1/top5 (percent), loss, num_images, per_class (each with
     precision/recall/F1 in percent) and confusion_matrix ([true][predicted] counts): with confusion=True, or
     None (the default) and at most CONFUSION_UNASKED_MAX classes; never with False.
+    tta: flip | flip+crops (engine.tta) adds "tta": {"mode", "views", "top1", "top5", "loss"} beside the plain
+    numbers, for every format (the views are made from the normalised batch, so ONNX and TorchScript files run
+    them as they run the plain batch); refused for a file exported with its TTA built in, which reports
+    "built_in_tta" instead.
     """
     if isinstance(data, str):
         data = DataConfig(data=data)
+    check_tta(tta)  # a bad value before any loading
     dist = init_distributed(device)
     runner = load_runner(model_path, dist.device, precision, backend, channels_last, raw_weights)
+    baked = runner.info.extra.get("tta")
+    check_tta(tta, baked, source_label(model_path))
     result, info = evaluate_runner(runner, resolve_data(runner.info, data, model_path), dist, batch_size=batch_size,
-                                   progress=progress, channels_last=channels_last, collect=True)
+                                   progress=progress, channels_last=channels_last, collect=True, tta=tta)
+    if baked:
+        result["built_in_tta"] = baked
     add_class_report(result, confusion)
     label = source_label(model_path)
     result.update(checkpoint=label, model=info.model_name, weights=info.extra.get("weights_used", "raw"),
@@ -76,14 +87,15 @@ def add_class_report(result: dict[str, Any], confusion: bool | None = None) -> N
 
 def evaluate_runner(runner: Runner, data: DataConfig, dist: DistInfo, split: str = "val", batch_size: int = 256,
                     progress: bool = True, channels_last: bool = False, desc: str = "eval", collect: bool = False,
-                    logit_adjust: torch.Tensor | None = None) -> tuple[dict[str, Any], ModelInfo]:
+                    logit_adjust: torch.Tensor | None = None,
+                    tta: str | None = None) -> tuple[dict[str, Any], ModelInfo]:
     """A loaded model over one split of data (data's preprocessing flags over the file's own); returns the
-    metrics (engine.evaluate.evaluate_model) and the ModelInfo the split was read with."""
+    metrics (engine.evaluate.evaluate_model, with tta's beside them) and the ModelInfo the split was read with."""
     loader, classes, info = eval_loader(runner.info, data, split, batch_size, dist.rank, dist.world_size,
                                         dist.device.type == "cuda")
     normalizer = DeviceNormalizer(info.mean, info.std, dist.device, channels_last, reuse=True)
     result = evaluate_model(runner, loader, normalizer, info.num_classes, "fp32", classes,
-                            progress and dist.is_main, desc, collect, logit_adjust)
+                            progress and dist.is_main, desc, collect, logit_adjust, tta)
     return result, info
 
 

@@ -21,6 +21,7 @@ from ..core.extras import require
 from ..core.files import atomic_path
 from ..core.quiet import quiet_libraries
 from ..data.loader import DeviceNormalizer
+from ..engine.tta import FlipTTA, check_tta
 from .defaults import DEFAULT_ATOL, DEFAULT_OPSET, DEFAULT_RTOL, EXPORT_BATCH_SIZE, EXPORT_SUFFIXES
 from .eval_data import eval_loader, first_batches, resolve_data
 from .hub import atomic_folder, hub_bytes, load_hub, timm_equivalent, write_hub
@@ -31,6 +32,8 @@ from .runtime import SUFFIX_FORMATS, ModelSource, load_module, load_runner
 log = logging.getLogger("visionzoo")
 
 FORMATS = EXPORT_SUFFIXES  # format -> suffix of the file it writes (inference.defaults, which cli/export shows)
+# the formats that hold a program, so can hold the flip TTA's second forward; safetensors and hub hold weights only
+TTA_FORMATS = ("onnx", "torchscript", "export")
 DYNAMO_MIN_OPSET = 18  # torch.onnx's torch.export-based exporter writes opset 18 and newer
 
 
@@ -134,15 +137,24 @@ def export_model(
     atol: float = DEFAULT_ATOL,
     rtol: float = DEFAULT_RTOL,
     raw_weights: bool = False,
+    tta: str | None = None,
 ) -> dict[str, Any]:
     """Export a checkpoint to fmt at output, self-checked against eager; returns a report dict.
 
     The exported model takes a normalised float NCHW batch (mean/std are in its metadata) and
     returns logits. Without dynamic_batch the batch size is fixed at batch_size. hub: output is a folder
     (config.json, model.safetensors) that timm loads as `local-dir:FOLDER`; any batch size.
+    tta="flip" (onnx, torchscript, export): the file computes (m(x) + m(x.flip(-1))) / 2, the logits eval's
+    flip TTA averages (engine.tta.FlipTTA), and its metadata says so (extra["tta"]), so eval/predict refuse to
+    apply TTA to it again.
     """
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
+    if check_tta(tta) is not None and tta != "flip":
+        raise ConfigError(f"--tta {tta}: export builds in flip TTA only (--tta flip); its crops stay with eval/predict")
+    if tta and fmt not in TTA_FORMATS:
+        raise ConfigError(f"--tta {tta}: a {fmt} export holds weights only; build TTA into "
+                          f"{', '.join(TTA_FORMATS)} files")
     output = Path(output)
     check_output_name(fmt, output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -151,6 +163,9 @@ def export_model(
     if img_size:
         info.img_size = img_size
     info.extra["exported_from"] = source_label(checkpoint)
+    if tta:  # the wrapper is what is written and checked; the metadata keeps eval from flipping it again
+        model = FlipTTA(model).eval()
+        info.extra["tta"] = tta
     # hub: timm's twin of the model, found before any work (an architecture timm lacks is refused here); an
     # eager module, so any batch size
     timm_model = timm_equivalent(model, info.model_name) if fmt == "hub" else None
@@ -184,4 +199,5 @@ def export_model(
         size = output.stat().st_size
     return {"output": str(output), "format": fmt,
             "weights": info.extra.get("weights_used", "raw"), "bytes": size, "img_size": info.img_size,
-            "dynamic_batch": dynamic_batch, "opset": opset if fmt == "onnx" else None, "check": result.__dict__}
+            "dynamic_batch": dynamic_batch, "opset": opset if fmt == "onnx" else None, "tta": tta,
+            "check": result.__dict__}

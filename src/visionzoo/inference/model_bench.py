@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -197,6 +197,7 @@ class BenchTarget:
     img_size: int
     channels_last: bool
     workdir: Path
+    grad_checkpointing: bool = False  # train mode: activations recomputed in the backward pass
 
 
 Factory = Callable[[int], Callable[[torch.Tensor], Any]]  # batch size -> forward callable
@@ -323,6 +324,10 @@ def _train_step_factory(t: BenchTarget) -> Factory:
     if t.backend not in ("eager", "compile") or t.precision == "int8" or bm.module is None:
         raise Unavailable("train mode runs eager or compile in fp32/fp16/bf16 from a checkpoint or model name")
     module = copy.deepcopy(bm.module).to(device).train()
+    if t.grad_checkpointing:
+        if not hasattr(module, "set_grad_checkpointing"):
+            raise Unavailable(f"{bm.info.model_name} has no gradient checkpointing (timm models have)")
+        cast(Any, module).set_grad_checkpointing(True)
     if t.channels_last:
         module = module.to(memory_format=torch.channels_last)
     model = torch.compile(module) if t.backend == "compile" else module
@@ -358,6 +363,7 @@ def bench(
     device: torch.device | None = None,
     channels_last: bool = False,
     on_row: Callable[[BenchRow], None] | None = None,
+    grad_checkpointing: bool = False,
 ) -> list[BenchRow]:
     """One row per (backend, precision, batch size); the fastest batch size of each group is marked best."""
     size = img_size or bm.info.img_size
@@ -368,7 +374,7 @@ def bench(
         for backend in backends:
             for precision in precisions:
                 target = BenchTarget(bm, backend, precision, device or torch.device("cpu"), size, channels_last,
-                                     Path(tmp))
+                                     Path(tmp), grad_checkpointing)
                 rows.extend(_bench_group(target, mode, batch_sizes, warmup, iters, on_row))
     return rows
 

@@ -16,6 +16,7 @@ from ..config.limits import check_batch_memory, check_count
 from ..core.errors import BadImageError, ConfigError
 from ..data.loader import DeviceNormalizer
 from ..data.transforms import eval_transform, transform_file
+from ..engine.tta import check_tta, tta_forward
 from .defaults import PREDICT_BATCH_SIZE
 from .runtime import ModelSource, Runner, load_runner
 
@@ -63,14 +64,17 @@ def _decode(paths: list[Path], transform) -> tuple[list[torch.Tensor | None], li
 
 
 def predict_files(runner: Runner, paths: Sequence[str | Path], topk: int = 5, batch_size: int = PREDICT_BATCH_SIZE,
-                  decode: str | None = None) -> list[Prediction]:
+                  decode: str | None = None, tta: str | None = None) -> list[Prediction]:
     """Predictions in input order, a folder's images in its place (expand_inputs); undecodable files carry an
     error naming them instead of classes.
 
     decode: None or pil is the reference pipeline (Pillow's full decode, torchvision's Resize + CenterCrop), as
     eval uses by default; fast decodes JPEGs at a reduced DCT scale where the output size allows.
+    tta: flip | flip+crops: the probabilities are the softmax of the logits averaged over the views (engine.tta),
+    as eval's TTA numbers are measured; refused for a file with TTA built in.
     """
     info = runner.info
+    tta = check_tta(tta, info.extra.get("tta"))
     transform = eval_transform(info.img_size, info.crop_pct, info.interpolation, decode)
     normalizer = DeviceNormalizer(info.mean, info.std, runner.device)
     k = min(topk, info.num_classes)
@@ -87,7 +91,9 @@ def predict_files(runner: Runner, paths: Sequence[str | Path], topk: int = 5, ba
         probs: list[list[float]] = []
         idx: list[list[int]] = []
         if good:
-            logits = runner(normalizer(torch.stack([img for img in images if img is not None])))
+            x = normalizer(torch.stack([img for img in images if img is not None]))
+            plain, averaged = tta_forward(runner, x, tta, runner.device)  # the runner applies its own precision
+            logits = plain if averaged is None else averaged
             top_p, top_i = logits.softmax(dim=1).topk(k, dim=1)
             probs, idx = top_p.cpu().tolist(), top_i.cpu().tolist()
         row = dict(zip(good, range(len(good))))
@@ -103,15 +109,17 @@ def predict_files(runner: Runner, paths: Sequence[str | Path], topk: int = 5, ba
 
 def predict(model: ModelSource, images: list[str | Path] | str | Path, topk: int = 5, device: str = "auto",
             precision: str = "fp32", batch_size: int = PREDICT_BATCH_SIZE, decode: str | None = None,
-            raw_weights: bool = False) -> list[dict[str, Any]]:
+            raw_weights: bool = False, tta: str | None = None) -> list[dict[str, Any]]:
     """The library's `visionzoo.predict`: top-k classes for image files (a folder: every image under it), as plain
     dicts in input order:
     {"file", "top": [{"class", "index", "prob"}, ...], "error"} (error names an undecodable file, else None).
 
-    model: a checkpoint or exported file, or a ModelSpec (a model name with weights from anywhere)."""
+    model: a checkpoint or exported file, or a ModelSpec (a model name with weights from anywhere).
+    tta: flip | flip+crops, probabilities from the logits averaged over the views (engine.tta)."""
     if topk < 1:
         raise ConfigError(f"topk must be at least 1 (got {topk})")
+    check_tta(tta)
     paths = [images] if isinstance(images, (str, Path)) else list(images)
     runner = load_runner(model, device, precision, raw_weights=raw_weights)
     return [{"file": r.file, "top": r.top, "error": r.error}
-            for r in predict_files(runner, paths, topk, batch_size, decode)]
+            for r in predict_files(runner, paths, topk, batch_size, decode, tta)]

@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from ..config import DataConfig, spelled
+from ..config import DataConfig, eval_size, spelled
 from ..config.limits import check_batch_memory, cpu_count
 from ..core.distributed import DistInfo
 from ..core.errors import ConfigError, DataError
@@ -103,7 +103,7 @@ def calibration_batches(info: ModelInfo, data: DataConfig | None, n: int, batch_
         raise ConfigError(f"{spelled('calib_batches')} must be at least 1")
     settings = data or DataConfig()  # loader settings (workers, decode) where no data set is given
     if folder is not None:
-        info = with_preprocessing(info, settings.eval_img_size or settings.img_size, settings.crop_pct,
+        info = with_preprocessing(info, eval_size(settings.eval_img_size, settings.img_size), settings.crop_pct,
                                   settings.interpolation)
         transform = eval_transform(info.img_size, info.crop_pct, info.interpolation, settings.decode)
         ds: Dataset = ImageDataset(folder_images(folder), transform, settings.skip_bad_images)
