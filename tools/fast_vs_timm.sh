@@ -5,7 +5,9 @@
 # scratch, batch 64, CPU fp32, EPOCHS (16, the recipe's) epochs.
 #   timm:      --img-size FINAL (64) every epoch
 #   visionzoo: --recipe fast_resnet18 with the sizes scaled to this data: --img-size-schedule START:FINAL (48:64,
-#              the recipe's 160:192 ratio), the recipe's ramp epochs, --eval-img-size auto (FixRes: 72 px)
+#              the recipe's 160:192 ratio), the recipe's ramp epochs, evaluation at EVAL px (FINAL; `auto`, FixRes'
+#              1.15x, cost 20+ points on these digits: 72 px scored 65.6 where 64 px scored 97.2, same weights)
+#   visionzoo constant: the same recipe at FINAL px every epoch (the schedule's own effect)
 # Both get the recipe's optimizer: SGD momentum 0.9, lr 0.125 per 256 linear (0.03125 at 64), weight decay 5e-5,
 # label smoothing 0.1, linear warm-up over 2 epochs from 1e-4 x lr, then linear decay to 0.
 # Every epoch's validation top-1 is timestamped as it lands (metrics.jsonl for visionzoo, summary.csv for timm),
@@ -20,7 +22,7 @@ mkdir -p "$out"; out=$(cd "$out" && pwd)
 data=${2:-$out/digjpg}
 [[ -d $data/train ]] || python "$here/make_digits_jpg.py" "$data" > /dev/null
 data=$(cd "$data" && pwd)
-epochs=${EPOCHS:-16}; final=${FINAL:-64}; start=${START:-48}; seed=${SEED:-0}; workers=${WORKERS:-2}
+epochs=${EPOCHS:-16}; final=${FINAL:-64}; start=${START:-48}; eval=${EVAL:-$final}; seed=${SEED:-0}; workers=${WORKERS:-2}
 classes=$(find "$data/train" -mindepth 1 -maxdepth 1 -type d | wc -l)
 
 watch_file() {  # FILE KIND T0 OUTCSV: append "epoch,seconds,top1" each time FILE gains an epoch
@@ -62,7 +64,7 @@ run_timed() {  # NAME KIND WATCHED_FILE CMD...: run CMD, timestamping its epochs
   echo "$t1 - $t0" | bc > "$out/$name.wall"
 }
 
-rm -rf "${out:?}/timm" "${out:?}/vz"
+rm -rf "${out:?}/timm" "${out:?}/vz" "${out:?}/vzc"
 run_timed timm timm "$out/timm/x/summary.csv" bash -c "cd '$(dirname "$timm_train")' && python train.py \
   --data-dir '$data' --train-split train --val-split val --model resnet18 --num-classes $classes \
   --img-size $final --crop-pct 0.875 --train-interpolation bilinear --interpolation bilinear -b 64 \
@@ -70,8 +72,12 @@ run_timed timm timm "$out/timm/x/summary.csv" bash -c "cd '$(dirname "$timm_trai
   --opt momentum --lr 0.03125 --momentum 0.9 --weight-decay 5e-5 --smoothing 0.1 --sched poly --decay-rate 1 \
   --sched-on-updates --warmup-epochs 2 --warmup-lr 3.125e-6 --seed $seed --output '$out/timm' --experiment x"
 run_timed vz vz "$out/vz/metrics.jsonl" visionzoo train --recipe fast_resnet18 --data "$data" --batch-size 64 \
-  --img-size-schedule "$start:$final" --eval-img-size auto --epochs "$epochs" --workers "$workers" --device cpu \
+  --img-size-schedule "$start:$final" --eval-img-size "$eval" --epochs "$epochs" --workers "$workers" --device cpu \
   --precision fp32 --color-jitter 0 --seed "$seed" --no-progress --output "$out/vz"
+run_timed vzc vz "$out/vzc/metrics.jsonl" visionzoo train --recipe fast_resnet18 --data "$data" --batch-size 64 \
+  --img-size-schedule none --size-start-epochs none --size-end-epochs none --img-size "$final" --eval-img-size "$eval" \
+  --epochs "$epochs" --workers "$workers" --device cpu --precision fp32 --color-jitter 0 --seed "$seed" --no-progress \
+  --output "$out/vzc"
 
 python - "$out" <<'PY'
 import json, sys
@@ -81,7 +87,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 out = Path(sys.argv[1])
 curves = {}
-for tool in ("timm", "vz"):
+for tool in ("timm", "vz", "vzc"):
     rows = [line.split(",") for line in (out / f"{tool}.epochs").read_text().split()]
     curves[tool] = [(int(e), float(s), float(t)) for e, s, t in rows]
 with open(out / "curves.csv", "w") as f:
@@ -93,12 +99,15 @@ def first_at(rows, top1):
     return next(((e, s) for e, s, t in rows if t >= top1), (None, None))
 timm_epoch, timm_s = first_at(curves["timm"], target)
 vz_epoch, vz_s = first_at(curves["vz"], target)
+vzc_epoch, vzc_s = first_at(curves["vzc"], target)
 summary = json.loads((out / "vz" / "summary.json").read_text())
 result = {
     "target_top1": target, "timm_wall_s": float((out / "timm.wall").read_text()),
     "vz_wall_s": float((out / "vz.wall").read_text()),
     "timm_first_reached": {"epoch": timm_epoch, "seconds": timm_s},
     "vz_first_reached": {"epoch": vz_epoch, "seconds": vz_s},
+    "vz_constant_first_reached": {"epoch": vzc_epoch, "seconds": vzc_s},
+    "vz_constant_wall_s": float((out / "vzc.wall").read_text()), "vz_constant_final_top1": curves["vzc"][-1][2],
     "vz_final_top1": curves["vz"][-1][2], "vz_tta": summary.get("tta"),
 }
 if vz_s is not None:
@@ -106,7 +115,8 @@ if vz_s is not None:
     result["ratio_vs_timm_time_to_target"] = vz_s / timm_s
 (out / "result.json").write_text(json.dumps(result, indent=1))
 fig, ax = plt.subplots(figsize=(7, 4.5))
-for tool, label in (("timm", "timm train.py, constant size"), ("vz", "visionzoo fast_resnet18, progressive")):
+for tool, label in (("timm", "timm train.py, constant size"), ("vz", "visionzoo fast_resnet18, progressive"),
+                    ("vzc", "visionzoo fast_resnet18, constant size")):
     rows = curves[tool]
     ax.plot([s for _, s, _ in rows], [t for _, _, t in rows], marker="o", ms=3, label=label)
 ax.axhline(target, color="grey", ls=":", lw=1, label=f"timm's final top-1 ({target:.2f})")
