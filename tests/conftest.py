@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny real-image ImageFolder and the built-in digits set.
+"""Shared fixtures: a tiny real-image ImageFolder, the built-in digits set, and a run killed after its first
+epoch then resumed.
 
 Both are session-scoped and cheap (the ImageFolder is ~50 small files, the digits set is written
 once into a temporary VISIONZOO_CACHE).
@@ -172,3 +173,38 @@ def hanging_mlflow_server() -> Iterator[tuple[str, dict]]:
         release.set()
         server.shutdown()
         server.server_close()
+
+
+class _KilledAfterEpoch1(BaseException):
+    """A kill right after epoch 1 is logged (its last.pth written): nothing after it runs."""
+
+
+def _killed_then_resumed(args: list[str]) -> dict:
+    """`visionzoo ARGS` (with --output) killed after its first epoch, then `--resume auto` with the same args, so
+    both sessions see the same --epochs and schedule. Returns the epoch-1 last.pth."""
+    import torch
+
+    from visionzoo.cli import main
+    from visionzoo.engine import runlog
+
+    real = runlog.RunLog.epoch
+
+    def epoch(self, record, *a, **k):
+        real(self, record, *a, **k)
+        if record["epoch"] == 1:
+            raise _KilledAfterEpoch1
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(runlog.RunLog, "epoch", epoch)
+        with pytest.raises(_KilledAfterEpoch1):
+            main(args)
+    first = torch.load(Path(args[args.index("--output") + 1]) / "last.pth", map_location="cpu", weights_only=True)
+    assert first["epoch"] == 1
+    assert main([*args, "--resume", "auto"]) == 0
+    return first
+
+
+@pytest.fixture(scope="session")
+def killed_then_resumed():
+    """The function that runs a training command killed after epoch 1, then resumed (the exact-resume tests)."""
+    return _killed_then_resumed

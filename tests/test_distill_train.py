@@ -56,32 +56,6 @@ def _assert_equal_states(a: dict, b: dict, what: str) -> None:
             assert a[k] == b[k], f"{what}: {k}"
 
 
-class _Stop(BaseException):
-    """A kill right after epoch 1 is logged (its last.pth written): nothing after it runs."""
-
-
-def _run_broken_then_resumed(args: list[str]) -> dict:
-    """args stopped after its first epoch, then `--resume auto` with the same args: the established pattern
-    (tests/test_train.py), so both sessions see the same --epochs and schedule. Returns the epoch-1 last.pth."""
-    from visionzoo.engine import runlog
-
-    real = runlog.RunLog.epoch
-
-    def epoch(self, record, *a, **k):
-        real(self, record, *a, **k)
-        if record["epoch"] == 1:
-            raise _Stop
-
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(runlog.RunLog, "epoch", epoch)
-        with pytest.raises(_Stop):
-            main(args)
-    first = _ckpt(Path(args[args.index("--output") + 1]) / "last.pth")
-    assert first["epoch"] == 1
-    assert main([*args, "--resume", "auto"]) == 0
-    return first
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
     """One intra-op thread for this module's runs: tiny 32 px batches gain nothing from more, and on a shared
@@ -122,11 +96,11 @@ def other_teacher(teacher, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def logit_runs(teacher, tiny_imagefolder, tmp_path_factory) -> dict[str, Path]:
+def logit_runs(teacher, tiny_imagefolder, tmp_path_factory, killed_then_resumed) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("kd-logit")
     runs = {"unbroken": root / "unbroken", "resumed": root / "resumed"}
     assert main(_train(tiny_imagefolder, runs["unbroken"], "--teacher", str(teacher), *MIXED)) == 0
-    _run_broken_then_resumed(_train(tiny_imagefolder, runs["resumed"], "--teacher", str(teacher), *MIXED))
+    killed_then_resumed(_train(tiny_imagefolder, runs["resumed"], "--teacher", str(teacher), *MIXED))
     return runs
 
 
@@ -150,12 +124,13 @@ def test_resumed_logit_distillation_equals_the_unbroken_run_bitwise(logit_runs, 
     assert last[0]["train_loss"] == last[1]["train_loss"] and last[0]["val_top1"] == last[1]["val_top1"]
 
 
-def test_resumed_feature_distillation_restores_its_projection_bitwise(teacher, tiny_imagefolder, tmp_path):
+def test_resumed_feature_distillation_restores_its_projection_bitwise(teacher, tiny_imagefolder, tmp_path,
+                                                                      killed_then_resumed):
     # a mobilenet student (1024 pooled features) of the resnet18 teacher (512): a trained Linear projection
     args = ["--teacher", str(teacher), "--distill", "feature", *MIXED]
     model = "mobilenetv3_small_050"
     assert main(_train(tiny_imagefolder, tmp_path / "unbroken", *args, model=model)) == 0
-    first = _run_broken_then_resumed(_train(tiny_imagefolder, tmp_path / "resumed", *args, model=model))
+    first = killed_then_resumed(_train(tiny_imagefolder, tmp_path / "resumed", *args, model=model))
     a, b = (_ckpt(tmp_path / k / "last.pth") for k in ("unbroken", "resumed"))
     _assert_same_run(a, b)
     assert a["teacher"]["mode"] == "feature"

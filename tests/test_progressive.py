@@ -181,31 +181,12 @@ def _assert_equal(a, b, what: str) -> None:
         assert a == b, what
 
 
-class _Stop(BaseException):
-    """A kill right after epoch 1 is saved: epoch 2 is the first at the next size."""
-
-
-
-def test_a_resume_at_a_size_change_equals_the_unbroken_run_bitwise(tiny_imagefolder, tmp_path):
-    from visionzoo.engine import runlog
-
+def test_a_resume_at_a_size_change_equals_the_unbroken_run_bitwise(tiny_imagefolder, tmp_path, killed_then_resumed):
     # resumed at epoch 2, whose size (24) is neither the first nor the final one
     args = ["train", "--data", str(tiny_imagefolder), "--epochs", "3", "--img-size-schedule", "16@1,24@2,32@3",
             "--mixup", "0.2", "--ema", "--deterministic", *BASE]
-    torch.set_num_threads(1)
     assert main([*args, "--output", str(tmp_path / "unbroken")]) == 0
-    real = runlog.RunLog.epoch
-
-    def epoch(self, record, *a, **k):
-        real(self, record, *a, **k)
-        if record["epoch"] == 1:
-            raise _Stop
-
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(runlog.RunLog, "epoch", epoch)
-        with pytest.raises(_Stop):
-            main([*args, "--output", str(tmp_path / "resumed")])
-    assert main([*args, "--output", str(tmp_path / "resumed"), "--resume", "auto"]) == 0
+    killed_then_resumed([*args, "--output", str(tmp_path / "resumed")])
     a, b = (torch.load(tmp_path / k / "last.pth", map_location="cpu", weights_only=True)
             for k in ("unbroken", "resumed"))
     assert a["epoch"] == b["epoch"] == 3

@@ -22,7 +22,10 @@ mkdir -p "$out"; out=$(cd "$out" && pwd)
 data=${2:-$out/digjpg}
 [[ -d $data/train ]] || python "$here/make_digits_jpg.py" "$data" > /dev/null
 data=$(cd "$data" && pwd)
-epochs=${EPOCHS:-16}; final=${FINAL:-64}; start=${START:-48}; eval=${EVAL:-$final}; seed=${SEED:-0}; workers=${WORKERS:-2}
+epochs=${EPOCHS:-16}; final=${FINAL:-64}; start=${START:-48}; eval=${EVAL:-$final};
+ramp=()  # SIZE_START_EPOCHS / SIZE_END_EPOCHS place the ramp; unset: the recipe's (12 at START, 3 at FINAL)
+[[ -n ${SIZE_START_EPOCHS:-} ]] && ramp+=(--size-start-epochs "$SIZE_START_EPOCHS")
+[[ -n ${SIZE_END_EPOCHS:-} ]] && ramp+=(--size-end-epochs "$SIZE_END_EPOCHS") seed=${SEED:-0}; workers=${WORKERS:-2}
 classes=$(find "$data/train" -mindepth 1 -maxdepth 1 -type d | wc -l)
 
 watch_file() {  # FILE KIND T0 OUTCSV: append "epoch,seconds,top1" each time FILE gains an epoch
@@ -72,7 +75,7 @@ run_timed timm timm "$out/timm/x/summary.csv" bash -c "cd '$(dirname "$timm_trai
   --opt momentum --lr 0.03125 --momentum 0.9 --weight-decay 5e-5 --smoothing 0.1 --sched poly --decay-rate 1 \
   --sched-on-updates --warmup-epochs 2 --warmup-lr 3.125e-6 --seed $seed --output '$out/timm' --experiment x"
 run_timed vz vz "$out/vz/metrics.jsonl" visionzoo train --recipe fast_resnet18 --data "$data" --batch-size 64 \
-  --img-size-schedule "$start:$final" --eval-img-size "$eval" --epochs "$epochs" --workers "$workers" --device cpu \
+  --img-size-schedule "$start:$final" "${ramp[@]}" --eval-img-size "$eval" --epochs "$epochs" --workers "$workers" --device cpu \
   --precision fp32 --color-jitter 0 --seed "$seed" --no-progress --output "$out/vz"
 run_timed vzc vz "$out/vzc/metrics.jsonl" visionzoo train --recipe fast_resnet18 --data "$data" --batch-size 64 \
   --img-size-schedule none --size-start-epochs none --size-end-epochs none --img-size "$final" --eval-img-size "$eval" \
