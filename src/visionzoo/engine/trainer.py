@@ -31,7 +31,6 @@ from tqdm import tqdm
 from ..config import (
     SizeSchedule,
     TrainConfig,
-    fixres_eval_size,
     parse_size_schedule,
     save_yaml,
     spelled,
@@ -97,7 +96,6 @@ class Run:
     distill: Distillation | None = None  # the teacher, with --teacher
     size_schedule: SizeSchedule | None = None  # progressive resizing: the training crop size per epoch
     train_size: int = 0  # the crop size train_loader makes
-
 
     @property
     def num_classes(self) -> int:
@@ -334,13 +332,12 @@ def _build_data(cfg: TrainConfig, model_cfg: ModelCfg) -> DataBundle:
     if cfg.data.dummy and cfg.iters and cfg.data.dummy_train_size < cfg.iters * cfg.batch_size:
         cfg.data.dummy_train_size = cfg.iters * cfg.batch_size  # a performance run gets all its steps
     data_cfg = cfg.data
-    if data_cfg.img_size_schedule is not None or data_cfg.eval_img_size == "auto":
-        final = _size_schedule(cfg, 32).final if data_cfg.img_size_schedule else (
-            data_cfg.img_size or model_cfg.input_size)
-        if data_cfg.eval_img_size == "auto":
-            cfg.data.eval_img_size = fixres_eval_size(final)
-        data_cfg = dataclasses.replace(data_cfg, img_size=final, eval_img_size=cfg.data.eval_img_size or final)
-    return build_data(data_cfg, model_cfg, num_classes=cfg.model.num_classes, seed=cfg.seed, aug=cfg.aug)
+    if data_cfg.img_size_schedule is not None:  # the final size (a ramp's step never changes it)
+        data_cfg = dataclasses.replace(data_cfg, img_size=_size_schedule(cfg, 32).final)
+    data = build_data(data_cfg, model_cfg, num_classes=cfg.model.num_classes, seed=cfg.seed, aug=cfg.aug)
+    if cfg.data.eval_img_size == "auto":  # build_data resolved it
+        cfg.data.eval_img_size = data.eval_img_size
+    return data
 
 
 def _size_schedule(cfg: TrainConfig, step: int) -> SizeSchedule:
@@ -367,7 +364,7 @@ def _use_epoch_size(run: Run, epoch: int) -> None:
     if size == run.train_size:
         return
     cfg = run.cfg
-    data_cfg = dataclasses.replace(cfg.data, img_size=size, eval_img_size=run.data.eval_img_size)
+    data_cfg = dataclasses.replace(cfg.data, img_size=size)
     bundle = build_data(data_cfg, get_model_cfg(cfg.model.model), splits=("train",), classes=run.data.classes,
                         num_classes=run.num_classes, seed=cfg.seed, aug=cfg.aug)
     sampler = None if isinstance(run.train_loader.dataset, ShardStream) else run.train_loader.sampler
