@@ -36,6 +36,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tau-norm": ("tau_norm", "tau-normalise a classifier (long-tail)"),
     "finetune-res": ("finetune_res", "FixRes: fine-tune a checkpoint at the test resolution"),
     "average": ("average", "average checkpoints (last/best K) or make a greedy soup"),
+    "serve": ("serve", "serve a model over HTTP (batched, with metrics and a web page)"),
+    "bench-serve": ("bench_serve", "load-test a visionzoo server: throughput, latency percentiles"),
 }
 SIGPIPE_EXIT = 141  # 128 + SIGPIPE: what a shell reports for a command whose reader went away (`| head`)
 

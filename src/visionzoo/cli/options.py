@@ -271,7 +271,7 @@ def precision_word(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e).removeprefix("--precision: ")) from None
 
 
-def add_model_runtime_flags(p: argparse.ArgumentParser, precision: bool = True) -> None:
+def add_model_runtime_flags(p: argparse.ArgumentParser, precision: bool = True, batch_size: bool = True) -> None:
     """--device / --precision / --batch-size shared by the commands that run a model file."""
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     if precision:
@@ -279,7 +279,8 @@ def add_model_runtime_flags(p: argparse.ArgumentParser, precision: bool = True) 
                        metavar="|".join((AUTO, *PRECISIONS)),
                        help="fp16/bf16 run under autocast (checkpoints and .pt2 files); int8 for quantised files; "
                             "auto: bf16/fp16 on CUDA, fp32 on CPUs")
-    p.add_argument("--batch-size", "-b", type=count_arg, default=64)
+    if batch_size:
+        p.add_argument("--batch-size", "-b", type=count_arg, default=64)
 
 
 # what --tta does, said once for eval and predict (train's flag is generated from the config field)

@@ -22,6 +22,7 @@ EXTRAS = {
     "hub": ("huggingface_hub",),
     "stream": ("braceexpand", "fsspec", "aiohttp"),
     "webdataset": ("webdataset",),
+    "serve": ("starlette", "uvicorn", "python-multipart", "prometheus-client", "httpx"),
 }
 
 

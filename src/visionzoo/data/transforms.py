@@ -23,7 +23,7 @@ from ..config import spelled
 from ..core.errors import ConfigError
 from .crops import INTERP, DecodeCrop, ShiftedCenterCrop, eval_resize_size
 from .device_decode import DeviceDecodeCrop
-from .images import decode_rgb, open_image, read_file
+from .images import EncodedFile, decode_rgb, open_image, read_file
 
 
 class Fused:
@@ -151,6 +151,16 @@ def eval_transform(img_size: int, crop_pct: float = 0.875, interpolation: str = 
             v2.PILToTensor(),
         ]
     )
+
+
+def transform_encoded(transform, file: EncodedFile, img: Image.Image | None = None):
+    """transform_file for an image already in memory (an upload): the same pixels for the same bytes. img: the
+    file's Pillow image when the caller already opened it (to read its size first)."""
+    if getattr(transform, "takes_encoded_file", False):
+        if img is not None:
+            img.close()
+        return transform(file)
+    return transform(decode_rgb(img if img is not None else file.open(), turbo=False))
 
 
 def transform_file(transform, path: str | Path):

@@ -63,6 +63,19 @@ def _decode(paths: list[Path], transform) -> tuple[list[torch.Tensor | None], li
     return images, errors
 
 
+def top_classes(runner: Runner, normalizer: DeviceNormalizer, images: list[torch.Tensor], k: int,
+                tta: str | None = None) -> tuple[list[list[float]], list[list[int]]]:
+    """The k most probable classes of each uint8 CHW image, (probabilities, indices) best first: the one
+    computation behind predict and serve, so a served answer is predict's."""
+    if not images:
+        return [], []
+    x = normalizer(torch.stack(images))
+    plain, averaged = tta_forward(runner, x, tta, runner.device)  # the runner applies its own precision
+    logits = plain if averaged is None else averaged
+    top_p, top_i = logits.softmax(dim=1).topk(k, dim=1)
+    return top_p.cpu().tolist(), top_i.cpu().tolist()
+
+
 def predict_files(runner: Runner, paths: Sequence[str | Path], topk: int = 5, batch_size: int = PREDICT_BATCH_SIZE,
                   decode: str | None = None, tta: str | None = None) -> list[Prediction]:
     """Predictions in input order, a folder's images in its place (expand_inputs); undecodable files carry an
@@ -88,14 +101,7 @@ def predict_files(runner: Runner, paths: Sequence[str | Path], topk: int = 5, ba
         chunk = paths[start : start + batch_size]
         images, errors = _decode(chunk, transform)
         good = [i for i, img in enumerate(images) if img is not None]
-        probs: list[list[float]] = []
-        idx: list[list[int]] = []
-        if good:
-            x = normalizer(torch.stack([img for img in images if img is not None]))
-            plain, averaged = tta_forward(runner, x, tta, runner.device)  # the runner applies its own precision
-            logits = plain if averaged is None else averaged
-            top_p, top_i = logits.softmax(dim=1).topk(k, dim=1)
-            probs, idx = top_p.cpu().tolist(), top_i.cpu().tolist()
+        probs, idx = top_classes(runner, normalizer, [img for img in images if img is not None], k, tta)
         row = dict(zip(good, range(len(good))))
         for i, path in enumerate(chunk):
             if errors[i] is not None:
