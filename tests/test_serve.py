@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -95,8 +94,16 @@ def test_answers_equal_predict_for_every_body_kind(kind, model_files, images):
         assert as_json.json()["model"] == "resnet18" and as_json.json()["latency_ms"] > 0
 
 
+def slow(model: Path, seconds: float):
+    """The model's runner, each call taking `seconds` more: requests pile up while it runs."""
+    runner = load_runner(model, "cpu")
+    fast = runner.fn
+    runner.fn = lambda x: (time.sleep(seconds), fast(x))[1]
+    return runner
+
+
 def test_concurrent_requests_share_model_calls(tiny_ckpt, images):
-    with client(tiny_ckpt, max_batch=8, max_wait_ms=300) as c:
+    with TestClient(create_app(slow(tiny_ckpt, 0.2), ServeSettings(max_batch=8, max_wait_ms=300))) as c:
         body = images[0].read_bytes()
         with ThreadPoolExecutor(8) as pool:
             codes = list(pool.map(lambda _: c.post("/v1/predict", content=body,
@@ -106,6 +113,14 @@ def test_concurrent_requests_share_model_calls(tiny_ckpt, images):
     calls, served = metric(text, "visionzoo_batch_size_count"), metric(text, "visionzoo_batch_size_sum")
     assert served == 8 and calls < 8  # at least two requests answered by one model call
     assert metric(text, 'visionzoo_requests_total{code="200"}') == 8
+
+
+def test_a_lone_request_does_not_wait_out_max_wait(tiny_ckpt, images):
+    with client(tiny_ckpt, max_batch=32, max_wait_ms=5000) as c:
+        started = time.perf_counter()
+        r = c.post("/v1/predict", content=images[0].read_bytes(), headers={"content-type": "image/jpeg"})
+        took = time.perf_counter() - started
+    assert r.status_code == 200 and took < 2.5  # no other image on its way: the model ran without waiting 5 s
 
 
 def test_bad_input_is_a_4xx_naming_it_and_good_requests_in_the_same_batch_succeed(tiny_ckpt, images):
@@ -146,18 +161,19 @@ def test_bad_input_is_a_4xx_naming_it_and_good_requests_in_the_same_batch_succee
 
 
 def test_a_full_queue_answers_503_with_retry_after(tiny_ckpt, images):
+    runner = slow(tiny_ckpt, 0.8)
     body = images[0].read_bytes()
-    with client(tiny_ckpt, max_batch=64, max_wait_ms=700, max_queue=3) as c:
-        first: dict = {}
-        t = threading.Thread(target=lambda: first.setdefault("r", c.post(
-            "/v1/predict", files=[("file", ("a.jpg", body, "image/jpeg"))] * 2)))
-        t.start()
-        time.sleep(0.3)  # the first request's 2 images wait in the queue for 700 ms
-        second = c.post("/v1/predict", files=[("file", ("b.jpg", body, "image/jpeg"))] * 2)
-        t.join()
-    assert second.status_code == 503 and second.headers["retry-after"] == "1"
-    assert second.json()["error"]["kind"] == "overloaded"
-    assert first["r"].status_code == 200
+    two = [("file", ("a.jpg", body, "image/jpeg"))] * 2
+    with TestClient(create_app(runner, ServeSettings(max_batch=2, max_queue=3))) as c:
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(c.post, "/v1/predict", files=two)  # in the model for 0.8 s
+            time.sleep(0.25)
+            second = pool.submit(c.post, "/v1/predict", files=two)  # queued: 2 of 3 places
+            time.sleep(0.25)
+            third = c.post("/v1/predict", files=two)  # 4 > 3: refused at once
+            assert third.status_code == 503 and third.headers["retry-after"] == "1"
+            assert third.json()["error"]["kind"] == "overloaded"
+            assert first.result().status_code == 200 and second.result().status_code == 200
 
 
 def test_model_card_health_ready_metrics_openapi_page(tiny_ckpt):

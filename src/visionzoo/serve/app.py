@@ -215,6 +215,7 @@ class Server:
         self.metrics = ServerMetrics()
         self.decode = upload_decoder(runner.info, settings.max_pixels, settings.decode)
         self.ready = False
+        self.decoding = 0  # images of read requests not yet queued (decoding): what the batcher may wait for
         self.batcher: Batcher | None = None
         self.pool: ThreadPoolExecutor | None = None
         # the model call computes the most classes a request may ask for (topk=); each answer is cut to its own
@@ -230,7 +231,7 @@ class Server:
         s = self.settings
         self.pool = ThreadPoolExecutor(s.decode_threads, thread_name_prefix="visionzoo-decode")
         self.batcher = Batcher(batch_runner(self.runner, self.k, s.tta), s.max_batch, s.max_wait_ms, s.max_queue,
-                               self.metrics)
+                               self.metrics, lambda: self.decoding)
         info = self.runner.info
         blank = torch.zeros(3, info.img_size, info.img_size, dtype=torch.uint8)
         for n in sorted({1, s.max_batch}):  # the first calls allocate and pick kernels: not a user's latency
@@ -270,8 +271,12 @@ class Server:
         k = _topk(request, self.settings, self.runner.info.num_classes, self.k)
         payloads = await read_images(request, self.settings)
         loop = asyncio.get_running_loop()
-        decoded = await asyncio.gather(*(loop.run_in_executor(self.pool, self.decode, data, name)
-                                         for name, data in payloads), return_exceptions=True)
+        self.decoding += len(payloads)
+        try:
+            decoded = await asyncio.gather(*(loop.run_in_executor(self.pool, self.decode, data, name)
+                                             for name, data in payloads), return_exceptions=True)
+        finally:
+            self.decoding -= len(payloads)
         failed = [(i, e) for i, e in enumerate(decoded) if isinstance(e, BaseException)]
         for _, e in failed:
             if not isinstance(e, BadImageError):

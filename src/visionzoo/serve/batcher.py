@@ -1,5 +1,6 @@
 """Dynamic batching: requests' images queue, and one model call takes up to max_batch of them, or fewer once the
-oldest has waited max_wait_ms, whichever comes first (Triton's max_queue_delay rule). The model runs in a thread
+oldest has waited max_wait_ms, whichever comes first (Triton's max_queue_delay rule), or at once when no more
+images are on their way. The model runs in a thread
 of its own, off the event loop, one call at a time: on a CPU two concurrent calls only share its cores."""
 
 from __future__ import annotations
@@ -36,8 +37,11 @@ class Batcher:
     """submit(images) -> their answers, in order; the model sees batches of up to max_batch images."""
 
     def __init__(self, run_batch: BatchFn, max_batch: int, max_wait_ms: float, max_queue: int,
-                 metrics: ServerMetrics | None = None):
+                 metrics: ServerMetrics | None = None, incoming: Callable[[], int] | None = None):
         self.run_batch = run_batch
+        # images of requests already read and being decoded: the only ones worth waiting for. With none on their
+        # way (a lone client) the model runs at once instead of idling out max_wait_ms
+        self.incoming = incoming or (lambda: 1)
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000
         self.max_queue = max_queue
@@ -95,7 +99,7 @@ class Batcher:
             self._arrived.clear()
             await self._arrived.wait()
         deadline = self._queue[0].arrived + self.max_wait
-        while len(self._queue) < self.max_batch and not self._closing:
+        while len(self._queue) < self.max_batch and not self._closing and self.incoming() > 0:
             left = deadline - loop.time()
             if left <= 0:
                 break
