@@ -290,13 +290,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def local_server(model: str, server_args: str = "", start_timeout_s: float = START_TIMEOUT_S) -> Iterator[str]:
+def local_server(model: str, server_args: list[str], start_timeout_s: float = START_TIMEOUT_S) -> Iterator[str]:
     """`visionzoo serve MODEL` on a free loopback port for the duration; yields its base URL. Its output goes to
     a temporary file (a pipe nobody reads would fill and stall it), whose tail explains a failed start."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "visionzoo", "serve", model, "--host", "127.0.0.1", "--port", str(port),
-           *shlex.split(server_args)]
+    cmd = [sys.executable, "-m", "visionzoo", "serve", model, "--host", "127.0.0.1", "--port", str(port), *server_args]
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
@@ -308,7 +307,7 @@ def local_server(model: str, server_args: str = "", start_timeout_s: float = STA
         try:
             deadline = time.monotonic() + start_timeout_s
             with httpx.Client(base_url=url, timeout=2.0, trust_env=False) as client:
-                while not ready(client):
+                while not is_ready(client):
                     if proc.poll() is not None:
                         raise VisionZooError(f"`visionzoo serve {model}` exited with status {proc.returncode} "
                                              f"before it was ready: {tail()}")
@@ -327,7 +326,7 @@ def local_server(model: str, server_args: str = "", start_timeout_s: float = STA
                     proc.wait()
 
 
-def ready(client: httpx.Client) -> bool:
+def is_ready(client: httpx.Client) -> bool:
     try:
         return client.get("/ready").status_code == 200
     except httpx.TransportError:
@@ -342,23 +341,7 @@ def serving(target: str, server_args: str, allow_remote: bool) -> contextlib.Abs
         return contextlib.nullcontext(check_url(target, allow_remote))
     if not Path(target).is_file():
         raise ConfigError(f"{target}: neither an http://host:port URL nor a model file")
-    return local_server(target, server_args)
-
-
-def table_header() -> str:
-    return (f"{'conc':>5} {'requests':>8} {'ok':>6} {'4xx':>5} {'errors':>6} {'wrong':>5} {'req/s':>8} "
-            f"{'img/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'batch':>6} {'RSS MB':>7}")
-
-
-def table_row(level: dict[str, Any]) -> str:
-    def num(v: float | None, fmt: str, width: int) -> str:
-        return f"{'-' if v is None else format(v, fmt):>{width}}"
-
-    row = (f"{level['concurrency']:>5} {level['requests']:>8} {level['ok']:>6} {level['4xx']:>5} "
-           f"{level['errors']:>6} {level['wrong']:>5} {num(level['req_per_s'], '.1f', 8)} "
-           f"{num(level['images_per_s'], '.1f', 8)} " + " ".join(num(level[f'p{q}_ms'], '.1f', 8) for q in (50, 95, 99))
-           + f" {num(level['server_batch_mean'], '.2f', 6)} {num(level['server_rss_after_mb'], '.0f', 7)}")
-    if level["error_kinds"]:
-        kinds = level["error_kinds"].items()
-        row += "\n      errors: " + ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in kinds)
-    return row
+    try:
+        return local_server(target, shlex.split(server_args))
+    except ValueError as e:  # unbalanced quotes
+        raise ConfigError(f"--server-args {server_args!r}: {e}") from None
