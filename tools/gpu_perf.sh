@@ -64,3 +64,15 @@ if [[ -n "$jpegs" ]]; then
     done
   done
 fi
+
+# serve (issue 27): resnet18 on the GPU behind HTTP, dynamic batching against --max-batch 1 at 32 clients
+# (on a 2-core CPU the model's own batch-32 speed-up is 1.09x, which bounds the server's: docs/inference.md)
+python "$(dirname "$0")/make_jpeg_set.py" "$out/serve-jpgs" --train 64 --val 0 --classes 2 > /dev/null
+mkdir -p "$out/serve-images" && find "$out/serve-jpgs" -name '*.jpg' -exec cp {} "$out/serve-images/" \;
+visionzoo train --dummy --model resnet18 --img-size 224 --batch-size 32 --epochs 1 --iters 2 --workers 2 \
+  --device cuda --eval-every 0 --no-progress --output "$out/serve-r18" > "$out/serve-r18.log" 2>&1
+for mb in 32 1; do
+  visionzoo bench-serve "$out/serve-r18/last.pth" --images "$out/serve-images" --concurrency 1,32 --requests 1000 \
+    --no-progress --server-args="--device cuda --precision bf16 --decode-threads 12 --max-batch $mb" \
+    --json "$out/serve-mb$mb.json" | tee "$out/serve-mb$mb.txt"
+done
