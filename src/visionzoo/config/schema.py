@@ -116,6 +116,11 @@ class DataConfig(_Checked):
     # a Hugging Face dataset published with train and test only validates on test (said in the log)
     val_split: str | None = setting(None, "the split validated on: a folder under data, a pack's split or a Hugging "
                                           "Face dataset's; none: val (Hugging Face: validation or val, else test)")
+    # multi-label list files are CSV with a header: `path,labels` (space-separated names) or `path,<class>,...` (0/1)
+    task: str = setting("auto", "single (one class per image) or multilabel (a set of classes per image); auto: "
+                                "from the data (a multi-label CSV list makes it multilabel)")
+    classes: str | None = setting(None, "class names, one per line, in label order (multi-label CSV lists); none: "
+                                        "sorted by name")
     dummy: bool = setting(False, "synthetic images instead of a data set (performance runs)")
     dummy_train_size: int = setting(10240, "synthetic training images")
     dummy_val_size: int = setting(1024, "synthetic validation images")
@@ -212,7 +217,15 @@ class LongTailConfig(_Checked):
     samples_per_class: int = setting(4, "images per class per draw (sampler class_aware, OLTR stage 2)")
     # bce is binary cross-entropy on soft targets, as timm's "ResNet strikes back"; balanced_softmax adds the
     # log class prior to the logits during training
-    loss: str = setting("ce", "training loss")
+    loss: str = setting("ce", "training loss (multi-label: bce, or asl, the asymmetric loss of Ridnik et al. 2021)")
+    class_weights: str | None = setting(None, "weighted cross-entropy for imbalanced single-label data: balanced "
+                                              "(n / (classes x count)), sqrt (1 / sqrt(count), mean 1) or a FILE "
+                                              "of one weight per class, in class order")
+    pos_weight: str | None = setting(None, "multi-label bce: auto weighs each class's positives by its negatives / "
+                                           "positives in the training split")
+    asl_gamma_neg: float = setting(4.0, "asl: focusing exponent of the negatives")
+    asl_gamma_pos: float = setting(0.0, "asl: focusing exponent of the positives")
+    asl_clip: float = setting(0.05, "asl: probability margin shifted off the negatives")
     reset_classifier: bool = setting(False, "re-initialise the classifier after loading weights (cRT)")
     head_lr_factor: float = setting(1.0, "classifier lr = lr x this (OLTR stage 2: 10)")
     centroid_weight: float = setting(0.01, "discriminative centroid loss weight (oltr_* models)")
@@ -325,7 +338,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "device": ("auto", "cpu", "cuda"),
     "interpolation": ("bilinear", "bicubic", "nearest"),
     "sampler": ("instance", "class_balanced", "sqrt", "class_aware"),
-    "loss": ("ce", "bce", "balanced_softmax"),
+    "loss": ("ce", "bce", "balanced_softmax", "asl"),
+    "task": ("auto", "single", "multilabel"),
     "train_scope": ("all", "classifier", "fixres"),
     "train_crop": ("random_resized", "fixres"),
     "decode": ("fast", "pil", "device"),
