@@ -195,3 +195,65 @@ def test_a_resume_at_a_size_change_equals_the_unbroken_run_bitwise(tiny_imagefol
     assert [r["img_size"] for r in _records(tmp_path / "resumed")] == [16, 24, 32]
     assert [r["train_loss"] for r in _records(tmp_path / "resumed")] == [
         r["train_loss"] for r in _records(tmp_path / "unbroken")]
+
+
+def test_scaled_batch_keeps_the_pixels_of_the_largest_size():
+    from visionzoo.config.sizes import scaled_batch
+
+    assert scaled_batch(64, 48, 64, 10_000) == 112  # 64 x (64/48)^2 = 113.8, down to a multiple of 8
+    assert scaled_batch(64, 64, 64, 10_000) == 64
+    assert scaled_batch(8, 16, 32, 10_000) == 32
+    assert scaled_batch(8, 16, 32, 20) == 20  # at most one epoch's images (a step per epoch stays)
+    assert scaled_batch(3, 16, 24, 100) == 6  # under 8: not rounded
+
+
+def test_a_varying_step_count_keeps_the_lr_on_the_epochs():
+    from visionzoo.config import SchedConfig
+    from visionzoo.engine.optim import build_scheduler, lr_factor
+
+    cfg = SchedConfig(sched="cosine", warmup_epochs=0)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = build_scheduler(opt, cfg, 4, 2, epoch_steps=[2, 4])  # epoch 1 in 2 big steps, epoch 2 in 4
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    # step 1 is half of epoch 1: nominal step 2 of 4; steps 2-5 are epoch 2's quarters: nominal 4, 5, 6, 7
+    assert lrs == pytest.approx([lr_factor(n, cfg, 4, 2) for n in (0, 2, 4, 5, 6, 7)])
+
+
+def test_batch_size_schedule_scales_the_batch_at_small_sizes_and_resumes_exactly(tiny_imagefolder, tmp_path,
+                                                                                 killed_then_resumed):
+    from visionzoo.data import loader as loader_mod
+
+    batches: list[int] = []
+    normalise = loader_mod.DeviceNormalizer.__call__
+
+    def spy(self, images):
+        out = normalise(self, images)
+        batches.append(out.shape[0])
+        return out
+
+    args = ["train", "--data", str(tiny_imagefolder), "--epochs", "2", "--img-size-schedule", "16@1,32@2",
+            "--batch-size-schedule", "auto", "--mixup", "0.2", "--deterministic", *BASE]
+    run = tmp_path / "unbroken"
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(loader_mod.DeviceNormalizer, "__call__", spy)
+        assert main([*args, "--output", str(run)]) == 0
+    records = _records(run)
+    # 36 training images: epoch 1 at 16 px takes batches of 32 (8 x (32/16)^2), 1 step; epoch 2 at 32 px, 8: 4 steps
+    assert [r["step"] for r in records] == [1, 5]
+    assert 32 in batches
+    assert "epoch 2: training crops 32 px, batch 8" in (run / "train.log").read_text()
+    killed_then_resumed([*args, "--output", str(tmp_path / "resumed")])
+    a, b = (torch.load(tmp_path / k / "last.pth", map_location="cpu", weights_only=True)
+            for k in ("unbroken", "resumed"))
+    for part in ("model", "optimizer", "scheduler"):
+        _assert_equal(a[part], b[part], part)
+
+
+def test_batch_size_schedule_needs_a_size_schedule(tiny_imagefolder, tmp_path, capsys):
+    assert main(["train", "--data", str(tiny_imagefolder), "--epochs", "1", "--batch-size-schedule", "auto", *BASE,
+                 "--output", str(tmp_path / "r")]) == 2
+    assert "--img-size-schedule" in capsys.readouterr().err

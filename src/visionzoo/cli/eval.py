@@ -3,6 +3,10 @@
 With few classes the per-class table is printed; --confusion writes the confusion matrix as CSV and PNG.
 --tta flip|flip+crops also measures the logits averaged over test-time views, printed and written (--json "tta")
 beside the plain numbers, which stay the model's own.
+--calibrate fits a softmax temperature T on the split (temperature scaling), prints ECE, NLL and Brier before and
+after it (--json "calibration"), draws the reliability diagram (--plot, else beside the model file) and stores T in
+the checkpoint, after which predict, serve and export return calibrated probabilities; eval's own numbers stay
+the model's (T changes no top-1).
 The model file is a visionzoo checkpoint or anything `visionzoo export` / `quantize` wrote
 (.onnx via onnxruntime, .pt2, .ts, .safetensors).
 """
@@ -41,7 +45,16 @@ def add_parser(sub) -> None:
     p.add_argument("--sizes", metavar="S,S,...", type=_sizes,
                    help="test-resolution sweep: top-1 at each size (the file's crop ratio), table + --json/--plot")
     p.add_argument("--plot", metavar="FILE.png",
-                   help="--sizes: top-1 against test size; --longtail: per-class accuracy against class size")
+                   help="--sizes: top-1 against test size; --longtail: per-class accuracy against class size; "
+                   "--calibrate: the reliability diagram (default: MODEL.reliability.png beside the model file)")
+    p.add_argument("--calibrate", action="store_true",
+                   help="fit a softmax temperature on this split (LBFGS on NLL), report ECE (15 bins), NLL and Brier "
+                   "before and after (--json \"calibration\"), draw the reliability diagram and store the "
+                   "temperature in the checkpoint (rewritten atomically; other formats: reported, not stored), "
+                   "so predict, serve and export return calibrated probabilities; top-1 never changes")
+    p.add_argument("--tune-thresholds", action="store_true",
+                   help="multi-label model: per-class score thresholds maximising F1 on this split (--json \"tuned\"), "
+                   "stored in the checkpoint (rewritten atomically) for predict's label sets")
     add_tta_flag(p, TTA_HELP + "; reported beside the plain numbers (--json: \"tta\")")
     p.add_argument("--backend", default="eager", choices=["eager", "compile"])
     p.add_argument("--channels-last", action="store_true")
@@ -91,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--confusion is for a plain evaluation, not --sizes or --longtail")
     if args.tta and (args.sizes or args.longtail):
         raise ConfigError(f"--tta {args.tta} is for a plain evaluation, not --sizes or --longtail")
+    if args.calibrate and (args.sizes or args.longtail):
+        raise ConfigError("--calibrate is for a plain evaluation, not --sizes or --longtail")
     if args.plot or args.confusion:  # before a long evaluation, not after it
         require("matplotlib", "plots", "--plot" if args.plot else "--confusion")
     if args.sizes:
@@ -99,18 +114,23 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("several --checkpoint files are compared only with --sizes")
     if args.longtail:
         return _run_longtail(args, sources[0])
-    if args.plot:
-        raise ConfigError("--plot draws a --sizes sweep or a --longtail evaluation")
+    if args.plot and not args.calibrate:
+        raise ConfigError("--plot draws a --sizes sweep, a --longtail evaluation or a --calibrate reliability diagram")
     # no data flags: evaluate on the validation split the model was trained with
     # the matrix is in --json unasked for a few classes only (inference.evaluate); --confusion asks for it
     result = evaluate(sources[0], data_config(args), args.batch_size, args.device, args.precision,
                       args.channels_last, args.progress, args.backend, args.raw_weights,
-                      confusion=True if args.confusion else None, tta=args.tta)
+                      confusion=True if args.confusion else None, tta=args.tta, calibrate=args.calibrate,
+                      tune_thresholds=args.tune_thresholds)
     if not is_main_process():  # under torchrun, rank 0 reports for all
         return 0
     print(summary_line(result))
-    if len(result["per_class"]) <= TABLE_MAX_CLASSES:
+    if "mAP" in result:  # multi-label: AP and F1 per class
+        _print_multilabel(result)
+    elif len(result["per_class"]) <= TABLE_MAX_CLASSES:
         print(per_class_table(_table_rows(result)))
+    if args.calibrate:
+        _report_calibration(args, result, sources[0])
     if args.confusion:
         for path in write_confusion(result["confusion_matrix"], [row["class"] for row in result["per_class"]],
                                     args.confusion):
@@ -122,9 +142,51 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_calibration(args: argparse.Namespace, result: dict, source) -> None:
+    """The calibration's line, where T went, and the reliability diagram (--plot, or MODEL.reliability.png)."""
+    import importlib.util
+    from pathlib import Path
+
+    from ..inference.calibration import reliability_plot
+    from ..inference.calibration import summary_line as calibration_line
+    from ..inference.model_spec import source_label
+
+    c = result["calibration"]
+    print(calibration_line(c))
+    print(f"stored T {c['temperature']:.4f} in {c['stored']}: predict, serve and export now return calibrated "
+          "probabilities" if c["stored"] else f"T not stored: {c['not_stored']}")
+    if args.plot:
+        plot = Path(args.plot)
+    elif isinstance(source, (str, Path)) and importlib.util.find_spec("matplotlib") is not None:
+        plot = Path(source).with_suffix(".reliability.png")
+    else:
+        print("reliability diagram not drawn: give --plot FILE.png (needs pip install 'visionzoo[plots]')")
+        return
+    with output_flag("--plot"):
+        reliability_plot(c, plot, f"{source_label(source)}: {c['num_images']} images")
+    print(f"wrote {plot} (reliability diagram, before and after T)")
+
+
+def _print_multilabel(result: dict) -> None:
+    if len(result["per_class"]) <= TABLE_MAX_CLASSES:
+        print(f"{'class':<24} {'AP':>7} {'F1':>7} {'positives':>9} {'threshold':>9}")
+        for r in result["per_class"]:
+            ap = "n/a" if r["ap"] is None else f"{r['ap']:.4f}"
+            print(f"{r['class'][:24]:<24} {ap:>7} {r['f1']:>7.4f} {r['positives']:>9} {r['threshold']:>9.3f}")
+    tuned = result.get("tuned")
+    if tuned:
+        where = f"stored in {tuned['stored']}" if tuned["stored"] else "not stored (not a checkpoint)"
+        print(f"tuned thresholds: F1 micro {tuned['f1_micro']:.4f}, macro {tuned['f1_macro']:.4f} on this split; "
+              f"{where}")
+
+
 def summary_line(result: dict) -> str:
     """top-1 (and top-5 where it means something: with 5 classes or fewer every image is a top-5 hit), loss,
-    image count."""
+    image count; a multi-label model's mAP and F1 first."""
+    if "mAP" in result:
+        at = "tuned thresholds" if result.get("thresholds") == "tuned" else "threshold 0.5"
+        return (f"mAP {result['mAP']:.4f}  F1 micro {result['f1_micro']:.4f}  macro {result['f1_macro']:.4f} "
+                f"({at})  top-1 {result['top1']:.2f}  images {result['num_images']}")
     top5 = f"  top-5 {result['top5']:.2f}" if len(result["per_class"]) > 5 else ""
     skipped = f"  skipped {result['skipped_images']}" if result["skipped_images"] else ""
     ema = "  (EMA weights)" if result["weights"] == "ema" else ""

@@ -38,7 +38,10 @@ def run(args: argparse.Namespace) -> int:
         tta = summary.get("tta")  # --tta: the end-of-run evaluation's plain and TTA top-1, side by side
         tta_text = (f"; end-of-run val top-1 {tta['plain_top1']:.2f}, with TTA {tta['mode']} {tta['top1']:.2f}"
                     if tta else "")
-        print(f"done: {describe_epochs(summary)}, best val top-1 "
-              f"{'n/a' if best is None else f'{best:.2f}'}{tta_text}; checkpoint {summary['checkpoint']}; "
+        best_text = f"best val top-1 {'n/a' if best is None else f'{best:.2f}'}"
+        if "best_mAP" in summary:  # multi-label
+            best_map = summary["best_mAP"]
+            best_text = f"best val mAP {'n/a' if best_map is None else f'{best_map:.4f}'}"
+        print(f"done: {describe_epochs(summary)}, {best_text}{tta_text}; checkpoint {summary['checkpoint']}; "
               f"run folder {summary['output']}")
     return 0

@@ -138,6 +138,9 @@ class DataConfig(_Checked):
                                                   "the run)")
     size_end_epochs: int | None = setting(None, "epochs at END px after the ramp (at least 1); none: as ffcv "
                                                 "(the last 14% of the run)")
+    batch_size_schedule: str | None = setting(None, "progressive resizing: auto scales the batch at each smaller "
+                                                    "size by (largest / size)^2, down to a multiple of 8, keeping "
+                                                    "the memory of the largest size's batch; the lr is unchanged")
     size_step: int | None = setting(None, "the ramp's sizes are multiples of this; none: the model's patch size "
                                           "(ViTs), else 32 as ffcv")
     crop_pct: float | None = setting(None, "evaluation resize = eval size / crop_pct; none: the model's")
@@ -340,6 +343,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "sampler": ("instance", "class_balanced", "sqrt", "class_aware"),
     "loss": ("ce", "bce", "balanced_softmax", "asl"),
     "task": ("auto", "single", "multilabel"),
+    "batch_size_schedule": ("auto",),
     "train_scope": ("all", "classifier", "fixres"),
     "train_crop": ("random_resized", "fixres"),
     "decode": ("fast", "pil", "device"),
@@ -649,6 +653,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"{scope} fine-tunes a trained model: {source}")
     _check_distill(cfg.kd)
     _check_size_schedule(cfg)
+    _check_class_weights(cfg)
     return cfg
 
 
@@ -657,7 +662,8 @@ def _check_size_schedule(cfg: TrainConfig) -> None:
     refused rather than ignored."""
     data = cfg.data
     if data.img_size_schedule is None:
-        given = [n for n in ("size_start_epochs", "size_end_epochs", "size_step") if getattr(data, n) is not None]
+        given = [n for n in ("size_start_epochs", "size_end_epochs", "size_step", "batch_size_schedule")
+                 if getattr(data, n) is not None]
         if given:
             raise ConfigError(f"{spelled(given[0], getattr(data, given[0]))} needs {spelled('img_size_schedule')}")
         return
@@ -677,6 +683,24 @@ def _check_distill(kd: DistillConfig) -> None:
         defaults, f.name)]
     if given:
         raise ConfigError(f"{spelled(given[0], getattr(kd, given[0]))} needs a teacher ({spelled('teacher')})")
+
+
+def _check_class_weights(cfg: TrainConfig) -> None:
+    """--class-weights (issue 28): weighted cross-entropy for single-label data, so not with a loss that corrects
+    for the class prior already or a multi-label loss; a FILE must exist (its contents are read at the start)."""
+    rule, loss = cfg.lt.class_weights, cfg.lt.loss
+    if not rule:
+        return
+    weights = spelled("class_weights", rule)
+    if loss == "balanced_softmax":
+        raise ConfigError(f"{weights} and {spelled('loss', loss)} both correct for the class sizes (it would count "
+                          "twice): give one")
+    if loss in ("bce", "asl") or cfg.data.task == "multilabel":
+        what = spelled("loss", loss) if loss in ("bce", "asl") else spelled("task", "multilabel")
+        raise ConfigError(f"{weights} weighs single-label cross-entropy, not {what} (multi-label bce weighs "
+                          f"classes by {spelled('pos_weight', 'auto')})")
+    if rule not in ("balanced", "sqrt") and not Path(rule).is_file():
+        raise ConfigError(f"{weights}: not balanced, sqrt or an existing file of one weight per class")
 
 
 def _refuse(bad: list[tuple[str, str]], cfg: Any) -> None:

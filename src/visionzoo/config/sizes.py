@@ -141,3 +141,13 @@ def eval_size(eval_img_size: int | str | None, train_size: int | None) -> int | 
     if eval_img_size == "auto":
         return fixres_eval_size(train_size) if train_size else None
     return eval_img_size if isinstance(eval_img_size, int) else train_size
+
+
+def scaled_batch(batch: int, size: int, largest: int, most: int) -> int:
+    """--batch-size-schedule auto: the batch at `size` that holds the pixels of `batch` at `largest`
+    ((largest / size)^2 x batch), down to a multiple of 8 (never below batch), and at most `most` (so an epoch
+    keeps a step)."""
+    scaled = max(batch, int(batch * (largest / size) ** 2))
+    if scaled > batch and scaled >= 8:
+        scaled = max(batch, scaled // 8 * 8)
+    return max(1, min(scaled, max(batch, most)))

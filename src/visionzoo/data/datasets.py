@@ -24,20 +24,29 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from ..core.errors import BadImageError, DataError, SkippedImages, plural
 from .images import EncodedFile, decode_rgb, open_image, read_file
+from .multilabel import csv_classes, is_csv_list, label_sets, multi_hot, read_classes_file, read_csv_rows
 
 log = logging.getLogger("visionzoo")
 
 
 @dataclass
 class Samples:
-    items: list[tuple[str, int]]  # (file path, or a packed entry's name; label)
+    # (file path, or a packed entry's name; label): a class index, or with multilabel a sorted tuple of them
+    items: list[tuple[str, Any]]
     classes: list[str]  # index -> class name
     store: Any = None  # a packed.PackedStore holding the encoded images (`visionzoo pack`)
+    multilabel: bool = False
 
     def subset(self, indices: Sequence[int]) -> Samples:
         """These samples at indices, in that order (a packed store follows along)."""
         store = self.store.subset(indices) if self.store is not None else None
-        return Samples([self.items[i] for i in indices], self.classes, store)
+        return Samples([self.items[i] for i in indices], self.classes, store, self.multilabel)
+
+    def as_multilabel(self) -> Samples:
+        """Single-label samples as multi-label ones of one class each (--task multilabel on class folders)."""
+        if self.multilabel:
+            return self
+        return Samples([(p, (y,) if y >= 0 else ()) for p, y in self.items], self.classes, self.store, True)
 
     def open(self, index: int):
         """The image's header only (pixels are decoded later, at the scale the crop needs)."""
@@ -51,7 +60,8 @@ class Samples:
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def targets(self) -> list[int]:
+    def targets(self) -> list[Any]:
+        """Each image's label: a class index, or (multilabel) a tuple of them."""
         return [label for _, label in self.items]
 
 
@@ -158,7 +168,7 @@ def _label_lines(path: Path) -> list[int]:
             if line.strip() and not line.strip().startswith("#")]
 
 
-def _find_root(items: list[tuple[str, int]], candidates: list[Path], list_path: Path) -> Path:
+def _find_root(items: Sequence[tuple[str, Any]], candidates: list[Path], list_path: Path) -> Path:
     """The first candidate folder under which the list's first entry exists."""
     first = items[0][0]
     for root in candidates:
@@ -175,13 +185,18 @@ def list_samples(
     classes: Sequence[str] | None = None,
     num_classes: int | None = None,
     allow_open: bool = False,
+    task: str = "auto",
+    classes_file: str | Path | None = None,
 ) -> Samples:
     """Samples from a list file. Paths resolve against root, or root/<split> if that is where they are.
 
     Labels are used exactly as written. Negative labels (open-set samples) are only accepted with
-    allow_open; labels >= num_classes are an error naming the line's file.
+    allow_open; labels >= num_classes are an error naming the line's file. A `.csv` list is the multi-label
+    layout (data.multilabel; single-label with task single).
     """
     list_path = Path(list_path)
+    if is_csv_list(list_path):
+        return csv_samples(list_path, root, split, classes, task, classes_file)
     items = read_list_file(list_path)
     base = Path(root) if root else list_path.parent
     root_dir = _find_root(items, [base, base / split, list_path.parent], list_path)
@@ -193,6 +208,26 @@ def list_samples(
     check_labels(labels, n, lambda i: f"{list_path}:{_label_lines(list_path)[i]}", open_ok=allow_open)
     names = list(classes)[:n] if classes else [str(i) for i in range(n)]
     return Samples([(str(root_dir / rel), label) for rel, label in items], names)
+
+
+def csv_samples(list_path: Path, root: str | Path | None, split: str, classes: Sequence[str] | None, task: str,
+                classes_file: str | Path | None) -> Samples:
+    """Samples of a multi-label CSV list (data.multilabel): label sets, or with task single exactly one class per
+    row. classes (the training split's, for validation) > classes_file > the names the list uses, sorted."""
+    rows, columns = read_csv_rows(list_path)
+    if classes is None:
+        classes = read_classes_file(classes_file) if classes_file else csv_classes(rows, columns)
+    single = task == "single"
+    sets = label_sets(list_path, rows, classes, allow_empty=not single)
+    if single:
+        line = next((n for (n, _, names) in rows if len(names) > 1), None)
+        if line is not None:
+            raise DataError(f"{list_path}:{line}: several labels where every image needs exactly one class "
+                            "(--task single)")
+    base = Path(root) if root else list_path.parent
+    root_dir = _find_root(sets, [base, base / split, list_path.parent], list_path)
+    items: list[tuple[str, Any]] = [(str(root_dir / rel), ys[0] if single else ys) for rel, ys in sets]
+    return Samples(items, list(classes), multilabel=not single)
 
 
 class ImageDataset(Dataset):
@@ -234,6 +269,8 @@ class ImageDataset(Dataset):
                 if replaced >= len(self):
                     raise BadImageError(f"no decodable image in the data set (last tried {path})") from None
                 path, label = self.samples.items[(index + replaced) % len(self)]
+        if self.samples.multilabel:
+            label = multi_hot(label, self.samples.num_classes)
         # this index's own image is the one skipped (the others tried count when their own index comes up)
         return (out, label, SkippedImages(1, [str(self.samples.items[index][0])])) if replaced else (out, label)
 

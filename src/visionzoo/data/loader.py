@@ -69,10 +69,15 @@ def collate_skipping(batch: list[Any]) -> tuple[torch.Tensor | EncodedBatch, tor
     skipped = len(batch) - len(good) + sum(b[2] for b in good if len(b) == 3)  # dropped + replaced
     if not good:
         return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), skipped
+    labels = _stack_labels([b[1] for b in good])
     if isinstance(good[0][0], EncodedImage):  # decode="device": the device decodes the batch
-        return EncodedBatch([b[0] for b in good]), torch.tensor([b[1] for b in good]), skipped
-    labels = torch.tensor([b[1] for b in good])
+        return EncodedBatch([b[0] for b in good]), labels, skipped
     return stack_images([b[0] for b in good]), labels, skipped
+
+
+def _stack_labels(labels: list[Any]) -> torch.Tensor:
+    """Class indices -> (B,) int64; multi-hot vectors (multi-label data) -> (B, classes) float."""
+    return torch.stack(labels) if isinstance(labels[0], torch.Tensor) else torch.tensor(labels)
 
 
 def stack_images(images: list[torch.Tensor]) -> torch.Tensor:
@@ -102,6 +107,11 @@ class DataBundle:
     crop_pct: float
     interpolation: str
     eval_img_size: int = 0  # evaluation crops; 0: img_size
+
+    @property
+    def multilabel(self) -> bool:
+        """Whether the splits' labels are sets of classes (multi-hot targets), data.multilabel's CSV lists."""
+        return any(getattr(getattr(ds, "samples", None), "multilabel", False) for ds in (self.train, self.val))
 
     def __post_init__(self) -> None:
         self.eval_img_size = self.eval_img_size or self.img_size
@@ -159,7 +169,8 @@ def build_data(
         val, classes = source.dataset("val", tf, seed=seed, img_size=eval_img_size, classes=classes,
                                       num_classes=num_classes)
         labels = _labels(val)
-        if labels and max(labels) < 0:  # scored on 0 images, a best.pth chosen by nothing
+        # scored on 0 images, a best.pth chosen by nothing (multi-label: an empty label set is a true negative)
+        if labels and not isinstance(labels[0], tuple) and max(labels) < 0:
             raise DataError(f"{source.describe()}: the {source.split_name('val')} split has no labelled image (all "
                             f"{len(labels)} are -1: open-set or unlabelled); give a validation split with classes")
     assert classes is not None
@@ -175,6 +186,8 @@ def _labels(ds: Dataset | None) -> list[int] | None:
 def _check_learnable(train: Dataset, classes: list[str], described: str) -> None:
     """A training split of one class trains a classifier that is always right and has learnt nothing."""
     labels = _labels(train)
+    if labels and isinstance(labels[0], tuple):  # multi-label: the classes some image shows
+        labels = [y for ys in labels for y in ys]
     present = sorted(set(labels)) if labels is not None else range(len(classes))
     if len(present) < 2:
         names = [classes[y] for y in present if 0 <= y < len(classes)]

@@ -28,12 +28,20 @@ class BatchMix:
         return cls(aug, num_classes) if aug.mixup > 0 or aug.cutmix > 0 else None
 
     def __call__(self, x: torch.Tensor, target: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(images, soft targets) for a batch of the 0-based epoch."""
+        """(images, soft targets) for a batch of the 0-based epoch. Multi-hot targets (multi-label data) are mixed
+        with the images' own weights: the op mixes one-hot vectors of the images' positions, and those weights
+        applied to the label vectors give the mixed label vectors."""
         op = self.choose(epoch)
+        multi_hot = target.ndim == 2
         if op is None:
-            return x, F.one_hot(target, self.num_classes).to(x.dtype)
-        mixed, soft = op(x, target)
-        return mixed, soft.to(x.dtype)
+            return x, (target if multi_hot else F.one_hot(target, self.num_classes)).to(x.dtype)
+        if not multi_hot:
+            mixed, soft = op(x, target)
+            return mixed, soft.to(x.dtype)
+        n = len(target)
+        positions = type(op)(alpha=op.alpha, num_classes=n)  # the same draws from the generator, n "classes"
+        mixed, weights = positions(x, torch.arange(n, device=target.device))
+        return mixed, (weights.to(torch.float32) @ target.to(torch.float32)).to(x.dtype)
 
     def choose(self, epoch: int) -> v2.Transform | None:
         """The op for the next batch (draws the CPU generator as timm's Mixup does: apply, then which)."""

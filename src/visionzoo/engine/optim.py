@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 
 import torch
@@ -123,7 +124,7 @@ def warmup_steps(cfg: SchedConfig, steps_per_epoch: int, epochs: int) -> tuple[i
     return min(asked, int(MAX_WARMUP_SHARE * steps_per_epoch * epochs)), asked
 
 
-def lr_factor(step: int, cfg: SchedConfig, steps_per_epoch: int, epochs: int) -> float:
+def lr_factor(step: float, cfg: SchedConfig, steps_per_epoch: int, epochs: int) -> float:
     """Multiplier of the peak lr at a global step (0-based), warm-up included."""
     total = max(1, steps_per_epoch * epochs)
     warmup = warmup_steps(cfg, steps_per_epoch, epochs)[0]
@@ -145,9 +146,22 @@ def lr_factor(step: int, cfg: SchedConfig, steps_per_epoch: int, epochs: int) ->
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: SchedConfig, steps_per_epoch: int, epochs: int
+    optimizer: torch.optim.Optimizer, cfg: SchedConfig, steps_per_epoch: int, epochs: int,
+    epoch_steps: list[int] | None = None,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-step LambdaLR; its state (last_epoch = steps taken) goes in the checkpoint."""
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, cfg, steps_per_epoch, epochs)
-    )
+    """A per-step LambdaLR; its state (last_epoch = steps taken) goes in the checkpoint.
+
+    epoch_steps: each epoch's own step count, where it varies (--batch-size-schedule): a step is then placed by
+    the fraction of its epoch done, so the lr follows the epochs as with steps_per_epoch steps in each."""
+    if epoch_steps is None:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg, steps_per_epoch, epochs))
+    starts = [0]
+    for n in epoch_steps:
+        starts.append(starts[-1] + n)
+
+    def nominal(step: int) -> float:
+        e = min(bisect.bisect_right(starts, step) - 1, len(epoch_steps) - 1)
+        return steps_per_epoch * (e + (step - starts[e]) / max(1, epoch_steps[e]))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(nominal(step), cfg, steps_per_epoch,
+                                                                               epochs))

@@ -23,12 +23,13 @@ from .tracking_wandb import WandbTracker
 log = logging.getLogger("visionzoo")
 
 
-# summary.csv's columns, as timm's summary.csv: (column, epoch record key); val_top5 and val_ema_top1 only
-# where they mean something (more than 5 classes, --ema)
+# summary.csv's columns, as timm's summary.csv: (column, epoch record key); val_top5, the EMA's and the
+# multi-label ones only where they mean something (more than 5 classes, --ema, multi-label data)
 CSV_COLUMNS = (("epoch", "epoch"), ("train_loss", "train_loss"), ("train_top1", "train_top1"),
                ("val_loss", "val_loss"), ("val_top1", "val_top1"), ("val_top5", "val_top5"),
-               ("val_ema_top1", "val_ema_top1"), ("lr", "lr"), ("epoch_time_s", "epoch_time"),
-               ("images_per_sec", "images_per_sec"))
+               ("val_mAP", "val_mAP"), ("val_f1_micro", "val_f1_micro"), ("val_f1_macro", "val_f1_macro"),
+               ("val_ema_top1", "val_ema_top1"), ("val_ema_mAP", "val_ema_mAP"), ("lr", "lr"),
+               ("epoch_time_s", "epoch_time"), ("images_per_sec", "images_per_sec"))
 SKIPPED_WARNINGS = 10  # unreadable images named by a warning line each, per run; the rest in one line
 PLOT_EVERY_S = 60.0  # curves.png is redrawn after an epoch at most this often (and always at the end)
 
@@ -137,11 +138,15 @@ class RunLog:
         parts = [f"epoch {record['epoch']}", f"loss {record['train_loss']:.4f}",
                  f"train top-1 {record['train_top1']:.2f}", f"{record['images_per_sec']:.1f} img/s",
                  f"lr {record['lr']:.4g}"]
+        if "val_mAP" in record:  # multi-label: what chooses best.pth first
+            parts.append(f"val mAP {record['val_mAP']:.4f}, F1 micro {record['val_f1_micro']:.4f}")
         if "val_top1" in record:
             parts.append(f"val top-1 {record['val_top1']:.2f}")
             if self.top5:
                 parts.append(f"top-5 {record['val_top5']:.2f}")
             parts.append(f"val loss {record['val_loss']:.4f} ({plural(record['val_num_images'], 'image')})")
+        if "val_ema_mAP" in record:
+            parts.append(f"EMA val mAP {record['val_ema_mAP']:.4f}")
         if "val_ema_top1" in record:
             parts.append(f"EMA val top-1 {record['val_ema_top1']:.2f}")
         skipped = record.get("skipped_images", 0) + record.get("val_skipped_images", 0)

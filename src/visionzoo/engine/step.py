@@ -26,6 +26,7 @@ from ..data.loader import DeviceNormalizer, device_batches
 from .distill import DistillCriterion, Teacher
 from .ema import WeightEMA
 from .mixing import BatchMix
+from .multilabel import MultilabelCriterion, precision_at_1
 from .objective import Criterion
 from .scope import TrainScope
 
@@ -42,7 +43,7 @@ class StepState:
     normalizer: DeviceNormalizer
     precision: str
     clip_grad: float | None
-    criterion: Criterion | DistillCriterion
+    criterion: Criterion | MultilabelCriterion | DistillCriterion
     global_step: int = 0  # optimizer steps
     scope: TrainScope = field(default_factory=TrainScope)  # which modules run in training mode
     accum_steps: int = 1  # micro-batches per optimizer step
@@ -146,7 +147,7 @@ def train_one_epoch(
         loss, logits = micro_step(model, state, x, target, last=micro == state.accum_steps - 1)
         with torch.no_grad():
             sums[0] += loss.detach() * len(target)
-            sums[1] += (logits.argmax(1) == target).sum()
+            sums[1] += (precision_at_1(logits, target) if target.ndim == 2 else logits.argmax(1) == target).sum()
         seen += len(target)
         timed_images += len(target)
         micro += 1

@@ -38,6 +38,7 @@ from ..config import (
     validate,
 )
 from ..config.limits import cap_workers
+from ..config.sizes import scaled_batch
 from ..core import __version__
 from ..core.distributed import DistInfo, barrier, broadcast_object, init_distributed
 from ..core.errors import BadImageError, ConfigError, DivergedError, Interrupted, ModelFileError, error_message, plural
@@ -52,6 +53,7 @@ from .distill import Distillation, DistillCriterion
 from .ema import WeightEMA
 from .evaluate import evaluate_model
 from .mixing import BatchMix
+from .multilabel import MultilabelCriterion, build_multilabel_criterion, check_single_label
 from .objective import Criterion, Objective
 from .optim import build_optimizer, build_scheduler, describe_lr, effective_lr, warmup_steps
 from .resume import (
@@ -88,7 +90,7 @@ class Run:
     state: StepState
     wrapped: nn.Module | None = None  # DDP and/or torch.compile around model: what the step calls
     start_epoch: int = 0
-    best_top1: float | None = None
+    best_top1: float | None = None  # the best of the selection metric (`metric`): top-1, or mAP for multi-label
     resumed_record: dict[str, Any] | None = None  # the resumed checkpoint's epoch record
     batch_asked: int | None = None  # the configured batch, where a small training set made it smaller
     saved_epochs: int = 0  # epochs last.pth holds
@@ -96,10 +98,27 @@ class Run:
     distill: Distillation | None = None  # the teacher, with --teacher
     size_schedule: SizeSchedule | None = None  # progressive resizing: the training crop size per epoch
     train_size: int = 0  # the crop size train_loader makes
+    # --batch-size-schedule: each epoch's per-rank batch and optimizer steps (None: cfg.batch_size, steps_per_epoch)
+    epoch_batches: list[int] | None = None
+    epoch_steps: list[int] | None = None
+
+    def steps_in(self, epoch: int) -> int:
+        return self.epoch_steps[epoch] if self.epoch_steps is not None else self.steps_per_epoch
+
+    def batch_in(self, epoch: int) -> int:
+        """The per-rank training batch of a 0-based epoch."""
+        if self.epoch_batches is not None:
+            return self.epoch_batches[epoch]
+        return self.cfg.batch_size // self.dist.world_size
 
     @property
     def num_classes(self) -> int:
         return self.objective.num_classes
+
+    @property
+    def metric(self) -> str:
+        """What chooses best.pth (and --early-stop's patience): validation top-1, or mAP on multi-label data."""
+        return "mAP" if self.data.multilabel else "top1"
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
@@ -272,11 +291,12 @@ def _build_with_log(cfg: TrainConfig, dist: DistInfo, model_cfg: ModelCfg, out: 
         status.close()
     runlog.num_classes = objective.num_classes
     lr = effective_lr(cfg.optim, cfg.batch_size * cfg.optim.accum_steps)  # the effective batch
-    state = _build_state(cfg, model, model_cfg, objective, scope, data, lr, steps, dist.device, distill)
+    size_schedule = _size_schedule(cfg, _patch_size(model) or 32) if cfg.data.img_size_schedule is not None else None
+    batches, epoch_steps = _batch_schedule(cfg, size_schedule, train_loader, steps, dist)
+    state = _build_state(cfg, model, model_cfg, objective, scope, data, lr, steps, dist.device, distill, epoch_steps)
     run = Run(cfg, dist, out, runlog, data, model, objective, scope, train_loader, val_loader, steps, lr, state,
-              batch_asked=asked if asked != cfg.batch_size else None, distill=distill, train_size=data.img_size)
-    if cfg.data.img_size_schedule is not None:
-        run.size_schedule = _size_schedule(cfg, _patch_size(model) or 32)
+              batch_asked=asked if asked != cfg.batch_size else None, distill=distill, train_size=data.img_size,
+              size_schedule=size_schedule, epoch_batches=batches, epoch_steps=epoch_steps)
     if ckpt is not None:
         _restore(run, ckpt, resume)
     else:
@@ -347,6 +367,24 @@ def _size_schedule(cfg: TrainConfig, step: int) -> SizeSchedule:
                                data.size_step or step, spelled("img_size_schedule"))
 
 
+def _batch_schedule(cfg: TrainConfig, sizes: SizeSchedule | None, loader: DataLoader, steps: int,
+                    dist: DistInfo) -> tuple[list[int] | None, list[int] | None]:
+    """--batch-size-schedule auto: each epoch's per-rank batch (scaled_batch of the resolved batch at that epoch's
+    size) and its optimizer steps (the loader drops the last partial batch; --iters caps them)."""
+    if cfg.data.batch_size_schedule is None or sizes is None:
+        return None, None
+    if isinstance(loader.dataset, ShardStream) or not isinstance(loader.sampler, Sized):
+        raise ConfigError(f"{spelled('batch_size_schedule')} needs a random-access training set (its steps per "
+                          "epoch are planned ahead): not streamed shards")
+    accum, base = cfg.optim.accum_steps, cfg.batch_size // dist.world_size
+    images = len(loader.sampler)  # this rank's share of an epoch
+    batches = [scaled_batch(base, sizes.at(e), sizes.largest, images // accum) for e in range(cfg.epochs)]
+    epoch_steps = [(images // b) // accum for b in batches]
+    if cfg.iters is not None:
+        epoch_steps = [min(cfg.iters, n) for n in epoch_steps]
+    return batches, epoch_steps
+
+
 def _patch_size(model: nn.Module) -> int | None:
     """A ViT's patch size (timm's patch_embed), the step its input sizes need; None for a CNN."""
     size = getattr(getattr(model, "patch_embed", None), "patch_size", None)
@@ -361,17 +399,17 @@ def _use_epoch_size(run: Run, epoch: int) -> None:
     if run.size_schedule is None:
         return
     size = run.size_schedule.at(epoch)
-    if size == run.train_size:
+    if size == run.train_size and run.train_loader.batch_size == run.batch_in(epoch):
         return
     cfg = run.cfg
     data_cfg = dataclasses.replace(cfg.data, img_size=size)
     bundle = build_data(data_cfg, get_model_cfg(cfg.model.model), splits=("train",), classes=run.data.classes,
                         num_classes=run.num_classes, seed=cfg.seed, aug=cfg.aug)
     sampler = None if isinstance(run.train_loader.dataset, ShardStream) else run.train_loader.sampler
-    run.train_loader = _train_loader(cfg, bundle.split("train"), cfg.batch_size // run.dist.world_size, sampler,
-                                     run.dist)
+    run.train_loader = _train_loader(cfg, bundle.split("train"), run.batch_in(epoch), sampler, run.dist)
     if epoch > run.start_epoch and run.dist.is_main:  # the first epoch's size is in the run's first lines
-        log.info("epoch %d: training crops %d px (was %d: %s)", epoch + 1, size, run.train_size,
+        batch = f", batch {run.batch_in(epoch) * run.dist.world_size}" if run.epoch_batches is not None else ""
+        log.info("epoch %d: training crops %d px%s (was %d: %s)", epoch + 1, size, batch, run.train_size,
                  spelled("img_size_schedule"))
     run.train_size = size
 
@@ -505,14 +543,21 @@ def _train_sampler(cfg: TrainConfig, objective: Objective, train_set: Dataset, d
 
 def _build_state(cfg: TrainConfig, model: nn.Module, model_cfg: ModelCfg, objective: Objective, scope: TrainScope,
                  data: DataBundle, lr: float, steps_per_epoch: int, device: torch.device,
-                 distill: Distillation | None = None) -> StepState:
-    task = objective.criterion(data.train, device)
-    criterion: Criterion | DistillCriterion = task if distill is None else distill.criterion(task).to(device)
+                 distill: Distillation | None = None, epoch_steps: list[int] | None = None) -> StepState:
+    criterion: Criterion | MultilabelCriterion | DistillCriterion
+    if data.multilabel:
+        if distill is not None:
+            raise ConfigError(f"{spelled('teacher')}: distillation is single-label; not with multi-label data")
+        criterion = build_multilabel_criterion(cfg, data.train, objective.num_classes, device)
+    else:
+        check_single_label(cfg)
+        task = objective.criterion(data.train, device)
+        criterion = task if distill is None else distill.criterion(task).to(device)
     extra = criterion.extra_parameters() if isinstance(criterion, DistillCriterion) else None
     optimizer = build_optimizer(model, cfg.optim, lr, device, objective.param_groups(lr), extra)
     ema = WeightEMA(model, cfg.optim.ema_decay, cfg.optim.ema_warmup, cfg.optim.ema_every) if cfg.optim.ema else None
     return StepState(
-        optimizer, build_scheduler(optimizer, cfg.sched, steps_per_epoch, cfg.epochs),
+        optimizer, build_scheduler(optimizer, cfg.sched, steps_per_epoch, cfg.epochs, epoch_steps),
         torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16"),
         DeviceNormalizer(model_cfg.mean, model_cfg.std, device, bool(cfg.model.channels_last), reuse=True),
         cfg.precision, cfg.optim.clip_grad, criterion, scope=scope,
@@ -600,12 +645,18 @@ def _announce(run: Run) -> None:
     log.info(
         "model %s (%s) | data: %d train / %d val images, %d px | global batch %d%s over %s, "
         "lr %s | %s x %s | device %s%s | output %s",
-        cfg.model.model, plural(run.num_classes, "class", "classes"), train_images, dataset_size(data.split("val")),
+        cfg.model.model, plural(run.num_classes, "class", "classes") + (", multi-label" if data.multilabel else ""),
+        train_images, dataset_size(data.split("val")),
         data.img_size, cfg.batch_size * accum, f" ({'; '.join(notes)})" if notes else "",
         plural(dist.world_size, "process", "processes"), describe_lr(cfg.optim, cfg.batch_size * accum),
         plural(run.steps_per_epoch, "step") + "/epoch",
         plural(cfg.epochs, "epoch"), dist.device, f", amp {cfg.precision}" if cfg.precision != "fp32" else "", run.out,
     )
+    if data.multilabel:
+        crit = run.state.criterion
+        loss = getattr(crit, "kind", "bce") + (" with pos_weight auto" if getattr(crit, "pos_weight", None) is not None
+                                               else "")
+        log.info("multi-label: %s loss, sigmoid scores; best.pth by validation mAP, F1 at threshold 0.5", loss)
     if run.distill is not None:
         kd = cfg.kd
         how = {"logit": f"logit, alpha {kd.kd_alpha:g}, T {kd.kd_temperature:g}", "hard": "hard (DeiT)",
@@ -653,7 +704,7 @@ def fit(run: Run) -> dict[str, Any]:
         _check_finite(run, epoch, record)  # before anything of this epoch is saved or counted as best
         last_eval = evaluation or last_eval
         # with EMA the averaged weights are the ones inference uses: they choose best.pth
-        key = "val_ema_top1" if run.state.ema is not None else "val_top1"
+        key = f"val_ema_{run.metric}" if run.state.ema is not None else f"val_{run.metric}"
         improved = key in record and (run.best_top1 is None or record[key] > run.best_top1)
         if improved:
             run.best_top1 = record[key]
@@ -679,7 +730,7 @@ def fit(run: Run) -> dict[str, Any]:
     if last_eval is None and run.start_epoch >= cfg.epochs and _should_eval(cfg, cfg.epochs):
         # resumed after the last epoch was saved (a kill while finishing): its evaluation again, for eval.json
         last_eval = evaluate_model(run.model, run.val_loader, run.state.normalizer, run.num_classes, cfg.precision,
-                                   run.data.classes, False, "eval")
+                                   run.data.classes, False, "eval", multilabel=run.data.multilabel)
     if cfg.tta and last_eval is not None:  # every rank: the evaluation is reduced over all of them
         _add_tta(run, summary, last_eval)
     if dist.is_main:
@@ -710,11 +761,12 @@ def _run_epoch(run: Run, epoch: int) -> tuple[dict[str, Any], dict[str, Any] | N
     cfg, dist = run.cfg, run.dist
     # what the run has left after this epoch's steps, for the bar's run ETA (none in the last epoch)
     left = cfg.epochs - epoch - 1
-    later_steps, later_extra_s = left * run.steps_per_epoch, (left + 1) * run.overhead_s if left else 0.0
+    later_steps = sum(run.steps_in(e) for e in range(epoch + 1, cfg.epochs))
+    later_extra_s = (left + 1) * run.overhead_s if left else 0.0
     progress = cfg.progress and dist.is_main
     stepped = run.model if run.wrapped is None else run.wrapped
     stats = train_one_epoch(
-        stepped, run.train_loader, run.state, run.steps_per_epoch, dist.world_size, cfg.log_interval,
+        stepped, run.train_loader, run.state, run.steps_in(epoch), dist.world_size, cfg.log_interval,
         cfg.perf_warmup_steps, progress, f"epoch {epoch + 1}/{cfg.epochs}",
         on_log=lambda d: run.runlog.scalars("train_step", d), later_steps=later_steps, later_extra_s=later_extra_s,
     )
@@ -726,14 +778,15 @@ def _run_epoch(run: Run, epoch: int) -> tuple[dict[str, Any], dict[str, Any] | N
     if not _should_eval(cfg, epoch + 1):
         return record, None
     evaluation = evaluate_model(run.model, run.val_loader, run.state.normalizer, run.num_classes, cfg.precision,
-                                run.data.classes, progress, f"eval {epoch + 1}")
+                                run.data.classes, progress, f"eval {epoch + 1}", multilabel=run.data.multilabel)
     record.update({f"val_{k}": v for k, v in evaluation.items() if k != "per_class"})
     ema = run.state.ema
     if ema is not None:  # the averaged weights beside the raw ones; eval.json describes what inference uses
         if dist.enabled:
             _sync_buffers(ema.module, [])  # rank 0's averaged statistics on every rank, as saved
         evaluation = evaluate_model(ema.module, run.val_loader, run.state.normalizer, run.num_classes,
-                                    cfg.precision, run.data.classes, progress, f"eval EMA {epoch + 1}")
+                                    cfg.precision, run.data.classes, progress, f"eval EMA {epoch + 1}",
+                                    multilabel=run.data.multilabel)
         record.update({f"val_ema_{k}": v for k, v in evaluation.items() if k != "per_class"})
         evaluation["weights"] = "ema"
     return record, evaluation
@@ -812,6 +865,7 @@ def checkpoint_meta(model: nn.Module, data: DataBundle) -> dict[str, Any]:
         "crop_pct": data.crop_pct,
         "interpolation": data.interpolation,
         "visionzoo_version": __version__,
+        **({"task": "multilabel"} if data.multilabel else {}),
     }
 
 
@@ -836,6 +890,8 @@ def _finish(run: Run, summary: dict[str, Any], last_eval: dict[str, Any] | None)
     if (out / "last.pth").exists():
         atomic_copy(out / "last.pth", out / "final_model_checkpoint.pth")
     summary["checkpoint"] = str(out / ("best.pth" if (out / "best.pth").exists() else "last.pth"))
+    if run.data.multilabel:  # the best of the selection metric is the best mAP
+        summary["best_mAP"] = summary.pop("best_top1")
     run.runlog.finish(summary, last_eval)
 
 

@@ -22,6 +22,7 @@ from ..core.files import atomic_path
 from ..core.quiet import quiet_libraries
 from ..data.loader import DeviceNormalizer
 from ..engine.tta import FlipTTA, check_tta
+from .calibration import TemperatureScaled
 from .defaults import DEFAULT_ATOL, DEFAULT_OPSET, DEFAULT_RTOL, EXPORT_BATCH_SIZE, EXPORT_SUFFIXES
 from .eval_data import eval_loader, first_batches, resolve_data
 from .hub import atomic_folder, hub_bytes, load_hub, timm_equivalent, write_hub
@@ -147,6 +148,11 @@ def export_model(
     tta="flip" (onnx, torchscript, export): the file computes (m(x) + m(x.flip(-1))) / 2, the logits eval's
     flip TTA averages (engine.tta.FlipTTA), and its metadata says so (extra["tta"]), so eval/predict refuse to
     apply TTA to it again.
+    A calibrated checkpoint (`eval --calibrate`) exports calibrated logits, model(x) / T: onnx, torchscript and
+    export files have the division in their graph (calibration.TemperatureScaled) and say so in their metadata
+    (temperature_baked), so the runner does not divide again; a safetensors file holds the weights and T in its
+    metadata, which the runner divides by; a hub folder is the model as timm builds it, uncalibrated (a warning
+    says so).
     """
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
@@ -166,6 +172,14 @@ def export_model(
     if tta:  # the wrapper is what is written and checked; the metadata keeps eval from flipping it again
         model = FlipTTA(model).eval()
         info.extra["tta"] = tta
+    temperature = info.temperature
+    if temperature and fmt in TTA_FORMATS:  # a program: the division goes into its graph, once
+        model = TemperatureScaled(model, temperature).eval()
+        info.temperature_baked = True
+    elif temperature and fmt == "hub":
+        log.warning("%s: the hub folder holds the model as timm builds it, without the temperature T=%.4g "
+                    "`eval --calibrate` stored (timm has no place for it): its probabilities are uncalibrated",
+                    output, temperature)
     # hub: timm's twin of the model, found before any work (an architecture timm lacks is refused here); an
     # eager module, so any batch size
     timm_model = timm_equivalent(model, info.model_name) if fmt == "hub" else None
@@ -176,6 +190,8 @@ def export_model(
     check, source = sample_input(info, data, check_bs, source=checkpoint)
     with torch.no_grad():
         reference = model(check)
+        if temperature and fmt == "safetensors":  # the runner divides a weights file's logits by its T
+            reference = reference / temperature
 
     def checked(got: torch.Tensor) -> CheckResult:
         diff, limit = compare(reference, got, atol, rtol)
@@ -200,4 +216,5 @@ def export_model(
     return {"output": str(output), "format": fmt,
             "weights": info.extra.get("weights_used", "raw"), "bytes": size, "img_size": info.img_size,
             "dynamic_batch": dynamic_batch, "opset": opset if fmt == "onnx" else None, "tta": tta,
+            "temperature": temperature if fmt != "hub" else None, "temperature_baked": info.temperature_baked,
             "check": result.__dict__}

@@ -17,7 +17,8 @@ from ..models.registry import ModelCfg
 
 META_KEY = "visionzoo"  # name of the metadata entry in every exported format
 # the data keys worth carrying from a checkpoint into exported files: where its validation split is
-DATA_KEYS = ("data", "val_list", "val_root", "train_list", "train_root", "dummy", "dummy_val_size", "dummy_classes")
+DATA_KEYS = ("data", "val_list", "val_root", "train_list", "train_root", "dummy", "dummy_val_size", "dummy_classes",
+             "task")
 
 
 @dataclass
@@ -33,6 +34,10 @@ class ModelInfo:
     std: tuple[float, ...]
     classes: list[str] | None = None
     quantized: str | None = None  # "int8" / "int16" for quantised files
+    # the softmax temperature fitted by `eval --calibrate` (inference.calibration): the runner divides the logits
+    # by it, unless temperature_baked says the file's graph already does (`export` of a calibrated checkpoint)
+    temperature: float | None = None
+    temperature_baked: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -66,11 +71,15 @@ class ModelInfo:
         # an earlier version's checkpoint may lack the preprocessing keys: the model's defaults stand in
         info = with_preprocessing(info, ckpt.img_size, ckpt.crop_pct, ckpt.interpolation)
         info.classes = ckpt.classes
+        info.temperature = ckpt.temperature
         info.extra["data"] = saved_data(ckpt)
         # where training wrote the run, as given (often relative): with the checkpoint's own path it tells the
         # folder training ran in, where the data's relative paths start (eval_data.resolve_data)
         info.extra["trained_output"] = (ckpt.config or {}).get("output")
         info.extra["train_scope"] = ((ckpt.config or {}).get("model") or {}).get("train_scope", "all")
+        if ckpt.task == "multilabel":  # sigmoid scores and label sets (predict), carried into exported files
+            info.extra["task"] = "multilabel"
+            info.extra["thresholds"] = ckpt.thresholds
         return info
 
 

@@ -26,6 +26,55 @@ class Prediction:
     file: str
     top: list[dict[str, Any]] = field(default_factory=list)  # {"class", "index", "prob"}, best first
     error: str | None = None
+    # a multi-label model: the classes whose score reaches their threshold, {"class", "index", "score"}, best first
+    labels: list[dict[str, Any]] | None = None
+
+
+def is_multilabel(info: Any) -> bool:
+    return info.extra.get("task") == "multilabel"
+
+
+def label_thresholds(info: Any) -> list[float]:
+    """A multi-label model's per-class thresholds: tuned (`eval --tune-thresholds`) or 0.5 each."""
+    tuned = info.extra.get("thresholds")
+    return list(tuned) if tuned else [0.5] * info.num_classes
+
+
+def write_thresholds(path: str | Path, classes: Sequence[str], thresholds: Sequence[float]) -> None:
+    """`class threshold` lines, one per class in label order (what `predict --thresholds` reads)."""
+    from ..core.files import atomic_path
+
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text("".join(f"{c}\t{t:.6f}\n" for c, t in zip(classes, thresholds)))
+
+
+def read_thresholds(path: str | Path, classes: Sequence[str]) -> list[float]:
+    """The thresholds of a `class threshold` file for a model of these classes; a file of another model (a class
+    it lacks, one missing, another order) or a bad number is a ConfigError naming the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--thresholds: no such file: {path}")
+    rows = [(n, line.rsplit(None, 1)) for n, line in enumerate(path.read_text().splitlines(), 1)
+            if line.strip() and not line.lstrip().startswith("#")]
+    out: list[float] = []
+    for i, (n, parts) in enumerate(rows):
+        if len(parts) != 2:
+            raise ConfigError(f"{path}:{n}: expected 'class threshold'")
+        name, value = parts[0].strip(), parts[1]
+        if i >= len(classes) or name != classes[i]:
+            want = classes[i] if i < len(classes) else "no more classes"
+            raise ConfigError(f"{path}:{n}: class {name!r} where the model has {want!r}: thresholds of another "
+                              "model?")
+        try:
+            t = float(value)
+        except ValueError:
+            raise ConfigError(f"{path}:{n}: {value!r} is not a number") from None
+        if not 0.0 <= t <= 1.0:
+            raise ConfigError(f"{path}:{n}: threshold {t} outside 0..1")
+        out.append(t)
+    if len(out) != len(classes):
+        raise ConfigError(f"{path}: {len(out)} thresholds for a model of {len(classes)} classes")
+    return out
 
 
 def expand_inputs(paths: Sequence[str | Path]) -> list[Path]:
@@ -66,13 +115,15 @@ def _decode(paths: list[Path], transform) -> tuple[list[torch.Tensor | None], li
 def top_classes(runner: Runner, normalizer: DeviceNormalizer, images: list[torch.Tensor], k: int,
                 tta: str | None = None) -> tuple[list[list[float]], list[list[int]]]:
     """The k most probable classes of each uint8 CHW image, (probabilities, indices) best first: the one
-    computation behind predict and serve, so a served answer is predict's."""
+    computation behind predict and serve, so a served answer is predict's. A multi-label model's are its
+    sigmoid scores, each class on its own."""
     if not images:
         return [], []
     x = normalizer(torch.stack(images))
     plain, averaged = tta_forward(runner, x, tta, runner.device)  # the runner applies its own precision
     logits = plain if averaged is None else averaged
-    top_p, top_i = logits.softmax(dim=1).topk(k, dim=1)
+    probs = logits.sigmoid() if is_multilabel(runner.info) else logits.softmax(dim=1)
+    top_p, top_i = probs.topk(k, dim=1)
     return top_p.cpu().tolist(), top_i.cpu().tolist()
 
 
@@ -90,7 +141,10 @@ def predict_files(runner: Runner, paths: Sequence[str | Path], topk: int = 5, ba
     tta = check_tta(tta, info.extra.get("tta"))
     transform = eval_transform(info.img_size, info.crop_pct, info.interpolation, decode)
     normalizer = DeviceNormalizer(info.mean, info.std, runner.device)
-    k = min(topk, info.num_classes)
+    multilabel = is_multilabel(info)
+    thresholds = label_thresholds(info) if multilabel else []
+    # a multi-label answer's label set needs every class's score; top is still cut to topk
+    k = info.num_classes if multilabel else min(topk, info.num_classes)
     paths = expand_inputs(paths)
     # refused before decoding: a batch of 0 predicts nothing, an absurd size x batch ends in the OOM killer
     check_count(batch_size, spelled("batch_size"))
@@ -109,7 +163,9 @@ def predict_files(runner: Runner, paths: Sequence[str | Path], topk: int = 5, ba
                 continue
             j = row[i]
             top = [{"class": info.class_name(c), "index": c, "prob": p} for c, p in zip(idx[j], probs[j])]
-            results.append(Prediction(str(path), top))
+            labels = ([{"class": info.class_name(c), "index": c, "score": p} for c, p in zip(idx[j], probs[j])
+                       if p >= thresholds[c]] if multilabel else None)
+            results.append(Prediction(str(path), top[:topk], labels=labels))
     return results
 
 
@@ -127,5 +183,5 @@ def predict(model: ModelSource, images: list[str | Path] | str | Path, topk: int
     check_tta(tta)
     paths = [images] if isinstance(images, (str, Path)) else list(images)
     runner = load_runner(model, device, precision, raw_weights=raw_weights)
-    return [{"file": r.file, "top": r.top, "error": r.error}
+    return [{"file": r.file, "top": r.top, "error": r.error, **({"labels": r.labels} if r.labels is not None else {})}
             for r in predict_files(runner, paths, topk, batch_size, decode, tta)]

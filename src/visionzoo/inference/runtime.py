@@ -1,12 +1,16 @@
 """One way to run any model file: visionzoo checkpoint, safetensors, TorchScript, torch.export or ONNX.
 
 `load_runner` gives a Runner: a callable from a normalised float batch to float logits, with the file's
-ModelInfo (class names and preprocessing, model_info.py) and the precision it runs in.
+ModelInfo (class names and preprocessing, model_info.py) and the precision it runs in. A calibrated model's logits
+come divided by its temperature (`eval --calibrate`, inference.calibration), so predict, serve and bench return
+calibrated probabilities whatever the format; `Runner.uncalibrated()` gives the model's own logits (what eval
+measures).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,13 +107,24 @@ class Runner:
     precision: str = "fp32"
     channels_last: bool = False
     module: nn.Module | None = None  # the eager module, where there is one (for training benches)
+    calibrated: bool = True  # logits divided by the file's temperature (info.temperature), where it has one
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.precision):
-            return self.fn(x).float()
+            logits = self.fn(x).float()
+        t = self.info.temperature
+        if not t or self.calibrated == self.info.temperature_baked:  # already as asked
+            return logits
+        # calibrated: divide by T; uncalibrated with T baked into the file's graph (export): undo it
+        return logits / t if self.calibrated else logits * t
+
+    def uncalibrated(self) -> Runner:
+        """The same model giving its own logits, without the temperature (the one baked into an exported
+        file's graph undone): what eval measures top-1, loss and the calibration itself on."""
+        return dataclasses.replace(self, calibrated=False)
 
 
 def _read_checkpoint(path: Path, raw: bool = False) -> tuple[nn.Module, ModelInfo]:

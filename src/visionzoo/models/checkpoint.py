@@ -13,6 +13,9 @@ containers only, no code). Its keys, in the order they are written:
     model_name, num_classes, classes, img_size, crop_pct, interpolation, visionzoo_version
                           what eval/predict/export need to rebuild the model and its preprocessing
     tau_norm              set by `visionzoo tau-norm`
+    temperature           set by `visionzoo eval --calibrate` (inference.calibration): the T > 0 that predict,
+                          serve and export divide the logits by; absent (or None): uncalibrated
+    task, thresholds      a multi-label model: "multilabel" and its per-class thresholds (`eval --tune-thresholds`)
     digest                the content digest of all of the above (core.integrity), checked on every load
 
 
@@ -40,7 +43,8 @@ from .weights import read_weights_only, strip_prefixes
 
 # what resuming needs beyond the weights and the position (epoch, step, best_top1); derived files drop it
 TRAINING_STATE = ("optimizer", "scheduler", "scaler", "rng")
-OPTIONAL = (*TRAINING_STATE, "ema", "tau_norm")  # written only when set
+OPTIONAL = (*TRAINING_STATE, "ema", "tau_norm", "task", "thresholds",
+            "temperature")  # written only when set
 
 
 @dataclass
@@ -64,6 +68,9 @@ class Checkpoint:
     interpolation: str | None = None
     visionzoo_version: str | None = None
     tau_norm: dict[str, Any] | None = None
+    task: str | None = None  # "multilabel" for a multi-label model (sigmoid scores); None: single-label
+    thresholds: list[float] | None = None  # multi-label: per-class score thresholds (`eval --tune-thresholds`)
+    temperature: float | None = None  # softmax temperature fitted by `eval --calibrate`; None: uncalibrated
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -103,8 +110,12 @@ class Checkpoint:
         atomic_save(d, path)
 
     def without_training_state(self) -> Checkpoint:
-        """A copy without optimizer, scheduler, loss-scaler and RNG state (epoch and step stay, as a record)."""
-        return dataclasses.replace(self, optimizer=None, scheduler=None, scaler=None, rng=None)  # TRAINING_STATE
+        """A copy without optimizer, scheduler, loss-scaler and RNG state (epoch and step stay, as a record).
+
+        The temperature goes too: every such copy (a run's best.pth and snapshots, tau-norm's and average's
+        files) holds other weights than the ones it was fitted for."""
+        return dataclasses.replace(self, optimizer=None, scheduler=None, scaler=None, rng=None,  # TRAINING_STATE
+                                   temperature=None)
 
     def weights(self, raw: bool = False) -> dict[str, torch.Tensor]:
         """The EMA weights where the checkpoint has them (unless raw), else the trained weights."""
@@ -131,3 +142,33 @@ def model_from_checkpoint(path: str | Path, raw: bool = False) -> tuple[nn.Modul
     ckpt = Checkpoint.load(path)
     return ckpt.build_model(path, raw), ckpt
 
+
+def store_temperature(path: str | Path, temperature: float) -> None:
+    """Write `temperature` into the checkpoint at path, atomically, every other entry left as it is.
+
+    The file is read as stored (no prefix stripping, no keys added or reordered): only the temperature entry
+    (replaced in place, or added last) and the content digest, written over the new content, change."""
+    if not 0 < temperature < float("inf"):
+        raise ValueError(f"a temperature must be a positive number, not {temperature!r}")
+    _store_entry(path, "temperature", float(temperature))
+
+
+def store_thresholds(path: str | Path, thresholds: list[float]) -> None:
+    """Write a multi-label model's per-class `thresholds` (`eval --tune-thresholds`) into its checkpoint, as
+    store_temperature writes its entry: atomically, everything else as it was."""
+    ckpt = Checkpoint.load(path)
+    if ckpt.task != "multilabel":
+        raise ModelFileError(f"{path}: not a multi-label model; thresholds are for one")
+    if ckpt.num_classes is not None and len(thresholds) != ckpt.num_classes:
+        raise ModelFileError(f"{path}: {len(thresholds)} thresholds for a model of {ckpt.num_classes} classes")
+    _store_entry(path, "thresholds", [float(t) for t in thresholds])
+
+
+def _store_entry(path: str | Path, key: str, value: Any) -> None:
+    path = Path(path)
+    d = read_weights_only(path, f"cannot read checkpoint {path}",
+                          f"{path} is empty (0 bytes): a checkpoint whose write never finished?")
+    Checkpoint.from_dict(d, path)  # a visionzoo checkpoint, or the one-line error saying it is not
+    out = {**d, key: value}  # read_weights_only dropped the digest: it comes last again
+    out[DIGEST] = content_digest(out)
+    atomic_save(out, path)

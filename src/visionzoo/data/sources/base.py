@@ -63,11 +63,16 @@ class Source(ABC):
         it. img_size is the split's crop size (only synthetic data, which has no transform, needs it)."""
         cfg, train = self.cfg, split == "train"
         shards = self.stream(split)
+        if shards is not None and cfg.task == "multilabel":
+            raise ConfigError(f"{self.describe()}: multi-label training reads CSV list files or class folders; "
+                              "streamed shards are single-label for now")
         if shards is not None:
             ds = ShardStream(shards, transform, train, seed, cfg.shuffle_buffer, cfg.skip_bad_images,
                              list(classes) if classes is not None else None)
             return ds, list(ds.classes)
         s = self.samples(split, classes, num_classes)
+        if cfg.task == "multilabel":
+            s = s.as_multilabel()  # class folders or a plain list as multi-label data of one class per image
         return ImageDataset(s, transform, cfg.skip_bad_images, replace_bad=train), list(classes or s.classes)
 
     def split_name(self, split: str) -> str:

@@ -99,7 +99,8 @@ class ListSource(Source):
         lp = Path(list_file)
         if not lp.is_absolute() and not lp.exists() and root is not None and (root / lp).exists():
             lp = root / lp
-        return list_samples(lp, split_root or root, split, classes=classes, num_classes=num_classes)
+        return list_samples(lp, split_root or root, split, classes=classes, num_classes=num_classes,
+                            task=cfg.task, classes_file=cfg.classes)
 
     def classes(self) -> list[str]:
         return list(self.samples("train" if self.cfg.train_list else "val").classes)
