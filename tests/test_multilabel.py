@@ -234,3 +234,26 @@ def test_tuned_thresholds_are_stored_used_by_predict_and_checked(photos, tmp_pat
     assert main(["predict", str(img), "--checkpoint", str(out / "best.pth"), "--thresholds", str(other)]) == 2
     err = capsys.readouterr().err.strip()
     assert "other.txt:1" in err and "another model" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_give_the_one_process_map(photos, tmp_path):
+    """The mAP a 2-process run records (every rank's scores gathered first) equals a 1-process evaluation of the
+    same weights on the same split."""
+    import os
+    import subprocess
+    import sys
+
+    run = tmp_path / "ddp"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "visionzoo", "train", "--data", str(photos), "--train-list", "train.csv",
+                           "--val-list", "val.csv", "--epochs", "1", *BASE, "--output", str(run)],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads((run / "eval.json").read_text())
+    assert main(["eval", "--checkpoint", str(run / "last.pth"), "--json", str(tmp_path / "one.json"),
+                 "--no-progress"]) == 0
+    one = json.loads((tmp_path / "one.json").read_text())
+    assert one["num_images"] == two["num_images"] == 32
+    assert one["mAP"] == pytest.approx(two["mAP"], abs=1e-6)
+    assert one["f1_micro"] == pytest.approx(two["f1_micro"], abs=1e-6)
