@@ -83,11 +83,19 @@ def test_plan_is_exact_seeded_and_cycles():
     assert loadgen.plan(images, [], 5, 0.0) == [images[i % 3] for i in range(5)]
 
 
-def test_non_loopback_url_is_refused_without_allow_remote(tmp_path, capsys):
-    assert main(["bench-serve", "http://10.0.0.1:8000", "--images", str(tmp_path)]) == 2
+def test_non_loopback_url_is_refused_without_allow_remote(tmp_path, capsys, monkeypatch):
+    # refused from the URL's text alone: nothing may be opened (a reserved .invalid name, and a guard on httpx)
+    import httpx
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("bench-serve opened a connection for a refused URL")
+
+    monkeypatch.setattr(httpx.Client, "__init__", no_network)
+    monkeypatch.setattr(httpx.AsyncClient, "__init__", no_network)
+    assert main(["bench-serve", "http://remote.invalid:8000", "--images", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--allow-remote" in err and "10.0.0.1" in err
-    assert loadgen.check_url("http://10.0.0.1:8000/", allow_remote=True) == "http://10.0.0.1:8000"
+    assert len(err.splitlines()) == 1 and "--allow-remote" in err and "remote.invalid" in err
+    assert loadgen.check_url("http://remote.invalid:8000/", allow_remote=True) == "http://remote.invalid:8000"
     for url in ("http://127.0.0.1:8000", "http://localhost:1/", "http://[::1]:8000"):
         assert loadgen.check_url(url, allow_remote=False) == url.rstrip("/")
     with pytest.raises(ConfigError, match="not an http"):
