@@ -6,13 +6,11 @@ from __future__ import annotations
 import base64
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from visionzoo.cli import main  # noqa: E402
 from visionzoo.inference.predict import predict  # noqa: E402
 from visionzoo.inference.runtime import load_runner  # noqa: E402
 from visionzoo.serve.app import ServeSettings, create_app  # noqa: E402
+from visionzoo.serve.loadgen import free_port, png_bomb  # noqa: E402
 
 CTYPE = {".jpg": "image/jpeg", ".png": "image/png"}
 
@@ -52,17 +51,6 @@ def client(model: Path, **settings) -> TestClient:
 def metric(text: str, name: str) -> float:
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ")
                or line.startswith(name + "{"))
-
-
-def png_bomb(side: int = 20_000) -> bytes:
-    """A side x side 1-bit grayscale PNG of zeros, a few KB on disk: 400 MB of pixels once decoded."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
-    row = b"\0" * (1 + side // 8)
-    z = zlib.compressobj(9)
-    idat = b"".join(z.compress(row) for _ in range(side)) + z.flush()
-    ihdr = side.to_bytes(4, "big") * 2 + bytes([1, 0, 0, 0, 0])
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def assert_same(served: list[dict], expected: list[dict]) -> None:
@@ -200,12 +188,6 @@ def test_serve_refuses_bad_flags_in_one_line(tiny_ckpt, capsys):
     assert main(["serve", str(tiny_ckpt), "--backend", "onnxruntime", "--port", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "visionzoo export" in err
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_ready(proc: subprocess.Popen, url: str, timeout: float = 120) -> None:
