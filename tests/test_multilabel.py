@@ -257,3 +257,69 @@ def test_torchrun_two_processes_give_the_one_process_map(photos, tmp_path):
     assert one["num_images"] == two["num_images"] == 32
     assert one["mAP"] == pytest.approx(two["mAP"], abs=1e-6)
     assert one["f1_micro"] == pytest.approx(two["f1_micro"], abs=1e-6)
+
+
+def _hf_multilabel(photos: Path, out: Path) -> Path:
+    """The photos' CSV lists as a save_to_disk DatasetDict with a Sequence(ClassLabel) column, classes in reverse
+    name order (the run must take the ClassLabel's order)."""
+    datasets = pytest.importorskip("datasets")
+    names = sorted((photos / "classes.txt").read_text().split(), reverse=True)
+    features = datasets.Features({"image": datasets.Image(),
+                                  "tags": datasets.Sequence(datasets.ClassLabel(names=names))})
+    splits = {}
+    for split, csv_name in (("train", "train.csv"), ("validation", "val.csv")):
+        rows = [line.split(",") for line in (photos / csv_name).read_text().splitlines()[1:]]
+        splits[split] = datasets.Dataset.from_dict(
+            {"image": [str(photos / p) for p, _ in rows], "tags": [[names.index(n) for n in ls.split()]
+                                                                    for _, ls in rows]}, features=features)
+    datasets.DatasetDict(splits).save_to_disk(str(out))
+    return out
+
+
+def test_a_hugging_face_label_list_column_is_multilabel_data(photos, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    from visionzoo.data.hf import hf_samples
+
+    data = _hf_multilabel(photos, tmp_path / "hf")
+    csv = list_samples(photos / "train.csv", photos, "train")
+    hf = hf_samples(str(data), "train")
+    assert hf.multilabel and hf.classes == sorted(csv.classes, reverse=True)
+    by_name = [tuple(sorted(hf.classes.index(csv.classes[y]) for y in ys)) for _, ys in csv.items]
+    assert [ys for _, ys in hf.items] == by_name  # the same label sets, in the ClassLabel's order
+    remapped = hf_samples(str(data), "val", classes=csv.classes)
+    assert [ys for _, ys in remapped.items] == [ys for _, ys in list_samples(photos / "val.csv", photos, "val").items]
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--epochs", "2", "--lr", "0.05", *BASE, "--output", str(out)]) == 0
+    ev = json.loads((out / "eval.json").read_text())
+    assert len(ev["per_class"]) == 4 and 0 < ev["mAP"] <= 1
+    with pytest.raises(DataError, match=r"row \d+ \(column 'tags'\): \d labels where every image needs exactly one"):
+        hf_samples(str(data), "train", task="single")
+
+
+def test_a_multilabel_pack_read_at_random_and_streamed_keeps_the_label_sets(photos, tmp_path):
+    from visionzoo.data.packed import packed_samples
+    from visionzoo.data.streaming import ShardStream, pack_split_source, sample_label
+
+    pack = tmp_path / "pack"
+    lists = ["--list", f"train={photos / 'train.csv'}", "--list", f"val={photos / 'val.csv'}"]
+    assert main(["pack", "--data", str(photos), *lists, "--output", str(pack), "--max-size", "32",
+                 "--shard-images", "40", "--workers", "1", "--no-progress"]) == 0
+    assert json.loads((pack / "pack.json").read_text())["multilabel"] is True
+    csv = {Path(p).name: ys for p, ys in list_samples(photos / "val.csv", photos, "val").items}
+    packed = packed_samples(pack, "val")
+    assert packed.multilabel and {Path(p).name: ys for p, ys in packed.items} == csv
+    # streamed: every sample's target is the multi-hot vector of its CSV label set
+    stream = ShardStream(pack_split_source(str(pack), "val"), transform=None, train=False)
+    stream.keys = True
+    assert stream.multilabel
+    got = {k.rsplit(":", 1)[1]: tuple(torch.nonzero(y).flatten().tolist()) for k, y in stream}
+    assert sorted(got.values()) == sorted(csv.values()) and len(got) == len(csv)
+    # a run streams the pack (random access for validation) and scores mAP
+    out = tmp_path / "run"
+    assert main(["train", "--train-urls", f"{pack}/train-{{000000..000002}}.tar", "--data", str(pack),
+                 "--epochs", "1", *BASE, "--output", str(out)]) == 0
+    assert len(json.loads((out / "eval.json").read_text())["per_class"]) == 4
+    assert sample_label({"cls": b"3"}, "x") == 3 and sample_label({"cls": b"2, 0"}, "x") == (0, 2)
+    assert sample_label({"labels.json": b"[]"}, "x") == ()
+    with pytest.raises(DataError, match="not a JSON list"):
+        sample_label({"labels.json": b'{"a": 1}'}, "x")

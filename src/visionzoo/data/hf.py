@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,15 +108,15 @@ def _split(dd: Any, data: str, split: str, val_split: str | None = None) -> Any:
     raise DataError(f"{data}: no {' or '.join(names)} split (it has {there}){hint}")
 
 
-def _column(ds: Any, data: str, given: str | None, flag: str, kind: Any, what: str) -> str:
-    """The named column, or the first one whose feature is of type kind."""
+def _column(ds: Any, data: str, given: str | None, flag: str, kind: Callable[[Any], bool], what: str) -> str:
+    """The named column, or the first one whose feature kind accepts."""
     columns = list(ds.features)
     if given is not None:
         if given not in ds.features:
             raise DataError(f"{data}: no column {given!r} for {flag} (columns: {', '.join(columns)})")
         return given
     for name, feature in ds.features.items():
-        if isinstance(feature, kind):
+        if kind(feature):
             return name
     raise DataError(f"{data}: no {what} column; name one with {flag} (columns: {', '.join(columns)})")
 
@@ -151,38 +151,86 @@ class HFStore:
 
 
 def hf_samples(data: str, split: str, classes: Sequence[str] | None = None, image_column: str | None = None,
-               label_column: str | None = None, val_split: str | None = None) -> Samples:
+               label_column: str | None = None, val_split: str | None = None, task: str = "auto") -> Samples:
     """Samples of one split ('train' or 'val', which val_split names); labels are remapped by name when classes
-    (e.g. a model's) are given."""
+    (e.g. a model's) are given. A column of label lists (`Sequence(ClassLabel)`) is multi-label data, or with
+    task single one class per row."""
     datasets = require("datasets", "hf", f"--data {data} (a Hugging Face dataset)")
     ds = _split(_load(data, val_split), data, split, val_split)
     try:
-        return _samples(datasets, ds, data, split, classes, image_column, label_column)
+        return _samples(datasets, ds, data, split, classes, image_column, label_column, task)
     except (OSError, ValueError) as e:  # an arrow file that maps but is damaged further on (pyarrow's errors)
         if isinstance(e, DataError):
             raise
         raise DataError(f"{data}: {_unreadable(e, None)}") from None
 
 
-def _samples(datasets: Any, ds: Any, data: str, split: str, classes: Sequence[str] | None, image_column: str | None,
-             label_column: str | None) -> Samples:
-    img_col = _column(ds, data, image_column, "--image-column", datasets.Image, "Image")
-    lab_col = _column(ds, data, label_column, "--label-column", datasets.ClassLabel, "ClassLabel")
-    feature = ds.features[lab_col]
-    labels = ds[lab_col]
+def _label_list(datasets: Any, feature: Any) -> Any:
+    """The inner feature of a label-list column (datasets' List / Sequence of a ClassLabel or integers), else None."""
+    inner = getattr(feature, "feature", None) if type(feature).__name__ in ("List", "Sequence", "LargeList") else None
+    if isinstance(inner, datasets.ClassLabel) or (isinstance(inner, datasets.Value) and _is_int(inner)):
+        return inner
+    return None
+
+
+def _is_int(feature: Any) -> bool:
+    return str(getattr(feature, "dtype", "")).startswith(("int", "uint"))
+
+
+def _class_names(datasets: Any, feature: Any, labels: Sequence[int], data: str, column: str) -> list[str]:
+    """A ClassLabel's names; for plain integers the numbers are the names."""
     if isinstance(feature, datasets.ClassLabel):
-        own = list(feature.names)
-    elif isinstance(feature, datasets.Value) and feature.dtype.startswith(("int", "uint")):
-        own = [str(i) for i in range(max(labels, default=-1) + 1)]  # plain integers: the numbers are the names
-    else:
-        raise DataError(f"{data}: label column {lab_col!r} is {feature}, not a ClassLabel or integer column")
+        return list(feature.names)
+    if isinstance(feature, datasets.Value) and _is_int(feature):
+        return [str(i) for i in range(max(labels, default=-1) + 1)]
+    raise DataError(f"{data}: label column {column!r} is {feature}, not a ClassLabel, integer or list-of-labels column")
+
+
+def _samples(datasets: Any, ds: Any, data: str, split: str, classes: Sequence[str] | None, image_column: str | None,
+             label_column: str | None, task: str = "auto") -> Samples:
+    img_col = _column(ds, data, image_column, "--image-column", lambda f: isinstance(f, datasets.Image), "Image")
+    lab_col = _column(ds, data, label_column, "--label-column",
+                      lambda f: isinstance(f, datasets.ClassLabel) or _label_list(datasets, f) is not None,
+                      "ClassLabel")  # or a list of them: said in docs/multilabel.md
     if not isinstance(ds.features[img_col], datasets.Image):
         raise DataError(f"{data}: image column {img_col!r} is {ds.features[img_col]}, not an Image feature")
     source = f"{data}[{ds.split or split}]"
-    # -1 is HF's "no label" (ClassLabel): allowed where evaluation can leave it out, never for training
-    check_labels(labels, len(own), lambda i: f"{source} row {i} (column {lab_col!r})", open_ok=split != "train")
-    labels = remap_labels(labels, own, classes, data)
+    inner = _label_list(datasets, ds.features[lab_col])
+    if inner is not None:
+        own, items = _label_set_items(datasets, inner, list(ds[lab_col]), source, lab_col, classes, task)
+    else:
+        labels = list(ds[lab_col])
+        own = _class_names(datasets, ds.features[lab_col], labels, data, lab_col)
+        # -1 is HF's "no label" (ClassLabel): allowed where evaluation can leave it out, never for training
+        check_labels(labels, len(own), lambda i: f"{source} row {i} (column {lab_col!r})", open_ok=split != "train")
+        labels = remap_labels(labels, own, classes, data)
+        items = [(f"{source}[{i}]", int(label)) for i, label in enumerate(labels)]
     # only the image column, undecoded: a row read is then one bytes cell, and the transforms decode it
     images = ds.select_columns([img_col]).cast_column(img_col, datasets.Image(decode=False))
-    items = [(f"{source}[{i}]", int(label)) for i, label in enumerate(labels)]
-    return Samples(items, list(classes or own), store=HFStore(images, img_col, source))
+    multilabel = inner is not None and task != "single"
+    return Samples(items, list(classes or own), store=HFStore(images, img_col, source), multilabel=multilabel)
+
+
+def _label_set_items(datasets: Any, inner: Any, rows: list[list[int]], source: str, column: str,
+                     classes: Sequence[str] | None, task: str) -> tuple[list[str], list[tuple[str, Any]]]:
+    """(the dataset's class names, items) of a label-list column: sorted tuples of class indices in the order of
+    classes (when given), or with task single each row's one class. An empty list is an image of none of the
+    classes (a true negative everywhere), refused with task single."""
+    own = _class_names(datasets, inner, [y for row in rows for y in row], source, column)
+    index = {c: i for i, c in enumerate(classes)} if classes is not None else None
+    items: list[tuple[str, Any]] = []
+    for i, row in enumerate(rows):
+        where = f"{source} row {i} (column {column!r})"
+        check_labels(row, len(own), lambda _, where=where: str(where), open_ok=False)  # type: ignore[misc]
+        names = [own[y] for y in row]
+        if index is not None and any(n not in index for n in names):
+            missing = next(n for n in names if n not in index)
+            raise DataError(f"{where}: label {missing!r} is not among the {len(index)} given classes")
+        ys = tuple(sorted({index[n] for n in names} if index is not None else set(row)))
+        if task == "single":
+            if len(ys) != 1:
+                raise DataError(f"{where}: {len(ys)} labels where every image needs exactly one class (--task single)")
+            items.append((f"{source}[{i}]", ys[0]))
+        else:
+            items.append((f"{source}[{i}]", ys))
+    return own, items

@@ -110,8 +110,10 @@ class DataBundle:
 
     @property
     def multilabel(self) -> bool:
-        """Whether the splits' labels are sets of classes (multi-hot targets), data.multilabel's CSV lists."""
-        return any(getattr(getattr(ds, "samples", None), "multilabel", False) for ds in (self.train, self.val))
+        """Whether the splits' labels are sets of classes (multi-hot targets): CSV lists, a label-list column, a
+        multi-label pack, or --task multilabel."""
+        return any(getattr(ds, "multilabel", False) or getattr(getattr(ds, "samples", None), "multilabel", False)
+                   for ds in (self.train, self.val))
 
     def __post_init__(self) -> None:
         self.eval_img_size = self.eval_img_size or self.img_size

@@ -3,11 +3,13 @@
 Layout of OUT (flat, so that brace patterns such as `OUT/train-{000000..000009}.tar` name a split's shards):
 - `<split>-NNNNNN.tar`: WebDataset shards. Each sample is two members, `KEY.cls` (the label as decimal text;
   -1 for an open-set image of a packed list) and `KEY.jpg` (the image, longer side capped at --max-size). The
-  `webdataset` library and `tar` read them as they are.
+  `webdataset` library and `tar` read them as they are. A multi-label data set (CSV lists) has `KEY.labels.json`
+  (a JSON list of class indices, possibly empty) in place of `KEY.cls`, and `"multilabel": true` in pack.json.
 - `<split>.index.npz`: the sidecar index, numpy arrays per sample in shard order: shard, start (the byte offset
   of the sample's first tar header), offset and length (the image's bytes inside the tar), label, key and the
-  source name. visionzoo's random-access loader memory-maps the shards and slices images out by it, so workers
-  share the page cache and nothing is copied until an image is decoded.
+  source name; a multi-label pack has label -1 and the label sets as label_offsets/label_values (CSR).
+  visionzoo's random-access loader memory-maps the shards and slices images out by it, so workers share the
+  page cache and nothing is copied until an image is decoded.
 - `classes.json`: the class names in label order.
 - `pack.json`: format, settings, and per split the sample count and each shard's name and sample count (what a
   streaming reader needs to split an epoch exactly across ranks and workers); written last, so its presence
@@ -48,6 +50,7 @@ OLD_FORMAT = "visionzoo-pack-1"
 PACK_FILE = "pack.json"
 CLASSES_FILE = "classes.json"
 IMAGE_EXT = "jpg"
+LABELS_EXT = "labels.json"  # a multi-label sample's label set
 SHUFFLE_SEED = 0
 STAGING = ".pack-partial-"  # OUT/.pack-partial-PID/: a pack being written, moved into OUT when complete
 # a write that failed for want of room or a writable disk: one line, not a traceback
@@ -88,9 +91,15 @@ class PackedStore:
                 self.shard, self.offset, self.length = index["shard"], index["offset"], index["length"]
                 self.labels, self.keys = index["label"], index["key"]
                 self.names = np.char.decode(index["name"], "utf-8")
+                # a multi-label pack's label sets: entry i's classes are values[offsets[i]:offsets[i + 1]]
+                self.sets: list[tuple[int, ...]] | None = None
+                if "label_offsets" in index:
+                    bounds, values = index["label_offsets"].tolist(), index["label_values"].tolist()
+                    self.sets = [tuple(values[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as e:
             raise DataError(f"{path}: a damaged pack index ({type(e).__name__}: {e}); pack the data again") from None
-        if len({len(a) for a in (self.shard, self.offset, self.length, self.labels, self.keys, self.names)}) != 1:
+        arrays = [self.shard, self.offset, self.length, self.labels, self.keys, self.names]
+        if len({len(a) for a in [*arrays, *([self.sets] if self.sets is not None else [])]}) != 1:
             raise DataError(f"{path}: a damaged pack index (its arrays differ in length); pack the data again")
         self._maps: dict[int, mmap.mmap] = {}
 
@@ -99,6 +108,7 @@ class PackedStore:
         idx = np.asarray(indices, dtype=np.int64)
         sub = object.__new__(PackedStore)
         sub.root, sub.split, sub._maps = self.root, self.split, {}
+        sub.sets = [self.sets[i] for i in idx.tolist()] if self.sets is not None else None
         for name in ("shard", "offset", "length", "labels", "keys", "names"):
             setattr(sub, name, getattr(self, name)[idx])
         return sub
@@ -193,12 +203,27 @@ def packed_samples(root: str | Path, split: str, classes: list[str] | None = Non
     store = PackedStore(root, split)
     store.check()
     index = root / index_name(split)
+    if store.sets is not None:
+        return _label_set_samples(store, pack_classes, classes, index)
     # -1 (an open-set image of a packed list) only outside the training split; a short classes.json is caught here
     check_labels(store.labels, len(pack_classes),
                  lambda i: f"{index}: entry {i} ({store.names[i]}; {len(pack_classes)} classes in {CLASSES_FILE})",
                  open_ok=split != "train")
     labels = remap_labels(store.labels.tolist(), pack_classes, classes, root)  # -1 (open set) stays -1
     return Samples(list(zip(store.names.tolist(), labels)), list(classes or pack_classes), store=store)
+
+
+def _label_set_samples(store: PackedStore, pack_classes: list[str], classes: list[str] | None,
+                       index: Path) -> Samples:
+    """A multi-label pack's split: label sets checked against classes.json and remapped by name to classes."""
+    assert store.sets is not None
+    where = lambda i: f"{index}: entry {i} ({store.names[i]}; {len(pack_classes)} classes in {CLASSES_FILE})"  # noqa: E731
+    flat = [y for ys in store.sets for y in ys]
+    owner = [i for i, ys in enumerate(store.sets) for _ in ys]
+    check_labels(flat, len(pack_classes), lambda k: where(owner[k]), open_ok=False)
+    mapped = remap_labels(list(range(len(pack_classes))), pack_classes, classes, index.parent)
+    sets = [tuple(sorted(mapped[y] for y in ys)) for ys in store.sets]
+    return Samples(list(zip(store.names.tolist(), sets)), list(classes or pack_classes), store=store, multilabel=True)
 
 
 def read_classes(root: Path) -> list[str]:
@@ -262,6 +287,7 @@ class ShardWriter:
         self.out, self.split = out, split
         self.shard_bytes, self.shard_images = shard_bytes, shard_images
         self.cols: dict[str, list] = {k: [] for k in ("shard", "start", "offset", "length", "label", "key", "name")}
+        self.sets: list[tuple[int, ...]] = []  # a multi-label split's label sets
         self.counts: list[int] = []
         self.keys: set[str] = set()
         self.bytes = 0
@@ -282,7 +308,7 @@ class ShardWriter:
         tar.addfile(info, io.BytesIO(data))
         return tar.offset - tarfile.BLOCKSIZE * -(-len(data) // tarfile.BLOCKSIZE)
 
-    def add(self, name: str, label: int, image: bytes) -> None:
+    def add(self, name: str, label: int | tuple[int, ...], image: bytes) -> None:
         tar = self._tar
         full = tar is not None and self.counts[-1] > 0 and (
             tar.offset + len(image) > self.shard_bytes
@@ -295,10 +321,15 @@ class ShardWriter:
             base = key
         self.keys.add(key)
         start = tar.offset
-        self._member(tar, f"{key}.cls", str(label).encode())
+        if isinstance(label, tuple):  # a label set (multi-label): the index keeps -1 and the set beside it
+            self._member(tar, f"{key}.{LABELS_EXT}", json.dumps(list(label)).encode())
+            self.sets.append(label)
+        else:
+            self._member(tar, f"{key}.cls", str(label).encode())
         offset = self._member(tar, f"{key}.{IMAGE_EXT}", image)
         for k, v in (("shard", len(self.counts) - 1), ("start", start), ("offset", offset), ("length", len(image)),
-                     ("label", label), ("key", key.encode()), ("name", name.encode())):
+                     ("label", label if isinstance(label, int) else -1), ("key", key.encode()),
+                     ("name", name.encode())):
             self.cols[k].append(v)
         self.counts[-1] += 1
         self.bytes += len(image)
@@ -315,10 +346,14 @@ class ShardWriter:
         for t in tmp:
             os.replace(t, t.with_suffix(""))
         c = self.cols
-        np.savez(self.out / index_name(self.split), shard=np.array(c["shard"], np.int32),
-                 start=np.array(c["start"], np.int64), offset=np.array(c["offset"], np.int64),
-                 length=np.array(c["length"], np.int64), label=np.array(c["label"], np.int32),
-                 key=np.array(c["key"], dtype=bytes), name=np.array(c["name"], dtype=bytes))
+        arrays = {"shard": np.array(c["shard"], np.int32), "start": np.array(c["start"], np.int64),
+                  "offset": np.array(c["offset"], np.int64), "length": np.array(c["length"], np.int64),
+                  "label": np.array(c["label"], np.int32), "key": np.array(c["key"], dtype=bytes),
+                  "name": np.array(c["name"], dtype=bytes)}
+        if self.sets:
+            arrays["label_offsets"] = np.cumsum([0] + [len(ys) for ys in self.sets], dtype=np.int64)
+            arrays["label_values"] = np.array([y for ys in self.sets for y in ys], np.int32)
+        np.savez(self.out / index_name(self.split), **arrays)  # type: ignore[arg-type]
         files = [{"name": shard_name(self.split, s), "samples": n} for s, n in enumerate(self.counts)]
         return {"images": len(c["label"]), "shards": len(files), "files": files, "bytes": self.bytes}
 
@@ -355,8 +390,11 @@ def pack(data: str | Path, output: str | Path, max_size: int = 256, quality: int
         raise ConfigError(f"--data {data} is a pack already ({pack_format(data)}); give the image folder it came from")
     sources = _split_samples(data, lists)
     classes = next(iter(sources.values())).classes
+    multilabel = any(s.multilabel for s in sources.values())  # CSV lists: their reader checked every name
     for split, samples in sources.items():  # what training reads back must be a class (or -1 off the train split)
         items = samples.items
+        if samples.multilabel:
+            continue
         check_labels(samples.targets(), len(classes), lambda i, items=items: items[i][0],  # type: ignore[misc]
                      open_ok=split != "train")
     counts: dict[str, Any] = {}
@@ -370,7 +408,8 @@ def pack(data: str | Path, output: str | Path, max_size: int = 256, quality: int
                                          skip_bad, progress)
         meta = {"format": FORMAT, "source": str(data), "max_size": max_size, "quality": quality,
                 "splits": list(sources), "classes": len(classes),
-                "shuffled": {"splits": ["train"], "seed": SHUFFLE_SEED}, **counts}
+                "shuffled": {"splits": ["train"], "seed": SHUFFLE_SEED}, **({"multilabel": True} if multilabel else {}),
+                **counts}
         return _finish(stage, out, classes, meta)
 
 

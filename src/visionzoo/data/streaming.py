@@ -61,11 +61,13 @@ from ..core.errors import BadImageError, ConfigError, DataError, plural
 from ..core.extras import require
 from .datasets import remap_labels, seeded_transform
 from .images import EncodedFile
-from .packed import CLASSES_FILE, FORMAT, OLD_FORMAT, PACK_FILE
+from .multilabel import multi_hot
+from .packed import CLASSES_FILE, FORMAT, LABELS_EXT, OLD_FORMAT, PACK_FILE
 from .samplers import order_generator, sample_seed
 
 URL_SCHEMES = ("http://", "https://", "s3://", "gs://", "gcs://", "file://", "pipe:")
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+Label = int | tuple[int, ...]  # a class index, or a multi-label sample's sorted class indices
 _SHARD_NAME = re.compile(r"([^/\s'\"]+\.tar)(?:\s|$|['\"?#])")
 _PLAIN_NAME = re.compile(r"[\w.-]+\.tar")  # a shard named in a pack.json: a file beside it, nothing else
 _SHARD_URL = re.compile(r"\.tar(?:[?#].*)?$")  # a URL or path that names one shard (a query may follow)
@@ -324,6 +326,7 @@ class StreamSource:
     # the source is pickled into the loader workers
     timeout: float = STREAM_TIMEOUT_S
     retries: int = STREAM_RETRIES
+    multilabel: bool = False  # pack.json's "multilabel": samples carry label sets (KEY.labels.json)
 
     @property
     def size(self) -> int:
@@ -369,7 +372,7 @@ def stream_source(urls: list[str], info_url: str | None, split_hint: str, timeou
         raise DataError(f"{classes_url}: not a JSON list of class names ({e})") from None
     if sum(counts) == 0:
         raise DataError(f"{info_url}: the {split_hint} shards hold no samples")
-    return StreamSource(urls, counts, firsts, classes, info_url, timeout, retries)
+    return StreamSource(urls, counts, firsts, classes, info_url, timeout, retries, bool(meta.get("multilabel")))
 
 
 def pack_split_source(base: str, split: str, timeout: float = STREAM_TIMEOUT_S,
@@ -450,23 +453,41 @@ def _key_and_ext(name: str) -> tuple[str, str] | None:
     return (f"{folder}/{stem}" if folder else stem), ext.lower()
 
 
+def sample_label(parts: dict[str, bytes], where: str) -> Label:
+    """A sample's label: `.cls`, a class index as decimal text; or a label set (multi-label data), from
+    `.labels.json` (a JSON list of class indices) or a `.cls` of several indices separated by spaces or commas."""
+    if LABELS_EXT in parts:
+        try:
+            value = json.loads(parts[LABELS_EXT])
+        except ValueError:
+            value = None
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise DataError(f"{where} has a .{LABELS_EXT} that is not a JSON list of class indices")
+        return tuple(sorted(set(value)))
+    text = parts["cls"].decode(errors="replace")
+    try:
+        values = [int(f) for f in text.replace(",", " ").split()]
+    except ValueError:
+        raise DataError(f"{where} has a .cls that is not an integer") from None
+    if len(values) == 1 and "," not in text:
+        return values[0]
+    return tuple(sorted(set(values)))
+
+
 def tar_samples(url: str, skip: int = 0, take: int | None = None, timeout: float = STREAM_TIMEOUT_S,
-                retries: int = STREAM_RETRIES) -> Iterator[tuple[str, bytes, int]]:
-    """(key, image bytes, label) of a shard's samples, after the first `skip`, at most `take` of them."""
+                retries: int = STREAM_RETRIES) -> Iterator[tuple[str, bytes, Label]]:
+    """(key, image bytes, label) of a shard's samples, after the first `skip`, at most `take` of them; a label is
+    a class index, or a tuple of them (sample_label)."""
     seen = 0
     current: str | None = None
     parts: dict[str, bytes] = {}
 
-    def finished() -> tuple[str, bytes, int]:
+    def finished() -> tuple[str, bytes, Label]:
         image = next((parts[e] for e in IMAGE_EXTS if e in parts), None)
-        if image is None or "cls" not in parts:
+        if image is None or not {"cls", LABELS_EXT} & parts.keys():
             raise DataError(f"{url}: sample {current!r} lacks {'an image' if image is None else 'a .cls label'} "
                             f"(has {', '.join(sorted(parts)) or 'nothing'})")
-        try:
-            label = int(parts["cls"])
-        except ValueError:
-            raise DataError(f"{url}: sample {current!r} has a .cls that is not an integer") from None
-        return current or "", image, label
+        return current or "", image, sample_label(parts, f"{url}: sample {current!r}")
 
     with open_url(url, timeout, retries) as f:
         try:
@@ -520,8 +541,11 @@ class ShardStream(IterableDataset):
     count for the epoch. keys=True yields (key, label) instead of images (for checks of the plan)."""
 
     def __init__(self, source: StreamSource, transform: Callable, train: bool, seed: int = 0,
-                 shuffle_buffer: int = 2000, skip_bad: bool = False, classes: list[str] | None = None):
+                 shuffle_buffer: int = 2000, skip_bad: bool = False, classes: list[str] | None = None,
+                 multilabel: bool = False):
         self.source, self.transform, self.train = source, transform, train
+        # label sets as multi-hot targets: the pack says so (pack.json), or --task multilabel on a single-label one
+        self.multilabel = multilabel or source.multilabel
         self.seed, self.shuffle_buffer, self.skip_bad = seed, shuffle_buffer, skip_bad
         own = source.classes
         self.label_map = remap_labels(list(range(len(own))), own, classes, source.info)
@@ -557,7 +581,7 @@ class ShardStream(IterableDataset):
         if self.train and self.shuffle_buffer > 1:
             rng = random.Random(sample_seed(self.seed, epoch, self.rank * 1009 + worker))
             items = _shuffled(items, self.shuffle_buffer, rng)
-        last_good: tuple[str, bytes, int, int] | None = None
+        last_good: tuple[str, bytes, Label, int] | None = None
         owed = 0  # training: undecodable samples that a decodable one still has to stand in for
         for item in items:
             key, image, label, index = item
@@ -588,16 +612,22 @@ class ShardStream(IterableDataset):
         if owed:
             raise BadImageError(f"{self.source.info}: no decodable image in this worker's part of the epoch")
 
-    def _mapped(self, label: int) -> int:
+    def _mapped(self, label: Label) -> Any:
+        if isinstance(label, tuple) or self.multilabel:
+            ys = label if isinstance(label, tuple) else (label,) if label >= 0 else ()
+            if not self.multilabel:
+                raise DataError(f"{self.source.info}: a sample with a set of labels in a single-label pack; train "
+                                "it with --task multilabel")
+            return multi_hot(tuple(self.label_map[y] for y in ys), len(self.classes))
         return self.label_map[label] if label >= 0 else label  # -1: an open-set image, no class
 
-    def _stand_in(self, item: tuple[str, bytes, int, int], epoch: int) -> Any:
+    def _stand_in(self, item: tuple[str, bytes, Label, int], epoch: int) -> Any:
         """A decodable sample again, in place of an undecodable one (training, --skip-bad-images): batches keep
         their size, so every rank runs the same steps and BatchNorm never sees a batch of one."""
         key, image, _, index = item
         return seeded_transform(self.transform, EncodedFile(image, key), sample_seed(self.seed, epoch, index))
 
-    def _read(self, plan: list[Segment]) -> Iterator[tuple[str, bytes, int, int]]:
+    def _read(self, plan: list[Segment]) -> Iterator[tuple[str, bytes, Label, int]]:
         src = self.source
         for seg in plan:
             url = src.urls[seg.shard]
@@ -610,9 +640,10 @@ class ShardStream(IterableDataset):
                 if n > seg.take:
                     continue  # counted for the message below
                 # -1 marks an open-set image: scored by evaluation, never a training target
-                if not (0 if self.train else -1) <= label < len(src.classes):
-                    raise DataError(f"{url}: sample {key!r} has label {label}, outside 0..{len(src.classes) - 1}"
-                                    + (" (-1, an open-set image, is not a training label)" if label == -1 else ""))
+                for y in label if isinstance(label, tuple) else (label,):
+                    if not (0 if self.train or isinstance(label, tuple) else -1) <= y < len(src.classes):
+                        raise DataError(f"{url}: sample {key!r} has label {y}, outside 0..{len(src.classes) - 1}"
+                                        + (" (-1, an open-set image, is not a training label)" if y == -1 else ""))
                 yield f"{url}:{key}", image, label, src.firsts[seg.shard] + seg.skip + n - 1
             if n != seg.take:
                 raise DataError(f"{url}: {plural(seg.skip + n, 'sample')} where {src.info} says "

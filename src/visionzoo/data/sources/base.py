@@ -63,12 +63,12 @@ class Source(ABC):
         it. img_size is the split's crop size (only synthetic data, which has no transform, needs it)."""
         cfg, train = self.cfg, split == "train"
         shards = self.stream(split)
-        if shards is not None and cfg.task == "multilabel":
-            raise ConfigError(f"{self.describe()}: multi-label training reads CSV list files or class folders; "
-                              "streamed shards are single-label for now")
+        if shards is not None and shards.multilabel and cfg.task == "single":
+            raise ConfigError(f"{self.describe()}: a multi-label pack (label sets) where --task single wants one "
+                              "class per image")
         if shards is not None:
             ds = ShardStream(shards, transform, train, seed, cfg.shuffle_buffer, cfg.skip_bad_images,
-                             list(classes) if classes is not None else None)
+                             list(classes) if classes is not None else None, multilabel=cfg.task == "multilabel")
             return ds, list(ds.classes)
         s = self.samples(split, classes, num_classes)
         if cfg.task == "multilabel":

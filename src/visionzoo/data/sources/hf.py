@@ -23,7 +23,8 @@ class HFSource(Source):
     def samples(self, split: str, classes: Sequence[str] | None = None, num_classes: int | None = None) -> Samples:
         cfg = self.cfg
         assert cfg.data is not None
-        return hf_samples(cfg.data, split, classes, cfg.image_column, cfg.label_column, cfg.val_split)
+        return hf_samples(cfg.data, split, classes, cfg.image_column, cfg.label_column, cfg.val_split,
+                          cfg.task)
 
     def describe(self) -> str:
         return f"Hugging Face dataset {self.cfg.data}"
