@@ -3,6 +3,7 @@ transforms, the seeded sampler and the device-side normaliser."""
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import shutil
@@ -619,3 +620,20 @@ def test_loader_workers_run_at_low_cpu_priority():
         assert niceness.tolist() == [expected, expected]
     with pytest.raises(ConfigError, match="worker_nice"):
         validate(apply_overrides(TrainConfig(), {"data": {"worker_nice": 20}}, "test"))
+
+
+def test_a_jpeg_over_pillows_pixel_limit_is_refused_on_the_fast_path_too(monkeypatch):
+    """The simplejpeg path reads only the header: a JPEG over MAX_IMAGE_PIXELS must still meet Pillow's bomb
+    check (a 64x64 file under a limit of 1,000 pixels is over twice it: DecompressionBombError)."""
+    from visionzoo.core.errors import BadImageError
+    from visionzoo.data.crops import DecodeCrop
+    from visionzoo.data.images import EncodedFile
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(buf, "JPEG")
+    file = EncodedFile(buf.getvalue(), "big.jpg")
+    assert file.jpeg_size() == (64, 64) or file.jpeg_size() is None  # None only without simplejpeg
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    assert file.jpeg_size() is None
+    with pytest.raises(BadImageError, match="big.jpg.*DecompressionBomb"):
+        DecodeCrop(32)(file)

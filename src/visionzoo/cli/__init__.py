@@ -38,6 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "average": ("average", "average checkpoints (last/best K) or make a greedy soup"),
     "serve": ("serve", "serve a model over HTTP (batched, with metrics and a web page)"),
     "bench-serve": ("bench_serve", "load-test a visionzoo server: throughput, latency percentiles"),
+    "check-data": ("check_data", "find unreadable files, duplicates, train/val leakage and label errors in a data set"),
 }
 SIGPIPE_EXIT = 141  # 128 + SIGPIPE: what a shell reports for a command whose reader went away (`| head`)
 

@@ -23,6 +23,7 @@ EXTRAS = {
     "stream": ("braceexpand", "fsspec", "aiohttp"),
     "webdataset": ("webdataset",),
     "serve": ("starlette", "uvicorn", "python-multipart", "prometheus-client", "httpx"),
+    "check": ("imagehash", "cleanlab"),
 }
 
 

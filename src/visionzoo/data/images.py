@@ -45,6 +45,8 @@ class EncodedFile:
             h, w, colorspace, _ = simplejpeg.decode_jpeg_header(self.data)
         except ValueError:
             return None
+        if Image.MAX_IMAGE_PIXELS is not None and w * h > Image.MAX_IMAGE_PIXELS:
+            return None  # a possible decompression bomb: Pillow's open() applies its pixel limit
         return (w, h) if colorspace in ("YCbCr", "Gray", "RGB") else None  # CMYK/YCCK: Pillow converts
 
     def decode_jpeg(self, size: tuple[int, int], min_size: tuple[int, int]) -> tuple[np.ndarray, int] | None:
