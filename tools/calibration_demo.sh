@@ -10,7 +10,8 @@
 #    eval.json and the reliability diagram, and stores T in last.pth; `predict` then answers with calibrated
 #    probabilities (shown for one held-out image, before and after).
 # Settings (environment): PER_CLASS (20 training images per class), VAL (40 per class), EPOCHS (20), IMG (96 px),
-# MIN_STEPS (300), LR (the recipe's), SEED (0), WORKERS (2), CHECK (1: exit 1 unless ECE after <= ECE before / 2). About 3-5 minutes
+# MIN_STEPS (300), LR (the recipe's), SEED (0), WORKERS (2), CHECK (1: exit 1 unless ECE after <= ECE before / 2),
+# TRAIN_FLAGS (more `visionzoo train` flags, e.g. "--weight-decay 0"). About 3-5 minutes
 # on 2 CPU cores with the defaults. A quick smoke run: PER_CLASS=4 VAL=4 EPOCHS=1 MIN_STEPS=1 IMG=64 CHECK=0.
 # Usage: bash tools/calibration_demo.sh OUT
 set -euo pipefail
@@ -29,7 +30,7 @@ rm -rf "$run"
 t0=$(date +%s)
 visionzoo train --recipe finetune --model tf_efficientnet_lite0 --init-from "$weights" --data "$data" \
   --label-smoothing 0 --auto-augment none --random-erase 0 --no-ema --eval-every 0 \
-  --epochs "$epochs" --min-steps "$min_steps" --img-size "$img" --seed "$seed" ${LR:+--lr "$LR"} \
+  --epochs "$epochs" --min-steps "$min_steps" --img-size "$img" --seed "$seed" ${LR:+--lr "$LR"} ${TRAIN_FLAGS:-} \
   --workers "$workers" --device cpu --precision fp32 --no-progress --output "$run" > "$out/train.log" 2>&1 \
   || { echo "training failed: $out/train.log"; exit 1; }
 echo "fine-tuned in $(( $(date +%s) - t0 )) s: $(tail -1 "$out/train.log")"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..core.errors import BadImageError
+from ..core.quiet import all_warnings_silenced
 from ..data.images import EncodedFile, decode_rgb_array
 from .inputs import DataSet, Split
 
@@ -157,8 +157,7 @@ def inspect(file: EncodedFile, pos: int) -> Record:
     if not file.data:
         rec.bad, rec.reason = "zero_byte", "a zero-byte file"
         return rec
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Pillow's per-file warnings (palette transparency, big images) are counted
+    with all_warnings_silenced():  # Pillow's per-file warnings (palette transparency, big images) are counted
         try:
             img = file.open()
         except BadImageError as e:

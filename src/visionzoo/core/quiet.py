@@ -102,3 +102,12 @@ def _ort_severity(level: int) -> bool:
         ort.set_default_logger_severity(level)
         return True
     return False
+
+
+@contextlib.contextmanager
+def all_warnings_silenced() -> Iterator[None]:
+    """Every warning dropped, for code that turns what would be warned about into its own findings (check-data's
+    scan counts Pillow's per-file warnings, palette transparency and big images, as odd images)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
