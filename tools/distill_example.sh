@@ -7,12 +7,14 @@
 #   3. student distilled: the same flags and seed with --teacher (DISTILL_MODE: the recipe's mode, kd)
 #   4. each exported to ONNX; the distilled student quantised to int8 (calibrated on the training images)
 #   5. top-1 of each file with `visionzoo eval`, images/s with `visionzoo bench` (onnxruntime, batch 32)
+# STUDENT_FLAGS: more `visionzoo train` flags for both student runs, the same for each.
 # Data: tools/make_photo_crops.py --photos all at PER_CLASS (60) images per class, 20 classes, 40 val each; IMG px (128).
 # Writes OUT/table.md and OUT/results.json.  Usage: bash tools/distill_example.sh OUT
 set -euo pipefail
 out=${1:?usage: distill_example.sh OUT}
 per_class=${PER_CLASS:-60}; img=${IMG:-128}; student=${STUDENT:-mobilenetv3_small_100}
 teacher_epochs=${TEACHER_EPOCHS:-10}; student_epochs=${STUDENT_EPOCHS:-30}; mode=${DISTILL_MODE:-kd}
+student_flags=${STUDENT_FLAGS:-}  # more flags for both student runs (e.g. "--mixup 0 --cutmix 0")
 seed=${SEED:-0}; workers=${WORKERS:-2}
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out"; out=$(cd "$out" && pwd)
@@ -27,8 +29,11 @@ train() {  # NAME ARGS...: a run folder OUT/NAME (kept when it already finished)
   visionzoo train "$@" "${common[@]}" --output "$out/$name" > "$out/$name.log" 2>&1 || { echo "failed: $out/$name.log"; exit 1; }
 }
 train teacher --recipe finetune --model tf_efficientnet_lite0 --init-from "$out/lite0_timm.pth" --epochs "$teacher_epochs"
-train student_alone --recipe distill --model "$student" --epochs "$student_epochs"
-train student_distilled --recipe distill --mode "$mode" --model "$student" --epochs "$student_epochs" --teacher "$out/teacher"
+# shellcheck disable=SC2086  # STUDENT_FLAGS: several flags, split on spaces
+train student_alone --recipe distill --model "$student" --epochs "$student_epochs" $student_flags
+# shellcheck disable=SC2086
+train student_distilled --recipe distill --mode "$mode" --model "$student" --epochs "$student_epochs" $student_flags \
+  --teacher "$out/teacher"
 for run in teacher student_alone student_distilled; do
   visionzoo export --checkpoint "$out/$run/best.pth" --format onnx --output "$out/$run.onnx" --dynamic-batch > /dev/null 2>&1
 done
