@@ -17,14 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import ConfigError
-from ..core.files import atomic_path, write_json
+from ..core.files import write_json, write_text
 from .check import Findings
 from .duplicates import exact_groups
-
-
-def _write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
 
 
 def exclusions(found: Findings) -> dict[int, str]:
@@ -70,13 +65,13 @@ def write_fix(found: Findings, folder: str | Path) -> dict[str, Any]:
     out.writerow(["split", "file", "reason"])
     for p in sorted(why):
         out.writerow([found.split_name(p), found.name(p), why[p]])
-    _write_text(folder / "excluded.csv", rows.getvalue())
+    write_text(folder / "excluded.csv", rows.getvalue())
     summary: dict[str, Any] = {"excluded": len(why), "lists": {}, "note": "" if lists else (
         "packs, Hugging Face datasets and multi-label data: excluded.csv only (no list file can name their entries)")}
     if lists:
-        _write_text(folder / "classes.txt", "".join(f"{c}\n" for c in data.classes))
+        write_text(folder / "classes.txt", "".join(f"{c}\n" for c in data.classes))
     for name, (text, kept, total) in texts.items():
-        _write_text(folder / f"{name}.txt", text)
+        write_text(folder / f"{name}.txt", text)
         summary["lists"][name] = {"file": str(folder / f"{name}.txt"), "kept": kept, "of": total}
     write_json(folder / "fix.json", summary)
     return summary

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..core.files import atomic_path, write_json
+from ..core.files import write_json, write_text
 from .check import Findings
 from .duplicates import COSINE_PER_BIT, MIN_DCT_COSINE
 from .scan import FLAT_STD, ODD_KINDS
@@ -114,8 +114,7 @@ def write_report(found: Findings, report: dict[str, Any], folder: str | Path) ->
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / "report.json", report)
     html = render_page(found, report, summary_lines(report))
-    with atomic_path(folder / "report.html") as tmp:
-        tmp.write_text(html, encoding="utf-8")
+    write_text(folder / "report.html", html)
     return [folder / "report.json", folder / "report.html"]
 
 

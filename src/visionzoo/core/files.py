@@ -140,10 +140,15 @@ def json_safe(v: Any) -> Any:
     return v
 
 
+def write_text(path: str | Path, text: str) -> None:
+    """Write text as UTF-8, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     """Write obj as indented JSON, atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def save_figure(fig: Any, path: str | Path, dpi: int = 120) -> None:
