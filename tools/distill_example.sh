@@ -8,6 +8,8 @@
 #   4. each exported to ONNX; the distilled student quantised to int8 (calibrated on the training images)
 #   5. top-1 of each file with `visionzoo eval`, images/s with `visionzoo bench` (onnxruntime, batch 32)
 # STUDENT_FLAGS: more `visionzoo train` flags for both student runs, the same for each.
+# TEACHER_IMG: the teacher's input size (default IMG): it is fine-tuned at that size and, in the distilled run, sees
+# the student's crop resized to it on the device (--teacher-img-size).
 # Data: tools/make_photo_crops.py --photos all at PER_CLASS (60) images per class, 20 classes, 40 val each; IMG px (128).
 # Writes OUT/table.md and OUT/results.json.  Usage: bash tools/distill_example.sh OUT
 set -euo pipefail
@@ -15,25 +17,27 @@ out=${1:?usage: distill_example.sh OUT}
 per_class=${PER_CLASS:-60}; img=${IMG:-128}; student=${STUDENT:-mobilenetv3_small_100}
 teacher_epochs=${TEACHER_EPOCHS:-10}; student_epochs=${STUDENT_EPOCHS:-30}; mode=${DISTILL_MODE:-kd}
 student_flags=${STUDENT_FLAGS:-}  # more flags for both student runs (e.g. "--mixup 0 --cutmix 0")
+teacher_img=${TEACHER_IMG:-$img}
 seed=${SEED:-0}; workers=${WORKERS:-2}
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out"; out=$(cd "$out" && pwd)
 data=$out/photos$per_class
 [[ -d $data ]] || python "$here/make_photo_crops.py" "$data" --per-class "$per_class" --photos all > /dev/null
 [[ -f $out/lite0_timm.pth ]] || python "$here/lite0_weights.py" "$out/lite0_timm.pth"
-common=(--data "$data" --img-size "$img" --seed "$seed" --workers "$workers" --device cpu --precision fp32 --no-progress)
+common=(--data "$data" --seed "$seed" --workers "$workers" --device cpu --precision fp32 --no-progress)
 train() {  # NAME ARGS...: a run folder OUT/NAME (kept when it already finished)
   local name=$1; shift
   [[ -f $out/$name/summary.json ]] && return
   rm -rf "${out:?}/$name"
   visionzoo train "$@" "${common[@]}" --output "$out/$name" > "$out/$name.log" 2>&1 || { echo "failed: $out/$name.log"; exit 1; }
 }
-train teacher --recipe finetune --model tf_efficientnet_lite0 --init-from "$out/lite0_timm.pth" --epochs "$teacher_epochs"
+train teacher --recipe finetune --model tf_efficientnet_lite0 --init-from "$out/lite0_timm.pth" --epochs "$teacher_epochs" \
+  --img-size "$teacher_img"
 # shellcheck disable=SC2086  # STUDENT_FLAGS: several flags, split on spaces
-train student_alone --recipe distill --model "$student" --epochs "$student_epochs" $student_flags
+train student_alone --recipe distill --model "$student" --img-size "$img" --epochs "$student_epochs" $student_flags
 # shellcheck disable=SC2086
-train student_distilled --recipe distill --mode "$mode" --model "$student" --epochs "$student_epochs" $student_flags \
-  --teacher "$out/teacher"
+train student_distilled --recipe distill --mode "$mode" --model "$student" --img-size "$img" --epochs "$student_epochs" \
+  $student_flags --teacher "$out/teacher" --teacher-img-size "$teacher_img"
 for run in teacher student_alone student_distilled; do
   visionzoo export --checkpoint "$out/$run/best.pth" --format onnx --output "$out/$run.onnx" --dynamic-batch > /dev/null 2>&1
 done
@@ -42,8 +46,9 @@ visionzoo quantize --checkpoint "$out/student_distilled.onnx" --calib-data "$dat
 for f in teacher student_alone student_distilled student_distilled_int8; do
   visionzoo eval --checkpoint "$out/$f.onnx" --data "$data" --workers "$workers" --json "$out/$f.eval.json" > /dev/null 2>&1
   precision=fp32; [[ $f == *_int8 ]] && precision=int8  # bench refuses an int8 file at fp32
+  size=$img; [[ $f == teacher ]] && size=$teacher_img
   visionzoo bench --checkpoint "$out/$f.onnx" --backend onnxruntime --precision "$precision" --batch-sizes 32 \
-    --img-size "$img" --iters 20 --device cpu --json "$out/$f.bench.json" > /dev/null 2>&1
+    --img-size "$size" --iters 20 --device cpu --json "$out/$f.bench.json" > /dev/null 2>&1
 done
 python - "$out" <<'PY'
 import json, sys
