@@ -40,7 +40,8 @@ def main() -> None:
             d = Path(args.out) / split / f"c{i % args.classes:02d}"
             d.mkdir(parents=True, exist_ok=True)
             img.save(d / f"{split}_{i:05d}.jpg", quality=90)
-    print(f"wrote {args.train} train and {args.val} val JPEGs (500x375, q90) in {args.classes} classes under {args.out}")
+    print(f"wrote {args.train} train and {args.val} val JPEGs (500x375, q90) in {args.classes} classes "
+          f"under {args.out}")
 
 
 if __name__ == "__main__":
