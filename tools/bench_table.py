@@ -29,8 +29,10 @@ def main(out: Path) -> None:
         cells = []
         for b, p in groups:
             r = cell.get((b, p, bs))
-            star = "" if r is None or not r["best"] else " *"
-            cells.append("-" if r is None else f"{r['images_per_s']:.1f}{star} ({r['p50_ms']:.0f} ms)")
+            if r is None:
+                cells.append("-")
+                continue
+            cells.append(f"{r['images_per_s']:.1f}{' *' if r['best'] else ''} ({r['p50_ms']:.0f} ms)")
         cells += [f"{timm[(k, bs)]:.1f}" if (k, bs) in timm else "-" for k in ("eager", "compile")]
         print(f"| {bs} | " + " | ".join(cells) + " |")
     print()

